@@ -1,0 +1,1 @@
+"""SIMS indexers: dataset readers, bank builds (local or on Dask) and FAISS index builds."""

@@ -1,0 +1,138 @@
+"""What every dataset reader provides: a class table, samples, and shards for parallel builds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from memory_bank import ClassTable, DatasetError
+from memory_bank.classes import IGNORE
+from memory_bank.images import read_label, read_photo
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one image/label pair lives. Cheap to pickle, so it can travel to Dask workers."""
+
+    image_path: Path
+    label_path: Path
+    split: str
+
+    def relative_to(self, root: Path) -> tuple[str, str]:
+        return self.image_path.relative_to(root).as_posix(), self.label_path.relative_to(root).as_posix()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A decoded pair: (H, W, 3) uint8 photo and (H, W) uint8 label in the bank's class ids."""
+
+    image: np.ndarray
+    label: np.ndarray
+    ref: SampleRef
+    source_file: str
+    label_file: str
+
+
+class DatasetReader:
+    """Base class: subclasses set ``name``, ``classes``, ``default_splits`` and find pairs.
+
+    A reader maps its dataset's raw label values to bank class ids ``0..C-1`` and 255
+    (unlabelled) through ``lut``; any raw value the lut does not know is an error, naming
+    the file, rather than a silent relabelling.
+    """
+
+    name: ClassVar[str]
+    classes: ClassTable
+    default_splits: ClassVar[tuple[str, ...]]
+    #: Raw label value -> bank id (0..C-1 or 255); -1 marks values that must not occur.
+    lut: np.ndarray
+
+    def __init__(self, root: str | Path, splits: Sequence[str] | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.name}: dataset directory {self.root} does not exist")
+        self.splits = tuple(splits) if splits else self.default_splits
+        self._refs = self.find_pairs()
+        if not self._refs:
+            raise DatasetError(
+                f"{self.name}: no image/label pairs found under {self.root} for splits {list(self.splits)}"
+            )
+
+    # Subclasses implement this one method.
+    def find_pairs(self) -> list[SampleRef]:
+        """Every (image, label) pair of the selected splits, in a stable order."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for ref in self._refs:
+            yield self.load(ref)
+
+    @property
+    def refs(self) -> list[SampleRef]:
+        return list(self._refs)
+
+    def shard(self, nshards: int, rank: int) -> list[SampleRef]:
+        """Contiguous shard ``rank`` of ``nshards`` of the sample refs."""
+        if not 0 <= rank < nshards:
+            raise ValueError(f"rank {rank} outside 0..{nshards - 1}")
+        bounds = np.linspace(0, len(self._refs), nshards + 1).astype(int)
+        return self._refs[bounds[rank] : bounds[rank + 1]]
+
+    def load(self, ref: SampleRef) -> Sample:
+        """Decode one pair and map its labels to bank class ids."""
+        image = read_photo(ref.image_path)
+        label = self.map_label(read_label(ref.label_path), ref.label_path)
+        source, label_file = ref.relative_to(self.root)
+        return Sample(image, label, ref, source, label_file)
+
+    def map_label(self, raw: np.ndarray, path: Path | str = "label map") -> np.ndarray:
+        """Apply ``lut``; raise :class:`DatasetError` on values outside the class table."""
+        if raw.size and (raw.min() < 0 or raw.max() >= len(self.lut)):
+            raise DatasetError(f"{path}: label values {raw.min()}..{raw.max()} outside 0..{len(self.lut) - 1}")
+        mapped = self.lut[raw]
+        if (mapped < 0).any():
+            bad = np.unique(raw[mapped < 0])
+            raise DatasetError(
+                f"{path}: label ids {bad[:8].tolist()} are not in the {self.name} class table "
+                f"({len(self.classes)} classes)"
+            )
+        return mapped.astype(np.uint8)
+
+
+def identity_lut(num_classes: int, ignore: Sequence[int] = (IGNORE,), size: int = 256) -> np.ndarray:
+    """A lut that keeps ids ``0..num_classes-1``, maps ``ignore`` values to 255 and refuses the rest."""
+    lut = np.full(size, -1, np.int16)
+    lut[:num_classes] = np.arange(num_classes)
+    for v in ignore:
+        lut[v] = IGNORE
+    return lut
+
+
+def paired_files(
+    image_dir: Path, label_dir: Path, split: str, image_glob: str, label_name: callable
+) -> list[SampleRef]:
+    """Pair every image matching ``image_glob`` with ``label_dir / label_name(image_rel_path)``.
+
+    Raises :class:`DatasetError` if an image has no label, naming the first few.
+    """
+    if not image_dir.is_dir():
+        raise DatasetError(f"missing directory {image_dir} (split {split!r})")
+    if not label_dir.is_dir():
+        raise DatasetError(f"missing label directory {label_dir} (split {split!r})")
+    refs, missing = [], []
+    for img in sorted(image_dir.glob(image_glob)):
+        lab = label_dir / label_name(img.relative_to(image_dir))
+        if lab.is_file():
+            refs.append(SampleRef(img, lab, split))
+        else:
+            missing.append(str(lab))
+    if missing:
+        raise DatasetError(f"{len(missing)} images have no label map, e.g. {missing[:3]}")
+    return refs

@@ -1,0 +1,145 @@
+"""The manifest: one JSON file that says what a bank version holds and how to read it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from memory_bank.classes import IGNORE, ClassTable
+from memory_bank.config import Grid, SegmentConfig
+from memory_bank.errors import BankFormatError
+
+FORMAT_VERSION: Literal[1] = 1
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A dataset that contributed images to a bank."""
+
+    dataset: str
+    root: str
+    splits: tuple[str, ...]
+    images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "splits": list(self.splits),
+            "images": self.images,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SourceInfo:
+        return cls(str(d["dataset"]), str(d["root"]), tuple(d["splits"]), int(d["images"]))
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many images and segments a bank holds, and how many the minimum area dropped."""
+
+    images: int
+    segments: int
+    dropped_segments: int
+    dropped_area: int
+    segments_per_class: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["segments_per_class"] = list(self.segments_per_class)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Counts:
+        return cls(
+            int(d["images"]),
+            int(d["segments"]),
+            int(d["dropped_segments"]),
+            int(d["dropped_area"]),
+            tuple(int(v) for v in d["segments_per_class"]),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything about a bank version except its data. Stored as ``manifest.json``."""
+
+    bank_version: str
+    created_at: str
+    classes: ClassTable
+    resolution: Grid
+    segment_config: SegmentConfig
+    counts: Counts
+    sources: tuple[SourceInfo, ...]
+    checksums: dict[str, str] = field(default_factory=dict)
+    parent_version: str | None = None
+    ignore_value: int = IGNORE
+    format_version: Literal[1] = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        cfg = self.segment_config
+        return {
+            "format_version": self.format_version,
+            "bank_version": self.bank_version,
+            "parent_version": self.parent_version,
+            "created_at": self.created_at,
+            "classes": self.classes.to_list(),
+            "ignore_value": self.ignore_value,
+            "resolution": list(self.resolution),
+            "segments": cfg.to_dict(),
+            "codes": {
+                "fine_mask_bits": cfg.fine_grid[0] * cfg.fine_grid[1],
+                "coarse_bits": 2 * cfg.coarse_grid[0] * cfg.coarse_grid[1],
+                "bit_order": "big",
+                "row_padding_bytes": 8,
+            },
+            "counts": self.counts.to_dict(),
+            "sources": [s.to_dict() for s in self.sources],
+            "checksums": dict(sorted(self.checksums.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BankFormatError(
+                f"bank format version {version!r} is not supported (this SIMS reads {FORMAT_VERSION})"
+            )
+        if d.get("ignore_value", IGNORE) != IGNORE:
+            raise BankFormatError(
+                f"manifest ignore_value {d['ignore_value']!r} is not {IGNORE}, the only one v1 allows"
+            )
+        try:
+            return cls(
+                bank_version=str(d["bank_version"]),
+                parent_version=d.get("parent_version"),
+                created_at=str(d["created_at"]),
+                classes=ClassTable.from_list(d["classes"]),
+                ignore_value=int(d["ignore_value"]),
+                resolution=(int(d["resolution"][0]), int(d["resolution"][1])),
+                segment_config=SegmentConfig.from_dict(d["segments"]),
+                counts=Counts.from_dict(d["counts"]),
+                sources=tuple(SourceInfo.from_dict(s) for s in d["sources"]),
+                checksums=dict(d.get("checksums", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise BankFormatError(f"manifest is malformed: {e!r}") from e
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        path = Path(directory) / MANIFEST_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise BankFormatError(f"{path} is missing") from None
+        except json.JSONDecodeError as e:
+            raise BankFormatError(f"{path} is not valid JSON: {e}") from e
+        return cls.from_dict(data)

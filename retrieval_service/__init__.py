@@ -1,0 +1,1 @@
+"""SIMS retrieval service: the retrieval engine and the HTTP API."""

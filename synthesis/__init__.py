@@ -1,0 +1,1 @@
+"""SIMS synthesis: canvases, networks, training and the synthesis worker."""
