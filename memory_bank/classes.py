@@ -41,8 +41,9 @@ class ClassTable:
         ids = [c.id for c in self.classes]
         if ids != list(range(len(ids))):
             raise ValueError(f"class ids must be 0..{len(ids) - 1} in order, got {ids[:10]}...")
-        if len(ids) > IGNORE:
-            raise ValueError(f"at most {IGNORE} classes fit in a uint8 label map, got {len(ids)}")
+        if len(ids) > IGNORE - 1:
+            # 255 marks unlabelled pixels and retrieval reserves 254, so ids stop at 253.
+            raise ValueError(f"at most {IGNORE - 1} classes are supported, got {len(ids)}")
 
     @classmethod
     def from_names(cls, names: Sequence[str], colors: Sequence[Sequence[int]] | None = None) -> ClassTable:

@@ -1,0 +1,196 @@
+"""The in-memory retrieval index: a bank's codes split by class, with pruning metadata.
+
+Each class shard keeps its segments sorted by mask popcount, so that the popcount bound
+(BitBound) turns into a contiguous window, plus the grid bounding boxes of each segment's
+mask cells and context cells, for spatial bounds. Code rows live in torch tensors on the
+chosen device (CUDA when available).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from memory_bank import Bank, SegmentConfig
+from memory_bank.classes import IGNORE
+from retrieval_service.kernels import padded_width
+
+log = logging.getLogger(__name__)
+
+#: Rows processed at once while deriving metadata (bounds memory to ~200 MB at 45x60).
+_CHUNK = 65536
+
+
+def default_device() -> torch.device:
+    """CUDA when torch sees a GPU (unverified here: no GPU on our machines), else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class ClassShard:
+    """All segments of one class, sorted by mask popcount."""
+
+    class_id: int
+    segment_ids: np.ndarray  # (n,) int64
+    image_ids: np.ndarray  # (n,) int32
+    mask_pop: np.ndarray  # (n,) int64, ascending
+    context_pop: np.ndarray  # (n,) int64
+    mask_box: np.ndarray  # (4, n) int64 grid box [r0, c0, r1, c1) of the mask cells
+    context_box: np.ndarray  # (4, n) int64 grid box of the present context cells
+    mask: torch.Tensor  # (n, words) int64 packed mask bits
+    context: torch.Tensor  # (n, padded_width(cells)) uint8, padding = IGNORE
+    coarse: np.ndarray  # (n, coarse bytes) uint8, for FAISS
+    extras: dict = field(default_factory=dict)  # per-shard caches (e.g. FAISS indexes)
+
+    def __len__(self) -> int:
+        return int(self.segment_ids.size)
+
+
+@dataclass
+class SegmentIndex:
+    """Per-class shards of a bank, ready for the retrieval engine."""
+
+    config: SegmentConfig
+    resolution: tuple[int, int]
+    num_classes: int
+    shards: dict[int, ClassShard]
+    device: torch.device
+    version: str = ""
+    build_seconds: float = 0.0
+
+    @property
+    def num_segments(self) -> int:
+        return sum(len(s) for s in self.shards.values())
+
+    def nbytes(self) -> int:
+        """Bytes held by the index (codes and metadata)."""
+        total = 0
+        for s in self.shards.values():
+            total += s.mask.element_size() * s.mask.nelement() + s.context.element_size() * s.context.nelement()
+            total += sum(a.nbytes for a in (s.segment_ids, s.image_ids, s.mask_pop, s.context_pop))
+            total += s.mask_box.nbytes + s.context_box.nbytes + s.coarse.nbytes
+        return total
+
+    @classmethod
+    def from_bank(cls, bank: Bank, device: torch.device | None = None) -> SegmentIndex:
+        """Load every code of a bank into memory, split by class."""
+        codes = bank.codes
+        return cls.from_arrays(
+            class_id=bank.column("class_id"),
+            image_id=bank.column("image_id"),
+            mask=np.asarray(codes["mask"][:]),
+            context=np.asarray(codes["context"][:]),
+            coarse=np.asarray(codes["coarse"][:]),
+            config=bank.config,
+            resolution=bank.resolution,
+            num_classes=len(bank.classes),
+            device=device,
+            version=bank.version,
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        class_id: np.ndarray,
+        image_id: np.ndarray,
+        mask: np.ndarray,
+        context: np.ndarray,
+        coarse: np.ndarray,
+        config: SegmentConfig,
+        resolution: tuple[int, int],
+        num_classes: int,
+        segment_ids: np.ndarray | None = None,
+        device: torch.device | None = None,
+        version: str = "",
+    ) -> SegmentIndex:
+        """Build the index from code arrays (one row per segment, ids = row numbers by default)."""
+        start = time.perf_counter()
+        device = device or default_device()
+        if segment_ids is None:
+            segment_ids = np.arange(len(class_id), dtype=np.int64)
+        class_id = np.asarray(class_id)
+        shards = {}
+        for c in np.unique(class_id):
+            rows = np.flatnonzero(class_id == c)
+            shards[int(c)] = _make_shard(
+                int(c), rows, segment_ids, image_id, mask, context, coarse, config.fine_grid, device
+            )
+        index = cls(config, tuple(resolution), num_classes, shards, device, version)
+        index.build_seconds = time.perf_counter() - start
+        log.info(
+            "retrieval index: %d segments in %d classes on %s, %.1f MB, built in %.2f s",
+            index.num_segments,
+            len(shards),
+            device,
+            index.nbytes() / 1e6,
+            index.build_seconds,
+        )
+        return index
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    for start in range(0, n, _CHUNK):
+        yield slice(start, min(n, start + _CHUNK))
+
+
+def grid_boxes(cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(4, n) boxes ``[r0, c0, r1, c1)`` of the set cells of (n, gh * gw) bool rows; empty -> 0s."""
+    gh, gw = grid
+    cells = cells.reshape(-1, gh, gw)
+    rows, cols = cells.any(axis=2), cells.any(axis=1)
+    has = rows.any(axis=1)
+    r0 = rows.argmax(axis=1)
+    r1 = gh - rows[:, ::-1].argmax(axis=1)
+    c0 = cols.argmax(axis=1)
+    c1 = gw - cols[:, ::-1].argmax(axis=1)
+    return np.where(has[None, :], np.stack([r0, c0, r1, c1]), 0).astype(np.int64)
+
+
+def _make_shard(
+    class_id: int,
+    rows: np.ndarray,
+    segment_ids: np.ndarray,
+    image_id: np.ndarray,
+    mask: np.ndarray,
+    context: np.ndarray,
+    coarse: np.ndarray,
+    grid: tuple[int, int],
+    device: torch.device,
+) -> ClassShard:
+    cells = grid[0] * grid[1]
+    n = rows.size
+    mask_pop = np.empty(n, np.int64)
+    context_pop = np.empty(n, np.int64)
+    mask_box = np.empty((4, n), np.int64)
+    context_box = np.empty((4, n), np.int64)
+    for sl in _chunks(n):
+        m = np.asarray(mask[rows[sl]])
+        c = np.asarray(context[rows[sl]])
+        bits = np.unpackbits(m, axis=1, count=cells).astype(bool)
+        present = c != IGNORE
+        mask_pop[sl] = bits.sum(axis=1)
+        context_pop[sl] = present.sum(axis=1)
+        mask_box[:, sl] = grid_boxes(bits, grid)
+        context_box[:, sl] = grid_boxes(present, grid)
+    order = np.argsort(mask_pop, kind="stable")
+    rows = rows[order]
+    ctx = np.full((n, padded_width(cells)), IGNORE, np.uint8)
+    ctx[:, :cells] = np.asarray(context[rows])
+    return ClassShard(
+        class_id=class_id,
+        segment_ids=np.asarray(segment_ids)[rows].astype(np.int64),
+        image_ids=np.asarray(image_id)[rows].astype(np.int32),
+        mask_pop=mask_pop[order],
+        context_pop=context_pop[order],
+        mask_box=mask_box[:, order],
+        context_box=context_box[:, order],
+        mask=torch.from_numpy(np.ascontiguousarray(np.asarray(mask[rows])).view(np.int64)).to(device),
+        context=torch.from_numpy(ctx).to(device),
+        coarse=np.ascontiguousarray(np.asarray(coarse[rows])),
+    )
