@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from memory_bank import SegmentConfig, list_versions, open_bank
-from memory_bank.config import parse_size
+from memory_bank.config import format_grids, parse_grids, parse_size
 
 app = typer.Typer(help="Build and inspect memory banks.", no_args_is_help=True)
 
@@ -44,9 +44,9 @@ def build(
     fine_grid: Annotated[str, typer.Option(help="Grid of exact scoring, ROWSxCOLS.")] = "x".join(
         map(str, SegmentConfig.fine_grid)
     ),
-    coarse_grid: Annotated[str, typer.Option(help="Grid of FAISS codes, ROWSxCOLS.")] = "x".join(
-        map(str, SegmentConfig.coarse_grid)
-    ),
+    coarse_grids: Annotated[
+        str, typer.Option(help="Grids of the FAISS code pyramid, ROWSxCOLS,ROWSxCOLS...")
+    ] = format_grids(SegmentConfig.coarse_grids),
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     progress: ProgressOpt = True,
@@ -59,7 +59,7 @@ def build(
         connectivity=connectivity,  # type: ignore[arg-type]
         min_area=min_area,
         fine_grid=parse_size(fine_grid),
-        coarse_grid=parse_size(coarse_grid),
+        coarse_grids=parse_grids(coarse_grids),
     )
     reader = create_reader(dataset, root, _splits(splits))
     report = build_bank(
@@ -141,8 +141,8 @@ def describe(bank_path: Path, version: str | None = None) -> str:
         f"images    {c.images} at {m.resolution[0]}x{m.resolution[1]}",
         f"segments  {c.segments} kept ({kept_pct:.0f}%), {c.dropped_segments} dropped below {cfg.min_area} px "
         f"({c.dropped_area} px in all)",
-        f"codes     fine grid {cfg.fine_grid[0]}x{cfg.fine_grid[1]}, coarse grid "
-        f"{cfg.coarse_grid[0]}x{cfg.coarse_grid[1]}, {cfg.connectivity}-connectivity, "
+        f"codes     fine grid {cfg.fine_grid[0]}x{cfg.fine_grid[1]}, coarse grids "
+        f"{format_grids(cfg.coarse_grids)}, {cfg.connectivity}-connectivity, "
         f"context box x{cfg.context_scale}",
         f"disk      {size / 1e6:.1f} MB ({size / max(1, c.images) / 1e3:.0f} kB/image, "
         f"{size / max(1, c.segments) / 1e3:.1f} kB/segment)",

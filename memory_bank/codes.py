@@ -7,8 +7,12 @@ Per segment, at the *fine* grid:
   box, or the segment's own mask bit is set there) hold the majority label of the whole cell
   (:data:`~memory_bank.classes.IGNORE` where unlabelled pixels win); other cells hold IGNORE.
 
-At the *coarse* grid, one packed code for FAISS: the coarse mask bits followed by the coarse
-context-box bits. Bits are packed big-endian (``numpy.packbits``), cells in row-major order,
+For FAISS, one packed *coarse* code: for each grid of ``coarse_grids`` in turn, the fine mask
+bits OR-pooled to that grid (fine cell ``(i, j)`` falls in coarse cell ``(i * ch // gh,
+j * cw // gw)``). OR-pooling keeps small segments visible and the two levels break the ties
+one level leaves, so Hamming order tracks the fine score well.
+
+Bits are packed big-endian (``numpy.packbits``), cells in row-major order,
 and every row is zero-padded to a multiple of 8 bytes so it can be read as uint64 words.
 """
 
@@ -104,16 +108,33 @@ def encode_segments(label: np.ndarray, segments: Segments, num_classes: int, con
     in_box = box_cells(segments.context_box, frame, config.fine_grid) | fine_mask
     grid_labels = label_grid(label, num_classes, config.fine_grid)
     context = np.where(in_box, grid_labels[None, :], IGNORE).astype(np.uint8)
-    coarse_mask = mask_cells(segments, config.coarse_grid)
-    coarse_box = box_cells(segments.context_box, frame, config.coarse_grid) | coarse_mask
     mask = pack_bits(fine_mask)
     return SegmentCodes(
         mask=mask,
         context=context,
-        coarse=pack_bits(np.concatenate([coarse_mask, coarse_box], axis=1)),
+        coarse=coarse_code(fine_mask, config),
         mask_popcount=fine_mask.sum(axis=1, dtype=np.int32),
         context_popcount=(context != IGNORE).sum(axis=1, dtype=np.int32),
     )
+
+
+def pool_cells(cells: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
+    """OR-pool (n, gh * gw) bool rows on the fine grid to (n, ch * cw) on a coarse grid."""
+    (gh, gw), (ch, cw) = fine, coarse
+    # Fine rows map to coarse rows monotonically, so each coarse row is a contiguous run.
+    row_starts = np.flatnonzero(np.diff(np.arange(gh) * ch // gh, prepend=-1))
+    col_starts = np.flatnonzero(np.diff(np.arange(gw) * cw // gw, prepend=-1))
+    grid = cells.reshape(-1, gh, gw)
+    if grid.shape[0] == 0:
+        return np.zeros((0, ch * cw), bool)
+    pooled = np.logical_or.reduceat(np.logical_or.reduceat(grid, row_starts, axis=1), col_starts, axis=2)
+    return pooled.reshape(-1, ch * cw)
+
+
+def coarse_code(fine_mask: np.ndarray, config: SegmentConfig) -> np.ndarray:
+    """Packed coarse codes from (n, fine cells) bool mask rows: every level of the pyramid."""
+    levels = [pool_cells(fine_mask, config.fine_grid, g) for g in config.coarse_grids]
+    return pack_bits(np.concatenate(levels, axis=1))
 
 
 def fine_bits(config: SegmentConfig) -> int:
@@ -122,5 +143,5 @@ def fine_bits(config: SegmentConfig) -> int:
 
 
 def coarse_bits(config: SegmentConfig) -> int:
-    """Bits in a coarse code (before padding): coarse mask cells then coarse box cells."""
-    return 2 * config.coarse_grid[0] * config.coarse_grid[1]
+    """Bits in a coarse code (before padding): the cells of every coarse grid."""
+    return sum(g[0] * g[1] for g in config.coarse_grids)

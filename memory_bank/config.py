@@ -24,14 +24,16 @@ class SegmentConfig:
         context_scale: The context box is the bounding box scaled by this factor about its
             centre in each dimension (paper §4.1: enlarged by 25%), clipped to the frame.
         fine_grid: (rows, cols) of the grid at which masks and contexts are scored exactly.
-        coarse_grid: (rows, cols) of the grid of the short binary codes used by FAISS.
+        coarse_grids: (rows, cols) of each level of the short binary codes used by FAISS: a
+            pyramid of the fine mask bits OR-pooled to each grid. Two levels rank candidates far
+            better than one (benchmarks/README: coarse code study).
     """
 
     connectivity: Literal[4, 8] = 8
     min_area: int = 64
     context_scale: float = 1.25
     fine_grid: Grid = (45, 60)
-    coarse_grid: Grid = (12, 16)
+    coarse_grids: tuple[Grid, ...] = ((15, 20), (9, 12))
 
     def __post_init__(self) -> None:
         if self.connectivity not in (4, 8):
@@ -40,15 +42,19 @@ class SegmentConfig:
             raise ValueError(f"min_area must be >= 1 pixel, got {self.min_area}")
         if self.context_scale < 1.0:
             raise ValueError(f"context_scale must be >= 1, got {self.context_scale}")
-        for name in ("fine_grid", "coarse_grid"):
-            g = getattr(self, name)
+        for g in (self.fine_grid, *self.coarse_grids):
             if len(g) != 2 or min(g) < 1:
-                raise ValueError(f"{name} must be two positive ints, got {g}")
+                raise ValueError(f"grids must be two positive ints, got {g}")
+        if not self.coarse_grids:
+            raise ValueError("coarse_grids needs at least one grid")
+        for g in self.coarse_grids:
+            if g[0] > self.fine_grid[0] or g[1] > self.fine_grid[1]:
+                raise ValueError(f"coarse grid {g} is finer than the fine grid {self.fine_grid}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["fine_grid"] = list(self.fine_grid)
-        d["coarse_grid"] = list(self.coarse_grid)
+        d["coarse_grids"] = [list(g) for g in self.coarse_grids]
         return d
 
     @classmethod
@@ -58,8 +64,18 @@ class SegmentConfig:
             min_area=int(data["min_area"]),
             context_scale=float(data["context_scale"]),
             fine_grid=(int(data["fine_grid"][0]), int(data["fine_grid"][1])),
-            coarse_grid=(int(data["coarse_grid"][0]), int(data["coarse_grid"][1])),
+            coarse_grids=tuple((int(g[0]), int(g[1])) for g in data["coarse_grids"]),
         )
+
+
+def parse_grids(text: str) -> tuple[Grid, ...]:
+    """Parse ``"15x20,9x12"`` into ``((15, 20), (9, 12))``."""
+    return tuple(parse_size(part) for part in text.split(",") if part.strip())
+
+
+def format_grids(grids: tuple[Grid, ...]) -> str:
+    """Inverse of :func:`parse_grids`."""
+    return ",".join(f"{g[0]}x{g[1]}" for g in grids)
 
 
 def parse_size(text: str) -> Grid:

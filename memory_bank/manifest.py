@@ -92,7 +92,7 @@ class Manifest:
             "segments": cfg.to_dict(),
             "codes": {
                 "fine_mask_bits": cfg.fine_grid[0] * cfg.fine_grid[1],
-                "coarse_bits": 2 * cfg.coarse_grid[0] * cfg.coarse_grid[1],
+                "coarse_bits": sum(g[0] * g[1] for g in cfg.coarse_grids),
                 "bit_order": "big",
                 "row_padding_bytes": 8,
             },

@@ -26,8 +26,8 @@ import torch
 from memory_bank import Bank
 from memory_bank.classes import IGNORE
 from retrieval_service.candidates import CandidateConfig, build_candidate_index, search
-from retrieval_service.index import ClassShard, SegmentIndex, grid_boxes
-from retrieval_service.kernels import NO_MATCH, exact_counts, iou64, padded_width
+from retrieval_service.index import ClassShard, SegmentIndex, block_counts, block_grid_for, grid_boxes
+from retrieval_service.kernels import NO_MATCH, count_equal, exact_counts, iou64, padded_width, popcount64
 from retrieval_service.query import Query, prepare_query
 
 Mode = Literal["exact", "fast"]
@@ -124,6 +124,7 @@ class _QueryRows:
     mask_box: np.ndarray  # (4, q)
     context_box: np.ndarray
     coarse: np.ndarray  # (q, bytes)
+    context_blocks: np.ndarray  # (q, blocks) uint8
 
 
 class RetrievalEngine:
@@ -233,6 +234,7 @@ class RetrievalEngine:
             mask_box=grid_boxes(bits, grid),
             context_box=grid_boxes(raw != IGNORE, grid),
             coarse=np.ascontiguousarray(codes.coarse[comps]),
+            context_blocks=block_counts(raw != IGNORE, grid, block_grid_for(grid)),
         )
 
     # 3. Exact scoring of (query component, candidate position) pairs, batched
@@ -313,24 +315,81 @@ class RetrievalEngine:
     ) -> tuple[list[tuple[Match, ...]], int]:
         seeds = self._candidates(shard, rows, max(4 * k, 32), excluded)
         seed_scores = self._score_lists(shard, rows, seeds)
-        rest = []
+        out, scored = [], 0
         for j, (seed, sc) in enumerate(zip(seeds, seed_scores, strict=True)):
-            # The k-th best seed score is a floor that the true k-th best can only beat.
-            t = np.sort(sc[0])[::-1][k - 1] if seed.size >= k else -np.inf
-            window = _popcount_window(shard.mask_pop, int(rows.mask_pop[j]), t)
-            ub = _upper_bounds(shard, rows, j, window)
-            pos = window.start + np.flatnonzero(ub >= t)
-            pos = pos[~np.isin(pos, seed)]
-            if excluded.size and pos.size:
-                pos = pos[~np.isin(shard.image_ids[pos], excluded)]
-            rest.append(pos)
-        rest_scores = self._score_lists(shard, rows, rest)
-        out = []
-        for seed, sc, pos, rsc in zip(seeds, seed_scores, rest, rest_scores, strict=True):
+            pos, rest = self._certify(shard, rows, j, k, seed, sc[0], excluded)
             all_pos = np.concatenate([seed, pos])
-            all_scores = tuple(np.concatenate([a, b]) for a, b in zip(sc, rsc, strict=True))
+            all_scores = tuple(np.concatenate([a, b]) for a, b in zip(sc, rest, strict=True))
             out.append(self._top(shard, all_pos, all_scores, k))
-        return out, sum(s.size + r.size for s, r in zip(seeds, rest, strict=True))
+            scored += all_pos.size
+        return out, scored
+
+    def _certify(
+        self,
+        shard: ClassShard,
+        rows: _QueryRows,
+        j: int,
+        k: int,
+        seed: np.ndarray,
+        seed_score: np.ndarray,
+        excluded: np.ndarray,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """Score every segment outside ``seed`` that could still enter the top-k of query ``j``.
+
+        Bounds tighten in stages, each cheaper than the next: popcounts and grid boxes (a few
+        ints per segment), then the exact mask IoU with a per-block bound on the context
+        (~0.5 kB), and last the exact context (~3 kB), in descending order of the bound so the
+        k-th best score ``t`` keeps rising and stops the scan early.
+        """
+        # The k-th best seed score is a floor that the true k-th best can only beat.
+        t = np.sort(seed_score)[::-1][k - 1] if seed.size >= k else -np.inf
+        best = np.sort(seed_score)[::-1][:k]
+        window = _popcount_window(shard.mask_pop, int(rows.mask_pop[j]), t)
+        ub = _upper_bounds(shard, rows, j, window)
+        pos = window.start + np.flatnonzero(ub >= t)
+        pos = pos[~np.isin(pos, seed)]
+        if excluded.size and pos.size:
+            pos = pos[~np.isin(shard.image_ids[pos], excluded)]
+        empty = (np.zeros(0, np.int64), (np.zeros(0), np.zeros(0), np.zeros(0)))
+        if pos.size == 0:
+            return empty
+        # Stage 2: exact mask IoU, and context intersection <= sum over blocks of min(counts).
+        device = shard.mask.device
+        p = torch.from_numpy(pos).to(device)
+        inter = popcount64(shard.mask.index_select(0, p) & rows.mask[j]).sum(dim=1).cpu().numpy()
+        miou = iou64(inter, rows.mask_pop[j], shard.mask_pop[pos])
+        cb = shard.context_pop[pos]
+        cap = np.minimum(shard.context_blocks[pos], rows.context_blocks[j]).sum(axis=1, dtype=np.int64)
+        ub2 = miou + iou64(np.minimum(cap, np.minimum(rows.context_pop[j], cb)), rows.context_pop[j], cb)
+        keep = ub2 >= t
+        pos, miou, ub2 = pos[keep], miou[keep], ub2[keep]
+        if pos.size == 0:
+            return empty
+        # Stage 3: exact context, best bound first, until the bound falls below t.
+        order = np.argsort(-ub2, kind="stable")
+        done = []
+        for start in range(0, order.size, _CERTIFY_CHUNK):
+            chunk = order[start : start + _CERTIFY_CHUNK]
+            if ub2[chunk[0]] < t:
+                break
+            cpos = torch.from_numpy(pos[chunk]).to(device)
+            cinter = count_equal(shard.context.index_select(0, cpos), rows.context[j]).cpu().numpy()
+            ciou = iou64(cinter, rows.context_pop[j], shard.context_pop[pos[chunk]])
+            score = miou[chunk] + ciou
+            done.append((chunk, score, ciou))
+            best = np.sort(np.concatenate([best, score]))[::-1][:k]
+            if best.size >= k:
+                t = max(t, best[k - 1])
+        if not done:
+            return empty
+        idx = np.concatenate([d[0] for d in done])
+        score = np.concatenate([d[1] for d in done])
+        ciou = np.concatenate([d[2] for d in done])
+        return pos[idx], (score, miou[idx], ciou)
+
+
+#: Candidates whose exact context is scored at once while certifying.
+_CERTIFY_CHUNK = 512
 
 
 def _excluded_count(shard: ClassShard, excluded: np.ndarray) -> int:

@@ -45,6 +45,7 @@ class ClassShard:
     mask: torch.Tensor  # (n, words) int64 packed mask bits
     context: torch.Tensor  # (n, padded_width(cells)) uint8, padding = IGNORE
     coarse: np.ndarray  # (n, coarse bytes) uint8, for FAISS
+    context_blocks: np.ndarray  # (n, blocks) uint8: present context cells per block of BLOCK_GRID
     extras: dict = field(default_factory=dict)  # per-shard caches (e.g. FAISS indexes)
 
     def __len__(self) -> int:
@@ -152,6 +153,24 @@ def grid_boxes(cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return np.where(has[None, :], np.stack([r0, c0, r1, c1]), 0).astype(np.int64)
 
 
+def block_grid_for(grid: tuple[int, int]) -> tuple[int, int]:
+    """Blocks of about 5x5 fine cells (at most 255 cells each, so counts fit a byte)."""
+    return max(1, round(grid[0] / 5)), max(1, round(grid[1] / 5))
+
+
+def block_counts(cells: np.ndarray, grid: tuple[int, int], blocks: tuple[int, int]) -> np.ndarray:
+    """(n, bh * bw) uint8: set cells of (n, gh * gw) bool rows in each block (fine cell (i, j)
+    belongs to block (i * bh // gh, j * bw // gw))."""
+    (gh, gw), (bh, bw) = grid, blocks
+    row_starts = np.flatnonzero(np.diff(np.arange(gh) * bh // gh, prepend=-1))
+    col_starts = np.flatnonzero(np.diff(np.arange(gw) * bw // gw, prepend=-1))
+    x = cells.reshape(-1, gh, gw).astype(np.uint8)
+    if x.shape[0] == 0:
+        return np.zeros((0, bh * bw), np.uint8)
+    summed = np.add.reduceat(np.add.reduceat(x, row_starts, axis=1), col_starts, axis=2)
+    return summed.reshape(x.shape[0], -1).astype(np.uint8)
+
+
 def _make_shard(
     class_id: int,
     rows: np.ndarray,
@@ -169,6 +188,8 @@ def _make_shard(
     context_pop = np.empty(n, np.int64)
     mask_box = np.empty((4, n), np.int64)
     context_box = np.empty((4, n), np.int64)
+    block_grid = block_grid_for(grid)
+    blocks = np.empty((n, block_grid[0] * block_grid[1]), np.uint8)
     for sl in _chunks(n):
         m = np.asarray(mask[rows[sl]])
         c = np.asarray(context[rows[sl]])
@@ -178,6 +199,7 @@ def _make_shard(
         context_pop[sl] = present.sum(axis=1)
         mask_box[:, sl] = grid_boxes(bits, grid)
         context_box[:, sl] = grid_boxes(present, grid)
+        blocks[sl] = block_counts(present, grid, block_grid)
     order = np.argsort(mask_pop, kind="stable")
     rows = rows[order]
     ctx = np.full((n, padded_width(cells)), IGNORE, np.uint8)
@@ -193,4 +215,5 @@ def _make_shard(
         mask=torch.from_numpy(np.ascontiguousarray(np.asarray(mask[rows])).view(np.int64)).to(device),
         context=torch.from_numpy(ctx).to(device),
         coarse=np.ascontiguousarray(np.asarray(coarse[rows])),
+        context_blocks=blocks[order],
     )

@@ -27,7 +27,7 @@ from memory_bank.torch_dataset import SegmentDataset
 
 def test_round_trip_gives_identical_arrays(tmp_path: Path, sample_root: Path) -> None:
     reader = create_reader("camvid", sample_root, ["val"])
-    cfg = SegmentConfig(fine_grid=(18, 24), coarse_grid=(6, 8))
+    cfg = SegmentConfig(fine_grid=(18, 24), coarse_grids=((6, 8),))
     records = [
         make_record(
             s.image,

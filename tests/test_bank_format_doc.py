@@ -121,16 +121,18 @@ def test_codes_match_documented_definitions(bank_root: Path) -> None:
     m = doc.manifest
     config = SegmentConfig.from_dict(m["segments"])
     k = len(m["classes"])
-    (gh, gw), (ch, cw) = m["segments"]["fine_grid"], m["segments"]["coarse_grid"]
+    (gh, gw) = m["segments"]["fine_grid"]
+    levels = [tuple(g) for g in m["segments"]["coarse_grids"]]
+    coarse_bits = sum(ch * cw for ch, cw in levels)
     assert m["codes"] == {
         "fine_mask_bits": gh * gw,
-        "coarse_bits": 2 * ch * cw,
+        "coarse_bits": coarse_bits,
         "bit_order": "big",
         "row_padding_bytes": 8,
     }
     codes = {name: np.asarray(doc.arrays[f"codes/{name}"][:]) for name in ("mask", "context", "coarse")}
     assert codes["mask"].shape[1] == -(-gh * gw // 64) * 8
-    assert codes["coarse"].shape[1] == -(-2 * ch * cw // 64) * 8
+    assert codes["coarse"].shape[1] == -(-coarse_bits // 64) * 8
     for image_id in range(len(doc.images["image_id"])):
         rows = list(doc.image_rows(image_id))
         label = np.asarray(doc.arrays["labels"][image_id])
@@ -146,15 +148,21 @@ def test_codes_match_documented_definitions(bank_root: Path) -> None:
         np.testing.assert_array_equal(codes["coarse"][rows], lib.coarse)
         # Against the doc's own definitions.
         np.testing.assert_array_equal(fine, doc_mask_bits(components, len(rows), (gh, gw)))
-        coarse_mask = doc_mask_bits(components, len(rows), (ch, cw))
-        coarse = unpack(codes["coarse"][rows], 2 * ch * cw)
-        np.testing.assert_array_equal(coarse[:, : ch * cw], coarse_mask)
+        coarse = unpack(codes["coarse"][rows], coarse_bits)
+        start = 0
+        for ch, cw in levels:
+            # Fine cell (i, j) ORs into coarse cell (i * ch // gh, j * cw // gw).
+            want = np.zeros((len(rows), ch, cw), bool)
+            grid = fine.reshape(-1, gh, gw)
+            for i in range(gh):
+                for j in range(gw):
+                    want[:, i * ch // gh, j * cw // gw] |= grid[:, i, j]
+            np.testing.assert_array_equal(coarse[:, start : start + ch * cw], want.reshape(len(rows), -1))
+            start += ch * cw
         for j, sid in enumerate(rows):
             box = doc.segments["context_box"][sid]
-            want = doc_context(label, box, fine[j], (gh, gw), k)
-            np.testing.assert_array_equal(codes["context"][sid], want)
-            box_bits = doc_context(np.zeros_like(label), box, coarse_mask[j], (ch, cw), k) != IGNORE
-            np.testing.assert_array_equal(coarse[j, ch * cw :], box_bits)
+            want_ctx = doc_context(label, box, fine[j], (gh, gw), k)
+            np.testing.assert_array_equal(codes["context"][sid], want_ctx)
         # Padding bytes are zero.
         assert not codes["mask"][rows, -(-gh * gw // 8) :].any()
 

@@ -13,7 +13,7 @@ from retrieval_service.index import SegmentIndex
 from retrieval_service.query import prepare_query
 from retrieval_service.reference import brute_force_topk
 
-CFG = SegmentConfig(min_area=4, fine_grid=(12, 16), coarse_grid=(6, 8))
+CFG = SegmentConfig(min_area=4, fine_grid=(12, 16), coarse_grids=((6, 8),))
 FRAME = (36, 48)
 NUM_CLASSES = 5
 

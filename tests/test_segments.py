@@ -40,7 +40,7 @@ def scipy_components(label: np.ndarray, connectivity: int, min_area: int) -> lis
 @settings(max_examples=150, deadline=None)
 @given(label=label_maps(), connectivity=st.sampled_from([4, 8]), min_area=st.integers(1, 6))
 def test_components_match_scipy_label(label: np.ndarray, connectivity: int, min_area: int) -> None:
-    cfg = SegmentConfig(connectivity=connectivity, min_area=min_area, fine_grid=(2, 2), coarse_grid=(1, 1))
+    cfg = SegmentConfig(connectivity=connectivity, min_area=min_area, fine_grid=(2, 2), coarse_grids=((1, 1),))
     seg = extract_segments(label, NUM_CLASSES, cfg)
     got = [(int(seg.class_id[i]), frozenset(np.flatnonzero(seg.mask(i).ravel()).tolist())) for i in range(len(seg))]
     assert got == scipy_components(label, connectivity, min_area)
@@ -87,7 +87,7 @@ def test_min_area_drops_and_counts() -> None:
     label[0:10, 0:10] = 1  # 100 px
     label[15, 15] = 2  # 1 px
     label[18:20, 0:3] = 2  # 6 px
-    seg = extract_segments(label, 3, SegmentConfig(min_area=6, fine_grid=(4, 4), coarse_grid=(2, 2)))
+    seg = extract_segments(label, 3, SegmentConfig(min_area=6, fine_grid=(4, 4), coarse_grids=((2, 2),)))
     assert seg.class_id.tolist() == [1, 2]
     assert seg.area.tolist() == [100, 6]
     assert (seg.dropped, seg.dropped_area) == (1, 1)
@@ -109,9 +109,10 @@ def test_bad_label_maps_are_refused(label: np.ndarray, message: str) -> None:
 
 
 def test_all_ignore_label_map_has_no_segments() -> None:
-    seg = extract_segments(np.full((30, 40), IGNORE, np.uint8), 4, SegmentConfig(fine_grid=(3, 4)))
+    cfg = SegmentConfig(fine_grid=(3, 4), coarse_grids=((2, 2),))
+    seg = extract_segments(np.full((30, 40), IGNORE, np.uint8), 4, cfg)
     assert len(seg) == 0
-    codes = encode_segments(np.full((30, 40), IGNORE, np.uint8), seg, 4, SegmentConfig(fine_grid=(3, 4)))
+    codes = encode_segments(np.full((30, 40), IGNORE, np.uint8), seg, 4, cfg)
     assert codes.mask.shape == (0, 8) and codes.context.shape == (0, 12)
 
 
@@ -119,7 +120,8 @@ def test_all_ignore_label_map_has_no_segments() -> None:
 @given(label=label_maps(48), grid=st.tuples(st.integers(1, 8), st.integers(1, 8)))
 def test_codes_are_consistent(label: np.ndarray, grid: tuple[int, int]) -> None:
     grid = (min(grid[0], label.shape[0]), min(grid[1], label.shape[1]))
-    cfg = SegmentConfig(min_area=1, fine_grid=grid, coarse_grid=(1, 1))
+    coarse = ((max(1, grid[0] // 2), max(1, grid[1] // 3)), (1, 1))
+    cfg = SegmentConfig(min_area=1, fine_grid=grid, coarse_grids=coarse)
     seg = extract_segments(label, NUM_CLASSES, cfg)
     codes = encode_segments(label, seg, NUM_CLASSES, cfg)
     cells = grid[0] * grid[1]
@@ -135,6 +137,16 @@ def test_codes_are_consistent(label: np.ndarray, grid: tuple[int, int]) -> None:
         in_box = box_cells(seg.context_box[i : i + 1], label.shape, grid)[0] | expected
         np.testing.assert_array_equal(codes.context[i], np.where(in_box, label_grid(label, NUM_CLASSES, grid), IGNORE))
     np.testing.assert_array_equal(codes.mask_popcount, bits.sum(axis=1))
+    # Coarse code: the fine mask OR-pooled to each coarse grid, levels concatenated.
+    coarse = unpack_bits(codes.coarse, sum(g[0] * g[1] for g in cfg.coarse_grids))
+    start = 0
+    for ch, cw in cfg.coarse_grids:
+        want = np.zeros((len(seg), ch, cw), bool)
+        for r in range(grid[0]):
+            for c in range(grid[1]):
+                want[:, r * ch // grid[0], c * cw // grid[1]] |= bits[:, r * grid[1] + c]
+        np.testing.assert_array_equal(coarse[:, start : start + ch * cw], want.reshape(len(seg), -1))
+        start += ch * cw
     np.testing.assert_array_equal(codes.context_popcount, (codes.context != IGNORE).sum(axis=1))
 
 
@@ -160,6 +172,6 @@ def test_mask_cells_on_uneven_grid() -> None:
     # 10 rows on a 3-row grid: rows 0-3, 4-6, 7-9 (cell of row r is r * 3 // 10).
     label = np.zeros((10, 4), np.uint8)
     label[4:7] = 1
-    seg = extract_segments(label, 2, SegmentConfig(min_area=1, fine_grid=(3, 1), coarse_grid=(1, 1)))
+    seg = extract_segments(label, 2, SegmentConfig(min_area=1, fine_grid=(3, 1), coarse_grids=((1, 1),)))
     assert seg.class_id.tolist() == [0, 0, 1]
     assert mask_cells(seg, (3, 1)).tolist() == [[True, False, False], [False, False, True], [False, True, False]]

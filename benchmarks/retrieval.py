@@ -1,0 +1,203 @@
+"""Retrieval benchmark: brute force vs exact vs fast on banks of 10^4, 10^5 and 10^6 segments.
+
+    .venv/bin/python benchmarks/retrieval.py --root ../shared/data/camvid
+
+Banks: the CamVid train bank (built once under benchmarks/.cache), grown to each size by
+jittering whole label maps (benchmarks/jitter.py). Queries: every CamVid val layout. Latency is
+per whole layout (cutting and coding the layout included). Writes
+benchmarks/results/retrieval.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from jitter import CACHE_DIR, CodeBank, jittered_bank
+
+from indexers.build import build_bank
+from indexers.readers import create_reader
+from memory_bank import current_version, open_bank
+from memory_bank.errors import BankNotFoundError
+from retrieval_service.candidates import CandidateConfig
+from retrieval_service.engine import RetrievalEngine, RetrievalOptions, Status
+from retrieval_service.index import SegmentIndex
+from retrieval_service.query import prepare_query
+from retrieval_service.reference import brute_force_topk
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def train_bank(root: Path) -> Path:
+    """The CamVid train bank, built once and cached."""
+    path = CACHE_DIR / "camvid-train"
+    try:
+        current_version(path)
+    except BankNotFoundError:
+        build_bank(create_reader("camvid", root, ["train"]), path, progress=True)
+    return path
+
+
+def brute_force_layout(codes: CodeBank, by_class: dict[int, np.ndarray], label: np.ndarray, k: int) -> list:
+    """The reference: cut and code the layout, then a full numpy scan per component."""
+    query = prepare_query(label, codes.num_classes, codes.config, codes.resolution)
+    out = []
+    for i in range(len(query)):
+        c = int(query.segments.class_id[i])
+        if query.segments.area[i] < codes.config.min_area or c not in by_class:
+            continue
+        ids = by_class[c]
+        out.append(
+            brute_force_topk(query.codes.mask[i], query.codes.context[i], codes.mask[ids], codes.context[ids], ids, k)
+        )
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespace) -> dict:
+    n = len(codes)
+    # 1. Index build: shards, grid boxes, and FAISS candidate indexes.
+    t0 = time.perf_counter()
+    index = SegmentIndex.from_arrays(
+        class_id=codes.class_id,
+        image_id=codes.image_id,
+        mask=codes.mask,
+        context=codes.context,
+        coarse=codes.coarse,
+        config=codes.config,
+        resolution=codes.resolution,
+        num_classes=codes.num_classes,
+    )
+    engine = RetrievalEngine(index, CandidateConfig(nprobe=args.nprobe))
+    engine.warm_up()
+    build_seconds = time.perf_counter() - t0
+    faiss_bytes = sum(
+        s.extras["faiss"].ntotal * (s.coarse.shape[1] + 8) for s in index.shards.values() if "faiss" in s.extras
+    )
+    # 2. Exact and fast on every layout.
+    lat: dict[str, list[float]] = {"exact": [], "fast": []}
+    scored: dict[str, list[int]] = {"exact": [], "fast": []}
+    hits = total = 0
+    exact_results = []
+    for label in tqdm(layouts, desc=f"{n:>8} exact+fast", unit="layout"):
+        for mode in ("exact", "fast"):
+            opts = RetrievalOptions(k=args.k, mode=mode, candidates=args.candidates)
+            t = time.perf_counter()
+            res = engine.retrieve(label, opts)
+            lat[mode].append(time.perf_counter() - t)
+            scored[mode].append(res.scored)
+            if mode == "exact":
+                exact = res
+        fast = res
+        exact_results.append(exact)
+        for e, f in zip(exact.components, fast.components, strict=True):
+            if e.status is Status.OK:
+                total += 1
+                hits += abs(e.matches[0].score - f.matches[0].score) <= 1e-6
+    # 3. Brute force on a sample of layouts (it is slow), checked against exact.
+    by_class = {int(c): np.flatnonzero(codes.class_id == c) for c in np.unique(codes.class_id)}
+    sample = np.linspace(0, len(layouts) - 1, min(args.brute_force_layouts, len(layouts))).astype(int)
+    brute = []
+    mismatches = 0
+    for i in tqdm(sample, desc=f"{n:>8} brute force", unit="layout"):
+        t = time.perf_counter()
+        ref = brute_force_layout(codes, by_class, layouts[i], args.k)
+        brute.append(time.perf_counter() - t)
+        got = [c for c in exact_results[i].components if c.status is Status.OK]
+        for (ids, scores, _, _), comp in zip(ref, got, strict=True):
+            mismatches += [m.segment_id for m in comp.matches] != ids.tolist()
+            mismatches += [m.score for m in comp.matches] != scores.tolist()
+    exact_on_sample = [lat["exact"][i] for i in sample]
+    return {
+        "segments": n,
+        "index_build_seconds": build_seconds,
+        "index_bytes": index.nbytes(),
+        "faiss_bytes": faiss_bytes,
+        "layouts": len(layouts),
+        "components_scored": total,
+        "latency_ms": {
+            mode: {"p50": 1e3 * pct(v, 50), "p95": 1e3 * pct(v, 95), "mean": 1e3 * statistics.mean(v)}
+            for mode, v in {**lat, "brute_force": brute}.items()
+        },
+        "brute_force_layouts": len(sample),
+        "exact_speedup_vs_brute_force_p50": pct(brute, 50) / pct(exact_on_sample, 50),
+        "exact_speedup_vs_brute_force_mean": statistics.mean(brute) / statistics.mean(exact_on_sample),
+        "exact_mismatches_vs_brute_force": mismatches,
+        "fast_recall_at_1": hits / max(1, total),
+        "segments_scored_per_layout": {m: statistics.mean(v) for m, v in scored.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, required=True, help="CamVid root (SegNet layout)")
+    parser.add_argument("--bank", type=Path, default=None, help="CamVid train bank (default: built under .cache)")
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--candidates", type=int, default=256, help="fast mode: FAISS candidates per component")
+    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--brute-force-layouts", type=int, default=10)
+    parser.add_argument("--max-layouts", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "retrieval.json")
+    args = parser.parse_args()
+
+    bank_path = args.bank or train_bank(args.root)
+    bank = open_bank(bank_path)
+    val = create_reader("camvid", args.root, ["val"])
+    layouts = [val.load(ref).label for ref in val.refs[: args.max_layouts]]
+    results = []
+    for n in (int(float(s)) for s in args.sizes.split(",")):
+        codes = jittered_bank(bank_path, n)
+        results.append(run_size(codes, layouts, args))
+        r = results[-1]
+        print(json.dumps({k: r[k] for k in ("segments", "latency_ms", "fast_recall_at_1")}, indent=None))
+        del codes
+    out = {
+        "benchmark": "retrieval",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "source_bank": bank.version,
+        "grid": {"fine": list(bank.config.fine_grid), "coarse": [list(g) for g in bank.config.coarse_grids]},
+        "k": args.k,
+        "fast_candidates": args.candidates,
+        "nprobe": args.nprobe,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "sizes": results,
+        "targets_at_1e6": {"exact_speedup_vs_brute_force": 100, "fast_recall_at_1": 0.99, "fast_p50_ms": 20},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print()
+    print("| segments | brute force p50 / p95 | exact p50 / p95 | fast p50 / p95 | exact speedup | fast recall@1 "
+          "| index build | index memory |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        lm = r["latency_ms"]
+        print(
+            f"| {r['segments']:,} | {lm['brute_force']['p50']:.0f} / {lm['brute_force']['p95']:.0f} ms "
+            f"| {lm['exact']['p50']:.1f} / {lm['exact']['p95']:.1f} ms | {lm['fast']['p50']:.1f} / "
+            f"{lm['fast']['p95']:.1f} ms | {r['exact_speedup_vs_brute_force_p50']:.0f}x "
+            f"| {r['fast_recall_at_1']:.4f} | {r['index_build_seconds']:.1f} s "
+            f"| {(r['index_bytes'] + r['faiss_bytes']) / 1e6:.0f} MB |"
+        )
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
