@@ -145,7 +145,7 @@ def test_codes_are_consistent(label: np.ndarray, grid: tuple[int, int]) -> None:
         for r in range(grid[0]):
             for c in range(grid[1]):
                 want[:, r * ch // grid[0], c * cw // grid[1]] |= bits[:, r * grid[1] + c]
-        np.testing.assert_array_equal(coarse[:, start : start + ch * cw], want.reshape(len(seg), -1))
+        np.testing.assert_array_equal(coarse[:, start : start + ch * cw], want.reshape(len(seg), ch * cw))
         start += ch * cw
     np.testing.assert_array_equal(codes.context_popcount, (codes.context != IGNORE).sum(axis=1))
 
