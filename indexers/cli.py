@@ -45,8 +45,9 @@ def build(
         map(str, SegmentConfig.fine_grid)
     ),
     coarse_grids: Annotated[
-        str, typer.Option(help="Grids of the FAISS code pyramid, ROWSxCOLS,ROWSxCOLS...")
-    ] = format_grids(SegmentConfig.coarse_grids),
+        str | None,
+        typer.Option(help="Grids of the FAISS code pyramid, ROWSxCOLS,... (default: fine, 1/3, 1/5)."),
+    ] = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     progress: ProgressOpt = True,
@@ -59,7 +60,7 @@ def build(
         connectivity=connectivity,  # type: ignore[arg-type]
         min_area=min_area,
         fine_grid=parse_size(fine_grid),
-        coarse_grids=parse_grids(coarse_grids),
+        coarse_grids=parse_grids(coarse_grids) if coarse_grids else None,
     )
     reader = create_reader(dataset, root, _splits(splits))
     report = build_bank(

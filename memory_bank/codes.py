@@ -3,9 +3,10 @@
 Per segment, at the *fine* grid:
 - ``mask``: packed bits, 1 where at least half of a cell's pixels are the segment (the best
   covered cell is always set, so no segment codes to nothing);
-- ``context``: one byte per cell. Cells "inside" the context box (their centre lies in the
-  box, or the segment's own mask bit is set there) hold the majority label of the whole cell
-  (:data:`~memory_bank.classes.IGNORE` where unlabelled pixels win); other cells hold IGNORE.
+- ``context``: one byte per cell. The segment's own mask cells hold its class; other cells
+  whose centre lies in the context box hold the majority label of the whole cell
+  (:data:`~memory_bank.classes.IGNORE` where unlabelled pixels win); the rest hold IGNORE.
+  A context is therefore never empty, so a segment always scores 2.0 against itself.
 
 For FAISS, one packed *coarse* code: for each grid of ``coarse_grids`` in turn, the fine mask
 bits OR-pooled to that grid (fine cell ``(i, j)`` falls in coarse cell ``(i * ch // gh,
@@ -108,6 +109,8 @@ def encode_segments(label: np.ndarray, segments: Segments, num_classes: int, con
     in_box = box_cells(segments.context_box, frame, config.fine_grid) | fine_mask
     grid_labels = label_grid(label, num_classes, config.fine_grid)
     context = np.where(in_box, grid_labels[None, :], IGNORE).astype(np.uint8)
+    # A thin segment amid unlabelled pixels may win no cell's majority; its own cells are its class.
+    context = np.where(fine_mask, segments.class_id[:, None], context).astype(np.uint8)
     mask = pack_bits(fine_mask)
     return SegmentCodes(
         mask=mask,

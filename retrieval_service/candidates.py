@@ -25,6 +25,10 @@ class CandidateConfig:
     lists_per_sqrt: float = 4.0  # nlist = lists_per_sqrt * sqrt(n)
     nprobe: int = 16
     use_gpu: bool = True
+    # Hamming distance on coarse codes ties a lot (small segments pooled to the same cells),
+    # and FAISS cuts a tie group arbitrarily at the k-th result. The whole group tied with the
+    # k-th result is taken instead, up to ``tie_cap`` times k candidates in all.
+    tie_cap: int = 16
 
 
 def gpu_available() -> bool:
@@ -55,8 +59,22 @@ def build_candidate_index(coarse: np.ndarray, config: CandidateConfig) -> faiss.
     return index
 
 
-def search(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> np.ndarray:
-    """(q, k) row positions of the nearest codes by Hamming distance; -1 pads missing ones."""
+def search(index: faiss.IndexBinary, queries: np.ndarray, k: int, tie_cap: int = 1) -> list[np.ndarray]:
+    """Row positions of the ``k`` nearest codes of each query by Hamming distance, plus every
+    code tied with the k-th one (at most ``tie_cap * k`` in all), nearest first."""
     k = max(1, min(k, index.ntotal))
-    _, ids = index.search(np.ascontiguousarray(queries), k)
-    return ids
+    probe = min(k + 1, index.ntotal)
+    dist, ids = index.search(np.ascontiguousarray(queries), probe)
+    out = []
+    for q in range(len(queries)):
+        d, i = dist[q], ids[q]
+        valid = i >= 0
+        d, i = d[valid], i[valid]
+        if tie_cap > 1 and i.size > k and d[k] == d[k - 1] and hasattr(index, "range_search"):
+            # The tie group at the k-th distance continues past k: fetch all of it.
+            _, rd, ri = index.range_search(np.ascontiguousarray(queries[q : q + 1]), int(d[k - 1]) + 1)
+            order = np.argsort(rd, kind="stable")
+            out.append(ri[order][: tie_cap * k].astype(np.int64))
+        else:
+            out.append(i[:k].astype(np.int64))
+    return out

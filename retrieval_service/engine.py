@@ -27,7 +27,7 @@ from memory_bank import Bank
 from memory_bank.classes import IGNORE
 from retrieval_service.candidates import CandidateConfig, build_candidate_index, search
 from retrieval_service.index import ClassShard, SegmentIndex, block_counts, block_grid_for, grid_boxes
-from retrieval_service.kernels import NO_MATCH, count_equal, exact_counts, iou64, padded_width, popcount64
+from retrieval_service.kernels import NO_MATCH, count_equal, iou64, padded_width, popcount64
 from retrieval_service.query import Query, prepare_query
 
 Mode = Literal["exact", "fast"]
@@ -125,6 +125,7 @@ class _QueryRows:
     context_box: np.ndarray
     coarse: np.ndarray  # (q, bytes)
     context_blocks: np.ndarray  # (q, blocks) uint8
+    present_cols: list[np.ndarray]  # per query, the cells where its context is present
 
 
 class RetrievalEngine:
@@ -235,38 +236,40 @@ class RetrievalEngine:
             context_box=grid_boxes(raw != IGNORE, grid),
             coarse=np.ascontiguousarray(codes.coarse[comps]),
             context_blocks=block_counts(raw != IGNORE, grid, block_grid_for(grid)),
+            present_cols=[np.flatnonzero(r != IGNORE).astype(np.int64) for r in raw],
         )
 
-    # 3. Exact scoring of (query component, candidate position) pairs, batched
-    def _score(self, shard: ClassShard, rows: _QueryRows, qj: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Exact float64 (score, mask IoU, context IoU) of query rows ``qj`` vs shard rows ``pos``."""
+    # 3. Exact scoring of one query component against candidate rows
+    def _context_inter(self, shard: ClassShard, rows: _QueryRows, j: int, pos: np.ndarray) -> np.ndarray:
+        """Context intersections of query ``j`` with shard rows ``pos``.
+
+        Only the query's present cells can match, so for a small context it is cheaper to
+        gather just those bytes of each candidate than to compare whole rows.
+        """
+        device = shard.context.device
+        p = torch.from_numpy(pos).to(device)
+        cols = rows.present_cols[j]
+        width = shard.context.shape[1]
+        if cols.size * 4 < width:
+            c = torch.from_numpy(cols).to(device)
+            flat = (p[:, None] * width + c[None, :]).reshape(-1)
+            picked = shard.context.view(-1).index_select(0, flat).view(pos.size, cols.size)
+            return (picked == rows.context[j].index_select(0, c)).sum(dim=1, dtype=torch.int64).cpu().numpy()
+        # index_select: ~10x faster than advanced indexing for row gathers on CPU.
+        return count_equal(shard.context.index_select(0, p), rows.context[j]).cpu().numpy()
+
+    def _mask_inter(self, shard: ClassShard, rows: _QueryRows, j: int, pos: np.ndarray) -> np.ndarray:
+        p = torch.from_numpy(pos).to(shard.mask.device)
+        return popcount64(shard.mask.index_select(0, p) & rows.mask[j]).sum(dim=1).cpu().numpy()
+
+    def _score(self, shard: ClassShard, rows: _QueryRows, j: int, pos: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Exact float64 (score, mask IoU, context IoU) of query ``j`` against shard rows ``pos``."""
         if pos.size == 0:
             empty = np.zeros(0)
             return empty, empty, empty
-        device = shard.mask.device
-        p = torch.from_numpy(pos).to(device)
-        q = torch.from_numpy(qj).to(device)
-        # index_select: ~10x faster than advanced indexing for row gathers on CPU.
-        inter, cinter = exact_counts(
-            rows.mask.index_select(0, q),
-            rows.context.index_select(0, q),
-            shard.mask.index_select(0, p),
-            shard.context.index_select(0, p),
-        )
-        miou = iou64(inter.cpu().numpy(), rows.mask_pop[qj], shard.mask_pop[pos])
-        ciou = iou64(cinter.cpu().numpy(), rows.context_pop[qj], shard.context_pop[pos])
+        miou = iou64(self._mask_inter(shard, rows, j, pos), rows.mask_pop[j], shard.mask_pop[pos])
+        ciou = iou64(self._context_inter(shard, rows, j, pos), rows.context_pop[j], shard.context_pop[pos])
         return miou + ciou, miou, ciou
-
-    def _score_lists(
-        self, shard: ClassShard, rows: _QueryRows, lists: list[np.ndarray]
-    ) -> list[tuple[np.ndarray, ...]]:
-        """:meth:`_score` for one candidate list per query row, in one batch."""
-        sizes = [x.size for x in lists]
-        qj = np.repeat(np.arange(len(lists)), sizes)
-        pos = np.concatenate(lists) if lists else np.zeros(0, np.int64)
-        flat = self._score(shard, rows, qj, pos.astype(np.int64))
-        bounds = np.cumsum([0, *sizes])
-        return [tuple(a[bounds[j] : bounds[j + 1]] for a in flat) for j in range(len(lists))]
 
     @staticmethod
     def _top(shard: ClassShard, pos: np.ndarray, scores: tuple[np.ndarray, ...], k: int) -> tuple[Match, ...]:
@@ -292,21 +295,16 @@ class RetrievalEngine:
     def _candidates(self, shard: ClassShard, rows: _QueryRows, count: int, excluded: np.ndarray) -> list[np.ndarray]:
         """FAISS candidates per query component, with excluded images filtered out."""
         extra = _excluded_count(shard, excluded)
-        found = search(self._faiss(shard), rows.coarse, count + extra)
-        out = []
-        for ids in found:
-            ids = ids[ids >= 0]
-            if excluded.size:
-                ids = ids[~np.isin(shard.image_ids[ids], excluded)]
-            out.append(ids[:count])
-        return out
+        found = search(self._faiss(shard), rows.coarse, count + extra, self.candidate_config.tie_cap)
+        if not excluded.size:
+            return found
+        return [ids[~np.isin(shard.image_ids[ids], excluded)] for ids in found]
 
     def _fast(
         self, shard: ClassShard, rows: _QueryRows, k: int, count: int, excluded: np.ndarray
     ) -> tuple[list[tuple[Match, ...]], int]:
         cands = self._candidates(shard, rows, max(count, k), excluded)
-        scores = self._score_lists(shard, rows, cands)
-        out = [self._top(shard, pos, sc, k) for pos, sc in zip(cands, scores, strict=True)]
+        out = [self._top(shard, pos, self._score(shard, rows, j, pos), k) for j, pos in enumerate(cands)]
         return out, sum(c.size for c in cands)
 
     # 5. Exact mode
@@ -314,7 +312,7 @@ class RetrievalEngine:
         self, shard: ClassShard, rows: _QueryRows, k: int, excluded: np.ndarray
     ) -> tuple[list[tuple[Match, ...]], int]:
         seeds = self._candidates(shard, rows, max(4 * k, 32), excluded)
-        seed_scores = self._score_lists(shard, rows, seeds)
+        seed_scores = [self._score(shard, rows, j, seed) for j, seed in enumerate(seeds)]
         out, scored = [], 0
         for j, (seed, sc) in enumerate(zip(seeds, seed_scores, strict=True)):
             pos, rest = self._certify(shard, rows, j, k, seed, sc[0], excluded)
@@ -354,9 +352,7 @@ class RetrievalEngine:
         if pos.size == 0:
             return empty
         # Stage 2: exact mask IoU, and context intersection <= sum over blocks of min(counts).
-        device = shard.mask.device
-        p = torch.from_numpy(pos).to(device)
-        inter = popcount64(shard.mask.index_select(0, p) & rows.mask[j]).sum(dim=1).cpu().numpy()
+        inter = self._mask_inter(shard, rows, j, pos)
         miou = iou64(inter, rows.mask_pop[j], shard.mask_pop[pos])
         cb = shard.context_pop[pos]
         cap = np.minimum(shard.context_blocks[pos], rows.context_blocks[j]).sum(axis=1, dtype=np.int64)
@@ -372,8 +368,7 @@ class RetrievalEngine:
             chunk = order[start : start + _CERTIFY_CHUNK]
             if ub2[chunk[0]] < t:
                 break
-            cpos = torch.from_numpy(pos[chunk]).to(device)
-            cinter = count_equal(shard.context.index_select(0, cpos), rows.context[j]).cpu().numpy()
+            cinter = self._context_inter(shard, rows, j, pos[chunk])
             ciou = iou64(cinter, rows.context_pop[j], shard.context_pop[pos[chunk]])
             score = miou[chunk] + ciou
             done.append((chunk, score, ciou))

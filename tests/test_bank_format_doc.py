@@ -84,7 +84,9 @@ def doc_mask_bits(components: np.ndarray, n: int, grid: tuple[int, int]) -> np.n
     return out
 
 
-def doc_context(label: np.ndarray, box: list[int], fine_bits: np.ndarray, grid: tuple[int, int], k: int) -> np.ndarray:
+def doc_context(
+    label: np.ndarray, box: list[int], fine_bits: np.ndarray, grid: tuple[int, int], k: int, class_id: int
+) -> np.ndarray:
     """(gh*gw,) context code of one segment per section 6 of the doc."""
     (h, w), (gh, gw) = label.shape, grid
     cell = (np.arange(h)[:, None] * gh // h) * gw + np.arange(w)[None, :] * gw // w
@@ -96,7 +98,8 @@ def doc_context(label: np.ndarray, box: list[int], fine_bits: np.ndarray, grid: 
     cy, cx = (ey[:-1] + ey[1:]) / 2, (ex[:-1] + ex[1:]) / 2
     y0, x0, y1, x1 = box
     inside = ((cy >= y0) & (cy < y1))[:, None] & ((cx >= x0) & (cx < x1))[None, :]
-    return np.where(inside.ravel() | fine_bits, grid_labels, IGNORE).astype(np.uint8)
+    context = np.where(inside.ravel() | fine_bits, grid_labels, IGNORE)
+    return np.where(fine_bits, class_id, context).astype(np.uint8)
 
 
 # --- Tests ---
@@ -161,7 +164,7 @@ def test_codes_match_documented_definitions(bank_root: Path) -> None:
             start += ch * cw
         for j, sid in enumerate(rows):
             box = doc.segments["context_box"][sid]
-            want_ctx = doc_context(label, box, fine[j], (gh, gw), k)
+            want_ctx = doc_context(label, box, fine[j], (gh, gw), k, doc.segments["class_id"][sid])
             np.testing.assert_array_equal(codes["context"][sid], want_ctx)
         # Padding bytes are zero.
         assert not codes["mask"][rows, -(-gh * gw // 8) :].any()

@@ -133,9 +133,10 @@ def test_codes_are_consistent(label: np.ndarray, grid: tuple[int, int]) -> None:
         expected = cover >= 0.5
         expected[cover.argmax()] = True
         np.testing.assert_array_equal(bits[i], expected)
-        # Context: the majority labels inside the box (and the mask), IGNORE elsewhere.
+        # Context: its own class on its mask cells, majority labels in the box, IGNORE elsewhere.
         in_box = box_cells(seg.context_box[i : i + 1], label.shape, grid)[0] | expected
-        np.testing.assert_array_equal(codes.context[i], np.where(in_box, label_grid(label, NUM_CLASSES, grid), IGNORE))
+        want = np.where(in_box, label_grid(label, NUM_CLASSES, grid), IGNORE)
+        np.testing.assert_array_equal(codes.context[i], np.where(expected, seg.class_id[i], want))
     np.testing.assert_array_equal(codes.mask_popcount, bits.sum(axis=1))
     # Coarse code: the fine mask OR-pooled to each coarse grid, levels concatenated.
     coarse = unpack_bits(codes.coarse, sum(g[0] * g[1] for g in cfg.coarse_grids))
