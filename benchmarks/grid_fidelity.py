@@ -230,8 +230,7 @@ def grid_label(g: Grid) -> str:
 
 def build(reader, out: Path, grid: Grid, workers: int | None):
     # Coarse (FAISS) grids must not be finer than the fine grid; they do not affect the fine codes.
-    coarse = tuple((min(g[0], grid[0]), min(g[1], grid[1])) for g in SegmentConfig().coarse_grids)
-    config = SegmentConfig(fine_grid=grid, coarse_grids=coarse)
+    config = SegmentConfig(fine_grid=grid)  # coarse grids follow the fine grid by default
     t = time.perf_counter()
     report = build_bank(reader, out, config=config, workers=workers, progress=False)
     return open_bank(report.version_dir), time.perf_counter() - t

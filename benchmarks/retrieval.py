@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--bank", type=Path, default=None, help="CamVid train bank (default: built under .cache)")
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--candidates", type=int, default=256, help="fast mode: FAISS candidates per component")
+    parser.add_argument("--candidates", type=int, default=512, help="fast mode: FAISS candidates per component")
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--brute-force-layouts", type=int, default=10)
     parser.add_argument("--max-layouts", type=int, default=None)

@@ -46,7 +46,7 @@ def build(
     ),
     coarse_grids: Annotated[
         str | None,
-        typer.Option(help="Grids of the FAISS code pyramid, ROWSxCOLS,... (default: fine, 1/3, 1/5)."),
+        typer.Option(help="Grids of the FAISS code pyramid, ROWSxCOLS,... (default: 1/3 and 1/5 of the fine grid)."),
     ] = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,

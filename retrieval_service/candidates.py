@@ -22,8 +22,10 @@ class CandidateConfig:
     """How candidate indexes are built and searched."""
 
     ivf_min_segments: int = IVF_MIN_SEGMENTS
-    lists_per_sqrt: float = 4.0  # nlist = lists_per_sqrt * sqrt(n)
+    lists_per_sqrt: float = 1.0  # nlist = lists_per_sqrt * sqrt(n)
     nprobe: int = 16
+    train_points_per_list: int = 40
+    train_iterations: int = 10
     use_gpu: bool = True
     # Hamming distance on coarse codes ties a lot (small segments pooled to the same cells),
     # and FAISS cuts a tie group arbitrarily at the k-th result. The whole group tied with the
@@ -49,8 +51,9 @@ def build_candidate_index(coarse: np.ndarray, config: CandidateConfig) -> faiss.
         index = faiss.IndexBinaryIVF(quantizer, d, nlist)
         index.own_fields = True
         quantizer.this.disown()
+        index.cp.niter = config.train_iterations
         rng = np.random.default_rng(0)
-        sample = coarse[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+        sample = coarse[rng.choice(n, size=min(n, config.train_points_per_list * nlist), replace=False)]
         index.train(np.ascontiguousarray(sample))
         index.nprobe = config.nprobe
     else:

@@ -27,7 +27,7 @@ from memory_bank import Bank
 from memory_bank.classes import IGNORE
 from retrieval_service.candidates import CandidateConfig, build_candidate_index, search
 from retrieval_service.index import ClassShard, SegmentIndex, block_counts, block_grid_for, grid_boxes
-from retrieval_service.kernels import NO_MATCH, count_equal, iou64, padded_width, popcount64
+from retrieval_service.kernels import NO_MATCH, count_equal, iou64, padded_width, popcount_rows
 from retrieval_service.query import Query, prepare_query
 
 Mode = Literal["exact", "fast"]
@@ -90,7 +90,7 @@ class RetrievalOptions:
     seed: int | None = None
     exclude_images: Sequence[int] = ()
     min_area: int = 0
-    candidates: int = 256
+    candidates: int = 512
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -260,7 +260,7 @@ class RetrievalEngine:
 
     def _mask_inter(self, shard: ClassShard, rows: _QueryRows, j: int, pos: np.ndarray) -> np.ndarray:
         p = torch.from_numpy(pos).to(shard.mask.device)
-        return popcount64(shard.mask.index_select(0, p) & rows.mask[j]).sum(dim=1).cpu().numpy()
+        return popcount_rows(shard.mask.index_select(0, p) & rows.mask[j]).cpu().numpy()
 
     def _score(self, shard: ClassShard, rows: _QueryRows, j: int, pos: np.ndarray) -> tuple[np.ndarray, ...]:
         """Exact float64 (score, mask IoU, context IoU) of query ``j`` against shard rows ``pos``."""
@@ -303,73 +303,77 @@ class RetrievalEngine:
     def _fast(
         self, shard: ClassShard, rows: _QueryRows, k: int, count: int, excluded: np.ndarray
     ) -> tuple[list[tuple[Match, ...]], int]:
-        cands = self._candidates(shard, rows, max(count, k), excluded)
-        out = [self._top(shard, pos, self._score(shard, rows, j, pos), k) for j, pos in enumerate(cands)]
-        return out, sum(c.size for c in cands)
+        """Top-k within the FAISS candidate pool, found with the same staged bounds as exact."""
+        out, scored = [], 0
+        for j, pool in enumerate(self._candidates(shard, rows, max(count, k), excluded)):
+            pos, scores = self._rank_pool(shard, rows, j, k, pool)
+            out.append(self._top(shard, pos, scores, k))
+            scored += pos.size
+        return out, scored
 
     # 5. Exact mode
     def _exact(
         self, shard: ClassShard, rows: _QueryRows, k: int, excluded: np.ndarray
     ) -> tuple[list[tuple[Match, ...]], int]:
+        """Top-k over the whole class: FAISS seeds set a floor ``t`` on the k-th best score,
+        then only segments whose upper bound reaches ``t`` are looked at any closer."""
         seeds = self._candidates(shard, rows, max(4 * k, 32), excluded)
-        seed_scores = [self._score(shard, rows, j, seed) for j, seed in enumerate(seeds)]
         out, scored = [], 0
-        for j, (seed, sc) in enumerate(zip(seeds, seed_scores, strict=True)):
-            pos, rest = self._certify(shard, rows, j, k, seed, sc[0], excluded)
+        for j, seed in enumerate(seeds):
+            seed_scores = self._score(shard, rows, j, seed)
+            best = np.sort(seed_scores[0])[::-1][:k]
+            t = best[k - 1] if best.size >= k else -np.inf
+            # BitBound: the popcount window, then popcounts and grid boxes bound each IoU.
+            window = _popcount_window(shard.mask_pop, int(rows.mask_pop[j]), t)
+            ub = _upper_bounds(shard, rows, j, window)
+            pool = window.start + np.flatnonzero(ub >= t)
+            pool = pool[~np.isin(pool, seed)]
+            if excluded.size and pool.size:
+                pool = pool[~np.isin(shard.image_ids[pool], excluded)]
+            pos, scores = self._rank_pool(shard, rows, j, k, pool, best)
             all_pos = np.concatenate([seed, pos])
-            all_scores = tuple(np.concatenate([a, b]) for a, b in zip(sc, rest, strict=True))
+            all_scores = tuple(np.concatenate([a, b]) for a, b in zip(seed_scores, scores, strict=True))
             out.append(self._top(shard, all_pos, all_scores, k))
             scored += all_pos.size
         return out, scored
 
-    def _certify(
+    def _rank_pool(
         self,
         shard: ClassShard,
         rows: _QueryRows,
         j: int,
         k: int,
-        seed: np.ndarray,
-        seed_score: np.ndarray,
-        excluded: np.ndarray,
+        pool: np.ndarray,
+        best: np.ndarray | None = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """Score every segment outside ``seed`` that could still enter the top-k of query ``j``.
+        """Exactly score every segment of ``pool`` that could enter the top-k of query ``j``.
 
-        Bounds tighten in stages, each cheaper than the next: popcounts and grid boxes (a few
-        ints per segment), then the exact mask IoU with a per-block bound on the context
-        (~0.5 kB), and last the exact context (~3 kB), in descending order of the bound so the
-        k-th best score ``t`` keeps rising and stops the scan early.
+        ``best`` holds scores already found elsewhere (their k-th is a floor ``t``). First the
+        exact mask IoU plus a per-block bound on the context IoU (~0.5 kB per segment) give an
+        upper bound on each score; then exact contexts are scored in descending order of that
+        bound, ``t`` rising as they are, until the bound falls below ``t``. Segments left out
+        cannot reach the top-k, so the result equals scoring the whole pool.
         """
-        # The k-th best seed score is a floor that the true k-th best can only beat.
-        t = np.sort(seed_score)[::-1][k - 1] if seed.size >= k else -np.inf
-        best = np.sort(seed_score)[::-1][:k]
-        window = _popcount_window(shard.mask_pop, int(rows.mask_pop[j]), t)
-        ub = _upper_bounds(shard, rows, j, window)
-        pos = window.start + np.flatnonzero(ub >= t)
-        pos = pos[~np.isin(pos, seed)]
-        if excluded.size and pos.size:
-            pos = pos[~np.isin(shard.image_ids[pos], excluded)]
+        best = np.zeros(0) if best is None else best
+        t = best[k - 1] if best.size >= k else -np.inf
         empty = (np.zeros(0, np.int64), (np.zeros(0), np.zeros(0), np.zeros(0)))
-        if pos.size == 0:
+        if pool.size == 0:
             return empty
-        # Stage 2: exact mask IoU, and context intersection <= sum over blocks of min(counts).
-        inter = self._mask_inter(shard, rows, j, pos)
-        miou = iou64(inter, rows.mask_pop[j], shard.mask_pop[pos])
-        cb = shard.context_pop[pos]
-        cap = np.minimum(shard.context_blocks[pos], rows.context_blocks[j]).sum(axis=1, dtype=np.int64)
-        ub2 = miou + iou64(np.minimum(cap, np.minimum(rows.context_pop[j], cb)), rows.context_pop[j], cb)
-        keep = ub2 >= t
-        pos, miou, ub2 = pos[keep], miou[keep], ub2[keep]
-        if pos.size == 0:
-            return empty
-        # Stage 3: exact context, best bound first, until the bound falls below t.
-        order = np.argsort(-ub2, kind="stable")
+        # 1. Exact mask IoU; context intersection <= sum over blocks of min(present counts).
+        miou = iou64(self._mask_inter(shard, rows, j, pool), rows.mask_pop[j], shard.mask_pop[pool])
+        ca, cb = rows.context_pop[j], shard.context_pop[pool]
+        cap = np.minimum(shard.context_blocks[pool], rows.context_blocks[j]).sum(axis=1, dtype=np.int64)
+        bound = miou + iou64(np.minimum(cap, np.minimum(ca, cb)), ca, cb)
+        keep = bound >= t
+        pool, miou, bound = pool[keep], miou[keep], bound[keep]
+        # 2. Exact contexts, best bound first, until the bound falls below t.
+        order = np.argsort(-bound, kind="stable")
         done = []
         for start in range(0, order.size, _CERTIFY_CHUNK):
             chunk = order[start : start + _CERTIFY_CHUNK]
-            if ub2[chunk[0]] < t:
+            if bound[chunk[0]] < t:
                 break
-            cinter = self._context_inter(shard, rows, j, pos[chunk])
-            ciou = iou64(cinter, rows.context_pop[j], shard.context_pop[pos[chunk]])
+            ciou = iou64(self._context_inter(shard, rows, j, pool[chunk]), ca, shard.context_pop[pool[chunk]])
             score = miou[chunk] + ciou
             done.append((chunk, score, ciou))
             best = np.sort(np.concatenate([best, score]))[::-1][:k]
@@ -378,13 +382,11 @@ class RetrievalEngine:
         if not done:
             return empty
         idx = np.concatenate([d[0] for d in done])
-        score = np.concatenate([d[1] for d in done])
-        ciou = np.concatenate([d[2] for d in done])
-        return pos[idx], (score, miou[idx], ciou)
+        return pool[idx], (np.concatenate([d[1] for d in done]), miou[idx], np.concatenate([d[2] for d in done]))
 
 
-#: Candidates whose exact context is scored at once while certifying.
-_CERTIFY_CHUNK = 512
+#: Candidates whose exact context is scored at once while ranking a pool.
+_CERTIFY_CHUNK = 256
 
 
 def _excluded_count(shard: ClassShard, excluded: np.ndarray) -> int:

@@ -13,6 +13,18 @@ _M1, _M2, _M4 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F
 _H01 = 0x0101010101010101
 
 
+def popcount_rows(x: torch.Tensor) -> torch.Tensor:
+    """Set bits per row of an (n, words) int64 tensor, as int64 (n,).
+
+    torch has no popcount op. On CPU the tensor's memory goes through numpy's SIMD
+    ``bitwise_count`` (zero-copy, ~10x faster than the SWAR formula in torch ops); on CUDA the
+    SWAR formula runs on the device.
+    """
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.bitwise_count(x.numpy().view(np.uint64)).sum(axis=1, dtype=np.int64))
+    return popcount64(x).sum(dim=1)
+
+
 def popcount64(x: torch.Tensor) -> torch.Tensor:
     """Set bits of each int64 element (SWAR; torch has no popcount op)."""
     x = x - ((x >> 1) & _M1)
@@ -53,7 +65,7 @@ def exact_counts(
     ``query_mask`` (n, W) or (W,) int64 words; ``query_context`` (n, m) or (m,) uint8 whose
     absent cells hold :data:`NO_MATCH`, a value no bank row holds, so they never count.
     """
-    inter = popcount64(cand_mask & query_mask).sum(dim=1)
+    inter = popcount_rows(cand_mask & query_mask)
     cinter = count_equal(cand_context, query_context)
     return inter, cinter
 
