@@ -73,9 +73,13 @@ def search(index: faiss.IndexBinary, queries: np.ndarray, k: int, tie_cap: int =
         d, i = dist[q], ids[q]
         valid = i >= 0
         d, i = d[valid], i[valid]
-        if tie_cap > 1 and i.size > k and d[k] == d[k - 1] and hasattr(index, "range_search"):
+        if tie_cap > 1 and i.size > k and d[k] == d[k - 1]:
             # The tie group at the k-th distance continues past k: fetch all of it.
-            _, rd, ri = index.range_search(np.ascontiguousarray(queries[q : q + 1]), int(d[k - 1]) + 1)
+            try:
+                _, rd, ri = index.range_search(np.ascontiguousarray(queries[q : q + 1]), int(d[k - 1]) + 1)
+            except RuntimeError:  # GPU binary indexes have no range search: keep FAISS's cut
+                out.append(i[:k].astype(np.int64))
+                continue
             order = np.argsort(rd, kind="stable")
             out.append(ri[order][: tie_cap * k].astype(np.int64))
         else:
