@@ -78,8 +78,3 @@ def resize_label(label: np.ndarray, size: Grid) -> np.ndarray:
     rows = (np.arange(size[0]) * h + h // 2) // size[0]
     cols = (np.arange(size[1]) * w + w // 2) // size[1]
     return label[rows[:, None], cols[None, :]]
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Save a uint8 array (H, W) or (H, W, 3|4) as PNG."""
-    Image.fromarray(np.ascontiguousarray(array)).save(path)

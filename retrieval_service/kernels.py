@@ -57,19 +57,6 @@ def padded_width(cells: int) -> int:
     return -(-cells // 64) * 64
 
 
-def exact_counts(
-    query_mask: torch.Tensor, query_context: torch.Tensor, cand_mask: torch.Tensor, cand_context: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask and context intersections of query rows with candidate rows, pairwise.
-
-    ``query_mask`` (n, W) or (W,) int64 words; ``query_context`` (n, m) or (m,) uint8 whose
-    absent cells hold :data:`NO_MATCH`, a value no bank row holds, so they never count.
-    """
-    inter = popcount_rows(cand_mask & query_mask)
-    cinter = count_equal(cand_context, query_context)
-    return inter, cinter
-
-
 #: Stands in for absent query context cells: never a class id (at most 254 classes) nor IGNORE.
 NO_MATCH = 254
 
