@@ -30,7 +30,7 @@ class CandidateConfig:
     # Hamming distance on coarse codes ties a lot (small segments pooled to the same cells),
     # and FAISS cuts a tie group arbitrarily at the k-th result. The whole group tied with the
     # k-th result is taken instead, up to ``tie_cap`` times k candidates in all.
-    tie_cap: int = 16
+    tie_cap: int = 4
 
 
 def gpu_available() -> bool:
