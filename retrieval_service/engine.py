@@ -160,12 +160,9 @@ class RetrievalEngine:
         idx = self.index
         start = time.perf_counter()
         query = prepare_query(layout, idx.num_classes, idx.config, idx.resolution)
+        prepared = time.perf_counter() - start
         result = self.retrieve_query(query, options)
-        result.timings["prepare"] = (
-            result.timings.get("prepare", 0.0)
-            + (time.perf_counter() - start)
-            - sum(v for k, v in result.timings.items() if k != "prepare")
-        )
+        result.timings["prepare"] = prepared
         return result
 
     def retrieve_query(self, query: Query, options: RetrievalOptions | None = None) -> RetrievalResult:

@@ -13,23 +13,19 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from indexers.build import build_bank
-from indexers.readers import create_reader
 from memory_bank import SegmentConfig, encode_segments, extract_segments, open_bank
 from memory_bank.codes import mask_cells
 
 REPO = Path(__file__).resolve().parents[1]
-ROOT = REPO / "examples" / "camvid-sample"
 DOC = REPO / "docs" / "bank-format.md"
 IGNORE = 255
 N_SEGMENTS = 60  # segments compared one by one with Bank.segment
 
 
 @pytest.fixture(scope="module")
-def bank_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("doc") / "bank"
-    build_bank(create_reader("camvid", ROOT, ["val"]), out, workers=1, progress=False)
-    return out
+def bank_root(val_bank_path: Path) -> Path:
+    """The shared session bank of the sample's val images (conftest), read only."""
+    return val_bank_path
 
 
 # --- A reader written from the doc alone: json, zarr, pyarrow and numpy only. ---

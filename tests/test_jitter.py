@@ -16,19 +16,15 @@ from benchmarks.jitter import (
     jitter_for,
     jittered_bank,
 )
-from indexers.build import build_bank
-from indexers.readers import create_reader
 from memory_bank import IGNORE, encode_segments, extract_segments, open_bank, popcount
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "camvid-sample"
 EXTRA = 200  # jittered segments past the real ones
 
 
 @pytest.fixture(scope="module")
-def bank_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("jitter") / "bank"
-    build_bank(create_reader("camvid", SAMPLE, ["val"]), out, workers=1, progress=False)
-    return out
+def bank_path(val_bank_path: Path) -> Path:
+    """The shared session bank of the sample's val images (conftest), read only."""
+    return val_bank_path
 
 
 @pytest.fixture(scope="module")
