@@ -1,0 +1,1 @@
+"""Command groups of the synthesis package; each module only parses and delegates."""

@@ -1,0 +1,7 @@
+"""``sims train synthesis``."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer()

@@ -1,0 +1,1 @@
+"""Evaluation of synthesized images (paper §6)."""
