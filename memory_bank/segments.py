@@ -145,18 +145,26 @@ def extract_segments(label: np.ndarray, num_classes: int, config: SegmentConfig)
     keep = np.flatnonzero(area[1:] >= config.min_area) + 1
     if keep.size >= np.iinfo(np.uint16).max:
         raise LayoutError(f"more than {np.iinfo(np.uint16).max - 1} segments in one label map")
-    # 4. Boxes, centroids and first pixels of the kept ones, each from its own bbox only.
+    # 4. Boxes, centroids and first pixels of the kept ones, without a per-component scan:
+    #    weighted counts give the centroids, and a first pixel in raster order lies in its top row.
     slices = ndimage.find_objects(all_cc, max_label=total)
-    bbox = np.zeros((keep.size, 4), np.int32)
-    centroid = np.zeros((keep.size, 2), np.float64)
-    first = np.zeros(keep.size, np.int64)
-    for j, k in enumerate(keep):
-        sy, sx = slices[k - 1]
-        bbox[j] = (sy.start, sx.start, sy.stop, sx.stop)
-        ys, xs = np.nonzero(all_cc[sy, sx] == k)
-        # Pixel (r, c) covers [r, r + 1) x [c, c + 1), so its centre is (r + 0.5, c + 0.5).
-        centroid[j] = (ys.mean() + sy.start + 0.5, xs.mean() + sx.start + 0.5)
-        first[j] = (ys[0] + sy.start) * w + xs[0] + sx.start
+    bbox = np.array(
+        [(sy.start, sx.start, sy.stop, sx.stop) for sy, sx in (slices[k - 1] for k in keep)], np.int32
+    ).reshape(-1, 4)
+    rows, cols = _pixel_coordinates((h, w))
+    flat = all_cc.ravel()
+    # Pixel (r, c) covers [r, r + 1) x [c, c + 1), so its centre is (r + 0.5, c + 0.5).
+    centroid = np.stack(
+        [
+            np.bincount(flat, weights=rows, minlength=total + 1)[keep] / area[keep] + 0.5,
+            np.bincount(flat, weights=cols, minlength=total + 1)[keep] / area[keep] + 0.5,
+        ],
+        axis=1,
+    )
+    first = np.array(
+        [y0 * w + x0 + int(np.argmax(all_cc[y0, x0:x1] == k)) for k, (y0, x0, _, x1) in zip(keep, bbox, strict=True)],
+        np.int64,
+    )
     # 5. Number the kept ones 1..n, class-major then in raster order of their first pixel
     #    (OpenCV's block-based scan numbers them differently).
     class_of = np.asarray(comp_class, np.uint8)[keep]

@@ -28,6 +28,7 @@ from memory_bank.classes import IGNORE
 from retrieval_service.candidates import CandidateConfig, build_candidate_index, search
 from retrieval_service.index import ClassShard, SegmentIndex, block_counts, block_grid_for, grid_boxes
 from retrieval_service.kernels import NO_MATCH, count_equal, iou64, padded_width, popcount_rows
+from retrieval_service.pool_ranking import compile_rank_pools, rank_pools
 from retrieval_service.query import Query, prepare_query
 
 Mode = Literal["exact", "fast"]
@@ -148,10 +149,12 @@ class RetrievalEngine:
         return cls(SegmentIndex.from_bank(bank, device), **kwargs)  # type: ignore[arg-type]
 
     def warm_up(self) -> float:
-        """Build every class's FAISS index now rather than on first use; returns seconds."""
+        """Build every class's FAISS index (and compile the CPU ranking kernel) now rather than
+        on first use; returns seconds."""
         start = time.perf_counter()
         for shard in self.index.shards.values():
             self._faiss(shard)
+        compile_rank_pools()
         return time.perf_counter() - start
 
     # 1. Entry points
@@ -301,12 +304,47 @@ class RetrievalEngine:
         self, shard: ClassShard, rows: _QueryRows, k: int, count: int, excluded: np.ndarray
     ) -> tuple[list[tuple[Match, ...]], int]:
         """Top-k within the FAISS candidate pool, found with the same staged bounds as exact."""
+        pools = self._candidates(shard, rows, max(count, k), excluded)
+        if shard.mask.device.type == "cpu":
+            return self._fast_compiled(shard, rows, k, pools)
         out, scored = [], 0
-        for j, pool in enumerate(self._candidates(shard, rows, max(count, k), excluded)):
+        for j, pool in enumerate(pools):
             pos, scores = self._rank_pool(shard, rows, j, k, pool)
             out.append(self._top(shard, pos, scores, k))
             scored += pos.size
         return out, scored
+
+    @staticmethod
+    def _fast_compiled(
+        shard: ClassShard, rows: _QueryRows, k: int, pools: list[np.ndarray]
+    ) -> tuple[list[tuple[Match, ...]], int]:
+        """The CPU path of :meth:`_fast`: one compiled call ranks every pool of the class."""
+        ranked = rank_pools(
+            mask=shard.mask.numpy(),
+            mask_pop=shard.mask_pop,
+            context=shard.context.numpy(),
+            context_pop=shard.context_pop,
+            blocks=shard.context_blocks,
+            segment_ids=shard.segment_ids,
+            pools=pools,
+            query_mask=rows.mask.numpy(),
+            query_mask_pop=rows.mask_pop,
+            query_context=rows.context.numpy(),
+            query_context_pop=rows.context_pop,
+            query_blocks=rows.context_blocks,
+            query_cols=rows.present_cols,
+            k=k,
+        )
+        out = []
+        for pos, sc in zip(ranked.positions, ranked.scores, strict=True):
+            valid = pos >= 0
+            out.append(
+                tuple(
+                    Match(int(shard.segment_ids[p]), int(shard.image_ids[p]), float(s[0]), float(s[1]), float(s[2]))
+                    for p, s in zip(pos[valid], sc[valid], strict=True)
+                )
+            )
+        return out, ranked.scored
 
     # 5. Exact mode
     def _exact(

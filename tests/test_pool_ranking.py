@@ -1,0 +1,91 @@
+"""The compiled pool ranking equals a plain numpy ranking of the same pools."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retrieval_service.index import block_counts
+from retrieval_service.kernels import NO_MATCH, iou64
+from retrieval_service.pool_ranking import rank_pools
+
+GRID = (10, 16)
+CELLS = GRID[0] * GRID[1]
+BLOCKS = (2, 3)
+
+
+def _codes(rng: np.random.Generator, n: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random mask bits and context label rows (255 = absent) with clustered structure."""
+    bits = rng.random((n, CELLS)) < rng.uniform(0.05, 0.6, size=(n, 1))
+    ctx = rng.integers(0, classes, size=(n, CELLS)).astype(np.uint8)
+    ctx[rng.random((n, CELLS)) < rng.uniform(0.1, 0.9, size=(n, 1))] = 255
+    return bits, ctx
+
+
+def _pack(bits: np.ndarray) -> np.ndarray:
+    out = np.zeros((bits.shape[0], 24), np.uint8)  # 160 bits -> 3 words
+    out[:, :20] = np.packbits(bits, axis=1)
+    return out.view(np.int64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), q=st.integers(1, 6), k=st.integers(1, 8))
+def test_rank_pools_matches_numpy(seed: int, n: int, q: int, k: int) -> None:
+    rng = np.random.default_rng(seed)
+    classes = int(rng.integers(1, 4))  # few classes: many exact score ties
+    bits, ctx = _codes(rng, n, classes)
+    qbits, qctx = _codes(rng, q, classes)
+    seg_ids = rng.permutation(n * 3)[:n].astype(np.int64)
+    pools = [rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False).astype(np.int64) for _ in range(q)]
+    qctx_nm = np.where(qctx == 255, NO_MATCH, qctx).astype(np.uint8)
+    ranked = rank_pools(
+        mask=_pack(bits),
+        mask_pop=bits.sum(1),
+        context=ctx,
+        context_pop=(ctx != 255).sum(1),
+        blocks=block_counts(ctx != 255, GRID, BLOCKS),
+        segment_ids=seg_ids,
+        pools=pools,
+        query_mask=_pack(qbits),
+        query_mask_pop=qbits.sum(1),
+        query_context=qctx_nm,
+        query_context_pop=(qctx != 255).sum(1),
+        query_blocks=block_counts(qctx != 255, GRID, BLOCKS),
+        query_cols=[np.flatnonzero(r != 255) for r in qctx],
+        k=k,
+    )
+    for j, pool in enumerate(pools):
+        # The reference: score the whole pool, sort by score then segment id.
+        miou = iou64((bits[pool] & qbits[j]).sum(1), qbits[j].sum(), bits[pool].sum(1))
+        inter = ((ctx[pool] == qctx[j]) & (qctx[j] != 255)).sum(1)
+        ciou = iou64(inter, (qctx[j] != 255).sum(), (ctx[pool] != 255).sum(1))
+        score = miou + ciou
+        order = np.lexsort((seg_ids[pool], -score))[:k]
+        got = ranked.positions[j][ranked.positions[j] >= 0]
+        assert got.tolist() == pool[order].tolist()
+        np.testing.assert_array_equal(ranked.scores[j, : got.size, 0], score[order])
+        np.testing.assert_array_equal(ranked.scores[j, : got.size, 1], miou[order])
+        np.testing.assert_array_equal(ranked.scores[j, : got.size, 2], ciou[order])
+        assert ranked.scored <= sum(p.size for p in pools)
+
+
+def test_rank_pools_rejects_mismatched_queries() -> None:
+    with pytest.raises(ValueError, match="pools"):
+        rank_pools(
+            mask=np.zeros((1, 1), np.int64),
+            mask_pop=np.zeros(1),
+            context=np.zeros((1, 8), np.uint8),
+            context_pop=np.zeros(1),
+            blocks=np.zeros((1, 1), np.uint8),
+            segment_ids=np.zeros(1),
+            pools=[np.zeros(0, np.int64)],
+            query_mask=np.zeros((2, 1), np.int64),
+            query_mask_pop=np.zeros(2),
+            query_context=np.zeros((2, 8), np.uint8),
+            query_context_pop=np.zeros(2),
+            query_blocks=np.zeros((2, 1), np.uint8),
+            query_cols=[np.zeros(0, np.int64)] * 2,
+            k=1,
+        )
