@@ -1,7 +1,41 @@
-"""``sims serve``."""
+"""``sims serve``: run the retrieval service. Flags override ``SIMS_*`` environment variables."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer()
+app = typer.Typer(help="Run the retrieval service (HTTP API) on a bank.")
+
+
+@app.callback(invoke_without_command=True)
+def serve(
+    bank: Annotated[Path | None, typer.Option("--bank", "-b", help="Bank directory (env SIMS_BANK).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (env SIMS_HOST, default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (env SIMS_PORT, default 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="uvicorn worker processes (env SIMS_WORKERS, default 1).")] = None,
+    watch_interval: Annotated[
+        float | None,
+        typer.Option(help="Poll the bank's CURRENT every N s and reload on change; 0 = off (env SIMS_WATCH_INTERVAL)."),
+    ] = None,
+    max_upload_bytes: Annotated[
+        int | None, typer.Option(help="Largest request body (env SIMS_MAX_UPLOAD_BYTES, default 8 MiB).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="Log level (env SIMS_LOG_LEVEL, default info).")] = None,
+) -> None:
+    """Serve a bank over HTTP. The admin key comes from SIMS_API_KEY only (never a flag: argv is public)."""
+    from retrieval_service.api.server import serve as run
+    from retrieval_service.api.settings import Settings
+
+    flags = {
+        "bank": bank,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "watch_interval": watch_interval,
+        "max_upload_bytes": max_upload_bytes,
+        "log_level": log_level,
+    }
+    run(Settings(**{k: v for k, v in flags.items() if v is not None}))

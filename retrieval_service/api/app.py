@@ -1,0 +1,102 @@
+"""``create_app(settings)``: the retrieval service as a FastAPI app.
+
+Nothing heavy happens at import or in ``create_app``: the bank and its engine load in the
+lifespan (in the background unless ``wait_for_bank``), so the OpenAPI spec and tests need no
+bank and ``/livez`` answers while the bank loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import faiss
+from anyio import CapacityLimiter
+from fastapi import FastAPI
+
+from retrieval_service.api.errors import install_error_handlers
+from retrieval_service.api.limits import BodySizeLimitMiddleware
+from retrieval_service.api.metrics import MetricsMiddleware, ServiceMetrics
+from retrieval_service.api.routes import admin, bank, health, retrieve, segments, synthesize
+from retrieval_service.api.settings import Settings
+from retrieval_service.api.state import BankHolder
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+
+_DESCRIPTION = """\
+Retrieval of real photo segments for semantic layouts (SIMS, Qi et al. CVPR 2018).
+
+Post a layout (a PNG label map at the bank's resolution) to `/retrieve`; fetch the pixels of
+any candidate with `/segments/{id}`. Every error is a JSON body `{error, message, details}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service app for ``settings`` (default: read from ``SIMS_*`` environment variables)."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+    holder = BankHolder(settings.bank) if settings.bank is not None else None
+    if holder is not None:
+        holder.listeners.append(metrics.bank_loaded)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Concurrent requests share the cores: one thread per op in FAISS, as the engine does for torch.
+        faiss.omp_set_num_threads(1)
+        app.state.retrieve_limiter = CapacityLimiter(settings.retrieve_concurrency)
+        tasks: list[asyncio.Task] = []
+        if holder is None:
+            log.error("no bank configured: pass --bank or set SIMS_BANK; /readyz will stay 503")
+        else:
+            if settings.wait_for_bank:
+                await _initial_load(holder, metrics, raise_errors=True)
+            else:
+                tasks.append(asyncio.create_task(_initial_load(holder, metrics, raise_errors=False)))
+            if settings.watch_interval > 0:
+                tasks.append(asyncio.create_task(holder.watch(settings.watch_interval)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    app = FastAPI(
+        title="SIMS retrieval service",
+        version=API_VERSION,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.holder = holder
+    install_error_handlers(app)
+    # Added last = outermost: metrics also see the 413s the size limit answers itself.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    for module in (retrieve, segments, bank, synthesize, admin, health):
+        app.include_router(module.router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory (``--factory``): each worker process builds its app from ``SIMS_*``."""
+    return create_app(Settings())
+
+
+async def _initial_load(holder: BankHolder, metrics: ServiceMetrics, *, raise_errors: bool) -> None:
+    try:
+        await holder.reload()
+    except Exception as e:
+        metrics.reloads.labels("failed").inc()
+        log.error("could not load bank %s: %s", holder.root, e)
+        if raise_errors:
+            raise
+    else:
+        metrics.reloads.labels("switched").inc()

@@ -1,0 +1,120 @@
+"""Errors the API answers with, and the handlers that turn every failure into a JSON body.
+
+Every error response is an :class:`~retrieval_service.api.models.ErrorResponse`:
+``{"error": kind, "message": text, "details": [...] | null}``. SIMS errors map to 4xx in one
+place (:data:`SIMS_ERROR_STATUS`); only a bug in the service itself gives a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from memory_bank.errors import (
+    BankBusyError,
+    BankFormatError,
+    BankNotFoundError,
+    DatasetError,
+    LayoutError,
+    SimsError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error answered with ``status`` and a JSON body of kind ``error``."""
+
+    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = headers
+
+
+#: Status and kind of each SIMS error, most specific first.
+SIMS_ERROR_STATUS: tuple[tuple[type[SimsError], int, str], ...] = (
+    (LayoutError, 422, "invalid_layout"),
+    (BankNotFoundError, 404, "bank_not_found"),
+    (BankBusyError, 409, "bank_busy"),
+    (DatasetError, 400, "dataset_error"),
+    (BankFormatError, 503, "bank_unreadable"),
+)
+
+_HTTP_KINDS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+def error_body(error: str, message: str, details: list[dict] | None = None) -> dict:
+    """The JSON body of an error response."""
+    return {"error": error, "message": message, "details": details}
+
+
+def sims_error_status(exc: SimsError) -> tuple[int, str]:
+    """HTTP status and kind for a SIMS error."""
+    for cls, status, kind in SIMS_ERROR_STATUS:
+        if isinstance(exc, cls):
+            return status, kind
+    return 400, "sims_error"
+
+
+def _jsonable_details(errors: list[dict]) -> list[dict]:
+    """Validation errors without the raw input (it may be a multi-megabyte upload) or exceptions."""
+    out = []
+    for e in errors:
+        item = {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        out.append(item)
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every failure a JSON :class:`ErrorResponse` body."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.error, exc.message), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(SimsError)
+    async def _sims_error(request: Request, exc: SimsError) -> JSONResponse:
+        status, kind = sims_error_status(exc)
+        return JSONResponse(error_body(kind, str(exc)), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = _jsonable_details(list(exc.errors()))
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(p for p in first["loc"] if p not in ("body", "query", "path", "header", "form"))
+        message = f"{where}: {first['msg']}" if where else first["msg"]
+        if len(details) > 1:
+            message += f" (and {len(details) - 1} more problems)"
+        return JSONResponse(error_body("invalid_request", message, details), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = _HTTP_KINDS.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse(error_body(kind, message), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: log the traceback, answer without leaking internals.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal_error", f"internal error ({type(exc).__name__}); see the service log"),
+            status_code=500,
+        )

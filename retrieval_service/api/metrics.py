@@ -1,0 +1,91 @@
+"""Prometheus metrics of one service process, and the ASGI middleware that records requests.
+
+Each app has its own registry (so several apps in one process, as in tests, do not clash).
+With ``--workers N`` every worker process exposes its own numbers; a scrape of ``/metrics``
+sees the worker that answered it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from retrieval_service.api.state import BankState
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServiceMetrics:
+    """The service's counters, gauges and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sims_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "sims_http_request_seconds",
+            "Time to answer an HTTP request.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("sims_http_requests_in_flight", "Requests being answered now.", registry=r)
+        self.retrieve_seconds = Histogram(
+            "sims_retrieve_seconds", "Engine time per layout.", ["mode"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.components = Counter("sims_retrieve_components", "Query components retrieved.", ["status"], registry=r)
+        self.reloads = Counter("sims_bank_reloads", "Reload attempts.", ["outcome"], registry=r)
+        self.bank_info = Gauge("sims_bank_info", "The bank version served (value 1).", ["version"], registry=r)
+        self.bank_segments = Gauge("sims_bank_segments", "Segments in the bank served.", registry=r)
+        self.bank_load_seconds = Gauge("sims_bank_load_seconds", "Time the served version took to load.", registry=r)
+        self.ready = Gauge("sims_ready", "1 once a bank is loaded.", registry=r)
+
+    def bank_loaded(self, state: BankState) -> None:
+        """Point the bank gauges at a newly served state."""
+        self.bank_info.clear()
+        self.bank_info.labels(version=state.version).set(1)
+        self.bank_segments.set(state.bank.num_segments)
+        self.bank_load_seconds.set(state.load_seconds)
+        self.ready.set(1)
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template (not raw path, to bound label values)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.in_flight.dec()
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], name, str(status)).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - start)

@@ -1,0 +1,191 @@
+"""Request and response models of the retrieval API (pydantic v2), shared with the client."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Most matches per component a request may ask for.
+MAX_K = 100
+#: Most image ids one request may exclude.
+MAX_EXCLUDE = 10_000
+#: Largest seed (numpy's generators take any non-negative integer; 64 bits is plenty).
+MAX_SEED = 2**64 - 1
+
+Mode = Literal["exact", "fast"]
+ComponentStatus = Literal["ok", "class_not_in_bank", "below_min_area", "no_candidates"]
+BBox = tuple[int, int, int, int]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# Requests
+
+
+class RetrieveOptions(_Model):
+    """Options of one retrieval."""
+
+    k: int = Field(5, ge=1, le=MAX_K, description="Candidates returned per component, best first.")
+    mode: Mode = Field("fast", description="`exact`: the true top-k; `fast`: FAISS candidates re-ranked exactly.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="With a seed, `choice` is a reproducible random pick among the top-k; without, the best.",
+    )
+    exclude_images: list[int] = Field(
+        default_factory=list,
+        max_length=MAX_EXCLUDE,
+        description="Bank image ids whose segments must not be returned.",
+    )
+    min_area: int = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="Components smaller than this (pixels) get no candidates; never below the bank's minimum.",
+    )
+
+
+class RetrieveRequest(RetrieveOptions):
+    """JSON form of ``POST /retrieve``: the layout as a base64-encoded PNG label map."""
+
+    layout_png: str = Field(
+        ...,
+        min_length=1,
+        description="Base64 (standard alphabet) of a single-channel PNG whose pixel values are class ids; "
+        "255 = unlabelled. Same size as the bank's working resolution.",
+    )
+
+
+class RetrieveUpload(_Model):
+    """Multipart form of ``POST /retrieve`` (documents the fields; parsed by the route)."""
+
+    layout: bytes = Field(..., json_schema_extra={"format": "binary"}, description="PNG label map file.")
+    k: int = Field(5, ge=1, le=MAX_K)
+    mode: Mode = "fast"
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    exclude_images: str = Field("", description="Comma-separated bank image ids, e.g. `3,17`.")
+    min_area: int = Field(0, ge=0, le=2**31 - 1)
+
+
+# Responses
+
+
+class Candidate(_Model):
+    """One retrieved bank segment."""
+
+    segment_id: int
+    image_id: int
+    score: float = Field(..., description="mask_iou + context_iou, in [0, 2].")
+    mask_iou: float
+    context_iou: float
+
+
+class Component(_Model):
+    """One connected component of the query layout and its candidates."""
+
+    id: int = Field(..., description="Index of the component in the layout (class id, then raster order).")
+    class_id: int
+    class_name: str
+    bbox: BBox = Field(..., description="[y0, x0, y1, x1), pixels.")
+    area: int
+    status: ComponentStatus
+    choice: int | None = Field(None, description="Index into `candidates` of the pick (seeded, or the best).")
+    candidates: list[Candidate]
+
+
+class RetrieveResponse(_Model):
+    """Every component of a layout with its top-k candidates."""
+
+    bank_version: str
+    mode: Mode
+    k: int
+    height: int
+    width: int
+    components: list[Component]
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class SegmentMeta(_Model):
+    """What the bank records about one segment."""
+
+    segment_id: int
+    image_id: int
+    class_id: int
+    class_name: str
+    local_index: int
+    bbox: BBox
+    context_box: BBox
+    area: int
+    centroid: tuple[float, float] = Field(..., description="(y, x), pixel centres.")
+    source_file: str
+    split: str
+    bank_version: str
+
+
+class ClassOut(_Model):
+    id: int
+    name: str
+    color: tuple[int, int, int]
+    segments: int
+
+
+class BankCounts(_Model):
+    images: int
+    segments: int
+    dropped_segments: int
+
+
+class BankGrids(_Model):
+    fine_grid: tuple[int, int]
+    coarse_grids: list[tuple[int, int]]
+
+
+class BankInfo(_Model):
+    """The bank version being served."""
+
+    version: str
+    parent_version: str | None
+    created_at: str
+    format_version: int
+    resolution: tuple[int, int] = Field(..., description="(height, width) every layout must have.")
+    ignore_value: int
+    min_area: int
+    connectivity: int
+    context_scale: float
+    classes: list[ClassOut]
+    counts: BankCounts
+    grids: BankGrids
+    loaded_at: str
+    available_versions: list[str]
+
+
+class ReloadResponse(_Model):
+    """Outcome of ``POST /admin/reload``."""
+
+    reloaded: bool = Field(..., description="False when the newest published version was already served.")
+    previous_version: str
+    version: str
+    message: str
+    seconds: float
+
+
+class Liveness(_Model):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(_Model):
+    ready: bool
+    version: str | None = None
+    message: str
+
+
+class ErrorResponse(_Model):
+    """Body of every error response."""
+
+    error: str = Field(..., description="Machine-readable kind, e.g. `invalid_layout`, `payload_too_large`.")
+    message: str = Field(..., description="What went wrong, for a person.")
+    details: list[dict] | None = Field(None, description="Per-field problems of a request that failed validation.")

@@ -1,0 +1,187 @@
+"""``POST /retrieve``: top-k bank segments for every component of a layout."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from anyio import to_thread
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from retrieval_service.api.deps import LimiterDep, MetricsDep, SettingsDep, StateDep
+from retrieval_service.api.errors import ApiError
+from retrieval_service.api.layouts import decode_base64, decode_layout
+from retrieval_service.api.metrics import ServiceMetrics
+from retrieval_service.api.models import (
+    Candidate,
+    Component,
+    ErrorResponse,
+    RetrieveOptions,
+    RetrieveRequest,
+    RetrieveResponse,
+    RetrieveUpload,
+)
+from retrieval_service.api.settings import Settings
+from retrieval_service.api.state import BankState
+from retrieval_service.engine import RetrievalOptions, RetrievalResult
+
+router = APIRouter(tags=["retrieval"])
+
+_OPTION_FIELDS = ("k", "mode", "seed", "min_area")
+
+# The route reads its body itself (JSON or multipart), so the two schemas are declared here.
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": RetrieveRequest.model_json_schema()},
+            "multipart/form-data": {"schema": RetrieveUpload.model_json_schema()},
+        },
+    }
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Body or layout larger than the limits."},
+    415: {"model": ErrorResponse, "description": "Neither JSON nor multipart."},
+    422: {"model": ErrorResponse, "description": "Bad options, not a PNG label map, wrong size, unknown class ids."},
+    503: {"model": ErrorResponse, "description": "No bank loaded yet."},
+}
+
+
+@router.post(
+    "/retrieve",
+    response_model=RetrieveResponse,
+    responses=_ERRORS,
+    openapi_extra=_REQUEST_BODY,
+    summary="Retrieve bank segments for a layout",
+)
+async def retrieve(
+    request: Request,
+    response: Response,
+    state: StateDep,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    metrics: MetricsDep,
+) -> RetrieveResponse:
+    """Every connected component of the layout with its top-k candidates, best first.
+
+    Send the layout either as JSON (`layout_png`: base64 of a PNG) or as a multipart upload
+    (file field `layout`). The layout must have the bank's working resolution (`GET /bank`).
+    Every response names the bank version that answered it.
+    """
+    png, options = await _read_request(request)
+    result = await to_thread.run_sync(_run, state, settings, png, options, limiter=limiter)
+    _record(metrics, result)
+    response.headers["X-SIMS-Bank-Version"] = result.bank_version
+    return _to_response(state, result, options)
+
+
+async def _read_request(request: Request) -> tuple[bytes, RetrieveOptions]:
+    """The PNG bytes and options of a JSON or multipart request."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        body = await request.body()
+        try:
+            req = RetrieveRequest.model_validate_json(body)
+        except ValidationError as e:
+            raise RequestValidationError(_located(e, "body")) from None
+        options = RetrieveOptions.model_validate(req.model_dump(exclude={"layout_png"}))
+        return decode_base64(req.layout_png), options
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=len(_OPTION_FIELDS) + 2)
+        upload = form.get("layout")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "invalid_request", "multipart body needs a file field named 'layout' (the PNG)")
+        fields: dict[str, Any] = {k: v for k in _OPTION_FIELDS if isinstance(v := form.get(k), str) and v.strip()}
+        excluded = form.get("exclude_images")
+        if isinstance(excluded, str) and excluded.strip():
+            fields["exclude_images"] = _parse_ids(excluded)
+        try:
+            options = RetrieveOptions.model_validate(fields)
+        except ValidationError as e:
+            raise RequestValidationError(_located(e, "form")) from None
+        return await upload.read(), options
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"send the layout as application/json or multipart/form-data, not {content_type or 'no content type'}",
+    )
+
+
+def _located(error: ValidationError, where: str) -> list[dict[str, Any]]:
+    return [{**e, "loc": (where, *e["loc"])} for e in error.errors(include_url=False)]
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise ApiError(
+            422, "invalid_request", f"exclude_images must be comma-separated integers, got {text[:80]!r}"
+        ) from None
+
+
+def _run(state: BankState, settings: Settings, png: bytes, options: RetrieveOptions) -> RetrievalResult:
+    """Decode, validate and retrieve (in a worker thread: all of it is CPU-bound)."""
+    start = time.perf_counter()
+    bank = state.bank
+    layout = decode_layout(
+        png, resolution=bank.resolution, num_classes=len(bank.classes), max_pixels=settings.max_layout_pixels
+    )
+    decoded = time.perf_counter() - start
+    engine_options = RetrievalOptions(
+        k=options.k,
+        mode=options.mode,
+        seed=options.seed,
+        exclude_images=np.asarray(options.exclude_images, np.int64),
+        min_area=options.min_area,
+    )
+    result = state.engine.retrieve(layout, engine_options)
+    result.timings["decode"] = decoded
+    return result
+
+
+def _record(metrics: ServiceMetrics, result: RetrievalResult) -> None:
+    metrics.retrieve_seconds.labels(result.mode).observe(sum(result.timings.values()))
+    for comp in result.components:
+        metrics.components.labels(str(comp.status)).inc()
+
+
+def _to_response(state: BankState, result: RetrievalResult, options: RetrieveOptions) -> RetrieveResponse:
+    names = state.bank.classes.names
+    h, w = state.bank.resolution
+    components = [
+        Component(
+            id=c.component_id,
+            class_id=c.class_id,
+            class_name=names[c.class_id],
+            bbox=c.bbox,
+            area=c.area,
+            status=str(c.status),  # type: ignore[arg-type]
+            choice=c.choice,
+            candidates=[
+                Candidate(
+                    segment_id=m.segment_id,
+                    image_id=m.image_id,
+                    score=m.score,
+                    mask_iou=m.mask_iou,
+                    context_iou=m.context_iou,
+                )
+                for m in c.matches
+            ],
+        )
+        for c in result.components
+    ]
+    return RetrieveResponse(
+        bank_version=result.bank_version,
+        mode=result.mode,
+        k=options.k,
+        height=h,
+        width=w,
+        components=components,
+        timings_ms={k: round(v * 1000, 3) for k, v in result.timings.items()},
+    )

@@ -1,0 +1,65 @@
+"""Service configuration: one ``Settings`` object, read from ``SIMS_*`` environment variables.
+
+``sims serve`` flags override the environment. The settings are exported back to the
+environment before uvicorn starts (:meth:`Settings.to_env`), so that every worker process of
+``--workers N`` builds the same configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SIMS_"
+
+
+class Settings(BaseSettings):
+    """Everything the retrieval service can be configured with (env ``SIMS_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    bank: Path | None = Field(None, description="Bank root directory to serve (its CURRENT version).")
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes; each holds its own copy of the index.")
+    api_key: SecretStr | None = Field(
+        None, description="Key required in X-API-Key by /admin/*; without one the admin API is disabled."
+    )
+    watch_interval: float = Field(
+        0.0, ge=0.0, description="Poll the bank's CURRENT every this many seconds and reload on change (0 = off)."
+    )
+    max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
+    max_layout_pixels: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="Largest layout (width x height) accepted (413 above), read from its header.",
+    )
+    retrieve_threads: int = Field(
+        0, ge=0, description="Retrievals run at once in the thread pool (0 = number of CPU cores); others queue."
+    )
+    wait_for_bank: bool = Field(
+        False, description="Load the bank before accepting connections instead of in the background."
+    )
+    synthesis_url: str | None = Field(None, description="Synthesis worker URL; /synthesize answers 503 without one.")
+    log_level: str = Field("info", description="uvicorn and service log level.")
+
+    @property
+    def retrieve_concurrency(self) -> int:
+        """Retrievals allowed to run at once."""
+        return self.retrieve_threads or os.cpu_count() or 1
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``SIMS_*`` environment variables (unset values are left out)."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[ENV_PREFIX + name.upper()] = str(value)
+        return env

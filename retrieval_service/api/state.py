@@ -1,0 +1,162 @@
+"""The hot-swappable bank: which (bank, engine) the service answers with, and how it changes.
+
+A request takes :attr:`BankHolder.current` once and uses that :class:`BankState` to the end,
+so a reload never changes the bank under a request in flight. A reload opens the bank's
+newest published version (its ``CURRENT``), builds and warms a new engine in a worker thread,
+then swaps one reference; the old state is freed when its last request finishes. Reloads
+are serialised. Nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from anyio import to_thread
+
+from memory_bank import Bank, current_version, list_versions, open_bank
+from retrieval_service.api.errors import ApiError
+from retrieval_service.engine import RetrievalEngine, RetrievalOptions
+
+log = logging.getLogger(__name__)
+
+#: Other versions kept open for segment fetches that name one (``?version=``).
+_OTHER_VERSIONS = 4
+
+
+@dataclass(frozen=True)
+class BankState:
+    """One loaded bank version and its engine."""
+
+    bank: Bank
+    engine: RetrievalEngine
+    loaded_at: datetime
+    load_seconds: float
+
+    @property
+    def version(self) -> str:
+        return self.bank.version
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What a reload did."""
+
+    reloaded: bool
+    previous_version: str | None
+    version: str
+    seconds: float
+
+
+def load_state(root: Path, version: str | None = None) -> BankState:
+    """Open a bank version, build its engine and warm it (blocking; call from a worker thread)."""
+    start = time.perf_counter()
+    bank = open_bank(root, version)
+    engine = RetrievalEngine.from_bank(bank)
+    engine.warm_up()  # every class's FAISS index, so no request pays for it (or races to build it)
+    bank.column("image_id")  # the segment-table columns are cached on first use
+    if bank.num_images:
+        # One real retrieval: first calls into torch and FAISS are much slower than the rest.
+        engine.retrieve(np.asarray(bank.labels[0]), RetrievalOptions(k=1, mode="fast"))
+    seconds = time.perf_counter() - start
+    log.info("loaded bank %s (%d segments) in %.2f s", bank.version, bank.num_segments, seconds)
+    return BankState(bank, engine, datetime.now(UTC), seconds)
+
+
+class BankHolder:
+    """The current :class:`BankState` of one bank root, swapped atomically on reload."""
+
+    def __init__(self, root: Path, loader: Callable[[Path, str | None], BankState] = load_state) -> None:
+        self.root = Path(root)
+        self._loader = loader
+        self._state: BankState | None = None
+        self.error: str | None = None  # why the last load or reload failed, if it did
+        self._reload_lock = asyncio.Lock()
+        self._others: OrderedDict[str, Bank] = OrderedDict()
+        self._others_lock = threading.Lock()
+        self.listeners: list[Callable[[BankState], None]] = []
+
+    @property
+    def current(self) -> BankState | None:
+        """The state serving requests now, or None before the first load."""
+        return self._state
+
+    def require(self) -> BankState:
+        """The current state; a 503 :class:`ApiError` while there is none."""
+        state = self._state
+        if state is None:
+            why = f"loading the bank failed: {self.error}" if self.error else "the bank is still loading"
+            raise ApiError(503, "not_ready", why, headers={"Retry-After": "1"})
+        return state
+
+    async def reload(self) -> ReloadOutcome:
+        """Serve the bank's newest published version; no-op if it is already served.
+
+        A failed load leaves the previous state serving and re-raises.
+        """
+        async with self._reload_lock:
+            start = time.perf_counter()
+            old = self._state
+            try:
+                newest = await to_thread.run_sync(current_version, self.root)
+                if old is not None and newest == old.version:
+                    return ReloadOutcome(False, old.version, newest, time.perf_counter() - start)
+                state = await to_thread.run_sync(self._loader, self.root, newest)
+            except Exception as e:
+                self.error = str(e)
+                raise
+            self._state = state  # the swap: requests that already took `old` keep it
+            self.error = None
+            for listener in self.listeners:
+                listener(state)
+            if old is not None:
+                log.info("reloaded bank: %s -> %s", old.version, state.version)
+            return ReloadOutcome(True, old.version if old else None, state.version, time.perf_counter() - start)
+
+    async def watch(self, interval: float) -> None:
+        """Reload whenever the bank's ``CURRENT`` changes, polling every ``interval`` seconds.
+
+        With ``--workers N`` each worker process watches for itself, which is how a publish
+        reaches all of them (``/admin/reload`` reaches only the worker that got the request).
+        """
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                newest = await to_thread.run_sync(current_version, self.root)
+                state = self._state
+                if state is None or newest != state.version:
+                    await self.reload()
+            except Exception as e:  # keep watching: a half-written bank or a full disk may pass
+                log.warning("bank watcher: %s", e)
+
+    def available_versions(self) -> list[str]:
+        """Published versions of the bank, oldest first."""
+        return list_versions(self.root)
+
+    def bank_for(self, version: str | None) -> Bank:
+        """The served bank, or another published version of it (opened on demand, a few kept open)."""
+        state = self.require()
+        if version is None or version == state.version:
+            return state.bank
+        with self._others_lock:
+            bank = self._others.get(version)
+            if bank is not None:
+                self._others.move_to_end(version)
+                return bank
+        # Only names listed under versions/ are opened, so `version` can never point elsewhere.
+        if version not in list_versions(self.root):
+            raise ApiError(404, "version_not_found", f"bank {self.root.name} has no published version {version!r}")
+        bank = open_bank(self.root, version)
+        with self._others_lock:
+            self._others[version] = bank
+            while len(self._others) > _OTHER_VERSIONS:
+                self._others.popitem(last=False)
+        return bank
