@@ -1,0 +1,265 @@
+"""The canvas pipeline (paper §4.3, §4.4, §5.2): layout → retrieval → alignment → order → paste → elision.
+
+``CanvasBuilder(retriever, segments, ...)(layout, seed=...)`` returns a :class:`Canvas`: the
+canvas the synthesis network reads, its missing-pixel mask, and a provenance map naming the bank
+segment (and so the source photo) behind every pixel. The retriever is swappable (in-process
+engine or HTTP client), as are the aligner and the orderer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from memory_bank import Bank, ClassTable, LayoutError, SegmentConfig, Segments, extract_segments
+from retrieval_service.engine import ComponentResult, Mode, RetrievalEngine, RetrievalOptions, RetrievalResult
+from retrieval_service.query import prepare_query
+from synthesis.canvas.compose import NONE, composite
+from synthesis.canvas.elision import ElisionConfig, elide
+from synthesis.canvas.order_rule import DepthTiers, LayoutOrderer, Tier
+from synthesis.canvas.protocols import Aligner, CachedSegments, IdentityAligner, Orderer, Retriever, SegmentSource
+
+#: Stream of the seed's random generator used for elision (retrieval uses the seed itself).
+ELISION_STREAM = 1
+
+
+@dataclass(frozen=True)
+class PlacedSegment:
+    """A bank segment painted on the canvas for one query component."""
+
+    component_id: int
+    class_id: int
+    segment_id: int
+    image_id: int
+    score: float
+    rank: int  # position in the painting order, 0 = farthest (painted first)
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """A built canvas.
+
+    Attributes:
+        canvas: (H, W, 3) uint8; black where missing, white at elided boundary pixels.
+        missing: (H, W) bool; True where the canvas holds no pixel (no segment, or blacked out).
+        provenance: (H, W) int64; the bank segment id whose pixel the canvas shows, -1 where it
+            shows none (missing or elided). Where it is >= 0 the canvas pixel is that
+            segment's pixel as placed by the aligner.
+        elision: (H, W) uint8; 0 kept, 1 white, 2 black (see :mod:`synthesis.canvas.elision`).
+        segments: the painted segments, back to front.
+        unfilled: ``(component_id, status)`` of the components that got no segment.
+        timings: seconds per step.
+    """
+
+    canvas: np.ndarray
+    missing: np.ndarray
+    provenance: np.ndarray
+    elision: np.ndarray
+    segments: tuple[PlacedSegment, ...]
+    unfilled: tuple[tuple[int, str], ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for a in (self.canvas, self.missing, self.provenance, self.elision):
+            a.setflags(write=False)
+
+
+@dataclass(frozen=True)
+class CanvasOptions:
+    """Retrieval and elision settings of a builder.
+
+    ``k``, ``mode``, ``min_area`` and ``candidates`` go to retrieval (the seed picks among the
+    top-k); ``elision`` to :func:`~synthesis.canvas.elision.elide`.
+    """
+
+    k: int = 5
+    mode: Mode = "fast"
+    min_area: int = 0
+    candidates: int = 512
+    elision: ElisionConfig = field(default_factory=ElisionConfig)
+
+
+class CanvasBuilder:
+    """Builds canvases from layouts: ``builder(layout, seed=0)``.
+
+    Args:
+        retriever: retrieves matches per component (:class:`~synthesis.canvas.protocols.Retriever`).
+        segments: reads the chosen segments (:class:`~synthesis.canvas.protocols.SegmentSource`).
+        classes, config, resolution: the bank's class table, segment settings and frame; query
+            components are cut with the same function the bank was built with.
+        aligner: places segments in the frame; identity by default.
+        orderer: back-to-front order; the layout rule by default.
+        object_classes: classes whose surroundings are blacked out by elision; by default the
+            object tier of :class:`~synthesis.canvas.order_rule.DepthTiers` for these class names.
+        options: retrieval and elision settings.
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        segments: SegmentSource,
+        *,
+        classes: ClassTable,
+        config: SegmentConfig,
+        resolution: tuple[int, int],
+        aligner: Aligner | None = None,
+        orderer: Orderer | None = None,
+        object_classes: Collection[int] | None = None,
+        options: CanvasOptions | None = None,
+    ) -> None:
+        self.retriever = retriever
+        self.segments = segments
+        self.classes = classes
+        self.config = config
+        self.resolution = (int(resolution[0]), int(resolution[1]))
+        tiers = DepthTiers.from_class_names(classes.names)
+        self.aligner: Aligner = aligner or IdentityAligner()
+        self.orderer: Orderer = orderer or LayoutOrderer(tiers)
+        if object_classes is None:
+            object_classes = [c.id for c in classes if tiers.tier(c.id) == Tier.OBJECT]
+        self.object_classes = frozenset(int(c) for c in object_classes)
+        self.options = options or CanvasOptions()
+
+    @classmethod
+    def from_bank(
+        cls,
+        bank: Bank,
+        *,
+        retriever: Retriever | None = None,
+        max_images: int = 64,
+        **kwargs: object,
+    ) -> CanvasBuilder:
+        """A builder over one bank: the in-process engine (unless ``retriever`` is given), cached segment reads."""
+        retriever = retriever or RetrievalEngine.from_bank(bank)
+        return cls(
+            retriever,
+            CachedSegments(bank, max_images=max_images),
+            classes=bank.classes,
+            config=bank.config,
+            resolution=bank.resolution,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def retrieval_options(self, seed: int | None, exclude_images: Sequence[int]) -> RetrievalOptions:
+        o = self.options
+        return RetrievalOptions(
+            k=o.k,
+            mode=o.mode,
+            seed=seed,
+            exclude_images=tuple(int(i) for i in exclude_images),
+            min_area=o.min_area,
+            candidates=o.candidates,
+        )
+
+    def query(
+        self, layout: np.ndarray, seed: int | None, exclude_images: Sequence[int]
+    ) -> tuple[Segments, RetrievalResult]:
+        """The layout's components (as the engine cuts them) and the retrieval result."""
+        options = self.retrieval_options(seed, exclude_images)
+        retrieve_query = getattr(self.retriever, "retrieve_query", None)
+        if retrieve_query is not None:
+            # In-process engine: cut and code the layout once and share the components.
+            query = prepare_query(layout, len(self.classes), self.config, self.resolution)
+            result = retrieve_query(query, options)
+            segments = query.segments
+        else:
+            result = self.retriever.retrieve(layout, options)
+            segments = extract_segments(layout, len(self.classes), replace(self.config, min_area=1))
+        if len(result.components) != len(segments):
+            raise LayoutError(
+                f"the retriever returned {len(result.components)} components but the layout has {len(segments)}; "
+                "is it serving a bank with other segment settings?"
+            )
+        return segments, result
+
+    def __call__(self, layout: np.ndarray, *, seed: int = 0, exclude_images: Sequence[int] = ()) -> Canvas:
+        """Build the canvas of an (H, W) label map at the bank's resolution (255 = unlabelled).
+
+        The same layout, seed and exclusions give the same canvas. Components whose class the
+        bank lacks, that are too small, or that get no match leave missing pixels.
+        """
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        start = t
+
+        def lap(name: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            timings[name] = now - t
+            t = now
+
+        # 1. Check the layout.
+        layout = self.check_layout(layout)
+        # 2. Components and retrieval (seeded pick among the top-k).
+        components, result = self.query(layout, seed, exclude_images)
+        lap("retrieve")
+        # 3. Read the chosen segments and place them in the frame.
+        chosen: list[tuple[ComponentResult, int, int, float]] = []
+        pixels, masks = [], []
+        unfilled = []
+        for comp in result.components:
+            match = comp.chosen
+            if match is None:
+                unfilled.append((comp.component_id, str(comp.status)))
+                continue
+            seg = self.segments.segment(match.segment_id)
+            full = np.zeros((*self.resolution, 3), np.uint8)
+            y0, x0, y1, x1 = seg.bbox
+            full[y0:y1, x0:x1] = seg.crop
+            target = components.mask(comp.component_id)
+            px, mk = self.aligner(layout, target, full, seg.mask)
+            pixels.append(px)
+            masks.append(np.asarray(mk, bool))
+            chosen.append((comp, match.segment_id, seg.image_id, match.score))
+        lap("read_align")
+        # 4. Order back to front.
+        class_ids = [c[0].class_id for c in chosen]
+        order = list(self.orderer(layout, masks, class_ids)) if chosen else []
+        lap("order")
+        # 5. Paste.
+        painted = composite(self.resolution, pixels, masks, [c[1] for c in chosen], order)
+        lap("compose")
+        # 6. Elide boundaries (seeded; its own stream so it does not depend on retrieval's draws).
+        rng = np.random.default_rng([seed, ELISION_STREAM])
+        elided = elide(
+            painted.canvas,
+            painted.missing,
+            painted.pieces,
+            layout,
+            self.object_classes,
+            rng,
+            self.options.elision,
+        )
+        provenance = np.where(elided.code == 0, painted.provenance, NONE)
+        lap("elide")
+        timings["total"] = time.perf_counter() - start
+        placed = tuple(
+            PlacedSegment(comp.component_id, comp.class_id, sid, iid, score, rank)
+            for rank, (comp, sid, iid, score) in enumerate(chosen[i] for i in order)
+        )
+        return Canvas(
+            canvas=elided.canvas,
+            missing=elided.missing,
+            provenance=provenance,
+            elision=elided.code,
+            segments=placed,
+            unfilled=tuple(unfilled),
+            timings=timings,
+        )
+
+    def check_layout(self, layout: np.ndarray) -> np.ndarray:
+        """The layout as C-contiguous uint8, or a :class:`LayoutError` if it does not fit the bank."""
+        layout = np.asarray(layout)
+        if layout.ndim != 2 or tuple(layout.shape) != self.resolution:
+            raise LayoutError(
+                f"layout has shape {tuple(layout.shape)} but the bank's working resolution is {self.resolution} (H, W)"
+            )
+        if layout.dtype.kind not in "ui":
+            raise LayoutError(f"a layout must hold integer class ids, got dtype {layout.dtype}")
+        if layout.size and layout.min() < 0:
+            raise LayoutError(f"layout values must be class ids >= 0, got {layout.min()}")
+        self.classes.check_label(layout, what="layout")
+        return np.ascontiguousarray(layout, np.uint8)
