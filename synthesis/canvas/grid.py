@@ -1,0 +1,117 @@
+"""PNG grids for looking at canvases: one row per layout, columns layout | simulated | test-time | photo."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from memory_bank import Bank, ClassTable
+from synthesis.canvas.builder import CanvasBuilder, CanvasOptions
+from synthesis.canvas.simulate import ColorDonors, simulate_canvas
+
+COLUMNS = ("layout", "simulated canvas", "test-time canvas", "photo")
+_HEADER = 22  # pixels
+
+
+@dataclass(frozen=True)
+class GridRow:
+    """One row of a grid, all at one (H, W): a label map and three RGB images."""
+
+    layout: np.ndarray  # (H, W) uint8
+    simulated: np.ndarray  # (H, W, 3) uint8
+    test_time: np.ndarray  # (H, W, 3) uint8
+    photo: np.ndarray  # (H, W, 3) uint8
+
+
+def render_grid(rows: Sequence[GridRow], classes: ClassTable, scale: float = 0.5, header: bool = True) -> np.ndarray:
+    """One (rows*h [+ header], 4*w, 3) uint8 image; layouts in the class table's colours (unlabelled black).
+
+    Tiles are scaled by ``scale`` (nearest for the layout, area for images) and separated by
+    2-pixel white lines.
+    """
+    if not rows:
+        raise ValueError("a grid needs at least one row")
+    if not 0 < scale <= 4:
+        raise ValueError(f"scale must be in (0, 4], got {scale}")
+    h, w = rows[0].layout.shape
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    gap = 2
+    palette = classes.palette()
+    lines = []
+    for r in rows:
+        if r.layout.shape != (h, w) or any(a.shape != (h, w, 3) for a in (r.simulated, r.test_time, r.photo)):
+            raise ValueError("every tile of a grid must have the same (H, W)")
+        tiles = [cv2.resize(palette[r.layout], (tw, th), interpolation=cv2.INTER_NEAREST)]
+        tiles += [cv2.resize(a, (tw, th), interpolation=cv2.INTER_AREA) for a in (r.simulated, r.test_time, r.photo)]
+        lines.append(_hstack(tiles, gap))
+    body = _vstack(lines, gap)
+    if not header:
+        return body
+    top = np.full((_HEADER, body.shape[1], 3), 255, np.uint8)
+    for i, name in enumerate(COLUMNS):
+        cv2.putText(
+            top, name, (i * (tw + gap) + 4, _HEADER - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    return np.concatenate([top, body], axis=0)
+
+
+def _hstack(tiles: list[np.ndarray], gap: int) -> np.ndarray:
+    sep = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
+    parts = [p for t in tiles for p in (t, sep)][:-1]
+    return np.concatenate(parts, axis=1)
+
+
+def _vstack(lines: list[np.ndarray], gap: int) -> np.ndarray:
+    sep = np.full((gap, lines[0].shape[1], 3), 255, np.uint8)
+    parts = [p for t in lines for p in (t, sep)][:-1]
+    return np.concatenate(parts, axis=0)
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write an RGB uint8 image as an optimised PNG; creates the parent directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, optimize=True)
+    return path
+
+
+def grid_rows(
+    bank: Bank,
+    pairs: Bank,
+    image_ids: Sequence[int],
+    *,
+    seed: int = 0,
+    options: CanvasOptions | None = None,
+    color_transfer: float = 0.2,
+    donors: ColorDonors | None = None,
+) -> list[GridRow]:
+    """Rows for layouts and photos taken from ``pairs`` (a bank), canvases built from ``bank``.
+
+    When ``pairs`` is ``bank`` itself, each image is excluded from its own retrievals (for both
+    canvases), as in training. ``donors`` (colour statistics of ``bank``) are computed if needed.
+    """
+    if tuple(pairs.resolution) != tuple(bank.resolution):
+        raise ValueError(f"pairs are {pairs.resolution} but the bank works at {bank.resolution}")
+    if pairs.classes != bank.classes:
+        raise ValueError("the pairs' bank and the retrieval bank have different class tables")
+    builder = CanvasBuilder.from_bank(bank, options=options)
+    if donors is None and color_transfer > 0:
+        donors = ColorDonors.from_bank(builder.segments)  # type: ignore[arg-type]
+    same = pairs.path == bank.path
+    rows = []
+    for i in image_ids:
+        if not 0 <= i < pairs.num_images:
+            raise ValueError(f"image {i} is not in {pairs.path} (0..{pairs.num_images - 1})")
+        layout, photo = np.asarray(pairs.labels[i]), np.asarray(pairs.photos[i])
+        own = int(i) if same else None
+        sim = simulate_canvas(
+            builder, layout, photo, seed=seed, image_id=own, donors=donors, color_transfer=color_transfer
+        )
+        test = builder(layout, seed=seed, exclude_images=() if own is None else (own,))
+        rows.append(GridRow(layout, sim.canvas, test.canvas, photo))
+    return rows
