@@ -1,0 +1,202 @@
+"""Evaluation metrics on constructed cases, and ``sims eval`` end to end on the sample val bank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image
+
+from memory_bank import Bank, DatasetError, SimsError
+from memory_bank.cli import main as sims_main
+from synthesis.evaluation.metrics import (
+    SegmentationScores,
+    confusion_matrix,
+    iou_per_class,
+    l1_error,
+    mean_iou,
+    pixel_accuracy,
+)
+from synthesis.evaluation.report import (
+    FolderImages,
+    SynthesizedImages,
+    Synthesizer,
+    evaluate_image_sets,
+    items_from_bank,
+    open_image_set,
+)
+from synthesis.networks.segmenter import SegmentationNet
+
+labels = arrays(
+    np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.sampled_from([0, 1, 2, 3, 255])
+)
+
+
+@given(labels)
+def test_perfect_prediction_scores_one(target: np.ndarray) -> None:
+    pred = np.where(target == 255, 0, target)
+    conf = confusion_matrix(pred, target, 4)
+    assert conf.sum() == (target != 255).sum()
+    if conf.sum():
+        assert mean_iou(conf) == 1.0
+        assert pixel_accuracy(conf) == 1.0
+    else:
+        assert np.isnan(mean_iou(conf)) and np.isnan(pixel_accuracy(conf))
+
+
+def test_constructed_confusion_has_known_scores() -> None:
+    target = np.array([[0, 0, 1, 1, 2, 255]])
+    pred = np.array([[0, 1, 1, 1, 2, 0]])
+    conf = confusion_matrix(pred, target, 4)
+    np.testing.assert_array_equal(conf[:3, :3], [[1, 1, 0], [0, 2, 0], [0, 0, 1]])
+    # Class 0: 1 / (2 + 1 - 1); class 1: 2 / (2 + 3 - 2); class 2: 1; class 3 absent from the target.
+    iou = iou_per_class(conf)
+    np.testing.assert_allclose(iou[:3], [1 / 2, 2 / 3, 1.0])
+    assert np.isnan(iou[3])
+    assert mean_iou(conf) == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert pixel_accuracy(conf) == pytest.approx(4 / 5)
+
+
+def test_class_only_predicted_is_not_averaged_but_costs_the_true_class() -> None:
+    target = np.array([0, 0, 0, 0])
+    pred = np.array([0, 0, 0, 3])
+    conf = confusion_matrix(pred, target, 4)
+    assert mean_iou(conf) == pytest.approx(3 / 4)  # class 3 has no target pixels: NaN, left out
+    assert np.isnan(iou_per_class(conf)[3])
+
+
+@settings(max_examples=50)
+@given(labels, st.integers(0, 2**32 - 1))
+def test_ignored_pixels_do_not_count(target: np.ndarray, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pred = rng.integers(0, 4, target.shape)
+    other = pred.copy()
+    # Change the prediction on ignored pixels only, even to values outside the classes.
+    other[target == 255] = 200
+    np.testing.assert_array_equal(confusion_matrix(pred, target, 4), confusion_matrix(other, target, 4))
+
+
+def test_metric_inputs_are_checked() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)
+    with pytest.raises(ValueError, match="target"):
+        confusion_matrix(np.zeros(3), np.array([0, 1, 5]), 2)
+    with pytest.raises(ValueError, match="prediction"):
+        confusion_matrix(np.array([0, 1, 7]), np.zeros(3), 2)
+    with pytest.raises(ValueError, match="square"):
+        mean_iou(np.zeros((2, 3)))
+
+
+def test_scores_dataclass_and_dict() -> None:
+    conf = confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0]), 2)
+    s = SegmentationScores.from_confusion(conf)
+    assert s.miou == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert s.to_dict(["a", "b"]) == {"miou": s.miou, "pixel_accuracy": 2 / 3, "class_iou": {"a": 0.5, "b": 0.5}}
+
+
+def test_l1_error() -> None:
+    a = np.zeros((4, 4, 3), np.uint8)
+    assert l1_error(a, a) == 0.0
+    assert l1_error(a, np.full_like(a, 255)) == 1.0
+    b = a.copy()
+    b[0, 0, 0] = 51  # one value of 48 off by 0.2
+    assert l1_error(a, b) == pytest.approx(0.2 / 48)
+    with pytest.raises(ValueError):
+        l1_error(a, a[:2])
+
+
+# ``sims eval`` end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("seg") / "segmenter"
+    SegmentationNet(num_classes=11, widths=(4, 8), resolution=(24, 32)).save_pretrained(path)
+    return path
+
+
+def _write_set(directory: Path, bank: Bank, make) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for item in items_from_bank(bank):
+        Image.fromarray(make(item)).save(directory / f"{item.name}.png")
+    return directory
+
+
+def test_real_photos_as_a_set_match_the_reference(val_bank: Bank, tiny_segmenter: Path) -> None:
+    torch.set_num_threads(1)
+    items = items_from_bank(val_bank, limit=4)
+    copy: Synthesizer = lambda layout: next(it.photo for it in items if it.layout is layout)  # noqa: E731
+    report = evaluate_image_sets(
+        items,
+        [SynthesizedImages("copy", copy)],
+        SegmentationNet.from_pretrained(tiny_segmenter),
+        val_bank.classes,
+        num_samples=2,
+        progress=False,
+    )
+    ref, got = report.result("real photos"), report.result("copy")
+    assert [r.name for r in report.results] == ["real photos", "copy"]  # same size: one reference row
+    np.testing.assert_array_equal(ref.scores.confusion, got.scores.confusion)
+    assert got.l1 == 0.0 and got.spectrum_distance == 0.0
+    assert ref.l1 is None and ref.spectrum_distance > 0  # the even/odd noise floor
+    assert len(got.samples) == 2 and got.predictions[0].shape == items[0].layout.shape
+
+
+def test_sims_eval_cli_writes_the_report(val_bank: Bank, val_bank_path: Path, tiny_segmenter: Path, tmp_path: Path):
+    torch.set_num_threads(1)
+    small = _write_set(tmp_path / "small", val_bank, lambda it: np.asarray(Image.fromarray(it.photo).resize((64, 48))))
+    lut = val_bank.classes.palette()
+    flat = _write_set(tmp_path / "flat", val_bank, lambda it: lut[it.layout])
+    out = tmp_path / "report"
+    code = sims_main(
+        [
+            "eval",
+            "--bank",
+            str(val_bank_path),
+            "--segmenter",
+            str(tiny_segmenter),
+            "--set",
+            f"SIMS={small}",
+            "--set",
+            f"parametric={flat}",
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    data = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in data["results"]]
+    assert names == ["real photos", "real photos at 48x64", "SIMS", "parametric"]
+    rows = {r["name"]: r for r in data["results"]}
+    assert rows["SIMS"]["size"] == [48, 64] and rows["parametric"]["size"] == [360, 480]
+    assert 0 < rows["SIMS"]["l1"] < 0.05  # a resized photo is close to the photo
+    assert rows["parametric"]["spectrum_distance"] > rows["SIMS"]["spectrum_distance"]
+    assert all(0 <= r["miou"] <= 1 and 0 <= r["pixel_accuracy"] <= 1 for r in data["results"])
+    md = (out / "report.md").read_text()
+    assert "| **SIMS** | 48x64 |" in md and "| **parametric** | 360x480 |" in md
+    for png in ("spectra.png", "class_iou.png", "samples.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_image_sets_report_missing_files_and_bad_folders(val_bank: Bank, tmp_path: Path) -> None:
+    item = items_from_bank(val_bank, limit=1)[0]
+    with pytest.raises(DatasetError, match=item.name):
+        FolderImages("x", tmp_path).image_for(item)
+    with pytest.raises(DatasetError, match="neither"):
+        open_image_set("x", tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SimsError, match="not wired"):
+        open_image_set("x", tmp_path)
+    bad = SynthesizedImages("bad", lambda layout: np.zeros(layout.shape, np.float32))
+    with pytest.raises(DatasetError, match="uint8"):
+        bad.image_for(item)
