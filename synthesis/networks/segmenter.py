@@ -13,6 +13,7 @@ so every image set (real photos, 96x128 syntheses, ...) is scored against the sa
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -198,8 +199,13 @@ def save_pretrained(model: SegmentationNet, path: str | Path, dtype: torch.dtype
     if dtype is not None:
         # Integer buffers (BatchNorm's num_batches_tracked) keep their type.
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    (out / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "model_type": MODEL_TYPE})
+    # Each file is written under a temporary name and renamed, so a run killed mid-save leaves
+    # the previous checkpoint readable.
+    tmp_config, tmp_weights = out / f".{CONFIG_FILE}.tmp", out / f".{WEIGHTS_FILE}.tmp"
+    tmp_config.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    save_file(state, str(tmp_weights), metadata={"format": "pt", "model_type": MODEL_TYPE})
+    os.replace(tmp_weights, out / WEIGHTS_FILE)
+    os.replace(tmp_config, out / CONFIG_FILE)
     return out
 
 

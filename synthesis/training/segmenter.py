@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -236,6 +237,7 @@ def train_segmenter(
 
     def checkpoint() -> None:
         save_pretrained(model, out)
+        tmp = state_path.with_name(f".{STATE_FILE}.tmp")
         torch.save(
             {
                 "optimizer": optimizer.state_dict(),
@@ -244,8 +246,10 @@ def train_segmenter(
                 "losses": losses,
                 "seconds": seconds_before + time.perf_counter() - start,
             },
-            state_path,
+            tmp,
         )
+        # The state goes last: a run killed in between resumes newer weights with the previous optimizer state.
+        os.replace(tmp, state_path)
 
     # 3. Training loop
     start = time.perf_counter()
