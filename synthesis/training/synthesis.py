@@ -1,0 +1,533 @@
+"""Training the synthesis network (``sims train synthesis``), SIMS or parametric baseline.
+
+One run writes into an output directory::
+
+    OUT/train_config.json                 the config the run started with
+    OUT/checkpoints/step-00000500/        resumable checkpoints (see synthesis.checkpoint), the last few kept
+    OUT/latest.json                       which checkpoint is the newest complete one
+    OUT/samples/step-00000500.png         sample grids: layout | canvas | output | photo
+
+The parametric baseline (CRN-style) is the same network, budget and data with the canvas always
+empty (all zeros, every pixel missing); the checkpoint records which of the two a run trained.
+Resuming restores weights, optimizer, RNG states and the position in the data, so a resumed run
+takes exactly the steps an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from memory_bank.classes import default_palette
+from synthesis.checkpoint import from_pretrained, load_training_state, save_pretrained, write_json_atomic
+from synthesis.losses import CRN_LAYER_WEIGHTS, PerceptualLoss
+from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
+from synthesis.networks.vgg import VggIdentity, VggSpec, load_vgg
+from synthesis.training.data import DataConfig, build_dataset, check_sample, collate, empty_canvas
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_FILE = "latest.json"
+SAMPLES_DIR = "samples"
+CONFIG_FILE = "train_config.json"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation and bookkeeping settings.
+
+    Attributes:
+        steps: optimizer steps in total (a resumed run continues up to this count).
+        batch_size: samples per step.
+        lr, betas: Adam's.
+        seed: seeds weights, data order and every RNG.
+        threads: torch CPU threads (None: torch's default).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        precision: ``fp32``, or ``bf16`` autocast (fast on CPUs with AMX/AVX512-BF16; weights stay float32).
+        channels_last: NHWC memory format, which oneDNN convolutions prefer on CPU.
+        checkpoint_every, sample_every, log_every: in steps.
+        keep_checkpoints: how many recent checkpoints to keep.
+        sample_count: samples in each grid.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 1
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    checkpoint_every: int = 500
+    sample_every: int = 500
+    log_every: int = 50
+    keep_checkpoints: int = 2
+    sample_count: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(
+                f"need steps >= 0, batch_size >= 1, lr > 0 (got {self.steps}, {self.batch_size}, {self.lr})"
+            )
+        if min(self.checkpoint_every, self.sample_every, self.log_every, self.keep_checkpoints) < 1:
+            raise ValueError("checkpoint_every, sample_every, log_every and keep_checkpoints must be >= 1")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainSettings:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown train config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainSynthesisConfig:
+    """Everything one training run needs; saved with every checkpoint.
+
+    ``model`` is the network, ``vgg`` the loss network, ``loss_weights`` the perceptual loss's
+    layer weights, ``data`` the samples, ``train`` the optimisation; ``parametric`` trains the
+    CRN-style baseline (empty canvas) instead of SIMS.
+    """
+
+    model: RefinementConfig
+    vgg: VggSpec
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    loss_weights: Mapping[str, float] = field(default_factory=lambda: dict(CRN_LAYER_WEIGHTS))
+    parametric: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "vgg": self.vgg.to_dict(),
+            "data": self.data.to_dict(),
+            "train": self.train.to_dict(),
+            "loss_weights": dict(self.loss_weights),
+            "parametric": self.parametric,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainSynthesisConfig:
+        unknown = set(d) - {"model", "vgg", "data", "train", "loss_weights", "parametric", "_comment"}
+        if unknown:
+            raise ValueError(f"unknown config sections: {sorted(unknown)}")
+        if "model" not in d:
+            raise ValueError("config has no 'model' section")
+        return cls(
+            model=RefinementConfig.from_dict(d["model"]),
+            vgg=VggSpec.from_dict(d.get("vgg", {})),
+            data=DataConfig.from_dict(d.get("data", {})),
+            train=TrainSettings.from_dict(d.get("train", {})),
+            loss_weights={str(k): float(v) for k, v in d.get("loss_weights", CRN_LAYER_WEIGHTS).items()},
+            parametric=bool(d.get("parametric", False)),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainSynthesisConfig:
+        """Read a config JSON file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def with_overrides(self, **changes: Any) -> TrainSynthesisConfig:
+        """A copy with dotted-path overrides, e.g. ``{"vgg.path": "...", "train.steps": 100}`` (None skips)."""
+        out = self
+        for key, value in changes.items():
+            if value is None:
+                continue
+            section, _, name = key.partition(".")
+            if not name:
+                out = replace(out, **{section: value})
+            else:
+                out = replace(out, **{section: replace(getattr(out, section), **{name: value})})
+        return out
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a call to :func:`train_synthesis` did."""
+
+    out_dir: Path
+    checkpoint: Path
+    step: int
+    steps_run: int
+    loss_history: list[float]
+    seconds: float
+    vgg: VggIdentity
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(1, self.steps_run)
+
+
+class EpochSampler:
+    """Shuffled indices, epoch after epoch, from ``(seed, epoch)``: its whole state is two integers."""
+
+    def __init__(self, size: int, seed: int, epoch: int = 0, cursor: int = 0) -> None:
+        if size < 1:
+            raise ValueError("the training dataset is empty")
+        self.size, self.seed, self.epoch, self.cursor = size, seed, epoch, cursor
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def next_indices(self, n: int, on_epoch: Callable[[int], None] | None = None) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            if self.cursor >= self.size:
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self._order = self._permutation()
+                if on_epoch is not None:
+                    on_epoch(self.epoch)
+            out.append(self._order[self.cursor])
+            self.cursor += 1
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present (unverified here), else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run directory, or None."""
+    out_dir = Path(out_dir)
+    pointer = out_dir / LATEST_FILE
+    if pointer.is_file():
+        path = out_dir / json.loads(pointer.read_text())["checkpoint"]
+        if path.is_dir():
+            return path
+    # The pointer is written after the checkpoint: fall back to the highest complete step directory.
+    found = sorted(p for p in (out_dir / CHECKPOINTS_DIR).glob("step-*") if (p / "training_state.pt").is_file())
+    return found[-1] if found else None
+
+
+def sample_grid(batch: Mapping[str, torch.Tensor], output: torch.Tensor, palette: np.ndarray) -> np.ndarray:
+    """Rows of ``layout colours | canvas | output | photo`` as one (rows*H, 4*W, 3) uint8 image."""
+
+    def rgb(t: torch.Tensor) -> np.ndarray:
+        return (t.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+    rows = []
+    for i in range(output.shape[0]):
+        layout = palette[batch["layout"][i].cpu().numpy().clip(0, 255).astype(np.uint8)]
+        rows.append(np.concatenate([layout, rgb(batch["canvas"][i]), rgb(output[i]), rgb(batch["photo"][i])], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def _palette(dataset: Dataset, num_classes: int) -> np.ndarray:
+    palette = getattr(dataset, "palette", None)
+    if palette is not None:
+        return np.asarray(palette, dtype=np.uint8)
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:num_classes] = default_palette(num_classes)
+    return lut
+
+
+class SynthesisTrainer:
+    """The pieces of a run (network, loss, optimizer, data) and one step of training.
+
+    :func:`train_synthesis` drives it; tests use it directly for single steps.
+    """
+
+    def __init__(self, config: TrainSynthesisConfig, dataset: Dataset) -> None:
+        self.config = config
+        t = config.train
+        self.device = resolve_device(t.device)
+        torch.manual_seed(t.seed)
+        self.model = CascadedRefinementNetwork.from_config(config.model).to(self.device)
+        layers = [name for name in config.loss_weights if name != "input"]
+        vgg, self.vgg_identity = load_vgg(config.vgg, layers)
+        self.loss_fn = PerceptualLoss(vgg, config.loss_weights).to(self.device)
+        if t.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.loss_fn.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=t.betas)
+        self.dataset = dataset
+        self.step = 0
+        self.loss_history: list[float] = []
+        self.sampler = EpochSampler(len(dataset), t.seed)  # type: ignore[arg-type]
+        self._sync_epoch()
+
+    def _sync_epoch(self) -> None:
+        # Datasets that redraw per epoch must start where the sampler is, whatever they did before.
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(self.sampler.epoch)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Move a batch to the device, emptying the canvas for the parametric baseline."""
+        if self.config.parametric:
+            batch = empty_canvas(batch)
+        fmt = torch.channels_last if self.config.train.channels_last else torch.contiguous_format
+        return {
+            k: v.to(self.device, non_blocking=True)
+            if v.ndim != 4
+            else v.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+            for k, v in batch.items()
+        }
+
+    def generate(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The network's output for a device batch, in float32."""
+        with self._autocast():
+            return self.model(batch["layout"], batch["canvas"], batch["missing"]).float()
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The perceptual loss of the network on a device batch (no optimizer step)."""
+        out = self.generate(batch)
+        with self._autocast():
+            return self.loss_fn(out, batch["photo"]).float()
+
+    def train_step(self, batch: Mapping[str, torch.Tensor]) -> float:
+        """One Adam step on a CPU or device batch; returns the loss before the step."""
+        self.model.train()
+        batch = self.to_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower train.lr or use fp32")
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        value = float(loss.item())
+        self.loss_history.append(value)
+        return value
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The next training batch in the seeded order (calls ``dataset.set_epoch`` at epoch changes)."""
+        on_epoch = getattr(self.dataset, "set_epoch", None)
+        indices = self.sampler.next_indices(self.config.train.batch_size, on_epoch)
+        return collate([self.dataset[i] for i in indices])
+
+    @torch.no_grad()
+    def render_samples(self, batch: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """A sample grid for a fixed batch, in eval mode."""
+        self.model.eval()
+        device_batch = self.to_device(batch)
+        out = self.generate(device_batch)
+        self.model.train()
+        return sample_grid(device_batch, out, _palette(self.dataset, self.config.model.num_classes))
+
+    # Checkpoints
+    def metadata(self) -> dict[str, Any]:
+        """What ``sims.json`` records: provenance of the weights and the loss curve."""
+        return {
+            "step": self.step,
+            "parametric": self.config.parametric,
+            "vgg": self.vgg_identity.to_dict(),
+            "data": dict(getattr(self.dataset, "provenance", {}) or {}),
+            "train_config": self.config.to_dict(),
+            "loss_history": list(self.loss_history),
+            "torch_version": torch.__version__,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+    def save(self, out_dir: Path) -> Path:
+        """Write a resumable checkpoint, point ``latest.json`` at it and prune old ones."""
+        name = f"step-{self.step:08d}"
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(),
+            "sampler": self.sampler.state(),
+            "step": self.step,
+        }
+        path = save_pretrained(self.model, out_dir / CHECKPOINTS_DIR / name, self.metadata(), training_state=state)
+        write_json_atomic(out_dir / LATEST_FILE, {"checkpoint": f"{CHECKPOINTS_DIR}/{name}", "step": self.step})
+        keep = self.config.train.keep_checkpoints
+        for old in sorted((out_dir / CHECKPOINTS_DIR).glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from a checkpoint written by :meth:`save` (weights, optimizer, RNG, data position)."""
+        loaded = from_pretrained(checkpoint)
+        if loaded.model.config != self.config.model:
+            raise ValueError(f"{checkpoint} holds a different network config than this run's")
+        saved = loaded.metadata.get("train_config", {})
+        if bool(saved.get("parametric", False)) != self.config.parametric:
+            raise ValueError(f"{checkpoint} was trained with parametric={saved.get('parametric')}; this run differs")
+        if loaded.metadata.get("vgg", {}).get("sha256") not in (None, self.vgg_identity.sha256):
+            raise ValueError(f"{checkpoint} was trained with different VGG weights ({loaded.metadata['vgg']})")
+        self.model.load_state_dict(loaded.model.state_dict())
+        state = load_training_state(checkpoint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.loss_history = [float(v) for v in loaded.metadata.get("loss_history", [])]
+        self.sampler = EpochSampler(len(self.dataset), self.config.train.seed, **state["sampler"])  # type: ignore[arg-type]
+        self._sync_epoch()
+        _set_rng_state(state["rng"])
+
+
+def _iter_steps(trainer: SynthesisTrainer, total: int, progress: bool) -> Iterator[int]:
+    bar = tqdm(total=total, initial=trainer.step, desc="train synthesis", unit="step", disable=not progress)
+    try:
+        while trainer.step < total:
+            yield trainer.step
+            bar.update(1)
+            if trainer.loss_history:
+                recent = trainer.loss_history[-50:]
+                bar.set_postfix(loss=f"{trainer.loss_history[-1]:.3f}", avg50=f"{sum(recent) / len(recent):.3f}")
+    finally:
+        bar.close()
+
+
+def train_synthesis(
+    config: TrainSynthesisConfig,
+    out_dir: str | Path,
+    *,
+    dataset: Dataset | None = None,
+    dataset_factory: Callable[[TrainSynthesisConfig], Dataset] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    time_limit: float | None = None,
+) -> TrainResult:
+    """Train (or resume training) the synthesis network into ``out_dir``.
+
+    ``time_limit`` (seconds) stops early, with a checkpoint, so a run can be given a wall-clock
+    budget and resumed later.
+
+    The dataset is, in order of preference: ``dataset``, ``dataset_factory(config)``, or the one
+    ``config.data`` names (:func:`synthesis.training.data.build_dataset`).
+    """
+    out_dir = Path(out_dir)
+    t = config.train
+    # 1. Environment: threads, seeds.
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed)
+    random.seed(t.seed)
+    # 2. Data, checked against the contract once.
+    size = config.model.resolution
+    if dataset is None:
+        dataset = dataset_factory(config) if dataset_factory is not None else build_dataset(config.data, size)
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("the training dataset is empty")
+    set_epoch = getattr(dataset, "set_epoch", None)
+    if set_epoch is not None:
+        set_epoch(0)  # the sample grid always shows epoch 0's samples; the trainer then sets its own epoch
+    check_sample(dataset[0], size, config.model.num_classes)
+    fixed = collate([dataset[i] for i in range(min(t.sample_count, len(dataset)))])  # type: ignore[arg-type]
+    # 3. The run directory: fresh, or resumed from its newest checkpoint.
+    existing = latest_checkpoint(out_dir)
+    if existing is not None and not resume:
+        raise ValueError(f"{out_dir} already holds checkpoints (newest {existing.name}); pass --resume or a new --out")
+    trainer = SynthesisTrainer(config, dataset)
+    if existing is not None:
+        trainer.restore(existing)
+        log.info("resumed from %s at step %d", existing, trainer.step)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / CONFIG_FILE, config.to_dict())
+    (out_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+    log.info(
+        "training %s: %d samples at %dx%d, batch %d, %d steps, VGG %s (%s), device %s, %s",
+        "parametric baseline" if config.parametric else "SIMS",
+        len(dataset),  # type: ignore[arg-type]
+        *size,
+        t.batch_size,
+        t.steps,
+        trainer.vgg_identity.arch,
+        trainer.vgg_identity.file_name,
+        trainer.device,
+        t.precision,
+    )
+    # 4. The loop.
+    start_step, started = trainer.step, time.perf_counter()
+    checkpoint = existing
+    for _ in _iter_steps(trainer, t.steps, progress):
+        trainer.train_step(trainer.next_batch())
+        step = trainer.step
+        out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
+        if step % t.log_every == 0:
+            recent = trainer.loss_history[-t.log_every :]
+            rate = (time.perf_counter() - started) / (step - start_step)
+            log.info(
+                "step %d: loss %.4f (mean of last %d), %.2f s/step", step, sum(recent) / len(recent), len(recent), rate
+            )
+        if step % t.sample_every == 0 or step == t.steps or out_of_time:
+            Image.fromarray(trainer.render_samples(fixed)).save(out_dir / SAMPLES_DIR / f"step-{step:08d}.png")
+        if step % t.checkpoint_every == 0 or step == t.steps or out_of_time:
+            checkpoint = trainer.save(out_dir)
+        if out_of_time:
+            log.info("time limit of %.0f s reached at step %d; resume with --resume", time_limit, step)
+            break
+    if checkpoint is None:  # steps == 0 on a fresh run: still leave a loadable checkpoint
+        checkpoint = trainer.save(out_dir)
+    seconds = time.perf_counter() - started
+    return TrainResult(
+        out_dir=out_dir,
+        checkpoint=checkpoint,
+        step=trainer.step,
+        steps_run=trainer.step - start_step,
+        loss_history=list(trainer.loss_history),
+        seconds=seconds,
+        vgg=trainer.vgg_identity,
+    )
