@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,7 +15,11 @@ MAX_SEED = 2**64 - 1
 
 Mode = Literal["exact", "fast"]
 ComponentStatus = Literal["ok", "class_not_in_bank", "below_min_area", "no_candidates"]
-BBox = tuple[int, int, int, int]
+# Fixed-length arrays are lists with a length, not tuples: OpenAPI 3.1 tools (and older
+# clients) handle `items` + `minItems`/`maxItems` better than JSON Schema's `prefixItems`.
+BBox = Annotated[list[int], Field(min_length=4, max_length=4)]
+Pair = Annotated[list[int], Field(min_length=2, max_length=2)]
+RGB = Annotated[list[int], Field(min_length=3, max_length=3)]
 
 
 class _Model(BaseModel):
@@ -120,7 +124,7 @@ class SegmentMeta(_Model):
     bbox: BBox
     context_box: BBox
     area: int
-    centroid: tuple[float, float] = Field(..., description="(y, x), pixel centres.")
+    centroid: Annotated[list[float], Field(min_length=2, max_length=2, description="(y, x), pixel centres.")]
     source_file: str
     split: str
     bank_version: str
@@ -129,7 +133,7 @@ class SegmentMeta(_Model):
 class ClassOut(_Model):
     id: int
     name: str
-    color: tuple[int, int, int]
+    color: RGB
     segments: int
 
 
@@ -140,8 +144,8 @@ class BankCounts(_Model):
 
 
 class BankGrids(_Model):
-    fine_grid: tuple[int, int]
-    coarse_grids: list[tuple[int, int]]
+    fine_grid: Pair
+    coarse_grids: list[Pair]
 
 
 class BankInfo(_Model):
@@ -151,7 +155,7 @@ class BankInfo(_Model):
     parent_version: str | None
     created_at: str
     format_version: int
-    resolution: tuple[int, int] = Field(..., description="(height, width) every layout must have.")
+    resolution: Pair = Field(..., description="(height, width) every layout must have.")
     ignore_value: int
     min_area: int
     connectivity: int

@@ -22,19 +22,19 @@ async def bank_info(state: StateDep, holder: HolderDep) -> BankInfo:
         parent_version=m.parent_version,
         created_at=m.created_at,
         format_version=m.format_version,
-        resolution=tuple(m.resolution),
+        resolution=list(m.resolution),
         ignore_value=m.ignore_value,
         min_area=cfg.min_area,
         connectivity=cfg.connectivity,
         context_scale=cfg.context_scale,
         classes=[
-            ClassOut(id=c.id, name=c.name, color=c.color, segments=n)
+            ClassOut(id=c.id, name=c.name, color=list(c.color), segments=n)
             for c, n in zip(m.classes, m.counts.segments_per_class, strict=True)
         ],
         counts=BankCounts(
             images=m.counts.images, segments=m.counts.segments, dropped_segments=m.counts.dropped_segments
         ),
-        grids=BankGrids(fine_grid=tuple(cfg.fine_grid), coarse_grids=[tuple(g) for g in cfg.coarse_grids]),
+        grids=BankGrids(fine_grid=list(cfg.fine_grid), coarse_grids=[list(g) for g in cfg.coarse_grids]),
         loaded_at=state.loaded_at.isoformat(timespec="seconds"),
         available_versions=versions,
     )

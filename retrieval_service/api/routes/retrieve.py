@@ -159,7 +159,7 @@ def _to_response(state: BankState, result: RetrievalResult, options: RetrieveOpt
             id=c.component_id,
             class_id=c.class_id,
             class_name=names[c.class_id],
-            bbox=c.bbox,
+            bbox=list(c.bbox),
             area=c.area,
             status=str(c.status),  # type: ignore[arg-type]
             choice=c.choice,

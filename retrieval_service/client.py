@@ -1,0 +1,162 @@
+"""A typed Python client of the retrieval service (httpx), with the service's own models.
+
+    with RetrievalClient("http://127.0.0.1:8000") as client:
+        result = client.retrieve(layout, k=5, seed=0)  # layout: (H, W) uint8 label map
+        rgba = client.segment_rgba(result.components[0].candidates[0].segment_id, version=result.bank_version)
+
+Errors come back as :class:`ServiceError` carrying the service's status, kind and message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+import numpy as np
+from pydantic import BaseModel
+
+from retrieval_service.api.layouts import decode_rgba_png, encode_layout
+from retrieval_service.api.models import (
+    BankInfo,
+    Mode,
+    Readiness,
+    ReloadResponse,
+    RetrieveResponse,
+    SegmentMeta,
+)
+
+API_KEY_HEADER = "X-API-Key"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ServiceError(Exception):
+    """The service answered with an error status."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(f"{status} {error}: {message}")
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+class RetrievalClient:
+    """Synchronous client of one retrieval service.
+
+    Args:
+        base_url: e.g. ``http://retrieval:8000``.
+        api_key: sent as ``X-API-Key`` (needed only for :meth:`reload`).
+        timeout: seconds per request.
+        http: an ``httpx.Client`` to use instead of a new one (e.g. FastAPI's ``TestClient``);
+            its base URL is then used and it is not closed by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._owns = http is None
+        self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
+        self._headers = {API_KEY_HEADER: api_key} if api_key else {}
+
+    def close(self) -> None:
+        """Close the connection pool (if this client created it)."""
+        if self._owns:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    # Retrieval
+    def retrieve(
+        self,
+        layout: np.ndarray | bytes,
+        *,
+        k: int = 5,
+        mode: Mode = "fast",
+        seed: int | None = None,
+        exclude_images: Sequence[int] = (),
+        min_area: int = 0,
+    ) -> RetrieveResponse:
+        """Top-k candidates for every component of ``layout`` (an (H, W) uint8 label map or PNG bytes)."""
+        png = layout if isinstance(layout, bytes) else encode_layout(layout)
+        data: dict[str, Any] = {"k": str(k), "mode": mode, "min_area": str(min_area)}
+        if seed is not None:
+            data["seed"] = str(seed)
+        if len(exclude_images):
+            data["exclude_images"] = ",".join(str(int(i)) for i in exclude_images)
+        r = self._http.post("/retrieve", files={"layout": ("layout.png", png, "image/png")}, data=data)
+        return self._parse(r, RetrieveResponse)
+
+    # Segments
+    def segment_png(self, segment_id: int, *, version: str | None = None) -> bytes:
+        """The RGBA PNG crop of a segment (alpha = mask)."""
+        r = self._http.get(f"/segments/{int(segment_id)}", params=_version(version))
+        self._check(r)
+        return r.content
+
+    def segment_rgba(self, segment_id: int, *, version: str | None = None) -> np.ndarray:
+        """The crop of a segment as an (h, w, 4) uint8 array; alpha is 255 on the mask."""
+        return decode_rgba_png(self.segment_png(segment_id, version=version))
+
+    def segment_meta(self, segment_id: int, *, version: str | None = None) -> SegmentMeta:
+        """A segment's row of the bank's segment table."""
+        return self._parse(self._http.get(f"/segments/{int(segment_id)}/meta", params=_version(version)), SegmentMeta)
+
+    # Service
+    def bank(self) -> BankInfo:
+        """The bank version served, its classes, counts and grids."""
+        return self._parse(self._http.get("/bank"), BankInfo)
+
+    def reload(self) -> ReloadResponse:
+        """Ask the service to serve the bank's newest published version (needs the API key)."""
+        return self._parse(self._http.post("/admin/reload", headers=self._headers), ReloadResponse)
+
+    def live(self) -> bool:
+        """True if the service answers ``/livez``."""
+        try:
+            return self._http.get("/livez").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def ready(self) -> Readiness:
+        """``/readyz``: whether a bank is loaded (never raises on 503)."""
+        r = self._http.get("/readyz")
+        if r.status_code not in (200, 503):
+            self._check(r)
+        return Readiness.model_validate_json(r.content)
+
+    def metrics(self) -> str:
+        """The Prometheus exposition text."""
+        r = self._http.get("/metrics")
+        self._check(r)
+        return r.text
+
+    # Helpers
+    @staticmethod
+    def _check(r: httpx.Response) -> None:
+        if r.is_success:
+            return
+        try:
+            body = r.json()
+            error, message = str(body.get("error", "error")), str(body.get("message", r.text))
+        except ValueError:
+            error, message = "error", r.text[:200]
+        raise ServiceError(r.status_code, error, message)
+
+    def _parse(self, r: httpx.Response, model: type[M]) -> M:
+        self._check(r)
+        return model.model_validate_json(r.content)
+
+
+def _version(version: str | None) -> dict[str, str]:
+    return {"version": version} if version else {}
