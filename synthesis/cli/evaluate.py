@@ -55,7 +55,7 @@ def evaluate(
     sets = [rep.open_image_set(name, path) for name, path in map(_parse_set, image_sets)]
     if bank is not None:
         val = open_bank(bank)
-        items, classes, title = rep.items_from_bank(val, limit), val.classes, rep.describe_bank(val)
+        items, classes, title = rep.items_from_bank(val, limit, progress), val.classes, rep.describe_bank(val)
     else:
         from indexers.readers import create_reader
 
@@ -76,6 +76,7 @@ def evaluate(
     for r in report.results:
         typer.echo(
             f"{r.name:>28}: mIoU {r.scores.miou:.4f}  pixel acc {r.scores.pixel_accuracy:.4f}  "
-            f"spectrum distance {r.spectrum_distance:.4f}  L1 {'-' if r.l1 is None else f'{r.l1:.4f}'}"
+            f"spectrum distance {r.spectrum_distance:.4f}{' (noise floor)' if r.reference else ''}  "
+            f"L1 {'-' if r.l1 is None else f'{r.l1:.4f}'}"
         )
     typer.echo(f"report in {md}")

@@ -130,13 +130,13 @@ def open_image_set(name: str, path: str | Path) -> ImageSet:
     raise DatasetError(f"{name}: {p} holds neither images nor a model checkpoint")
 
 
-def items_from_bank(bank: Bank, limit: int | None = None) -> list[EvalItem]:
+def items_from_bank(bank: Bank, limit: int | None = None, progress: bool = False) -> list[EvalItem]:
     """Evaluation items from a bank (e.g. CamVid val), named by their source files' stems."""
     n = bank.num_images if limit is None else min(limit, bank.num_images)
     names = [Path(f).stem for f in bank.images.column("source_file").to_pylist()[:n]]
     return [
         EvalItem(i, names[i], np.asarray(bank.photos[i]), np.asarray(bank.labels[i]))
-        for i in tqdm(range(n), desc="reading val images", unit="img", leave=False)
+        for i in tqdm(range(n), desc="reading images", unit="img", leave=False, disable=not progress)
     ]
 
 
