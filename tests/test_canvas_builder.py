@@ -197,3 +197,16 @@ def test_cached_segments_match_bank(val_bank: Bank) -> None:
     assert ids[val_bank.segment(5).mask].tolist() == [5] * val_bank.segment(5).area
     with pytest.raises(KeyError):
         source.segment(val_bank.num_segments)
+
+
+def test_plain_bank_as_segment_source_gives_same_canvas(val_bank: Bank, builder: CanvasBuilder) -> None:
+    layout = np.asarray(val_bank.labels[3])
+    plain = CanvasBuilder(
+        builder.retriever,
+        val_bank,
+        classes=val_bank.classes,
+        config=val_bank.config,
+        resolution=val_bank.resolution,
+    )
+    a, b = builder(layout, seed=2, exclude_images=(3,)), plain(layout, seed=2, exclude_images=(3,))
+    assert (a.canvas == b.canvas).all() and (a.provenance == b.provenance).all()

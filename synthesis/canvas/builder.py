@@ -205,15 +205,12 @@ class CanvasBuilder:
             if match is None:
                 unfilled.append((comp.component_id, str(comp.status)))
                 continue
-            seg = self.segments.segment(match.segment_id)
-            full = np.zeros((*self.resolution, 3), np.uint8)
-            y0, x0, y1, x1 = seg.bbox
-            full[y0:y1, x0:x1] = seg.crop
-            target = components.mask(comp.component_id)
-            px, mk = self.aligner(layout, target, full, seg.mask)
+            image_id, full, mask = self.read_segment(match.segment_id)
+            target = component_mask(components, comp.component_id)
+            px, mk = self.aligner(layout, target, full, mask)
             pixels.append(px)
             masks.append(np.asarray(mk, bool))
-            chosen.append((comp, match.segment_id, seg.image_id, match.score))
+            chosen.append((comp, match.segment_id, image_id, match.score))
         lap("read_align")
         # 4. Order back to front.
         class_ids = [c[0].class_id for c in chosen]
@@ -250,6 +247,18 @@ class CanvasBuilder:
             timings=timings,
         )
 
+    def read_segment(self, segment_id: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(image id, (H, W, 3) pixels zero outside the mask, (H, W) mask) of a bank segment."""
+        fast = getattr(self.segments, "segment_pixels", None)
+        if fast is not None:  # CachedSegments: no label map decoded, no crop round trip
+            got = fast(segment_id)
+            return got.image_id, got.pixels, got.mask
+        seg = self.segments.segment(segment_id)
+        full = np.zeros((*self.resolution, 3), np.uint8)
+        y0, x0, y1, x1 = seg.bbox
+        full[y0:y1, x0:x1] = seg.crop
+        return seg.image_id, full, seg.mask
+
     def check_layout(self, layout: np.ndarray) -> np.ndarray:
         """The layout as C-contiguous uint8, or a :class:`LayoutError` if it does not fit the bank."""
         layout = np.asarray(layout)
@@ -263,3 +272,11 @@ class CanvasBuilder:
             raise LayoutError(f"layout values must be class ids >= 0, got {layout.min()}")
         self.classes.check_label(layout, what="layout")
         return np.ascontiguousarray(layout, np.uint8)
+
+
+def component_mask(components: Segments, i: int) -> np.ndarray:
+    """(H, W) bool mask of query component ``i``, compared inside its box only."""
+    mask = np.zeros(components.size, bool)
+    y0, x0, y1, x1 = (int(v) for v in components.bbox[i])
+    mask[y0:y1, x0:x1] = components.component_map[y0:y1, x0:x1] == i + 1
+    return mask

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from memory_bank import Bank
-from synthesis.canvas.builder import ELISION_STREAM, Canvas, CanvasBuilder, CanvasOptions, PlacedSegment
+from synthesis.canvas.builder import ELISION_STREAM, Canvas, CanvasBuilder, CanvasOptions, PlacedSegment, component_mask
 from synthesis.canvas.compose import NONE, composite
 from synthesis.canvas.elision import elide
 from synthesis.canvas.protocols import CachedSegments
@@ -170,7 +170,7 @@ def simulate_canvas(
             unfilled.append((comp.component_id, str(comp.status)))
             continue
         # 2. Stencil: the component cut by the retrieved segment's mask, showing the photo.
-        stencil = components.mask(comp.component_id) & builder.segments.segment(match.segment_id).mask
+        stencil = component_mask(components, comp.component_id) & builder.read_segment(match.segment_id)[2]
         piece = photo
         if recolor and donors is not None:
             donor = donors.draw(comp.class_id, image_id, donor_rng)
