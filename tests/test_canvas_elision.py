@@ -118,3 +118,12 @@ def test_composite_back_to_front_and_provenance() -> None:
     with pytest.raises(ValueError, match="distinct"):
         composite(frame, [pa], [a], [7], [0, 0])
     assert mask_box(np.zeros(frame, bool)) is None and mask_box(a) == (10, 10, 60, 60)
+
+
+def test_composite_rejects_wrong_dtypes() -> None:
+    frame = (H, W)
+    mask = np.ones(frame, bool)
+    with pytest.raises(ValueError, match="uint8"):
+        composite(frame, [np.zeros((H, W, 3), np.float32)], [mask], [1], [0])
+    with pytest.raises(ValueError, match="frame"):
+        composite(frame, [np.zeros((H, W + 1, 3), np.uint8)], [mask], [1], [0])

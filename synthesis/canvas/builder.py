@@ -168,9 +168,11 @@ class CanvasBuilder:
         else:
             result = self.retriever.retrieve(layout, options)
             segments = extract_segments(layout, len(self.classes), replace(self.config, min_area=1))
-        if len(result.components) != len(segments):
+        if len(result.components) != len(segments) or any(
+            c.class_id != segments.class_id[c.component_id] for c in result.components
+        ):
             raise LayoutError(
-                f"the retriever returned {len(result.components)} components but the layout has {len(segments)}; "
+                f"the retriever's {len(result.components)} components do not match the layout's {len(segments)}; "
                 "is it serving a bank with other segment settings?"
             )
         return segments, result

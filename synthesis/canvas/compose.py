@@ -62,6 +62,10 @@ def composite(
             raise ValueError(
                 f"segment {i}: pixels {pixels[i].shape} and mask {masks[i].shape} are not in frame {frame}"
             )
+        if pixels[i].dtype != np.uint8 or masks[i].dtype != bool:
+            raise ValueError(
+                f"segment {i}: pixels must be uint8 and masks bool, got {pixels[i].dtype}, {masks[i].dtype}"
+            )
     # 1. Which piece ends on top at every pixel: later ones overwrite earlier ones.
     pieces = np.full((h, w), NONE, np.int32)
     boxes = {}

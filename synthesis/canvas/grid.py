@@ -72,11 +72,19 @@ def _vstack(lines: list[np.ndarray], gap: int) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def save_png(path: str | Path, image: np.ndarray) -> Path:
-    """Write an RGB uint8 image as an optimised PNG; creates the parent directory."""
+def save_png(path: str | Path, image: np.ndarray, colors: int | None = None) -> Path:
+    """Write an RGB uint8 image as an optimised PNG; creates the parent directory.
+
+    ``colors`` (2..256) quantises it to a palette first, for small files (e.g. in the docs).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, optimize=True)
+    img = Image.fromarray(image)
+    if colors is not None:
+        if not 2 <= colors <= 256:
+            raise ValueError(f"colors must be in 2..256, got {colors}")
+        img = img.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    img.save(path, optimize=True)
     return path
 
 

@@ -50,6 +50,7 @@ def grid(
     mode: ModeOpt = "fast",
     color_transfer: ColorOpt = 0.2,
     scale: Annotated[float, typer.Option(help="Tile scale relative to the working resolution.")] = 0.5,
+    colors: Annotated[int | None, typer.Option(help="Quantise the PNG to this many colours (smaller files).")] = None,
 ) -> None:
     """Write a PNG grid, one row per layout: layout | simulated canvas | test-time canvas | photo."""
     import numpy as np
@@ -70,7 +71,7 @@ def grid(
         options=CanvasOptions(k=k, mode=mode),
         color_transfer=color_transfer,  # type: ignore[arg-type]
     )
-    path = save_png(out, render_grid(rows, source.classes, scale=scale))
+    path = save_png(out, render_grid(rows, source.classes, scale=scale), colors=colors)
     typer.echo(f"wrote {path} ({len(rows)} rows: images {ids})")
 
 
