@@ -1,0 +1,438 @@
+"""Transformation network T (paper §4.3): a spatial transformer that aligns a retrieved segment to its target.
+
+T looks at a window around the target component and the retrieved segment (the union of their boxes,
+enlarged, at the aspect of the network input) and predicts a 2D affine transform, as a spatial
+transformer does: its last layer starts at zero with an identity bias, so an untrained T is the identity.
+
+Conventions (one for the whole module): a transform ``theta`` is a (2, 3) matrix in torch's normalised
+coordinates with ``align_corners=False`` (``-1`` and ``1`` are the outer edges of the frame), mapping
+*output* points to the *input* points they sample, as :func:`torch.nn.functional.affine_grid` does. T predicts
+``theta`` in window coordinates; :func:`window_to_frame` turns it into frame coordinates, where
+:func:`apply_affine` warps the full-resolution segment.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812  (torch convention)
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from memory_bank.classes import IGNORE
+from memory_bank.errors import LayoutError
+
+CLASS_NAME = "TransformNet"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Constructor arguments of :class:`TransformNet` and the window it sees; saved as ``config.json``.
+
+    Attributes:
+        num_classes: layout classes (one-hot channels; unlabelled and off-frame pixels are all-zero).
+        input_size: (h, w) of the window the network sees.
+        widths: channels of the stem convolution, then of each stride-2 convolution.
+        hidden: width of the fully connected layer before the six affine parameters.
+        window_margin: the union of the two boxes is enlarged by this factor about its centre.
+        min_window: smallest window (h, w) in frame pixels, so tiny segments keep some surroundings.
+        supersample: windows are sampled at this multiple of ``input_size`` and average-pooled (anti-aliasing).
+        work_scale: frames are average-pooled by this factor before windows are sampled from them (training
+            reads frames at this reduced size to save time; the aligner does the same so T sees alike inputs).
+    """
+
+    num_classes: int = 11
+    input_size: tuple[int, int] = (64, 80)
+    widths: tuple[int, ...] = (16, 32, 48, 64, 64)
+    hidden: int = 128
+    window_margin: float = 1.25
+    min_window: tuple[int, int] = (48, 60)
+    supersample: int = 2
+    work_scale: int = 2
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep the dataclass hashable and comparable.
+        for name in ("input_size", "widths", "min_window"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if len(self.widths) < 2:
+            raise ValueError(f"widths needs a stem and at least one stride-2 stage, got {self.widths}")
+        factor = 2 ** (len(self.widths) - 1)
+        if any(s % factor for s in self.input_size):
+            raise ValueError(f"input_size {self.input_size} must be divisible by {factor} for widths {self.widths}")
+        if self.window_margin < 1.0:
+            raise ValueError(f"window_margin must be >= 1, got {self.window_margin}")
+        if self.supersample < 1 or self.work_scale < 1:
+            raise ValueError(f"supersample and work_scale must be >= 1, got {self.supersample}, {self.work_scale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, with ``_class_name`` naming the network (as diffusers and synthesis.checkpoint do)."""
+        d = asdict(self)
+        return {"_class_name": CLASS_NAME, **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransformConfig:
+        """Inverse of :meth:`to_dict`; unknown keys and another network's config are errors."""
+        d = dict(d)
+        name = d.pop("_class_name", CLASS_NAME)
+        d.pop("model", None)  # the tag of checkpoints written before ``_class_name``
+        if name != CLASS_NAME:
+            raise ValueError(f"this config is for {name}, not {CLASS_NAME}")
+        return cls(**d)
+
+
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    groups = 8 if cout % 8 == 0 else 1
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
+        nn.GroupNorm(groups, cout),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class TransformNet(nn.Module):
+    """CNN from (layout, target mask, segment pixels, segment mask) windows to an affine ``theta``.
+
+    Inputs, all (B, ., h, w) float at ``input_size``: ``layout`` one-hot (B, K, h, w), ``target`` (B, 1, h, w)
+    in [0, 1], ``pixels`` (B, 3, h, w) in [0, 1] (zero outside the segment), ``mask`` (B, 1, h, w) in [0, 1].
+    Two coordinate channels are added inside (CoordConv), so the flattened head can tell where things are.
+    Output: (B, 2, 3) ``theta`` in window coordinates; identity at initialisation.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 11,
+        input_size: tuple[int, int] = (64, 80),
+        widths: tuple[int, ...] = (16, 32, 48, 64, 64),
+        hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.input_size = tuple(input_size)
+        in_ch = num_classes + 1 + 3 + 1 + 2
+        layers = [_block(in_ch, widths[0], 1)]
+        layers += [_block(a, b, 2) for a, b in itertools.pairwise(widths)]
+        self.features = nn.Sequential(*layers)
+        factor = 2 ** (len(widths) - 1)
+        flat = widths[-1] * (input_size[0] // factor) * (input_size[1] // factor)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.LeakyReLU(0.2, inplace=True))
+        self.head = nn.Linear(hidden, 6)
+        # Spatial-transformer initialisation: zero weights and an identity bias, so T starts as a no-op.
+        nn.init.zeros_(self.head.weight)
+        with torch.no_grad():
+            self.head.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+
+    @classmethod
+    def from_config(cls, config: TransformConfig) -> TransformNet:
+        """Build the network a config describes (untrained)."""
+        return cls(config.num_classes, config.input_size, config.widths, config.hidden)
+
+    def forward(
+        self, layout: torch.Tensor, target: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        b, _, h, w = layout.shape
+        if (h, w) != self.input_size:
+            raise ValueError(f"inputs must be {self.input_size}, got {(h, w)}")
+        ys = torch.linspace(-1, 1, h, device=layout.device, dtype=layout.dtype)
+        xs = torch.linspace(-1, 1, w, device=layout.device, dtype=layout.dtype)
+        coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).expand(b, 2, h, w)
+        x = torch.cat([layout, target, pixels, mask, coords], dim=1)
+        return self.head(self.fc(self.features(x))).view(b, 2, 3)
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def identity_theta(batch: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(batch, 2, 3) identity transforms."""
+    return torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=dtype).expand(batch, 2, 3).clone()
+
+
+def to_3x3(theta: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) affine matrices as (B, 3, 3) homogeneous ones."""
+    last = torch.zeros(theta.shape[0], 1, 3, dtype=theta.dtype, device=theta.device)
+    last[:, 0, 2] = 1.0
+    return torch.cat([theta, last], dim=1)
+
+
+def compose(*thetas: torch.Tensor) -> torch.Tensor:
+    """Product ``thetas[0] @ thetas[1] @ ...`` of (B, 2, 3) transforms (sampling through the last one first)."""
+    out = to_3x3(thetas[0])
+    for t in thetas[1:]:
+        out = out @ to_3x3(t)
+    return out[:, :2]
+
+
+def invert(theta: torch.Tensor) -> torch.Tensor:
+    """Inverse of (B, 2, 3) transforms."""
+    return torch.linalg.inv(to_3x3(theta))[:, :2]
+
+
+def window_boxes(
+    target_box: torch.Tensor,
+    segment_box: torch.Tensor,
+    config: TransformConfig,
+) -> torch.Tensor:
+    """Windows T sees: (B, 4) ``[cy, cx, h, w]`` in frame pixels, from two (B, 4) ``[y0, x0, y1, x1)`` boxes.
+
+    The union of both boxes, enlarged by ``window_margin``, widened to the aspect of ``input_size`` and to at
+    least ``min_window``. Windows may reach past the frame; what lies there reads as empty.
+    """
+    y0 = torch.minimum(target_box[:, 0], segment_box[:, 0])
+    x0 = torch.minimum(target_box[:, 1], segment_box[:, 1])
+    y1 = torch.maximum(target_box[:, 2], segment_box[:, 2])
+    x1 = torch.maximum(target_box[:, 3], segment_box[:, 3])
+    aspect = config.input_size[0] / config.input_size[1]
+    h = (y1 - y0).clamp(min=1.0) * config.window_margin
+    w = (x1 - x0).clamp(min=1.0) * config.window_margin
+    h, w = torch.maximum(h, w * aspect), torch.maximum(w, h / aspect)
+    h = torch.maximum(h, torch.full_like(h, float(config.min_window[0])))
+    w = torch.maximum(w, torch.full_like(w, float(config.min_window[1])))
+    h, w = torch.maximum(h, w * aspect), torch.maximum(w, h / aspect)
+    return torch.stack([(y0 + y1) / 2, (x0 + x1) / 2, h, w], dim=1)
+
+
+def window_theta(windows: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
+    """(B, 2, 3) maps from window coordinates to frame coordinates, for (B, 4) ``[cy, cx, h, w]`` windows."""
+    fh, fw = frame
+    cy, cx, h, w = windows.unbind(1)
+    zero = torch.zeros_like(cy)
+    row0 = torch.stack([w / fw, zero, 2 * cx / fw - 1], dim=1)
+    row1 = torch.stack([zero, h / fh, 2 * cy / fh - 1], dim=1)
+    return torch.stack([row0, row1], dim=1)
+
+
+def window_to_frame(theta_window: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """A transform predicted in window coordinates, in frame coordinates: ``G theta G^-1``."""
+    return compose(g, theta_window, invert(g))
+
+
+def sample(frames: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], supersample: int = 1) -> torch.Tensor:
+    """Bilinear samples of (B, C, H, W) ``frames`` on the (h, w) grid of ``theta``, zero outside.
+
+    With ``supersample`` > 1 the grid is that many times finer and then average-pooled, so windows much
+    larger than ``size`` do not alias (thin poles stay visible as partial coverage).
+    """
+    h, w = size
+    grid = F.affine_grid(
+        theta, [frames.shape[0], frames.shape[1], h * supersample, w * supersample], align_corners=False
+    )
+    out = F.grid_sample(frames, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.avg_pool2d(out, supersample) if supersample > 1 else out
+
+
+def sample_layout(labels: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], num_classes: int) -> torch.Tensor:
+    """One-hot (B, K, h, w) of (B, H, W) label maps sampled (nearest) on ``theta``'s grid.
+
+    ``labels`` may also be one (1, H, W) map for all B grids. Unlabelled (255) and off-frame pixels get no
+    class: labels are shifted by one so that grid_sample's zero padding means "outside", then one-hot encoded.
+    """
+    lab = labels.long()
+    shifted = (lab + 1).masked_fill(lab == IGNORE, 0).unsqueeze(1).float()
+    b = theta.shape[0]
+    if shifted.shape[0] != b:
+        shifted = shifted.expand(b, -1, -1, -1)
+    grid = F.affine_grid(theta, [b, 1, *size], align_corners=False)
+    near = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    idx = near.squeeze(1).round().long()
+    onehot = F.one_hot(idx.clamp(0, num_classes), num_classes + 1)[..., 1:]
+    return onehot.permute(0, 3, 1, 2).float()
+
+
+def apply_affine(pixels: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp segments by frame-coordinate ``theta`` (B, 2, 3), keeping their frame size.
+
+    Args:
+        pixels: (B, 3, H, W) float colours, zero outside the segment.
+        mask: (B, 1, H, W) float in [0, 1].
+    Returns:
+        ``(pixels, mask)``: (B, 3, H, W) float colours, zero outside the new mask, and the (B, 1, H, W) bool
+        mask (warped coverage >= 0.5). Colours are divided by the warped coverage, so the black outside the
+        segment does not bleed into its border.
+    """
+    if pixels.ndim != 4 or pixels.shape[1] != 3 or mask.shape != (pixels.shape[0], 1, *pixels.shape[2:]):
+        raise ValueError(f"pixels must be (B, 3, H, W) and mask (B, 1, H, W), got {pixels.shape} and {mask.shape}")
+    grid = F.affine_grid(theta.to(pixels.dtype), list(pixels.shape), align_corners=False)
+    both = F.grid_sample(torch.cat([pixels, mask], 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    cover = both[:, 3:]
+    out_mask = cover >= 0.5
+    out_pixels = torch.where(out_mask, both[:, :3] / cover.clamp(min=1e-6), torch.zeros_like(both[:, :3]))
+    return out_pixels, out_mask
+
+
+def warp_segment(pixels: np.ndarray, mask: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`apply_affine` for one segment in numpy: (H, W, 3) uint8 and (H, W) bool in, the same out."""
+    p = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
+    m = torch.from_numpy(np.ascontiguousarray(mask))[None, None].float()
+    t = torch.as_tensor(np.asarray(theta, np.float32)).view(1, 2, 3)
+    out_p, out_m = apply_affine(p * m, m, t)
+    out_p = out_p[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return out_p, out_m[0, 0].numpy()
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(y0, x0, y1, x1)`` end-exclusive box of a non-empty bool mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks (0 when both are empty)."""
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b)) / union if union else 0.0
+
+
+# ---------------------------------------------------------------- inputs, checkpoints
+
+
+def window_inputs(
+    labels: torch.Tensor,
+    target: torch.Tensor,
+    pixels: torch.Tensor,
+    mask: torch.Tensor,
+    g_target: torch.Tensor,
+    g_segment: torch.Tensor,
+    config: TransformConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The four network inputs, sampled from frames (of any size: the grids are in normalised coordinates).
+
+    ``labels`` (B, H, W) and ``target`` (B, 1, H, W) are sampled on ``g_target``, the segment's ``pixels``
+    (B, 3, H, W, in [0, 1], zero outside) and ``mask`` (B, 1, H, W) on ``g_segment``. At test time both are the
+    window's ``G``; in training ``g_segment`` also carries the perturbation, so no perturbed frame is ever made.
+    """
+    size, ss = config.input_size, config.supersample
+    layout = sample_layout(labels, g_target, size, config.num_classes)
+    tgt = sample(target, g_target, size, ss)
+    seg = sample(torch.cat([pixels, mask], 1), g_segment, size, ss)
+    return layout, tgt, seg[:, :3], seg[:, 3:]
+
+
+def save_pretrained(directory: str | Path, config: TransformConfig, model: nn.Module, half: bool = True) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (float16 unless ``half`` is False) into ``directory``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if half else torch.float32
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    # Temporary names, then renames: a reader (or a killed run) never sees a half-written file.
+    save_file(tensors, str(out / f".{WEIGHTS_NAME}.tmp"), metadata={"format": "pt", "class_name": CLASS_NAME})
+    (out / f".{CONFIG_NAME}.tmp").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    os.replace(out / f".{WEIGHTS_NAME}.tmp", out / WEIGHTS_NAME)
+    os.replace(out / f".{CONFIG_NAME}.tmp", out / CONFIG_NAME)
+    return out
+
+
+def load_pretrained(directory: str | Path) -> tuple[TransformConfig, TransformNet]:
+    """Read a directory written by :func:`save_pretrained`; the model comes back in float32, in eval mode."""
+    d = Path(directory)
+    if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{d} holds no {CONFIG_NAME} + {WEIGHTS_NAME} checkpoint")
+    config = TransformConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+    model = TransformNet.from_config(config)
+    state = {k: v.float() for k, v in load_file(str(d / WEIGHTS_NAME)).items()}
+    model.load_state_dict(state)
+    return config, model.eval()
+
+
+# ---------------------------------------------------------------- the aligner
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """What the aligner did to one segment: IoUs with the target before and after T, and whether it fell back."""
+
+    iou_identity: float
+    iou_transformed: float
+    fell_back: bool
+    theta: tuple[float, ...]  # frame-coordinate theta T proposed, row-major
+
+    @property
+    def iou(self) -> float:
+        """IoU of the segment that was returned."""
+        return self.iou_identity if self.fell_back else self.iou_transformed
+
+
+class TransformAligner:
+    """Aligner (``synthesis.canvas.protocols.Aligner``) that runs T, falling back to the identity when T hurts.
+
+    The target mask is known where the aligner runs (it is the layout component the segment fills), so the
+    aligner keeps T's transform only when the warped mask's IoU with the target is at least the unwarped
+    one's. ``calls``, ``fallbacks`` and ``last`` record what happened.
+    """
+
+    def __init__(self, model: TransformNet, config: TransformConfig, fallback: bool = True) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.fallback = fallback
+        self.calls = 0
+        self.fallbacks = 0
+        self.last: Alignment | None = None
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, fallback: bool = True) -> TransformAligner:
+        """Load T from a checkpoint directory."""
+        config, model = load_pretrained(directory)
+        return cls(model, config, fallback)
+
+    def reset_counts(self) -> None:
+        """Zero ``calls`` and ``fallbacks``."""
+        self.calls = 0
+        self.fallbacks = 0
+
+    @torch.no_grad()
+    def predict_theta(
+        self, layout: np.ndarray, target_mask: np.ndarray, pixels: np.ndarray, mask: np.ndarray
+    ) -> np.ndarray:
+        """T's (2, 3) transform in frame coordinates for one segment (both masks non-empty)."""
+        frame = layout.shape
+        tb = torch.tensor([mask_box(target_mask)], dtype=torch.float32)
+        sb = torch.tensor([mask_box(mask)], dtype=torch.float32)
+        g = window_theta(window_boxes(tb, sb, self.config), frame)
+        m = torch.from_numpy(np.ascontiguousarray(mask))[None, None].float()
+        p = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255.0 * m
+        t = torch.from_numpy(np.ascontiguousarray(target_mask))[None, None].float()
+        lab = torch.from_numpy(np.ascontiguousarray(layout))[None]
+        k = self.config.work_scale
+        if k > 1:  # the reduced frames T was trained on
+            lab, (t, p, m) = lab[:, ::k, ::k], (F.avg_pool2d(x, k, ceil_mode=True) for x in (t, p, m))
+        inputs = window_inputs(lab, t, p, m, g, g, self.config)
+        theta_w = self.model(*inputs)
+        return window_to_frame(theta_w, g)[0].numpy()
+
+    def __call__(
+        self, layout: np.ndarray, target_mask: np.ndarray, pixels: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Align one segment: ``(pixels (H, W, 3) uint8, mask (H, W) bool)`` in, the same out."""
+        _check(layout, target_mask, pixels, mask)
+        if not mask.any() or not target_mask.any():
+            return pixels, mask
+        self.calls += 1
+        theta = self.predict_theta(layout, target_mask, pixels, mask)
+        new_pixels, new_mask = warp_segment(pixels, mask, theta)
+        before, after = mask_iou(mask, target_mask), mask_iou(new_mask, target_mask)
+        fell_back = self.fallback and after < before
+        self.fallbacks += int(fell_back)
+        self.last = Alignment(before, after, fell_back, tuple(float(v) for v in theta.ravel()))
+        return (pixels, mask) if fell_back else (new_pixels, new_mask)
+
+
+def _check(layout: np.ndarray, target_mask: np.ndarray, pixels: np.ndarray, mask: np.ndarray) -> None:
+    if layout.ndim != 2:
+        raise LayoutError(f"layout must be (H, W), got shape {layout.shape}")
+    frame = layout.shape
+    if target_mask.shape != frame or mask.shape != frame:
+        raise ValueError(f"masks must match the layout's {frame}, got {target_mask.shape} and {mask.shape}")
+    if pixels.shape != (*frame, 3) or pixels.dtype != np.uint8:
+        raise ValueError(f"pixels must be (H, W, 3) uint8 for frame {frame}, got {pixels.shape} {pixels.dtype}")
+    if target_mask.dtype != bool or mask.dtype != bool:
+        raise ValueError(f"masks must be bool, got {target_mask.dtype} and {mask.dtype}")

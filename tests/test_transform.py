@@ -1,0 +1,290 @@
+"""Transformation network T: geometry, the identity no-op, the aligner's fallback, checkpoints, training."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memory_bank import Bank
+from memory_bank.errors import LayoutError
+from synthesis.canvas.protocols import Aligner
+from synthesis.networks.transform import (
+    TransformAligner,
+    TransformConfig,
+    TransformNet,
+    apply_affine,
+    compose,
+    identity_theta,
+    invert,
+    load_pretrained,
+    mask_box,
+    mask_iou,
+    save_pretrained,
+    warp_segment,
+    window_boxes,
+    window_theta,
+    window_to_frame,
+)
+from synthesis.training.transform import (
+    PerturbConfig,
+    TransformTrainConfig,
+    learning_rate,
+    random_perturbation,
+    train_transform,
+)
+
+torch.set_num_threads(1)
+
+TINY = TransformConfig(num_classes=11, input_size=(16, 20), widths=(4, 8, 8), hidden=8, min_window=(8, 10))
+
+
+def _rect(frame: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    m = np.zeros(frame, bool)
+    y0, x0, y1, x1 = box
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _segment(frame: tuple[int, int], box: tuple[int, int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    mask = _rect(frame, box)
+    pixels = np.random.default_rng(seed).integers(1, 256, (*frame, 3), dtype=np.uint8)
+    pixels[~mask] = 0
+    return pixels, mask
+
+
+# ---------------------------------------------------------------- network
+
+
+def test_net_shapes_dtype_and_identity_initialisation() -> None:
+    net = TransformNet.from_config(TINY)
+    b, (h, w) = 3, TINY.input_size
+    theta = net(torch.rand(b, 11, h, w), torch.rand(b, 1, h, w), torch.rand(b, 3, h, w), torch.rand(b, 1, h, w))
+    assert theta.shape == (b, 2, 3) and theta.dtype == torch.float32
+    assert torch.equal(theta, identity_theta(b))  # zero last layer + identity bias
+
+
+def test_net_rejects_wrong_input_size() -> None:
+    net = TransformNet.from_config(TINY)
+    x = torch.zeros(1, 11, 8, 8)
+    with pytest.raises(ValueError, match="inputs must be"):
+        net(x, x[:, :1], x[:, :3], x[:, :1])
+
+
+def test_config_validation_and_round_trip() -> None:
+    assert TransformConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))) == TINY
+    with pytest.raises(ValueError, match="divisible"):
+        TransformConfig(input_size=(30, 40), widths=(4, 8, 8))
+    with pytest.raises(ValueError, match="not TransformNet"):
+        TransformConfig.from_dict({**TINY.to_dict(), "_class_name": "OrderingNet"})
+
+
+def test_checkpoint_round_trip_is_float16(tmp_path: Path) -> None:
+    net = TransformNet.from_config(TINY)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+    save_pretrained(tmp_path, TINY, net)
+    assert json.loads((tmp_path / "config.json").read_text())["_class_name"] == "TransformNet"
+    config, loaded = load_pretrained(tmp_path)
+    assert config == TINY
+    for (k, v), (k2, v2) in zip(net.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v.half().float(), v2)
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- geometry
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 24), w=st.integers(1, 24), seed=st.integers(0, 1000))
+def test_identity_theta_is_a_no_op(h: int, w: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    mask = rng.random((h, w)) < 0.6
+    pixels = np.where(mask[..., None], rng.integers(0, 256, (h, w, 3)), 0).astype(np.uint8)
+    out_pixels, out_mask = warp_segment(pixels, mask, identity_theta(1)[0].numpy())
+    assert out_pixels.dtype == np.uint8 and out_mask.dtype == bool
+    assert np.array_equal(out_pixels, pixels) and np.array_equal(out_mask, mask)
+
+
+@pytest.mark.parametrize(("dy", "dx"), [(0, 5), (3, 0), (-2, -7)])
+def test_integer_translation_moves_the_segment_exactly(dy: int, dx: int) -> None:
+    frame = (30, 40)
+    pixels, mask = _segment(frame, (10, 12, 20, 25))
+    # Sampling convention: output(p) = input(theta p); a move by +d samples at p - d.
+    theta = np.array([[1, 0, -2 * dx / frame[1]], [0, 1, -2 * dy / frame[0]]], np.float32)
+    out_pixels, out_mask = warp_segment(pixels, mask, theta)
+    assert np.array_equal(out_mask, np.roll(mask, (dy, dx), axis=(0, 1)))
+    assert np.array_equal(out_pixels, np.roll(pixels, (dy, dx), axis=(0, 1)))
+
+
+def test_apply_affine_batches_and_checks_shapes() -> None:
+    p, m = torch.rand(2, 3, 8, 9), torch.ones(2, 1, 8, 9)
+    out_p, out_m = apply_affine(p, m, identity_theta(2))
+    assert out_p.shape == (2, 3, 8, 9) and out_m.shape == (2, 1, 8, 9) and out_m.dtype == torch.bool
+    assert torch.allclose(out_p, p, atol=1e-5)
+    with pytest.raises(ValueError, match="pixels must be"):
+        apply_affine(p[:, :2], m, identity_theta(2))
+
+
+def test_compose_and_invert() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = identity_theta(4) + 0.2 * torch.randn(4, 2, 3, generator=gen)
+    assert torch.allclose(compose(a, invert(a)), identity_theta(4), atol=1e-5)
+
+
+def test_window_covers_both_boxes_at_the_input_aspect() -> None:
+    cfg = TransformConfig()
+    target = torch.tensor([[100.0, 100.0, 140.0, 300.0]])
+    segment = torch.tensor([[120.0, 150.0, 200.0, 220.0]])
+    cy, cx, h, w = window_boxes(target, segment, cfg)[0].tolist()
+    assert h / w == pytest.approx(cfg.input_size[0] / cfg.input_size[1])
+    assert cy - h / 2 <= 100 and cy + h / 2 >= 200 and cx - w / 2 <= 100 and cx + w / 2 >= 300
+    # Tiny boxes get the minimum window.
+    tiny = torch.tensor([[10.0, 10.0, 12.0, 12.0]])
+    assert window_boxes(tiny, tiny, cfg)[0, 2:].tolist() == [float(v) for v in cfg.min_window]
+
+
+def test_window_theta_maps_window_edges_to_frame_pixels() -> None:
+    frame = (360, 480)
+    g = window_theta(torch.tensor([[90.0, 240.0, 60.0, 120.0]]), frame)
+    corners = torch.tensor([[-1.0, 1.0], [-1.0, 1.0], [1.0, 1.0]])  # window (x, y) = (-1, -1) and (1, 1)
+    fx, fy = (g[0] @ corners).tolist()
+    assert [(fx[0] + 1) * frame[1] / 2, (fx[1] + 1) * frame[1] / 2] == pytest.approx([180, 300])
+    assert [(fy[0] + 1) * frame[0] / 2, (fy[1] + 1) * frame[0] / 2] == pytest.approx([60, 120])
+    # The identity in the window is the identity in the frame.
+    assert torch.allclose(window_to_frame(identity_theta(1), g), identity_theta(1), atol=1e-6)
+
+
+def test_random_perturbation_moves_boxes_where_the_warp_moves_masks() -> None:
+    frame = (120, 160)
+    boxes = torch.tensor([[30.0, 40.0, 70.0, 100.0], [10.0, 10.0, 50.0, 40.0]])
+    theta, moved = random_perturbation(boxes, frame, PerturbConfig(), torch.Generator().manual_seed(3))
+    for i in range(2):
+        box = tuple(int(v) for v in boxes[i].tolist())
+        pixels, mask = _segment(frame, box)
+        _, warped = warp_segment(pixels, mask, theta[i].numpy())
+        y0, x0, y1, x1 = mask_box(warped)
+        assert np.allclose([y0, x0, y1, x1], moved[i].numpy(), atol=2.5)
+
+
+def test_mask_iou_and_box() -> None:
+    a, b = _rect((10, 10), (0, 0, 4, 4)), _rect((10, 10), (2, 2, 6, 6))
+    assert mask_iou(a, b) == pytest.approx(4 / 28)
+    assert mask_iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) == 0.0
+    assert mask_box(b) == (2, 2, 6, 6)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    assert learning_rate(1.0, 0.0) == pytest.approx(0.1)
+    assert learning_rate(1.0, 0.05) == pytest.approx(1.0)
+    assert learning_rate(1.0, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(1.0, 2.0) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(1.0, 0.525) == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- the aligner
+
+
+def _aligner_with_theta(theta_window: list[float], fallback: bool = True) -> TransformAligner:
+    """An aligner whose network always answers ``theta_window`` (zero weights, that bias)."""
+    net = TransformNet.from_config(TINY)
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor(theta_window))
+    return TransformAligner(net, TINY, fallback=fallback)
+
+
+def test_untrained_aligner_returns_the_segment_unchanged() -> None:
+    frame = (48, 64)
+    layout = np.zeros(frame, np.uint8)
+    pixels, mask = _segment(frame, (10, 10, 30, 40))
+    target = _rect(frame, (12, 14, 32, 44))
+    aligner = _aligner_with_theta([1, 0, 0, 0, 1, 0])
+    assert isinstance(aligner, Aligner)
+    out_pixels, out_mask = aligner(layout, target, pixels, mask)
+    assert np.array_equal(out_pixels, pixels) and np.array_equal(out_mask, mask)
+    assert aligner.calls == 1 and aligner.fallbacks == 0
+    assert aligner.last is not None and aligner.last.iou_identity == aligner.last.iou_transformed
+
+
+def test_aligner_falls_back_when_t_makes_it_worse_and_counts() -> None:
+    frame = (48, 64)
+    layout = np.zeros(frame, np.uint8)
+    pixels, mask = _segment(frame, (10, 10, 30, 40))
+    target = mask.copy()  # already perfect: any move is worse
+    aligner = _aligner_with_theta([1, 0, 0.5, 0, 1, 0])
+    out_pixels, out_mask = aligner(layout, target, pixels, mask)
+    assert out_pixels is pixels and out_mask is mask
+    assert aligner.fallbacks == 1 and aligner.last is not None and aligner.last.fell_back
+    assert aligner.last.iou_transformed < aligner.last.iou_identity == 1.0
+    # Without the fallback the moved segment comes back.
+    raw = _aligner_with_theta([1, 0, 0.5, 0, 1, 0], fallback=False)
+    moved_pixels, moved_mask = raw(layout, target, pixels, mask)
+    assert moved_pixels.shape == pixels.shape and moved_pixels.dtype == np.uint8 and moved_mask.dtype == bool
+    assert mask_iou(moved_mask, target) < 1.0 and raw.fallbacks == 0
+
+
+def test_aligner_keeps_a_transform_that_helps() -> None:
+    frame = (48, 64)
+    layout = np.zeros(frame, np.uint8)
+    pixels, mask = _segment(frame, (16, 20, 32, 40))
+    aligner = _aligner_with_theta([1, 0, 0, 0, 1, 0])
+    theta = aligner.predict_theta(layout, mask, pixels, mask)
+    assert np.allclose(theta, [[1, 0, 0], [0, 1, 0]], atol=1e-6)
+    # A window shift of +0.2 samples to the right, so it moves the segment left: a target there is helped.
+    target = np.roll(mask, -4, axis=1)
+    shifted = _aligner_with_theta([1, 0, 0.2, 0, 1, 0])
+    out_pixels, out_mask = shifted(layout, target, pixels, mask)
+    last = shifted.last
+    assert last is not None and not last.fell_back and shifted.fallbacks == 0
+    assert last.iou_transformed > last.iou_identity and last.iou == last.iou_transformed
+    expected_pixels, expected_mask = warp_segment(pixels, mask, np.array(last.theta, np.float32).reshape(2, 3))
+    assert np.array_equal(out_mask, expected_mask) and np.array_equal(out_pixels, expected_pixels)
+    assert mask_box(out_mask)[1] < mask_box(mask)[1]  # moved left
+
+
+def test_aligner_validates_inputs_and_skips_empty_masks() -> None:
+    frame = (20, 30)
+    layout = np.zeros(frame, np.uint8)
+    pixels, mask = _segment(frame, (2, 2, 10, 10))
+    aligner = _aligner_with_theta([1, 0, 0, 0, 1, 0])
+    with pytest.raises(LayoutError):
+        aligner(layout[None], mask, pixels, mask)
+    with pytest.raises(ValueError, match="masks must match"):
+        aligner(layout, mask[:5], pixels, mask)
+    with pytest.raises(ValueError, match="uint8"):
+        aligner(layout, mask, pixels.astype(np.float32), mask)
+    empty = np.zeros(frame, bool)
+    assert aligner(layout, empty, pixels, mask)[1] is mask and aligner.calls == 0
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_training_smoke(val_bank: Bank, tmp_path: Path) -> None:
+    cfg = TransformTrainConfig(steps=4, batch_size=3, val_samples=6, log_every=2, checkpoint_every=2, min_area=64)
+    out = tmp_path / "run"
+    summary = train_transform(val_bank, out, TINY, cfg, progress=False)
+    assert summary["steps"] == 4 and math.isfinite(summary["val_loss"])
+    assert 0.0 <= summary["val_iou_perturbed"] <= 1.0 and 0.0 <= summary["val_iou_t"] <= 1.0
+    assert {"config.json", "model.safetensors", "resume.pt", "train_log.jsonl"} <= {p.name for p in out.iterdir()}
+    config, model = load_pretrained(out)
+    assert config == TINY
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())
+    # A finished run resumes to the same step and does nothing more.
+    again = train_transform(val_bank, out, TINY, cfg, progress=False)
+    assert again["steps"] == 4
+    aligner = TransformAligner(model, config)
+    layout = np.asarray(val_bank.labels[0])
+    seg = val_bank.segment(0)
+    pixels = np.where(seg.mask[..., None], np.asarray(val_bank.photos[0]), 0).astype(np.uint8)
+    out_pixels, out_mask = aligner(layout, seg.mask, pixels, seg.mask)
+    assert out_pixels.shape == pixels.shape and out_mask.shape == seg.mask.shape
+    assert mask_iou(out_mask, seg.mask) >= mask_iou(seg.mask, seg.mask) - 1e-12  # fallback: never worse
