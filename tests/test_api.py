@@ -317,3 +317,42 @@ def test_background_load_becomes_ready(val_bank_path: Path) -> None:
             assert r.json()["message"] == "loading the bank"
             time.sleep(0.01)
         assert r.status_code == 200 and r.json()["ready"] is True
+
+
+# sims serve and settings
+
+
+def test_sims_serve_wires_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from memory_bank.cli import main
+    from retrieval_service.api import server
+
+    seen: list[Settings] = []
+    monkeypatch.setattr(server, "serve", seen.append)
+    monkeypatch.setenv("SIMS_WATCH_INTERVAL", "5")
+    monkeypatch.setenv("SIMS_PORT", "9999")
+    assert main(["serve", "--bank", str(tmp_path), "--port", "8123", "--workers", "3", "--host", "0.0.0.0"]) == 0
+    (s,) = seen
+    assert (s.bank, s.port, s.workers, s.host, s.watch_interval) == (tmp_path, 8123, 3, "0.0.0.0", 5.0)
+    # Exported for uvicorn's worker processes, and read back identically.
+    monkeypatch.setenv("SIMS_API_KEY", "k")
+    s = Settings(bank=tmp_path, port=8123)
+    env = s.to_env()
+    assert env["SIMS_BANK"] == str(tmp_path) and env["SIMS_PORT"] == "8123" and env["SIMS_API_KEY"] == "k"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == s
+
+
+def test_sims_serve_refuses_a_missing_bank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from memory_bank.cli import main
+
+    assert main(["serve", "--bank", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_broken_multipart(client: TestClient) -> None:
+    body = b"--xyz\r\n12553--xyz--\r\n"
+    r = client.post("/retrieve", content=body, headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert_error(r, 400, "invalid_multipart", "could not be parsed")
+    r = client.post("/retrieve", content=b"abc", headers={"content-type": "multipart/form-data"})  # no boundary
+    assert r.status_code in (400, 422) and r.json()["message"]

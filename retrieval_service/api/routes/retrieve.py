@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from retrieval_service.api.deps import LimiterDep, MetricsDep, SettingsDep, StateDep
 from retrieval_service.api.errors import ApiError
@@ -45,6 +46,7 @@ _REQUEST_BODY = {
 }
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "A multipart body that cannot be parsed."},
     413: {"model": ErrorResponse, "description": "Body or layout larger than the limits."},
     415: {"model": ErrorResponse, "description": "Neither JSON nor multipart."},
     422: {"model": ErrorResponse, "description": "Bad options, not a PNG label map, wrong size, unknown class ids."},
@@ -92,7 +94,12 @@ async def _read_request(request: Request) -> tuple[bytes, RetrieveOptions]:
         options = RetrieveOptions.model_validate(req.model_dump(exclude={"layout_png"}))
         return decode_base64(req.layout_png), options
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=len(_OPTION_FIELDS) + 2)
+        try:
+            form = await request.form(max_files=1, max_fields=len(_OPTION_FIELDS) + 2)
+        except HTTPException as e:
+            if e.status_code != 400:  # e.g. the 413 of the body size limit
+                raise
+            raise ApiError(400, "invalid_multipart", f"the multipart body could not be parsed: {e.detail}") from None
         upload = form.get("layout")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "invalid_request", "multipart body needs a file field named 'layout' (the PNG)")
