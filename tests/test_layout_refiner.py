@@ -19,6 +19,7 @@ from synthesis.coarsen import CoarsenConfig
 from synthesis.networks.layout_refiner import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    CoarseLayoutRefiner,
     LayoutRefiner,
     LayoutRefinerConfig,
     encode_layout,
@@ -145,6 +146,31 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
         read_config(d)
     with pytest.raises(FileNotFoundError):
         from_pretrained(tmp_path / "missing")
+
+
+def test_pipeline_step_loads_and_refines(tmp_path: Path) -> None:
+    net = tiny_net(4)
+    step = CoarseLayoutRefiner.from_pretrained(save_pretrained(net, tmp_path / "ckpt"))
+    coarse = np.full((30, 40), IGNORE, np.uint8)
+    coarse[:15] = 2
+    out = step(coarse)
+    assert step.num_classes == 5 and out.shape == (30, 40) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:15], 2)  # the default keeps every labelled pixel
+    np.testing.assert_array_equal(out, refine_layout(net, coarse))
+
+
+def test_shipped_weights_refine_a_bundled_coarse_layout() -> None:
+    from memory_bank.images import read_label
+
+    weights, example = REPO / "weights" / "refine", REPO / "examples" / "coarse-layouts"
+    coarse = read_label(sorted(example.glob("*.png"))[0])
+    assert (coarse == IGNORE).mean() > 0.1
+    out = CoarseLayoutRefiner.from_pretrained(weights)(coarse)
+    assert out.shape == coarse.shape and out.max() < 11
+    labelled = coarse != IGNORE
+    np.testing.assert_array_equal(out[labelled], coarse[labelled])
+    # The gaps are filled with the classes around them, not with one class everywhere.
+    assert len(np.unique(out[~labelled])) >= 3
 
 
 def test_layout_confusion_counts_unlabelled_predictions_as_wrong() -> None:

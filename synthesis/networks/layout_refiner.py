@@ -48,9 +48,10 @@ WEIGHTS_FILE = "model.safetensors"
 CLASS_NAME = "LayoutRefiner"
 
 #: Default of :func:`refine_layout`'s ``keep_threshold``: a labelled coarse pixel keeps its label
-#: unless the network gives that label less than this probability. Chosen on coarsened *train*
-#: layouts (``benchmarks/refine.py --tune``), not on val.
-DEFAULT_KEEP_THRESHOLD = 0.1
+#: unless the network gives that label less than this probability. 0 keeps every labelled pixel (the
+#: network fills the gaps only): on coarsened *train* layouts (``benchmarks/refine.py --tune``, not
+#: val) it scored best, by a hair, of 0 .. 0.5 and network-only, and it respects what a user drew.
+DEFAULT_KEEP_THRESHOLD = 0.0
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,37 @@ def refine_layout(
     return torch.where(keep, ids, dense).to(torch.uint8).cpu().numpy()
 
 
+class CoarseLayoutRefiner:
+    """The pipeline step behind ``coarse=true``: a callable coarse layout -> dense layout.
+
+    ``CoarseLayoutRefiner.from_pretrained("weights/refine")(coarse)`` is :func:`refine_layout` with a
+    loaded network; run it on the (H, W) uint8 layout before anything else of the pipeline sees it.
+    """
+
+    def __init__(self, model: LayoutRefiner, keep_threshold: float = DEFAULT_KEEP_THRESHOLD) -> None:
+        self.model = model.eval()
+        self.keep_threshold = keep_threshold
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        keep_threshold: float = DEFAULT_KEEP_THRESHOLD,
+    ) -> CoarseLayoutRefiner:
+        """Load the network from a checkpoint directory (see :func:`from_pretrained`)."""
+        return cls(from_pretrained(directory, device=device), keep_threshold)
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.config.num_classes
+
+    def __call__(self, coarse: np.ndarray) -> np.ndarray:
+        """Dense uint8 (H, W) class ids for a coarse uint8 (H, W) layout (255 = unlabelled)."""
+        return refine_layout(self.model, coarse, keep_threshold=self.keep_threshold)
+
+
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -288,6 +320,7 @@ def from_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
 
 __all__ = [
     "DEFAULT_KEEP_THRESHOLD",
+    "CoarseLayoutRefiner",
     "LayoutRefiner",
     "LayoutRefinerConfig",
     "encode_layout",
