@@ -107,9 +107,18 @@ def test_augmentation_keeps_photo_and_label_aligned() -> None:
     np.testing.assert_array_equal(x[..., 0], (y.astype(np.int64) * 40 % 256).astype(np.uint8))
     flipped = [any(np.array_equal(yi, lab[:, ::-1]) and not np.array_equal(yi, lab) for lab in labels) for yi in y]
     assert 0 < sum(flipped) < len(y)  # both flipped and unflipped samples occur
-    x, y = data.sample(np.random.default_rng(2), 4, (16, 24), max_zoom=1.5, jitter=0.1)
+    x, y = data.sample(np.random.default_rng(2), 4, (16, 24), max_zoom=1.5, jitter=0.1, low_res_prob=0.5)
     assert x.shape == (4, 16, 24, 3) and x.dtype == np.uint8 and y.shape == (4, 16, 24)
     assert set(np.unique(y)) <= set(range(5)) | {255}
+    # Half-resolution crops keep the labels exact but blur the photo: fewer distinct pixel values.
+    # (A tiny probability draws the same random numbers as 1.0, so both batches show the same crops.)
+    sharp, y1 = data.sample(np.random.default_rng(3), 8, (20, 30), max_zoom=1.0, jitter=0.0, low_res_prob=1e-12)
+    soft, y2 = data.sample(np.random.default_rng(3), 8, (20, 30), max_zoom=1.0, jitter=0.0, low_res_prob=1.0)
+    np.testing.assert_array_equal(y1, y2)
+    assert (
+        not np.array_equal(sharp, soft)
+        and np.abs(np.diff(soft.astype(int), axis=2)).mean() < np.abs(np.diff(sharp.astype(int), axis=2)).mean()
+    )
 
 
 def test_class_weights_and_schedule() -> None:

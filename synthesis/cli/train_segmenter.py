@@ -28,6 +28,9 @@ def segmenter(
     batch_size: Annotated[int, typer.Option(help="Crops per step.")] = _D.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = _D.lr,
     max_zoom: Annotated[float, typer.Option(help="Largest random zoom-in of the crops.")] = _D.max_zoom,
+    low_res_prob: Annotated[
+        float, typer.Option(help="Share of crops shrunk to half size and enlarged back (low-res robustness).")
+    ] = _D.low_res_prob,
     class_balance: Annotated[
         float, typer.Option(help="Exponent of the median-frequency class weights (0: unweighted).")
     ] = _D.class_balance,
@@ -51,6 +54,7 @@ def segmenter(
         batch_size=batch_size,
         lr=lr,
         max_zoom=max_zoom,
+        low_res_prob=low_res_prob,
         class_balance=class_balance,
         checkpoint_every=checkpoint_every,
         eval_every=eval_every,

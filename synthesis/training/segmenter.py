@@ -51,6 +51,7 @@ class SegmenterTrainConfig:
     warmup_steps: int = 50
     max_zoom: float = 1.5
     jitter: float = 0.1
+    low_res_prob: float = 0.0
     class_balance: float = 0.5
     checkpoint_every: int = 100
     eval_every: int = 250
@@ -63,6 +64,8 @@ class SegmenterTrainConfig:
             raise ValueError("steps and batch_size must be positive")
         if self.max_zoom < 1.0:
             raise ValueError(f"max_zoom must be >= 1, got {self.max_zoom}")
+        if not 0.0 <= self.low_res_prob <= 1.0:
+            raise ValueError(f"low_res_prob must be in [0, 1], got {self.low_res_prob}")
         if not 0.0 <= self.jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
 
@@ -106,9 +109,20 @@ class TrainingImages:
         return counts / max(int(counts.sum()), 1)
 
     def sample(
-        self, rng: np.random.Generator, batch_size: int, resolution: tuple[int, int], max_zoom: float, jitter: float
+        self,
+        rng: np.random.Generator,
+        batch_size: int,
+        resolution: tuple[int, int],
+        max_zoom: float,
+        jitter: float,
+        low_res_prob: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A batch of augmented (uint8 (N, rows, cols, 3), uint8 (N, rows, cols)) crops."""
+        """A batch of augmented (uint8 (N, rows, cols, 3), uint8 (N, rows, cols)) crops.
+
+        With probability ``low_res_prob`` a photo crop is shrunk to half size and enlarged back,
+        so the probe also learns images that come at half its resolution (e.g. 96x128 syntheses
+        scored by a 192x256 probe).
+        """
         rows, cols = resolution
         xs = np.empty((batch_size, rows, cols, 3), np.uint8)
         ys = np.empty((batch_size, rows, cols), np.uint8)
@@ -126,6 +140,9 @@ class TrainingImages:
             if jitter:
                 gain, bias = rng.uniform(1 - jitter, 1 + jitter), rng.uniform(-jitter, jitter) * 255
                 photo = np.clip(photo.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+            if low_res_prob and rng.random() < low_res_prob:
+                half = cv2.resize(photo, (cols // 2, rows // 2), interpolation=cv2.INTER_AREA)
+                photo = cv2.resize(half, (cols, rows), interpolation=cv2.INTER_LINEAR)
             xs[b], ys[b] = photo, label
         return xs, ys
 
@@ -258,7 +275,9 @@ def train_segmenter(
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        images, labels = data.sample(rng, config.batch_size, config.resolution, config.max_zoom, config.jitter)
+        images, labels = data.sample(
+            rng, config.batch_size, config.resolution, config.max_zoom, config.jitter, config.low_res_prob
+        )
         losses.append(train_step(model, optimizer, images, labels, weights))
         step += 1
         bar.update(1)
