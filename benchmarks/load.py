@@ -225,6 +225,7 @@ async def load_with_reload(
             while len(state.records) < args.reload_after and time.perf_counter() < state.deadline:
                 await asyncio.sleep(0.05)
             info["old_version"] = current_version(bank)
+            info["publish_started_at"] = time.perf_counter()
             cmd = [sys.executable, "-m", "memory_bank.cli", "index", "add", "--dataset", "camvid"]
             cmd += ["--root", str(args.root), "--bank", str(bank), "--splits", "val", "--workers", "1", "--no-progress"]
             t0 = time.perf_counter()
@@ -237,7 +238,7 @@ async def load_with_reload(
             info["publish_seconds"] = round(time.perf_counter() - t0, 2)
             info["new_version"] = current_version(bank)
             info["requests_before_reload_call"] = len(state.records)
-            t1 = time.perf_counter()
+            t1 = info["reload_called_at"] = time.perf_counter()
             r = await http.post("/admin/reload", headers={"X-API-Key": key})
             info["reload_returned_at"] = time.perf_counter()
             info["reload_http_seconds"] = round(info["reload_returned_at"] - t1, 2)
@@ -265,6 +266,19 @@ def reload_run(args: argparse.Namespace, layouts: list[bytes], tmp: Path) -> dic
     if "reload_returned_at" not in info:
         raise RuntimeError("the run ended before the reload happened; raise --max-seconds")
     at = info.pop("reload_returned_at")
+    published, called = info.pop("publish_started_at"), info.pop("reload_called_at")
+    # Latency by what the service was doing when a request was sent: the publish (a separate
+    # indexing process) and the reload (building and warming the new engine) take CPU from it.
+    phases = {
+        "before_publish": [r for r in records if r.start < published],
+        "during_publish": [r for r in records if published <= r.start < called],
+        "during_reload_call": [r for r in records if called <= r.start <= at],
+        "after_reload": [r for r in records if r.start > at],
+    }
+    out["phases"] = {
+        name: {k: v for k, v in summarize(rs, 0.0).items() if k in ("requests", "failed", "latency_ms")}
+        for name, rs in phases.items()
+    }
     new, old = info["new_version"], info["old_version"]
     after = [r for r in records if r.start > at]
     out["reload"] = {
