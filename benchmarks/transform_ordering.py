@@ -121,6 +121,7 @@ def main() -> None:
         from synthesis.training.ordering import benchmark_ordering
 
         res = {**benchmark_ordering(train, val, args.ordering, limit=args.limit), "env": machine}
+        res["weights"] = str(args.ordering.relative_to(REPO) if args.ordering.is_relative_to(REPO) else args.ordering)
         (args.out / "ordering.json").write_text(json.dumps(res, indent=2) + "\n")
         log.info("ordering: %s", res)
 
