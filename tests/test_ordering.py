@@ -237,3 +237,27 @@ def test_training_and_benchmark_smoke(val_bank: Bank, tmp_path: Path) -> None:
     assert result["by_kind"]["different_tier"]["class_prior"] >= 0.5
     for value in (*result["paint_order_agreement"].values(), *result["pairwise_accuracy"].values()):
         assert 0.0 <= value <= 1.0
+
+
+# ---------------------------------------------------------------- the shipped weights
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "ordering"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ordering" / "camvid.json"
+
+
+def test_shipped_weights_match_their_config_and_order_a_street() -> None:
+    from synthesis.training.ordering import load_run_config
+
+    config, model = load_pretrained(WEIGHTS)
+    assert config == load_run_config(CONFIG)[0]
+    prior = ClassPrior.load(WEIGHTS)
+    assert prior.score[0] == min(prior.score)  # sky is the farthest class
+    # A car standing on the road in front of a building under the sky: sky, building, road, car.
+    frame = (360, 480)
+    layout = np.zeros(frame, np.uint8)  # sky
+    layout[100:220] = 1  # building
+    layout[220:] = 3  # road
+    layout[170:300, 150:330] = 8  # car
+    masks = [layout == c for c in (0, 1, 3, 8)]
+    order = LearnedOrderer(model, config)(layout, masks, [0, 1, 3, 8])
+    assert order == [0, 1, 2, 3]

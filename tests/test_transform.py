@@ -288,3 +288,33 @@ def test_training_smoke(val_bank: Bank, tmp_path: Path) -> None:
     out_pixels, out_mask = aligner(layout, seg.mask, pixels, seg.mask)
     assert out_pixels.shape == pixels.shape and out_mask.shape == seg.mask.shape
     assert mask_iou(out_mask, seg.mask) >= mask_iou(seg.mask, seg.mask) - 1e-12  # fallback: never worse
+
+
+# ---------------------------------------------------------------- the shipped weights
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "transform"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "transform" / "camvid.json"
+
+
+def test_shipped_weights_match_their_config_and_are_float16() -> None:
+    from safetensors.torch import load_file
+
+    from synthesis.training.transform import load_run_config
+
+    config, _ = load_pretrained(WEIGHTS)
+    assert config == load_run_config(CONFIG)[0]
+    assert all(v.dtype == torch.float16 for v in load_file(str(WEIGHTS / "model.safetensors")).values())
+
+
+def test_shipped_t_undoes_a_shift_of_real_segments(val_bank: Bank) -> None:
+    aligner = TransformAligner.from_pretrained(WEIGHTS, fallback=False)
+    ids = np.flatnonzero(val_bank.column("area") > 2000)[:5]
+    for sid in ids:
+        seg = val_bank.segment(int(sid))
+        layout = np.asarray(val_bank.labels[seg.image_id])
+        pixels = np.where(seg.mask[..., None], np.asarray(val_bank.photos[seg.image_id]), 0).astype(np.uint8)
+        h, w = seg.mask.shape
+        shift = np.array([[1, 0, -2 * 10 / w], [0, 1, -2 * 6 / h]], np.float32)  # 10 px right, 6 px down
+        moved_pixels, moved_mask = warp_segment(pixels, seg.mask, shift)
+        _, aligned = aligner(layout, seg.mask, moved_pixels, moved_mask)
+        assert mask_iou(aligned, seg.mask) > mask_iou(moved_mask, seg.mask) + 0.02, int(sid)
