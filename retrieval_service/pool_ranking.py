@@ -3,9 +3,9 @@
 ``fast`` mode hands each query component a pool of FAISS candidates (~500-2000 rows). Ranking
 one pool with numpy/torch costs ~20 small array calls, whose fixed overhead dominates at ~30
 components per layout. This numba kernel ranks all pools of a class in one call, with the same
-staged maths as :meth:`RetrievalEngine._rank_pool`: exact mask IoU plus a per-block bound on the
-context IoU for every candidate, then exact contexts in descending bound order until the bound
-falls below the running k-th best score. Integers are counted exactly and divided in float64
+bounds as :meth:`RetrievalEngine._rank_pool`, in one pass over the pool: exact mask IoU, then a
+popcount-ratio and a per-block bound on the context IoU, and the exact context IoU only for
+candidates whose bounds still reach the running k-th best score. Integers are counted exactly and divided in float64
 as :func:`~retrieval_service.kernels.iou64` does, so scores are bit-identical to the reference.
 
 Only the CPU uses it; on CUDA the torch path in the engine runs instead.
@@ -67,38 +67,32 @@ def _rank_pools(
         a = float(q_mask_pop[j])
         ca = q_context_pop[j]
         cols = q_cols[col_starts[j] : col_starts[j + 1]]
-        m = pool.size
-        miou = np.empty(m)
-        bound = np.empty(m)
-        # 1. Exact mask IoU, and a per-block cap on the context intersection.
-        for i in range(m):
-            r = pool[i]
-            inter = 0
-            for w in range(words):
-                inter += _popcount(mask[r, w] & q_mask[j, w])
-            miou[i] = _iou(float(inter), a, float(mask_pop[r]))
-            cap = 0
-            for b in range(nb):
-                cap += min(blocks[r, b], q_blocks[j, b])
-            cb = context_pop[r]
-            bound[i] = miou[i] + _iou(float(min(cap, min(ca, cb))), float(ca), float(cb))
-        # 2. Exact contexts in descending bound order; a running top-k sets the floor t.
-        order = np.argsort(-bound)
         filled = 0
         t = -np.inf
         top_pos = out_pos[j]
         top = out[j]
-        for o in range(m):
-            i = order[o]
-            if bound[i] < t:
-                break
+        # One pass in pool order (FAISS's nearest first, so the floor t rises early). Each
+        # candidate is dropped at the first bound below t: popcount ratio, then per-block caps.
+        for i in range(pool.size):
             r = pool[i]
+            inter = 0
+            for w in range(words):
+                inter += _popcount(mask[r, w] & q_mask[j, w])
+            miou = _iou(float(inter), a, float(mask_pop[r]))
+            cb = context_pop[r]
+            if miou + _iou(float(min(ca, cb)), float(ca), float(cb)) < t:
+                continue
+            cap = 0
+            for b in range(nb):
+                cap += min(blocks[r, b], q_blocks[j, b])
+            if miou + _iou(float(min(cap, min(ca, cb))), float(ca), float(cb)) < t:
+                continue
             inter = 0
             for c in cols:
                 if context[r, c] == q_context[j, c]:
                     inter += 1
-            ciou = _iou(float(inter), float(ca), float(context_pop[r]))
-            score = miou[i] + ciou
+            ciou = _iou(float(inter), float(ca), float(cb))
+            score = miou + ciou
             scored += 1
             # Insert into the top-k, ordered by score descending then segment id ascending.
             slot = filled
@@ -118,7 +112,7 @@ def _rank_pools(
                 top[s, 2] = top[s - 1, 2]
             top_pos[slot] = r
             top[slot, 0] = score
-            top[slot, 1] = miou[i]
+            top[slot, 1] = miou
             top[slot, 2] = ciou
             filled = min(filled + 1, k)
             if filled == k:
