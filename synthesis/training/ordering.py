@@ -258,7 +258,8 @@ def train_ordering(
             losses.append(loss.item())
         epoch += 1
         record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-        record["train_accuracy"] = accuracy(predict(model, _subset(train, 4000, cfg.seed), config), train.y[:4000])
+        head = _head(train, 4000)  # a cheap train-accuracy estimate
+        record["train_accuracy"] = accuracy(predict(model, head, config), head.y.numpy())
         if val is not None:
             record["val_accuracy"] = accuracy(predict(model, val, config), val.y.numpy())
             record["val_class_prior"] = accuracy(
@@ -268,11 +269,7 @@ def train_ordering(
         log.info("epoch %d: %s", epoch, record)
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
-        state = {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-        }
-        state.update({"gen": gen.get_state(), "epoch": epoch})
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "epoch": epoch}
         torch.save(state, resume_path.with_suffix(".tmp"))
         resume_path.with_suffix(".tmp").replace(resume_path)
         save_pretrained(out, config, model)
@@ -283,8 +280,8 @@ def train_ordering(
     return summary
 
 
-def _subset(pairs: PairSet, n: int, seed: int) -> PairSet:
-    """The first ``n`` pairs (for a cheap train-accuracy estimate)."""
+def _head(pairs: PairSet, n: int) -> PairSet:
+    """The first ``n`` pairs."""
     n = min(n, len(pairs))
     return PairSet(
         pairs.masks[:n],
