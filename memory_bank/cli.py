@@ -13,7 +13,6 @@ import os
 import sys
 from importlib.metadata import entry_points
 
-import click
 import typer
 
 from memory_bank.errors import SimsError
@@ -47,21 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     command = typer.main.get_command(build_app())
     try:
-        result = command.main(args=argv, prog_name="sims", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 1
+        # Standalone mode: the CLI library prints usage errors itself and exits with its code
+        # (typer >= 0.20 vendors click, so its exception types are not click's).
+        command.main(args=argv, prog_name="sims", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except SimsError as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return result if isinstance(result, int) else 0
+    return 0
 
 
 if __name__ == "__main__":
