@@ -52,6 +52,7 @@ class Canvas:
         segments: the painted segments, back to front.
         unfilled: ``(component_id, status)`` of the components that got no segment.
         timings: seconds per step.
+        bank_version: the bank version the retrieval answered from (segment ids refer to it).
     """
 
     canvas: np.ndarray
@@ -61,6 +62,7 @@ class Canvas:
     segments: tuple[PlacedSegment, ...]
     unfilled: tuple[tuple[int, str], ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
+    bank_version: str = ""
 
     def __post_init__(self) -> None:
         for a in (self.canvas, self.missing, self.provenance, self.elision):
@@ -247,6 +249,7 @@ class CanvasBuilder:
             segments=placed,
             unfilled=tuple(unfilled),
             timings=timings,
+            bank_version=result.bank_version,
         )
 
     def read_segment(self, segment_id: int) -> tuple[int, np.ndarray, np.ndarray]:

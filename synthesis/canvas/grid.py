@@ -60,6 +60,48 @@ def render_grid(rows: Sequence[GridRow], classes: ClassTable, scale: float = 0.5
     return np.concatenate([top, body], axis=0)
 
 
+def render_table(
+    rows: Sequence[Sequence[np.ndarray]], columns: Sequence[str], scale: float = 0.5, header: bool = True
+) -> np.ndarray:
+    """A grid of RGB tiles: one row per item, one named column per tile (all tiles one (H, W, 3) uint8).
+
+    Like :func:`render_grid` (scaled by area averaging, 2-pixel white lines, a header of column names),
+    for any columns; colour label maps first (``classes.palette()[layout]``).
+    """
+    if not rows:
+        raise ValueError("a grid needs at least one row")
+    if not 0 < scale <= 4:
+        raise ValueError(f"scale must be in (0, 4], got {scale}")
+    h, w = rows[0][0].shape[:2]
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    gap = 2
+    lines = []
+    for row in rows:
+        if len(row) != len(columns) or any(t.shape != (h, w, 3) or t.dtype != np.uint8 for t in row):
+            raise ValueError(f"every row needs {len(columns)} (H, W, 3) uint8 tiles of one size")
+        lines.append(_hstack([cv2.resize(t, (tw, th), interpolation=cv2.INTER_AREA) for t in row], gap))
+    body = _vstack(lines, gap)
+    if not header:
+        return body
+    top = np.full((_HEADER, body.shape[1], 3), 255, np.uint8)
+    for i, name in enumerate(columns):
+        cv2.putText(
+            top, name, (i * (tw + gap) + 4, _HEADER - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    return np.concatenate([top, body], axis=0)
+
+
+def provenance_colors(provenance: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: one colour per bank segment id (a hash of it), black where the id is -1."""
+    ids = np.asarray(provenance, np.int64)
+    # Knuth's multiplicative hash spreads neighbouring ids over the colour cube.
+    h = (np.maximum(ids, 0).astype(np.uint64) * np.uint64(2654435761)) & np.uint64(0xFFFFFF)
+    rgb = np.stack([h >> np.uint64(16), (h >> np.uint64(8)) & np.uint64(255), h & np.uint64(255)], -1)
+    rgb = (rgb // 2 + 80).astype(np.uint8)  # mid tones: never black, never white
+    rgb[ids < 0] = 0
+    return rgb
+
+
 def _hstack(tiles: list[np.ndarray], gap: int) -> np.ndarray:
     sep = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
     parts = [p for t in tiles for p in (t, sep)][:-1]

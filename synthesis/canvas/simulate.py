@@ -222,14 +222,39 @@ def resize_sample(
     """Resize to ``size`` (H, W): nearest for ``layout`` and ``missing``, area for the images."""
     if size is None or tuple(layout.shape) == tuple(size):
         return layout, canvas, missing, photo
+    layout, canvas, missing = resize_inputs(layout, canvas, missing, size)
+    return layout, canvas, missing, cv2.resize(photo, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def resize_inputs(
+    layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The network's inputs at ``size`` (H, W): nearest for ``layout`` and ``missing``, area for ``canvas``.
+
+    Training (through :func:`resize_sample`) and inference (``synthesis.pipeline``) both resize here.
+    """
+    if tuple(layout.shape) == tuple(size):
+        return layout, canvas, missing
     h, w = size
     near = cv2.INTER_NEAREST
     return (
         cv2.resize(layout, (w, h), interpolation=near),
         cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA),
         cv2.resize(missing.view(np.uint8), (w, h), interpolation=near).astype(bool),
-        cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA),
     )
+
+
+def input_tensors(layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray) -> dict[str, torch.Tensor]:
+    """The sample contract's tensors from uint8 layout, uint8 (H, W, 3) canvas and bool missing.
+
+    ``layout`` int64 (H, W), ``canvas`` float32 (3, H, W) in [0, 1], ``missing`` float32 (1, H, W):
+    the one conversion the training data and the inference pipeline share.
+    """
+    return {
+        "layout": torch.from_numpy(layout.astype(np.int64)),
+        "canvas": torch.from_numpy(canvas).permute(2, 0, 1).contiguous().float().div_(255.0),
+        "missing": torch.from_numpy(missing.astype(np.float32))[None],
+    }
 
 
 # 4. The cache
@@ -415,9 +440,7 @@ class SimulatedCanvasDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         a = self.load(index)
         return {
-            "layout": torch.from_numpy(a["layout"].astype(np.int64)),
-            "canvas": torch.from_numpy(a["canvas"]).permute(2, 0, 1).contiguous().float().div_(255.0),
-            "missing": torch.from_numpy(a["missing"].astype(np.float32))[None],
+            **input_tensors(a["layout"], a["canvas"], a["missing"]),
             "photo": torch.from_numpy(a["photo"]).permute(2, 0, 1).contiguous().float().div_(255.0),
         }
 
@@ -426,6 +449,8 @@ __all__ = [
     "CacheInfo",
     "ColorDonors",
     "SimulatedCanvasDataset",
+    "input_tensors",
+    "resize_inputs",
     "resize_sample",
     "simulate_canvas",
     "transfer_color",
