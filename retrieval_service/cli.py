@@ -24,6 +24,26 @@ def serve(
         int | None, typer.Option(help="Largest request body (env SIMS_MAX_UPLOAD_BYTES, default 8 MiB).")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="Log level (env SIMS_LOG_LEVEL, default info).")] = None,
+    with_worker: Annotated[
+        bool,
+        typer.Option(
+            "--with-worker",
+            help="Answer /synthesize in this process (the in_process synthesis backend; no worker to run).",
+        ),
+    ] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Synthesis network for --with-worker (env SIMS_SYNTHESIS_WEIGHTS; default weights/synthesis)."
+        ),
+    ] = None,
+    synthesis_url: Annotated[
+        str | None,
+        typer.Option(help="Synthesis worker URL(s), comma-separated, for /synthesize (env SIMS_SYNTHESIS_URL)."),
+    ] = None,
+    synthesis_timeout: Annotated[
+        float | None, typer.Option(help="Seconds before /synthesize answers 504 (env SIMS_SYNTHESIS_TIMEOUT, 60).")
+    ] = None,
 ) -> None:
     """Serve a bank over HTTP. The admin key comes from SIMS_API_KEY only (never a flag: argv is public)."""
     from retrieval_service.api.server import serve as run
@@ -37,5 +57,9 @@ def serve(
         "watch_interval": watch_interval,
         "max_upload_bytes": max_upload_bytes,
         "log_level": log_level,
+        "synthesis_backend": "in_process" if with_worker else None,
+        "synthesis_weights": weights,
+        "synthesis_url": synthesis_url,
+        "synthesis_timeout": synthesis_timeout,
     }
     run(Settings(**{k: v for k, v in flags.items() if v is not None}))

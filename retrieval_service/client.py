@@ -20,11 +20,13 @@ from pydantic import BaseModel
 from retrieval_service.api.layouts import decode_rgba_png, encode_layout
 from retrieval_service.api.models import (
     BankInfo,
+    Extra,
     Mode,
     Readiness,
     ReloadResponse,
     RetrieveResponse,
     SegmentMeta,
+    SynthesizeResponse,
 )
 
 API_KEY_HEADER = "X-API-Key"
@@ -96,6 +98,58 @@ class RetrievalClient:
             data["exclude_images"] = ",".join(str(int(i)) for i in exclude_images)
         r = self._http.post("/retrieve", files={"layout": ("layout.png", png, "image/png")}, data=data)
         return self._parse(r, RetrieveResponse)
+
+    # Synthesis
+    def synthesize(
+        self,
+        layout: np.ndarray | bytes,
+        *,
+        k: int = 5,
+        seed: int = 0,
+        mode: Mode = "fast",
+        coarse: bool = False,
+        extras: Sequence[Extra] = (),
+        timeout: float | None = None,
+    ) -> SynthesizeResponse:
+        """A photo for ``layout`` (JSON form: ``image_png`` and the ``extras`` as base64 PNGs).
+
+        ``timeout`` overrides the client's for this request (synthesis takes longer than retrieval).
+        """
+        r = self._post_synthesize(layout, k, seed, mode, coarse, extras, "json", timeout)
+        return self._parse(r, SynthesizeResponse)
+
+    def synthesize_png(
+        self,
+        layout: np.ndarray | bytes,
+        *,
+        k: int = 5,
+        seed: int = 0,
+        mode: Mode = "fast",
+        coarse: bool = False,
+        timeout: float | None = None,
+    ) -> bytes:
+        """A photo for ``layout`` as PNG bytes."""
+        r = self._post_synthesize(layout, k, seed, mode, coarse, (), "png", timeout)
+        self._check(r)
+        return r.content
+
+    def _post_synthesize(
+        self,
+        layout: np.ndarray | bytes,
+        k: int,
+        seed: int,
+        mode: Mode,
+        coarse: bool,
+        extras: Sequence[str],
+        reply_format: str,
+        timeout: float | None,
+    ) -> httpx.Response:
+        png = layout if isinstance(layout, bytes) else encode_layout(layout)
+        data = {"k": str(k), "seed": str(seed), "mode": mode, "coarse": "true" if coarse else "false"}
+        data |= {"extras": ",".join(extras), "format": reply_format}
+        files = {"layout": ("layout.png", png, "image/png")}
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        return self._http.post("/synthesize", files=files, data=data, **extra)
 
     # Segments
     def segment_png(self, segment_id: int, *, version: str | None = None) -> bytes:

@@ -167,7 +167,8 @@ class SynthesisPipeline:
             if self.refiner is None:
                 raise LayoutError("coarse=True needs a layout refiner, and this pipeline has none")
             t = time.perf_counter()
-            layout = self.builder.check_layout(self.refiner(layout))
+            # A copy: the refiner hands the array to torch, which wants it writable.
+            layout = self.builder.check_layout(self.refiner(layout.copy()))
             timings["refine"] = time.perf_counter() - t
         # 3. Canvas: retrieve, align, order, paste, elide.
         canvas = self._builder(k, mode)(layout, seed=seed)

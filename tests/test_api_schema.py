@@ -1,8 +1,9 @@
 """Property-based run of schemathesis against the app's own OpenAPI spec: no 5xx, responses as documented.
 
 Bounded (``max_examples`` per operation) to stay fast. The only 5xx allowed is the documented
-503 of ``/synthesize``, which has no worker yet. Schemathesis cannot know the admin key, so
-``/admin/reload`` is exercised here only up to its 401/403.
+503 of ``/synthesize``: this app has no synthesis worker (tests/test_synthesize_api.py covers
+one). Schemathesis cannot know the admin key, so ``/admin/reload`` is exercised here only up to
+its 401/403.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def test_every_operation_is_covered() -> None:
     assert len(OPERATIONS) == 9
     assert {(m, p) for m, p, g in CASES if g is GenerationMode.NEGATIVE} == {
         ("POST", "/retrieve"),
+        ("POST", "/synthesize"),
         ("GET", "/segments/{segment_id}"),
         ("GET", "/segments/{segment_id}/meta"),
     }

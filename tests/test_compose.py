@@ -171,9 +171,20 @@ def test_ports_line_up(compose: dict, dockerfile: dict[str, list[str]]) -> None:
     assert [p.split(":")[-1] for p in services["retrieval"]["ports"]] == [port]
     health = " ".join(services["retrieval"]["healthcheck"]["test"])
     assert f"127.0.0.1:{port}/readyz" in health
-    retrieval_url = urlparse(services["synthesis-worker"]["environment"]["SIMS_RETRIEVAL_URL"])
+    # The worker retrieves from the service, and the service sends /synthesize to the worker.
+    worker = services["synthesis-worker"]["command"]
+    retrieval_url = urlparse(option(worker, "--service"))
     assert (retrieval_url.hostname, str(retrieval_url.port)) == ("retrieval", port)
-    assert option(services["synthesis-worker"]["command"], "--retrieval-url") == retrieval_url.geturl()
+    assert option(worker, "--host") == "0.0.0.0"
+    worker_url = urlparse(services["retrieval"]["environment"]["SIMS_SYNTHESIS_URL"])
+    assert (worker_url.hostname, str(worker_url.port)) == ("synthesis-worker", option(worker, "--port"))
+    assert services["synthesis-worker"]["expose"] == [option(worker, "--port")]
+    # The image copies the repository to /app (WORKDIR), shipped weights included.
+    weights = option(worker, "--weights")
+    assert "WORKDIR /app" in (REPO / "Dockerfile").read_text() and weights == "/app/weights/synthesis"
+    assert f"127.0.0.1:{option(worker, '--port')}/readyz" in " ".join(
+        services["synthesis-worker"]["healthcheck"]["test"]
+    )
     scheduler_port = option(services["dask-scheduler"]["command"], "--port")
     address = f"tcp://dask-scheduler:{scheduler_port}"
     assert option(command_of(services["indexer"], dockerfile)[1], "--scheduler") == address

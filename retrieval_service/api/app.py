@@ -22,6 +22,7 @@ from retrieval_service.api.metrics import MetricsMiddleware, ServiceMetrics
 from retrieval_service.api.routes import admin, bank, health, retrieve, segments, synthesize
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankHolder
+from retrieval_service.api.synthesis import load_backend
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ _DESCRIPTION = """\
 Retrieval of real photo segments for semantic layouts (SIMS, Qi et al. CVPR 2018).
 
 Post a layout (a PNG label map at the bank's resolution) to `/retrieve`; fetch the pixels of
-any candidate with `/segments/{id}`. Every error is a JSON body `{error, message, details}`.
+any candidate with `/segments/{id}`; post it to `/synthesize` for a photograph (needs a synthesis
+worker). Every error is a JSON body `{error, message, details}`.
 """
 
 
@@ -49,6 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         faiss.omp_set_num_threads(1)
         app.state.retrieve_limiter = CapacityLimiter(settings.retrieve_concurrency)
         tasks: list[asyncio.Task] = []
+        # The synthesis backend (workers over HTTP, or an in-process plugin); loaded here, not at import.
+        backend = load_backend(settings, holder)
+        if backend is not None:
+            await backend.start()
+        app.state.synthesis = backend
         if holder is None:
             log.error("no bank configured: pass --bank or set SIMS_BANK; /readyz will stay 503")
         else:
@@ -66,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if backend is not None:
+                await backend.close()
 
     app = FastAPI(
         title="SIMS retrieval service",

@@ -20,6 +20,8 @@ ComponentStatus = Literal["ok", "class_not_in_bank", "below_min_area", "no_candi
 BBox = Annotated[list[int], Field(min_length=4, max_length=4)]
 Pair = Annotated[list[int], Field(min_length=2, max_length=2)]
 RGB = Annotated[list[int], Field(min_length=3, max_length=3)]
+Extra = Literal["canvas", "provenance", "segments", "layout"]
+ReplyFormat = Literal["png", "json", "multipart"]
 
 
 class _Model(BaseModel):
@@ -73,6 +75,57 @@ class RetrieveUpload(_Model):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     exclude_images: str = Field("", description="Comma-separated bank image ids, e.g. `3,17`.")
     min_area: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class SynthesizeOptions(_Model):
+    """Options of one synthesis."""
+
+    k: int = Field(5, ge=1, le=MAX_K, description="Candidates per component the seed picks among (diversity).")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Picks among the top-k and draws the elision; same seed, same image."
+    )
+    mode: Mode = Field("fast", description="Retrieval mode (see `/retrieve`).")
+    coarse: bool = Field(
+        False, description="The layout is coarse (gaps, rough outlines): densify it with the layout refiner first."
+    )
+    extras: list[Extra] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Also return: `canvas` (RGB PNG), `provenance` (segment ids per pixel, RGB PNG, see below), "
+        "`segments` (the painted bank segments), `layout` (the layout synthesized from; the refined one if coarse).",
+    )
+    format: ReplyFormat | None = Field(
+        None,
+        description="`png`: the image alone; `json`: base64 PNGs and metadata; `multipart`: multipart/mixed parts. "
+        "Default: `png` without extras, `json` with.",
+    )
+
+    @property
+    def reply_format(self) -> ReplyFormat:
+        """The format to answer in."""
+        return self.format or ("json" if self.extras else "png")
+
+
+class SynthesizeRequest(SynthesizeOptions):
+    """JSON form of ``POST /synthesize``: the layout as a base64-encoded PNG label map."""
+
+    layout_png: str = Field(
+        ...,
+        min_length=1,
+        description="Base64 of a single-channel PNG of class ids (255 = unlabelled) at the bank's resolution.",
+    )
+
+
+class SynthesizeUpload(_Model):
+    """Multipart form of ``POST /synthesize`` (documents the fields; parsed by the route)."""
+
+    layout: bytes = Field(..., json_schema_extra={"format": "binary"}, description="PNG label map file.")
+    k: int = Field(5, ge=1, le=MAX_K)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    mode: Mode = "fast"
+    coarse: bool = False
+    extras: str = Field("", description="Comma-separated extras, e.g. `canvas,provenance,segments`.")
+    format: ReplyFormat | None = None
 
 
 # Responses
@@ -185,6 +238,50 @@ class Readiness(_Model):
     ready: bool
     version: str | None = None
     message: str
+
+
+class SynthesisSegment(_Model):
+    """A bank segment painted on the canvas."""
+
+    segment_id: int
+    image_id: int
+    component_id: int = Field(..., description="The layout component it fills (see `/retrieve`).")
+    class_id: int
+    class_name: str
+    score: float
+    rank: int = Field(..., description="Painting order, 0 = farthest (painted first).")
+
+
+class UnfilledComponent(_Model):
+    """A layout component that got no segment (its pixels stay missing on the canvas)."""
+
+    component_id: int
+    status: ComponentStatus
+
+
+class SynthesizeResponse(_Model):
+    """JSON form of a synthesis: the image and the requested extras as base64 PNGs."""
+
+    bank_version: str
+    seed: int
+    k: int
+    coarse: bool
+    height: int
+    width: int
+    network_resolution: Pair = Field(
+        ..., description="(height, width) the network ran at; the image is bilinearly upsampled from it."
+    )
+    image_png: str | None = Field(None, description="Base64 RGB PNG at the layout's size (a part in multipart).")
+    canvas_png: str | None = Field(None, description="Base64 RGB PNG of the canvas (black = missing).")
+    provenance_png: str | None = Field(
+        None,
+        description="Base64 RGB PNG: each pixel holds `segment_id + 1` as 24 bits (R * 65536 + G * 256 + B); "
+        "0 where the canvas shows no bank pixel.",
+    )
+    layout_png: str | None = Field(None, description="Base64 PNG label map the image was synthesized from.")
+    segments: list[SynthesisSegment] | None = None
+    unfilled: list[UnfilledComponent] | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
 
 
 class ErrorResponse(_Model):

@@ -43,8 +43,29 @@ class Settings(BaseSettings):
     wait_for_bank: bool = Field(
         False, description="Load the bank before accepting connections instead of in the background."
     )
-    synthesis_url: str | None = Field(None, description="Synthesis worker URL; /synthesize answers 503 without one.")
+    synthesis_url: str | None = Field(
+        None,
+        description="Synthesis worker URL(s), comma-separated, tried in turn; /synthesize answers 503 without a "
+        "worker (or a synthesis_backend).",
+    )
+    synthesis_backend: str | None = Field(
+        None,
+        description="Run synthesis in this process with the named backend (an entry point of the "
+        "`sims.synthesis_backends` group, e.g. `in_process`: what `sims serve --with-worker` sets); "
+        "takes precedence over synthesis_url.",
+    )
+    synthesis_weights: Path | None = Field(
+        None, description="Synthesis network directory for an in-process backend (default: its own, weights/synthesis)."
+    )
+    synthesis_timeout: float = Field(
+        60.0, gt=0.0, description="Seconds a synthesis may take before /synthesize answers 504."
+    )
     log_level: str = Field("info", description="uvicorn and service log level.")
+
+    @property
+    def synthesis_urls(self) -> list[str]:
+        """The configured worker URLs (without trailing slashes)."""
+        return [u.strip().rstrip("/") for u in (self.synthesis_url or "").split(",") if u.strip()]
 
     @property
     def retrieve_concurrency(self) -> int:

@@ -1,0 +1,215 @@
+"""Layout files in, image files out: what ``sims synthesize`` does, in-process or against a service.
+
+Two synthesizers give the same :class:`Synthesized` result:
+
+- :class:`LocalSynthesizer`: the pipeline in this process, on a bank (``--bank``), with the same
+  networks a worker loads (:class:`~synthesis.worker.runtime.Networks`);
+- :class:`RemoteSynthesizer`: ``POST /synthesize`` on a running service (``--service``).
+
+:func:`synthesize_files` writes one PNG per layout and seed, optionally the extras next to it
+(``<name>.canvas.png``, ``<name>.provenance.png`` in colours, ``<name>.json``) and a grid of every
+row (layout | canvas | output | provenance; coarse rows start with the coarse input).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from memory_bank import IGNORE, ClassTable, LayoutError, open_bank
+from memory_bank.images import read_label
+from retrieval_service.api.models import Mode
+from retrieval_service.api.synthesis import decode_provenance
+from retrieval_service.client import RetrievalClient
+from synthesis.canvas.builder import CanvasBuilder
+from synthesis.canvas.grid import provenance_colors, render_table, save_png
+from synthesis.pipeline import SynthesisPipeline
+from synthesis.remote import bank_identity
+from synthesis.worker.runtime import Networks
+from synthesis.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+ALL_EXTRAS = ("canvas", "provenance", "segments", "layout")
+
+
+@dataclass(frozen=True)
+class Synthesized:
+    """One synthesized image and what it was made from (arrays at the layout's size)."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    layout: np.ndarray  # (H, W) uint8, the refined one when coarse
+    canvas: np.ndarray | None  # (H, W, 3) uint8
+    provenance: np.ndarray | None  # (H, W) int64 bank segment ids, -1 where none
+    segments: list[dict[str, Any]]
+    bank_version: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Synthesizer(Protocol):
+    """``synth(layout, seed=..., k=..., coarse=..., mode=...) -> Synthesized``, with the bank's ``classes``."""
+
+    classes: ClassTable
+
+    def __call__(self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode) -> Synthesized: ...
+
+
+class LocalSynthesizer:
+    """The pipeline in this process, on a bank."""
+
+    def __init__(self, pipeline: SynthesisPipeline) -> None:
+        self.pipeline = pipeline
+        self.classes = pipeline.builder.classes
+
+    @classmethod
+    def from_bank(cls, bank: str | Path, settings: WorkerSettings) -> LocalSynthesizer:
+        """Open the bank and load the networks ``settings`` names (as ``sims worker`` does)."""
+        networks = Networks.load(settings)
+        builder = CanvasBuilder.from_bank(open_bank(bank), **networks.builder_kwargs())  # type: ignore[arg-type]
+        return cls(networks.pipeline(builder))
+
+    def __call__(self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode) -> Synthesized:
+        out = self.pipeline(layout, seed=seed, k=k, coarse=coarse, mode=mode)
+        segments = [
+            {
+                "segment_id": s.segment_id,
+                "image_id": s.image_id,
+                "component_id": s.component_id,
+                "class_id": s.class_id,
+                "class_name": self.classes.names[s.class_id],
+                "score": s.score,
+                "rank": s.rank,
+            }
+            for s in out.segments
+        ]
+        timings = {key: round(v * 1000, 3) for key, v in out.timings.items()}
+        return Synthesized(
+            out.image, out.layout, out.canvas.canvas, out.provenance, segments, out.bank_version, timings
+        )
+
+
+class RemoteSynthesizer:
+    """``POST /synthesize`` on a running service, every extra requested."""
+
+    def __init__(self, client: RetrievalClient, timeout: float = 120.0) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.classes = bank_identity(client.bank())[0]
+
+    def __call__(self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode) -> Synthesized:
+        r = self.client.synthesize(
+            layout, seed=seed, k=k, coarse=coarse, mode=mode, extras=ALL_EXTRAS, timeout=self.timeout
+        )
+        return Synthesized(
+            image=_png(r.image_png),
+            layout=_png(r.layout_png) if r.layout_png else layout,
+            canvas=_png(r.canvas_png) if r.canvas_png else None,
+            provenance=decode_provenance(base64.b64decode(r.provenance_png)) if r.provenance_png else None,
+            segments=[s.model_dump() for s in r.segments or []],
+            bank_version=r.bank_version,
+            timings_ms=r.timings_ms,
+        )
+
+
+def _png(b64: str | None) -> np.ndarray:
+    if b64 is None:
+        raise ValueError("the service's reply has no image")
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as img:
+        return np.asarray(img)
+
+
+def read_layout(path: str | Path, unlabelled: Sequence[int] = ()) -> np.ndarray:
+    """A layout PNG as (H, W) uint8 class ids; values in ``unlabelled`` become 255."""
+    label = read_label(Path(path))
+    if label.max(initial=0) > 255:
+        raise LayoutError(f"{path} holds ids above 255")
+    label = label.astype(np.uint8)
+    for value in unlabelled:
+        label[label == value] = IGNORE
+    return label
+
+
+def output_names(layouts: Sequence[Path], out: Path, seeds: Sequence[int]) -> list[list[Path]]:
+    """Where each layout's images go: ``out`` itself for one layout and seed, else
+    ``<out stem>-seed<S>.png`` beside it (one layout), or ``<out>/<layout stem>[-seed<S>].png``."""
+    many_seeds = len(seeds) > 1
+    if len(layouts) == 1 and out.suffix.lower() == ".png":
+        if not many_seeds:
+            return [[out]]
+        return [[out.with_name(f"{out.stem}-seed{s}.png") for s in seeds]]
+    if out.suffix.lower() == ".png":
+        raise ValueError(f"{len(layouts)} layouts need --out to be a directory, not {out}")
+    return [[out / (f"{p.stem}-seed{s}.png" if many_seeds else f"{p.stem}.png") for s in seeds] for p in layouts]
+
+
+def synthesize_files(
+    synth: Synthesizer,
+    layouts: Sequence[str | Path],
+    out: str | Path,
+    *,
+    n: int = 1,
+    seed: int = 0,
+    k: int = 5,
+    coarse: bool = False,
+    mode: Mode = "fast",
+    unlabelled: Sequence[int] = (),
+    extras: bool = False,
+    grid: str | Path | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Synthesize every layout file with seeds ``seed .. seed + n - 1``; returns the images written."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    paths = [Path(p) for p in layouts]
+    seeds = list(range(seed, seed + n))
+    names = output_names(paths, Path(out), seeds)
+    palette = synth.classes.palette()
+    written, rows = [], []
+    jobs = [(p, s, name) for p, row in zip(paths, names, strict=True) for s, name in zip(seeds, row, strict=True)]
+    for path, s, name in tqdm(jobs, desc="synthesizing", unit="image", disable=not progress):
+        layout = read_layout(path, unlabelled)
+        result = synth(layout, seed=s, k=k, coarse=coarse, mode=mode)
+        save_png(name, result.image)
+        written.append(name)
+        log.debug("%s (seed %d) -> %s, %s", path, s, name, _timing_text(result.timings_ms))
+        if extras:
+            _write_extras(name, result, palette)
+        if grid is not None:
+            rows.append(_grid_row(layout if coarse else None, result, palette))
+    if grid is not None and rows:
+        columns = (["coarse layout", "refined layout"] if coarse else ["layout"]) + ["canvas", "output", "provenance"]
+        save_png(grid, render_table(rows, columns, scale=0.5))
+    return written
+
+
+def _timing_text(timings_ms: dict[str, float]) -> str:
+    return ", ".join(f"{key} {v:.0f} ms" for key, v in timings_ms.items())
+
+
+def _grid_row(coarse: np.ndarray | None, r: Synthesized, palette: np.ndarray) -> list[np.ndarray]:
+    h, w = r.layout.shape
+    canvas = r.canvas if r.canvas is not None else np.zeros((h, w, 3), np.uint8)
+    prov = provenance_colors(r.provenance) if r.provenance is not None else np.zeros((h, w, 3), np.uint8)
+    first = [palette[coarse]] if coarse is not None else []
+    return [*first, palette[r.layout], canvas, r.image, prov]
+
+
+def _write_extras(name: Path, r: Synthesized, palette: np.ndarray) -> None:
+    stem = name.with_suffix("")
+    if r.canvas is not None:
+        save_png(f"{stem}.canvas.png", r.canvas)
+    if r.provenance is not None:
+        save_png(f"{stem}.provenance.png", provenance_colors(r.provenance))
+    save_png(f"{stem}.layout.png", palette[r.layout])
+    meta = {"bank_version": r.bank_version, "segments": r.segments, "timings_ms": r.timings_ms}
+    Path(f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")

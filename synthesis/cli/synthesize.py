@@ -1,0 +1,103 @@
+"""``sims synthesize``: layout PNGs to photos, against a running service or in-process on a bank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Synthesize photos from layout PNGs (against a service, or in-process on a bank).")
+
+
+def _ints(text: str | None) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()] if text else []
+
+
+@app.callback(invoke_without_command=True)
+def synthesize(
+    layout: Annotated[
+        list[Path], typer.Option("--layout", "-l", help="Layout PNG (class ids, 255 unlabelled); repeat for more.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output PNG (one layout), or a directory (several layouts).")
+    ],
+    service: Annotated[
+        str | None, typer.Option("--service", help="Retrieval service URL to call POST /synthesize on.")
+    ] = None,
+    bank: Annotated[Path | None, typer.Option("--bank", "-b", help="Synthesize in-process on this bank.")] = None,
+    weights: Annotated[Path, typer.Option("--weights", "-w", help="Synthesis network directory (in-process).")] = Path(
+        "weights/synthesis"
+    ),
+    refine: Annotated[str, typer.Option(help="Layout refiner directory or `none` (in-process).")] = "weights/refine",
+    transform: Annotated[
+        str, typer.Option(help="Transformation network or `none` (in-process).")
+    ] = "weights/transform",
+    ordering: Annotated[str, typer.Option(help="Ordering network or `none` (in-process).")] = "weights/ordering",
+    n: Annotated[int, typer.Option("--n", help="Variants per layout, with seeds seed .. seed+n-1.")] = 1,
+    seed: Annotated[int, typer.Option(help="First seed (it picks among the top-k segments).")] = 0,
+    k: Annotated[int, typer.Option("--k", help="Candidates per component the seed picks among.")] = 5,
+    mode: Annotated[str, typer.Option(help="Retrieval mode: fast or exact.")] = "fast",
+    coarse: Annotated[bool, typer.Option("--coarse", help="The layouts are coarse: refine them first.")] = False,
+    unlabelled: Annotated[
+        str | None, typer.Option(help="Comma-separated label values to treat as unlabelled (e.g. 11 for CamVid).")
+    ] = None,
+    extras: Annotated[
+        bool, typer.Option("--extras", help="Also write <name>.canvas.png, .provenance.png, .layout.png, .json.")
+    ] = False,
+    grid: Annotated[
+        Path | None, typer.Option(help="Also write a grid PNG: layout | canvas | output | provenance per image.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per request to the service.")] = 120.0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Write one photo per layout and seed: `sims synthesize -l layout.png -o photo.png --service URL`."""
+    import contextlib
+    import logging
+
+    import httpx
+
+    from memory_bank.errors import SimsError
+    from retrieval_service.client import RetrievalClient, ServiceError
+    from synthesis.batch import LocalSynthesizer, RemoteSynthesizer, Synthesizer, synthesize_files
+    from synthesis.worker.settings import WorkerSettings
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    if (service is None) == (bank is None):
+        raise typer.BadParameter("give exactly one of --service URL and --bank BANK")
+    if mode not in ("fast", "exact"):
+        raise typer.BadParameter(f"--mode must be fast or exact, not {mode!r}")
+    with contextlib.ExitStack() as stack:
+        synth: Synthesizer
+        if service is not None:
+            client = stack.enter_context(RetrievalClient(service, timeout=timeout))
+            try:
+                synth = RemoteSynthesizer(client, timeout=timeout)
+            except httpx.TransportError as e:
+                raise SimsError(f"cannot reach the service at {service}: {e}") from None
+        else:
+            nets = {"refine_weights": refine, "transform_weights": transform, "ordering_weights": ordering}
+            synth = LocalSynthesizer.from_bank(bank, WorkerSettings(weights=weights, **nets))  # type: ignore[arg-type]
+        try:
+            written = synthesize_files(
+                synth,
+                layout,
+                out,
+                n=n,
+                seed=seed,
+                k=k,
+                coarse=coarse,
+                mode=mode,  # type: ignore[arg-type]
+                unlabelled=_ints(unlabelled),
+                extras=extras,
+                grid=grid,
+                progress=progress,
+            )
+        except ServiceError as e:
+            raise SimsError(f"the service at {service} answered {e}") from None
+        except httpx.TransportError as e:
+            raise SimsError(f"lost the service at {service}: {e}") from None
+    more = " ..." if len(written) > 4 else ""
+    typer.echo(f"wrote {len(written)} image(s): {', '.join(str(p) for p in written[:4])}{more}")
+    if grid is not None:
+        typer.echo(f"grid: {grid}")

@@ -1,0 +1,160 @@
+"""``create_worker_app(settings)``: the synthesis worker as a FastAPI app (``sims worker``).
+
+Internal API, called by the retrieval service's ``POST /synthesize``:
+
+- ``POST /synthesize``: JSON :class:`~retrieval_service.api.models.SynthesizeRequest` in; the
+  PNG, JSON or multipart reply of :mod:`synthesis.worker.reply` out.
+- ``GET /livez``: the process answers. ``GET /readyz``: 200 once the networks are loaded and the
+  retrieval service has described its bank; 503 (with the reason) before.
+
+The worker retrieves and reads segments through the service's HTTP API
+(:mod:`synthesis.remote`), so it needs no bank of its own. Startup never blocks on the service:
+the worker keeps asking for ``GET /bank`` every second until it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import torch
+from anyio import CapacityLimiter, to_thread
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from memory_bank import ClassTable
+from retrieval_service.api.errors import ApiError, install_error_handlers
+from retrieval_service.api.layouts import decode_base64
+from retrieval_service.api.models import Liveness, Readiness, SynthesizeOptions, SynthesizeRequest
+from retrieval_service.client import RetrievalClient, ServiceError
+from synthesis.pipeline import SynthesisPipeline
+from synthesis.remote import remote_builder
+from synthesis.worker.runtime import Networks, synthesize_reply
+from synthesis.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+#: Seconds between attempts to reach the retrieval service at startup.
+RETRY_SECONDS = 1.0
+
+
+@dataclass
+class WorkerState:
+    """What the worker has loaded so far."""
+
+    networks: Networks | None = None
+    pipeline: SynthesisPipeline | None = None
+    classes: ClassTable | None = None
+    error: str | None = None  # why it is not ready, if it failed
+
+
+def create_worker_app(
+    settings: WorkerSettings | None = None,
+    *,
+    client: RetrievalClient | None = None,
+    networks: Networks | None = None,
+) -> FastAPI:
+    """The worker app for ``settings`` (default: ``SIMS_WORKER_*``).
+
+    ``client`` (e.g. over a test client of the service) and ``networks`` replace what the
+    settings would build; nothing is loaded before the app starts.
+    """
+    settings = settings or WorkerSettings()
+    state = WorkerState()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        app.state.limiter = CapacityLimiter(settings.concurrency)
+        service = client or RetrievalClient(settings.service_url, timeout=settings.service_timeout)
+        task = asyncio.create_task(_prepare(state, settings, service, networks))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            if client is None:
+                service.close()
+
+    app = FastAPI(title="SIMS synthesis worker", version="1.0.0", lifespan=lifespan)
+    app.state.worker = state
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    @app.get("/livez", response_model=Liveness)
+    async def livez() -> Liveness:
+        """Always 200 while the event loop runs."""
+        return Liveness()
+
+    @app.get("/readyz", response_model=Readiness)
+    async def readyz() -> Response:
+        """200 once the networks are loaded and the retrieval service has described its bank."""
+        if state.pipeline is None:
+            why = state.error or ("loading the networks" if state.networks is None else "waiting for the service")
+            return JSONResponse(Readiness(ready=False, message=why).model_dump(), status_code=503)
+        return JSONResponse(Readiness(ready=True, message="ready").model_dump())
+
+    @app.post("/synthesize", response_class=Response)
+    async def synthesize(request: Request) -> Response:
+        """Synthesize one layout (internal: the retrieval service's ``/synthesize`` calls this)."""
+        pipeline, classes = state.pipeline, state.classes
+        if pipeline is None or classes is None:
+            why = state.error or "the worker is still starting"
+            raise ApiError(503, "worker_not_ready", why, headers={"Retry-After": "1"})
+        try:
+            req = SynthesizeRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise RequestValidationError([{**x, "loc": ("body", *x["loc"])} for x in e.errors()]) from None
+        options = SynthesizeOptions.model_validate(req.model_dump(exclude={"layout_png"}))
+        png = decode_base64(req.layout_png)
+        try:
+            reply = await to_thread.run_sync(
+                synthesize_reply, pipeline, png, options, classes, limiter=request.app.state.limiter
+            )
+        except ServiceError as e:
+            # The retrieval service refused: its 4xx are the caller's, its 5xx are ours to pass on.
+            status = e.status if e.status < 500 or e.status in (503, 504) else 502
+            raise ApiError(status, e.error, f"retrieval service: {e.message}") from None
+        except httpx.TimeoutException:
+            raise ApiError(504, "retrieval_timeout", "the retrieval service did not answer in time") from None
+        except httpx.TransportError as e:
+            raise ApiError(503, "retrieval_unavailable", f"the retrieval service is unreachable: {e}") from None
+        return Response(reply.content, media_type=reply.media_type, headers=reply.headers)
+
+    return app
+
+
+async def _prepare(
+    state: WorkerState, settings: WorkerSettings, service: RetrievalClient, networks: Networks | None
+) -> None:
+    """Load the networks, then wait for the service's bank and build the pipeline."""
+    try:
+        state.networks = networks or await to_thread.run_sync(Networks.load, settings)
+    except Exception as e:
+        state.error = f"loading the networks failed: {e}"
+        log.error("%s", state.error)
+        return
+    while True:
+        try:
+            info = await to_thread.run_sync(service.bank)
+            builder = remote_builder(service, info=info, **state.networks.builder_kwargs())
+            pipeline = state.networks.pipeline(builder)
+        except (ServiceError, httpx.TransportError) as e:
+            state.error = f"waiting for the retrieval service at {settings.service_url}: {e}"
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        except Exception as e:  # e.g. a network for other classes than the bank's
+            state.error = f"the networks do not fit the service's bank: {e}"
+            log.error("%s", state.error)
+            return
+        state.classes, state.pipeline, state.error = builder.classes, pipeline, None
+        log.info("worker ready: bank %s (%d classes) at %s", info.version, len(info.classes), settings.service_url)
+        return

@@ -1,0 +1,57 @@
+"""Worker configuration: one ``WorkerSettings`` object, read from ``SIMS_WORKER_*`` environment variables.
+
+``sims worker`` flags override the environment. The in-process backend of ``sims serve
+--with-worker`` reads the same variables for everything but the weights directory, which the
+service's ``SIMS_SYNTHESIS_WEIGHTS`` (``--weights``) sets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SIMS_WORKER_"
+
+
+class WorkerSettings(BaseSettings):
+    """Everything a synthesis worker can be configured with (env ``SIMS_WORKER_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    service_url: str = Field("http://127.0.0.1:8000", description="The retrieval service to retrieve from.")
+    weights: Path = Field(Path("weights/synthesis"), description="Synthesis network directory.")
+    refine_weights: Path | None = Field(
+        Path("weights/refine"), description="Layout refiner directory, for coarse=true (None: coarse refused)."
+    )
+    transform_weights: Path | None = Field(
+        Path("weights/transform"), description="Transformation network T (None: segments stay where they were)."
+    )
+    ordering_weights: Path | None = Field(
+        Path("weights/ordering"), description="Ordering network (None: the layout rule orders segments)."
+    )
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8001, ge=0, le=65535, description="TCP port.")
+    concurrency: int = Field(2, ge=1, description="Syntheses run at once; others queue.")
+    threads: int = Field(
+        1,
+        ge=0,
+        description="torch intra-op threads (0 = torch's default). One, like the retrieval engine: concurrent "
+        "requests use the cores, and the same thread count as `sims serve --with-worker` gives bit-identical images "
+        "(float sums depend on how the work is split).",
+    )
+    service_timeout: float = Field(30.0, gt=0, description="Seconds per request to the retrieval service.")
+    device: str = Field("cpu", description="torch device of the networks.")
+    log_level: str = Field("info", description="uvicorn and worker log level.")
+
+    @field_validator("refine_weights", "transform_weights", "ordering_weights", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        """``none``, ``off`` or an empty string turn a network off."""
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none", "off") else value
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``SIMS_WORKER_*`` environment variables (unset values are left out)."""
+        return {ENV_PREFIX + k.upper(): str(v) for k, v in self.model_dump().items() if v is not None}
