@@ -217,5 +217,18 @@ def test_cli_trains_sims_and_parametric(
     # Resume to a larger step count from the CLI; without --resume the run directory is refused.
     assert sims_main([*base, "--steps", "3", "--out", str(tmp_path / "sims"), "--resume"]) == 0
     assert from_pretrained(latest_checkpoint(tmp_path / "sims")).metadata["step"] == 3  # type: ignore[arg-type]
-    assert sims_main([*base, "--steps", "4", "--out", str(tmp_path / "sims")]) == 1
+    assert sims_main([*base, "--steps", "4", "--out", str(tmp_path / "sims")]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_bf16_channels_last_step(config: TrainSynthesisConfig, dataset: BlockCanvasDataset) -> None:
+    fast = config.with_overrides(**{"train.precision": "bf16", "train.channels_last": True})
+    trainer = SynthesisTrainer(fast, dataset)
+    assert all(p.dtype == torch.bfloat16 for p in trainer.loss_fn.vgg.parameters())
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # weights stay float32
+    batch = collate([dataset[i] for i in range(2)])
+    first = trainer.train_step(batch)
+    with torch.no_grad():
+        out = trainer.generate(trainer.to_device(batch))
+    assert np.isfinite(first) and out.dtype == torch.float32 and out.shape == (2, 3, *SIZE)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0

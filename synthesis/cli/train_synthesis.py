@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 app = typer.Typer()
@@ -38,12 +37,13 @@ def synthesis(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train the synthesis network on simulated canvases with the perceptual loss."""
+    from memory_bank.errors import SimsError
     from synthesis.training.synthesis import TrainSynthesisConfig, train_synthesis
 
     try:
         cfg = TrainSynthesisConfig.load(config)
     except (ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
+        raise SimsError(str(e)) from e
     env_vgg = os.environ.get(VGG_ENV)
     cfg = cfg.with_overrides(
         **{
@@ -62,8 +62,8 @@ def synthesis(
             cfg, out, resume=resume, progress=progress, time_limit=time_limit * 60 if time_limit else None
         )
     except (ValueError, FileNotFoundError) as e:
-        # Bad configs, paths and data print as one line, like the SIMS errors the root CLI catches.
-        raise click.ClickException(str(e)) from None
+        # Bad configs, paths and data: the root CLI prints a SimsError as one line (traceback with SIMS_DEBUG=1).
+        raise SimsError(str(e)) from e
     last = f"{result.loss_history[-1]:.4f}" if result.loss_history else "n/a"
     typer.echo(
         f"{'parametric baseline' if cfg.parametric else 'SIMS'}: step {result.step} "

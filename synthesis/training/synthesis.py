@@ -304,6 +304,9 @@ class SynthesisTrainer:
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.loss_fn.to(memory_format=torch.channels_last)
+        if t.precision == "bf16":
+            # The VGG is frozen: cast it once rather than letting autocast re-cast its weights every step.
+            self.loss_fn.vgg.to(torch.bfloat16)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=t.betas)
         self.dataset = dataset
         self.step = 0
@@ -415,6 +418,10 @@ class SynthesisTrainer:
             raise ValueError(f"{checkpoint} was trained with parametric={saved.get('parametric')}; this run differs")
         if loaded.metadata.get("vgg", {}).get("sha256") not in (None, self.vgg_identity.sha256):
             raise ValueError(f"{checkpoint} was trained with different VGG weights ({loaded.metadata['vgg']})")
+        data = json.loads(json.dumps(getattr(self.dataset, "provenance", {}) or {}))  # as the checkpoint holds it
+        if loaded.metadata.get("data") not in (None, data):
+            # Not fatal (a rebuilt cache may be intended), but the checkpoint will record the new data.
+            log.warning("resuming on different data than %s was trained on: %s", checkpoint, data)
         self.model.load_state_dict(loaded.model.state_dict())
         state = load_training_state(checkpoint)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -474,7 +481,9 @@ def train_synthesis(
     if set_epoch is not None:
         set_epoch(0)  # the sample grid always shows epoch 0's samples; the trainer then sets its own epoch
     check_sample(dataset[0], size, config.model.num_classes)
-    fixed = collate([dataset[i] for i in range(min(t.sample_count, len(dataset)))])  # type: ignore[arg-type]
+    # Grid samples spread over the dataset (caches hold several variants of one image side by side).
+    spread = np.unique(np.linspace(0, len(dataset) - 1, min(t.sample_count, len(dataset))).round().astype(int))  # type: ignore[arg-type]
+    fixed = collate([dataset[int(i)] for i in spread])
     # 3. The run directory: fresh, or resumed from its newest checkpoint.
     existing = latest_checkpoint(out_dir)
     if existing is not None and not resume:
