@@ -10,13 +10,17 @@ layout, seed and bank version: same pixels; a test holds them equal).
 Segment ids name a bank *version*. A retrieval pins the version it was answered from for the
 calling thread, and the segment reads that follow in that thread ask for that version, so a
 reload of the service between the two never mixes versions. Segments are fetched once and kept in
-a small LRU cache keyed by (version, id).
+a small LRU cache keyed by (version, id). When the segment source shares its pin with the
+retriever (:func:`remote_builder`), its first read after a retrieval fetches all the chosen
+segments, a few requests at a time, before the canvas reads them one by one.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -63,9 +67,10 @@ def to_result(response: RetrieveResponse) -> RetrievalResult:
 
 
 class _VersionPin(threading.local):
-    """The bank version of the last retrieval made by this thread."""
+    """The bank version of the last retrieval made by this thread, and its chosen segments not yet read."""
 
     version: str | None = None
+    pending: tuple[int, ...] = ()
 
 
 class RemoteRetriever:
@@ -92,8 +97,10 @@ class RemoteRetriever:
             exclude_images=[int(i) for i in options.exclude_images],
             min_area=options.min_area,
         )
+        result = to_result(response)
         self.pin.version = response.bank_version
-        return to_result(response)
+        self.pin.pending = tuple(c.chosen.segment_id for c in result.components if c.chosen is not None)
+        return result
 
 
 class RemoteSegments:
@@ -110,19 +117,34 @@ class RemoteSegments:
         resolution: tuple[int, int],
         pin: _VersionPin | None = None,
         max_segments: int = 512,
+        workers: int = 4,
     ) -> None:
-        if max_segments < 0:
-            raise ValueError(f"max_segments must be >= 0, got {max_segments}")
+        if max_segments < 0 or workers < 1:
+            raise ValueError(f"max_segments must be >= 0 and workers >= 1, got {max_segments}, {workers}")
         self.client = client
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="segments") if workers > 1 else None
         self.resolution = (int(resolution[0]), int(resolution[1]))
         self.pin = pin or _VersionPin()
         self.max_segments = max_segments
         self._cache: OrderedDict[tuple[str | None, int], tuple[Segment, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _fetch(self, segment_id: int) -> tuple[Segment, np.ndarray]:
-        """(segment with an empty context, (h, w, 3) crop) for the pinned version (cached)."""
-        version = self.pin.version
+    def prefetch(self, segment_ids: Sequence[int], version: str | None) -> None:
+        """Fetch segments of ``version`` into the cache, ``workers`` requests at a time."""
+        with self._lock:
+            todo = sorted({int(i) for i in segment_ids} - {i for v, i in self._cache if v == version})
+        if len(todo) > 1 and self.workers > 1:
+            list(self._pool.map(lambda i: self._fetch(i, version), todo))  # type: ignore[union-attr]
+
+    def _fetch(self, segment_id: int, version: str | None = None) -> tuple[Segment, np.ndarray]:
+        """(segment with an empty context, (h, w, 3) crop) for ``version`` (default: pinned; cached)."""
+        if version is None and self.pin.pending:
+            # The first read after a retrieval: the canvas reads its chosen segments next, one by
+            # one, so fetch them all now, several requests at a time.
+            pending, self.pin.pending = self.pin.pending, ()
+            self.prefetch(pending, self.pin.version)
+        version = version or self.pin.version
         key = (version, int(segment_id))
         with self._lock:
             got = self._cache.get(key)

@@ -192,7 +192,10 @@ def test_remote_segments_are_the_bank_segments(client: RetrievalClient, val_bank
 
 def test_remote_canvas_equals_in_process_canvas(client: RetrievalClient, val_bank: Bank) -> None:
     layout = np.asarray(val_bank.labels[1])
-    remote = remote_builder(client)(layout, seed=4)
+    builder = remote_builder(client)
+    remote = builder(layout, seed=4)
+    cached = {sid for _, sid in builder.segments._cache}  # prefetched together on the first read
+    assert {s.segment_id for s in remote.segments} <= cached and not builder.retriever.pin.pending
     local = CanvasBuilder.from_bank(val_bank)(layout, seed=4)
     np.testing.assert_array_equal(remote.canvas, local.canvas)
     np.testing.assert_array_equal(remote.provenance, local.provenance)
