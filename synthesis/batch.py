@@ -165,9 +165,13 @@ def synthesize_files(
     unlabelled: Sequence[int] = (),
     extras: bool = False,
     grid: str | Path | None = None,
+    grid_colors: int | None = None,
     progress: bool = True,
 ) -> list[Path]:
-    """Synthesize every layout file with seeds ``seed .. seed + n - 1``; returns the images written."""
+    """Synthesize every layout file with seeds ``seed .. seed + n - 1``; returns the images written.
+
+    ``grid_colors`` quantises the grid PNG to that many colours (smaller files, e.g. for docs).
+    """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     paths = [Path(p) for p in layouts]
@@ -188,7 +192,7 @@ def synthesize_files(
             rows.append(_grid_row(layout if coarse else None, result, palette))
     if grid is not None and rows:
         columns = (["coarse layout", "refined layout"] if coarse else ["layout"]) + ["canvas", "output", "provenance"]
-        save_png(grid, render_table(rows, columns, scale=0.5))
+        save_png(grid, render_table(rows, columns, scale=0.5), colors=grid_colors)
     return written
 
 

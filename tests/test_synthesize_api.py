@@ -316,3 +316,27 @@ def test_provenance_codec_round_trips() -> None:
     np.testing.assert_array_equal(decode_provenance(encode_provenance(ids)), ids)
     with pytest.raises(ValueError):
         encode_provenance(np.array([[2**24]]))
+
+
+def test_sims_serve_with_worker_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from memory_bank.cli import main
+    from retrieval_service.api import server
+    from retrieval_service.api.synthesis import HttpSynthesisBackend, load_backend
+
+    seen: list[Settings] = []
+    monkeypatch.setattr(server, "serve", seen.append)
+    args = ["serve", "--bank", str(tmp_path), "--with-worker", "--weights", str(tmp_path / "w")]
+    assert main([*args, "--synthesis-timeout", "5"]) == 0
+    assert main(["serve", "--bank", str(tmp_path), "--synthesis-url", "http://a:1, http://b:2/"]) == 0
+    with_worker, remote = seen
+    assert (with_worker.synthesis_backend, with_worker.synthesis_weights) == ("in_process", tmp_path / "w")
+    assert with_worker.synthesis_timeout == 5.0 and remote.synthesis_backend is None
+    assert remote.synthesis_urls == ["http://a:1", "http://b:2"]
+    for name, value in with_worker.to_env().items():  # what uvicorn's worker processes read back
+        monkeypatch.setenv(name, value)
+    assert Settings() == with_worker
+    backend = load_backend(remote, None)
+    assert isinstance(backend, HttpSynthesisBackend) and backend.urls == ["http://a:1", "http://b:2"]
+    assert load_backend(Settings(bank=tmp_path, synthesis_backend=None, synthesis_url=None), None) is None
+    with pytest.raises(ValueError, match="no synthesis backend named 'nope'"):
+        load_backend(Settings(bank=tmp_path, synthesis_backend="nope"), None)

@@ -48,6 +48,9 @@ def synthesize(
     grid: Annotated[
         Path | None, typer.Option(help="Also write a grid PNG: layout | canvas | output | provenance per image.")
     ] = None,
+    grid_colors: Annotated[
+        int | None, typer.Option(help="Quantise the grid to this many colours (smaller PNG, e.g. for docs).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per request to the service.")] = 120.0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -91,6 +94,7 @@ def synthesize(
                 unlabelled=_ints(unlabelled),
                 extras=extras,
                 grid=grid,
+                grid_colors=grid_colors,
                 progress=progress,
             )
         except ServiceError as e:
