@@ -76,9 +76,9 @@ def request(layout: np.ndarray, **options: object) -> dict:
     return {"layout_png": base64.b64encode(encode_layout(layout)).decode(), **options}
 
 
-def test_health(worker: TestClient) -> None:
+def test_health(worker: TestClient, val_bank: Bank) -> None:
     assert worker.get("/livez").json() == {"status": "ok"}
-    assert worker.get("/readyz").json() == {"ready": True, "version": None, "message": "ready"}
+    assert worker.get("/readyz").json() == {"ready": True, "version": val_bank.version, "message": "ready"}
 
 
 def test_synthesize_formats(worker: TestClient, val_bank: Bank) -> None:

@@ -51,6 +51,7 @@ class WorkerState:
     networks: Networks | None = None
     pipeline: SynthesisPipeline | None = None
     classes: ClassTable | None = None
+    version: str | None = None  # the bank version the service described at startup
     error: str | None = None  # why it is not ready, if it failed
 
 
@@ -100,7 +101,7 @@ def create_worker_app(
         if state.pipeline is None:
             why = state.error or ("loading the networks" if state.networks is None else "waiting for the service")
             return JSONResponse(Readiness(ready=False, message=why).model_dump(), status_code=503)
-        return JSONResponse(Readiness(ready=True, message="ready").model_dump())
+        return JSONResponse(Readiness(ready=True, version=state.version, message="ready").model_dump())
 
     @app.post("/synthesize", response_class=Response)
     async def synthesize(request: Request) -> Response:
@@ -155,6 +156,6 @@ async def _prepare(
             state.error = f"the networks do not fit the service's bank: {e}"
             log.error("%s", state.error)
             return
-        state.classes, state.pipeline, state.error = builder.classes, pipeline, None
+        state.classes, state.version, state.pipeline, state.error = builder.classes, info.version, pipeline, None
         log.info("worker ready: bank %s (%d classes) at %s", info.version, len(info.classes), settings.service_url)
         return
