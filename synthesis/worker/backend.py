@@ -10,6 +10,7 @@ Replies are made by the same :func:`~synthesis.worker.runtime.synthesize_reply` 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from anyio import CapacityLimiter, fail_after, to_thread
 
@@ -41,7 +42,7 @@ class InProcessBackend:
         holder: BankHolder | None,
         worker: WorkerSettings,
         *,
-        weights: str | None = None,
+        weights: Path | None = None,
         timeout: float = 60.0,
         networks: Networks | None = None,
     ) -> None:
@@ -103,5 +104,6 @@ class InProcessBackend:
 def create_backend(settings: Settings, holder: BankHolder | None) -> InProcessBackend:
     """Entry point ``in_process`` of ``sims.synthesis_backends``: networks from ``SIMS_WORKER_*``,
     the weights directory from the service's ``synthesis_weights`` when set."""
-    weights = str(settings.synthesis_weights) if settings.synthesis_weights is not None else None
-    return InProcessBackend(holder, WorkerSettings(), weights=weights, timeout=settings.synthesis_timeout)
+    return InProcessBackend(
+        holder, WorkerSettings(), weights=settings.synthesis_weights, timeout=settings.synthesis_timeout
+    )

@@ -20,7 +20,7 @@ from memory_bank import ClassTable
 from retrieval_service.api.layouts import decode_layout
 from retrieval_service.api.models import SynthesizeOptions
 from retrieval_service.api.synthesis import SynthesisReply
-from synthesis.canvas.builder import CanvasBuilder, CanvasOptions
+from synthesis.canvas.builder import CanvasBuilder
 from synthesis.canvas.protocols import Aligner, Orderer
 from synthesis.pipeline import ImageGenerator, SynthesisPipeline
 from synthesis.worker.reply import encode_reply
@@ -78,7 +78,7 @@ class Networks:
 
     def builder_kwargs(self) -> dict[str, object]:
         """Aligner and orderer for a :class:`~synthesis.canvas.builder.CanvasBuilder` (defaults where None)."""
-        return {"aligner": self.aligner, "orderer": self.orderer, "options": CanvasOptions()}
+        return {"aligner": self.aligner, "orderer": self.orderer}
 
     def pipeline(self, builder: CanvasBuilder) -> SynthesisPipeline:
         """The pipeline over ``builder`` (made with :meth:`builder_kwargs`)."""
@@ -99,5 +99,4 @@ def synthesize_reply(
     )
     decoded = time.perf_counter() - start
     output = pipeline(layout, k=options.k, seed=options.seed, coarse=options.coarse, mode=options.mode)
-    reply = encode_reply(output, options, classes, pipeline.generator.resolution, decode_seconds=decoded)
-    return reply
+    return encode_reply(output, options, classes, pipeline.generator.resolution, decode_seconds=decoded)
