@@ -26,10 +26,14 @@ def evaluate(
         list[str],
         typer.Option(
             "--set",
-            help="NAME=DIR of synthesized PNGs named like the val photos (e.g. SIMS=out/sims); repeatable.",
+            help="NAME=DIR: synthesized PNGs named like the val photos, or a synthesis network checkpoint "
+            "(run in-process with --memory-bank); repeatable.",
         ),
     ],
     bank: Annotated[Path | None, typer.Option("--bank", "-b", help="Bank of the val photos and layouts.")] = None,
+    memory_bank: Annotated[
+        Path | None, typer.Option("--memory-bank", "-m", help="Bank that checkpoint sets build canvases from.")
+    ] = None,
     root: Annotated[
         Path | None, typer.Option("--root", "-r", help="Or: a dataset root (read with --dataset/--split).")
     ] = None,
@@ -52,7 +56,8 @@ def evaluate(
         raise typer.BadParameter("give exactly one of --bank and --root")
     if threads:
         torch.set_num_threads(threads)
-    sets = [rep.open_image_set(name, path) for name, path in map(_parse_set, image_sets)]
+    source = open_bank(memory_bank) if memory_bank is not None else None
+    sets = [rep.open_image_set(name, path, source) for name, path in map(_parse_set, image_sets)]
     if bank is not None:
         val = open_bank(bank)
         items, classes, title = rep.items_from_bank(val, limit, progress), val.classes, rep.describe_bank(val)

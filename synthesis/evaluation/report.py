@@ -109,16 +109,59 @@ class RealPhotos:
         return item.photo if self.size is None else resize_image(item.photo, self.size)
 
 
-def load_synthesizer(path: Path) -> Synthesizer:
-    """Hook for in-process synthesis: build a :class:`Synthesizer` from a model checkpoint directory.
+@dataclass
+class PipelineSynthesizer:
+    """A synthesis network checkpoint run in-process: canvas from ``memory_bank``, then the network.
 
-    Not wired yet: the synthesis pipeline lands separately. Until then, synthesize PNGs into a
-    folder and pass the folder.
+    The image comes back at the network's resolution (no upsampling), so it is scored against real
+    photos at that size. ``k=1`` makes every canvas use each component's best match, so the
+    evaluation does not depend on a diversity seed.
     """
-    raise SimsError(f"{path} looks like a model checkpoint; in-process synthesis is not wired into sims eval yet")
+
+    weights: Path
+    memory_bank: Bank
+    k: int = 1
+
+    def __post_init__(self) -> None:
+        from synthesis.canvas.builder import CanvasBuilder, CanvasOptions
+        from synthesis.networks.ordering import LearnedOrderer
+        from synthesis.networks.transform import TransformAligner
+        from synthesis.pipeline import ImageGenerator
+
+        self.generator = ImageGenerator.from_pretrained(self.weights)
+        # A parametric model never looks at the canvas: skip building one.
+        self.builder = None
+        if not self.generator.parametric:
+            weights_root = Path(self.weights).parent
+            aligner = orderer = None
+            if (weights_root / "transform" / "config.json").is_file():
+                aligner = TransformAligner.from_pretrained(weights_root / "transform")
+            if (weights_root / "ordering" / "config.json").is_file():
+                orderer = LearnedOrderer.from_pretrained(weights_root / "ordering")
+            self.builder = CanvasBuilder.from_bank(
+                self.memory_bank, aligner=aligner, orderer=orderer, options=CanvasOptions(k=self.k)
+            )
+
+    def __call__(self, layout: np.ndarray) -> np.ndarray:
+        if self.builder is None:
+            return self.generator(layout, np.zeros((*layout.shape, 3), np.uint8), np.ones(layout.shape, bool))
+        canvas = self.builder(layout, seed=0)
+        return self.generator(layout, canvas.canvas, canvas.missing)
 
 
-def open_image_set(name: str, path: str | Path) -> ImageSet:
+def load_synthesizer(path: Path, memory_bank: Bank | None) -> Synthesizer:
+    """A :class:`Synthesizer` from a synthesis network checkpoint directory.
+
+    SIMS models need ``memory_bank`` (the bank canvases are built from, e.g. CamVid train);
+    T and the ordering network are taken from ``transform/`` and ``ordering/`` beside the
+    checkpoint when present.
+    """
+    if memory_bank is None:
+        raise SimsError(f"{path} is a model checkpoint: give --memory-bank, the bank its canvases come from")
+    return PipelineSynthesizer(Path(path), memory_bank)
+
+
+def open_image_set(name: str, path: str | Path, memory_bank: Bank | None = None) -> ImageSet:
     """A folder of images becomes :class:`FolderImages`; a checkpoint directory goes to :func:`load_synthesizer`."""
     p = Path(path)
     if not p.is_dir():
@@ -126,7 +169,7 @@ def open_image_set(name: str, path: str | Path) -> ImageSet:
     if any(next(p.glob(f"*{s}"), None) is not None for s in IMAGE_SUFFIXES):
         return FolderImages(name, p)
     if (p / "config.json").is_file():
-        return SynthesizedImages(name, load_synthesizer(p))
+        return SynthesizedImages(name, load_synthesizer(p, memory_bank))
     raise DatasetError(f"{name}: {p} holds neither images nor a model checkpoint")
 
 
