@@ -202,7 +202,8 @@ class CanvasBuilder:
         lap("retrieve")
         # 3. Read the chosen segments and place them in the frame.
         chosen: list[tuple[ComponentResult, int, int, float]] = []
-        pixels, masks = [], []
+        read: list[tuple[np.ndarray, np.ndarray]] = []
+        targets = []
         unfilled = []
         for comp in result.components:
             match = comp.chosen
@@ -210,11 +211,12 @@ class CanvasBuilder:
                 unfilled.append((comp.component_id, str(comp.status)))
                 continue
             image_id, full, mask = self.read_segment(match.segment_id)
-            target = component_mask(components, comp.component_id)
-            px, mk = self.aligner(layout, target, full, mask)
-            pixels.append(px)
-            masks.append(np.asarray(mk, bool))
+            read.append((full, mask))
+            targets.append(component_mask(components, comp.component_id))
             chosen.append((comp, match.segment_id, image_id, match.score))
+        placed_segments = self.align(layout, targets, read)
+        pixels = [px for px, _ in placed_segments]
+        masks = [np.asarray(mk, bool) for _, mk in placed_segments]
         lap("read_align")
         # 4. Order back to front.
         class_ids = [c[0].class_id for c in chosen]
@@ -251,6 +253,18 @@ class CanvasBuilder:
             timings=timings,
             bank_version=result.bank_version,
         )
+
+    def align(
+        self, layout: np.ndarray, targets: Sequence[np.ndarray], segments: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Place ``(pixels, mask)`` segments on their target masks: in one call if the aligner has ``align_many``."""
+        align_many = getattr(self.aligner, "align_many", None)
+        if align_many is not None and segments:  # BatchAligner: all segments of the layout together
+            placed = list(align_many(layout, targets, [p for p, _ in segments], [m for _, m in segments]))
+            if len(placed) != len(segments):
+                raise ValueError(f"align_many returned {len(placed)} segments for {len(segments)}")
+            return placed
+        return [self.aligner(layout, t, p, m) for t, (p, m) in zip(targets, segments, strict=True)]
 
     def read_segment(self, segment_id: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(image id, (H, W, 3) pixels zero outside the mask, (H, W) mask) of a bank segment."""
