@@ -169,7 +169,7 @@ def test_learned_orderer_follows_its_pairwise_probabilities(monkeypatch: pytest.
     orderer = LearnedOrderer(_random_net(TINY), TINY)
     assert isinstance(orderer, Orderer)
 
-    def fake(layout: np.ndarray, ms: list, cs: list, pairs: list) -> np.ndarray:
+    def fake(layout: np.ndarray, ms: list, cs: list, pairs: list, boxes: np.ndarray | None = None) -> np.ndarray:
         assert pairs == [(0, 1), (0, 2), (1, 2)]  # 1 and 2 touch diagonally
         return np.array([0.8, 0.7, 0.3])  # 0 over 1, 0 over 2, 2 over 1
 

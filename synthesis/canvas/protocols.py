@@ -7,7 +7,8 @@
   segments of one image decodes its chunks once.
 - :class:`Aligner`: places a retrieved segment in the target frame (paper §4.3). The default,
   :class:`IdentityAligner`, leaves it where it was in its source photo: bank masks are already
-  in the image frame at the working resolution. The learned transformation network matches it.
+  in the image frame at the working resolution. The learned transformation network matches it,
+  and :class:`BatchAligner` too: it can align all segments of a layout in one call.
 - :class:`Orderer`: back-to-front painting order (paper §4.4). The default is the layout rule
   of :mod:`synthesis.canvas.order_rule`; the learned ordering network matches it.
 """
@@ -60,6 +61,25 @@ class Aligner(Protocol):
     def __call__(
         self, layout: np.ndarray, target_mask: np.ndarray, pixels: np.ndarray, mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class BatchAligner(Aligner, Protocol):
+    """An :class:`Aligner` that can also place all segments of a layout in one call (optional).
+
+    ``align_many(layout, targets, pixels, masks)`` takes lists of what :class:`Aligner` takes one
+    of and returns one placed ``(pixels, mask)`` per segment, as calling the aligner on each
+    would (up to float noise). The canvas builder uses it when present, so an aligner can batch
+    its network and share per-layout work.
+    """
+
+    def align_many(
+        self,
+        layout: np.ndarray,
+        targets: Sequence[np.ndarray],
+        pixels: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+    ) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
 
 @runtime_checkable

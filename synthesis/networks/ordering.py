@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from memory_bank.errors import LayoutError
-from synthesis.networks.transform import sample, sample_layout, window_theta
+from synthesis.networks.transform import avg_pool, sample_layout, window_theta
 
 CLASS_NAME = "OrderingNet"
 CONFIG_NAME = "config.json"
@@ -142,7 +142,10 @@ class OrderingNet(nn.Module):
         class_b: torch.Tensor,
     ) -> torch.Tensor:
         """The one-sided trunk ``g(a, b)``: (B,)."""
-        x = self.features(torch.cat([mask_a, mask_b, layout, coords], dim=1)).flatten(1)
+        return self._trunk(torch.cat([mask_a, mask_b, layout, coords], dim=1), class_a, class_b)
+
+    def _trunk(self, x: torch.Tensor, class_a: torch.Tensor, class_b: torch.Tensor) -> torch.Tensor:
+        x = self.features(x).flatten(1)
         k = self.num_classes
         x = torch.cat([x, F.one_hot(class_a, k).to(x.dtype), F.one_hot(class_b, k).to(x.dtype)], dim=1)
         return self.head(x).squeeze(1)
@@ -158,15 +161,14 @@ class OrderingNet(nn.Module):
     ) -> torch.Tensor:
         if tuple(mask_a.shape[-2:]) != self.input_size:
             raise ValueError(f"inputs must be {self.input_size}, got {tuple(mask_a.shape[-2:])}")
-        # One batched trunk pass over both orientations, then the antisymmetric difference.
-        both = self.score(
-            torch.cat([mask_a, mask_b]),
-            torch.cat([mask_b, mask_a]),
-            torch.cat([layout, layout]),
-            torch.cat([coords, coords]),
-            torch.cat([class_a, class_b]),
-            torch.cat([class_b, class_a]),
-        )
+        # One batched trunk pass over both orientations, then the antisymmetric difference. The (2B, C, h, w)
+        # input is filled in place: the same tensor as concatenating, without the intermediate copies.
+        b, k = mask_a.shape[0], layout.shape[1]
+        x = layout.new_empty(2 * b, 2 + k + coords.shape[1], *self.input_size)
+        x[:b, 0:1], x[:b, 1:2], x[b:, 0:1], x[b:, 1:2] = mask_a, mask_b, mask_b, mask_a
+        x[:b, 2 : 2 + k], x[b:, 2 : 2 + k] = layout, layout
+        x[:b, 2 + k :], x[b:, 2 + k :] = coords, coords
+        both = self._trunk(x, torch.cat([class_a, class_b]), torch.cat([class_b, class_a]))
         ab, ba = both.chunk(2)
         return ab - ba
 
@@ -243,15 +245,50 @@ def sample_pairs(
     g = window_theta(windows, frame)
     size, ss = config.input_size, config.supersample
     lay = sample_layout(labels.unsqueeze(0), g, size, config.num_classes)
-    ma = sample(masks[a], g, size, ss)
-    mb = sample(masks[b], g, size, ss)
+    # One grid for both sides; each mask is sampled for all its pairs at once, from a broadcast view of it
+    # (no per-pair copy of frame-sized masks).
+    grid = F.affine_grid(g, [g.shape[0], 1, size[0] * ss, size[1] * ss], align_corners=False)
+    ma = _sample_by_mask(masks, a, grid, ss)
+    mb = _sample_by_mask(masks, b, grid, ss)
     return PairInputs(ma, mb, lay, window_coords(windows, frame, size), classes[a].long(), classes[b].long())
+
+
+def _sample_by_mask(masks: torch.Tensor, index: torch.Tensor, grid: torch.Tensor, supersample: int) -> torch.Tensor:
+    """``masks[index]`` sampled on ``grid`` (P, h, w, 2) and average-pooled by ``supersample``: (P, 1, h', w')."""
+    out = torch.empty(grid.shape[0], masks.shape[1], grid.shape[1], grid.shape[2])
+    for i in torch.unique(index).tolist():
+        rows = (index == i).nonzero().squeeze(1)
+        src = masks[i : i + 1].expand(rows.numel(), -1, -1, -1)
+        out[rows] = F.grid_sample(src, grid[rows], mode="bilinear", padding_mode="zeros", align_corners=False)
+    return avg_pool(out, supersample)
 
 
 def reduce_masks(masks: np.ndarray | torch.Tensor, scale: int) -> torch.Tensor:
     """(n, H, W) bool masks as (n, 1, H/scale, W/scale) float coverage."""
     m = torch.as_tensor(np.asarray(masks)).unsqueeze(1).float()
     return F.avg_pool2d(m, scale, ceil_mode=True) if scale > 1 else m
+
+
+def reduce_boxed(masks: Sequence[np.ndarray], boxes: np.ndarray, scale: int) -> torch.Tensor:
+    """:func:`reduce_masks` of (H, W) bool masks whose pixels lie inside ``boxes`` (n, 4), pooling only the boxes.
+
+    Each box is grown to ``scale``-aligned edges (or the frame's), so every pooled cell sees what it sees in the
+    full frame; empty masks (box -1) stay zero.
+    """
+    if not len(masks):
+        raise ValueError("no masks to reduce")
+    h, w = np.shape(masks[0])
+    out = torch.zeros(len(masks), 1, -(-h // scale), -(-w // scale))
+    for i, m in enumerate(masks):
+        y0, x0, y1, x1 = (int(v) for v in boxes[i])
+        if y0 < 0:
+            continue
+        y0, x0 = y0 - y0 % scale, x0 - x0 % scale
+        y1, x1 = min(h, -(-y1 // scale) * scale), min(w, -(-x1 // scale) * scale)
+        crop = torch.from_numpy(np.ascontiguousarray(m[y0:y1, x0:x1]))[None, None].float()
+        pooled = avg_pool(crop, scale)
+        out[i, :, y0 // scale : -(-y1 // scale), x0 // scale : -(-x1 // scale)] = pooled[0]
+    return out
 
 
 def reduce_components(components: np.ndarray, count: int, scale: int) -> torch.Tensor:
@@ -287,9 +324,14 @@ def boxes_of(masks: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def neighbour_pairs(masks: Sequence[np.ndarray], distance: int) -> list[tuple[int, int]]:
-    """Pairs ``(i, j)``, ``i < j``, of masks that overlap or come within ``distance`` pixels (8-neighbourhood)."""
-    boxes = boxes_of(masks)
+def neighbour_pairs(
+    masks: Sequence[np.ndarray], distance: int, boxes: np.ndarray | None = None
+) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)``, ``i < j``, of masks that overlap or come within ``distance`` pixels (8-neighbourhood).
+
+    ``boxes`` are the masks' :func:`boxes_of`, if already known.
+    """
+    boxes = boxes_of(masks) if boxes is None else boxes
     out: list[tuple[int, int]] = []
     kernel = np.ones((2 * distance + 1, 2 * distance + 1), np.uint8)
     frame = np.shape(masks[0]) if len(masks) else (0, 0)
@@ -385,10 +427,13 @@ class LearnedOrderer:
 
     Neighbouring segments (overlapping or within ``config.adjacency`` px) are scored in pairs and the
     decisions aggregated by :func:`order_from_pairs`; segments with no neighbour have nothing to hide and
-    keep their place in that order. ``batch_size`` pairs go through the network at a time.
+    keep their place in that order. Per mask, the box and the reduced coverage are computed once (on the
+    box); then ``batch_size`` pairs go through the network at a time (all of a layout's, as a rule).
     """
 
-    def __init__(self, model: OrderingNet, config: OrderingConfig, batch_size: int = 64) -> None:
+    def __init__(self, model: OrderingNet, config: OrderingConfig, batch_size: int = 512) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
         self.config = config
         self.batch_size = batch_size
@@ -406,20 +451,23 @@ class LearnedOrderer:
         masks: Sequence[np.ndarray],
         class_ids: Sequence[int],
         pairs: Sequence[tuple[int, int]],
+        boxes: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(P,) ``P(a in front of b)`` for each ``(a, b)`` in ``pairs``."""
+        """(P,) ``P(a in front of b)`` for each ``(a, b)`` in ``pairs``; ``boxes`` are the masks' :func:`boxes_of`."""
         if not pairs:
             return np.zeros(0, np.float32)
         k = self.config.work_scale
-        reduced = reduce_masks(np.stack([np.asarray(m, bool) for m in masks]), k)
+        masks = [np.asarray(m, bool) for m in masks]
+        boxes = boxes_of(masks) if boxes is None else boxes
+        reduced = reduce_boxed(masks, boxes, k)
         labels = torch.from_numpy(np.ascontiguousarray(layout[::k, ::k]))
-        boxes = torch.from_numpy(boxes_of(masks)).float()
+        box_t = torch.from_numpy(boxes).float()
         classes = torch.as_tensor(np.asarray(class_ids, np.int64))
         pair_t = torch.as_tensor(np.asarray(pairs, np.int64)).view(-1, 2)
         out = []
         for s in range(0, pair_t.shape[0], self.batch_size):
             inputs = sample_pairs(
-                labels, reduced, boxes, classes, pair_t[s : s + self.batch_size], layout.shape, self.config
+                labels, reduced, box_t, classes, pair_t[s : s + self.batch_size], layout.shape, self.config
             )
             out.append(torch.sigmoid(self.model(*inputs.as_args())))
         return torch.cat(out).numpy()
@@ -429,8 +477,10 @@ class LearnedOrderer:
         _check_order_inputs(layout, masks, class_ids)
         if not masks:
             return []
-        pairs = neighbour_pairs([np.asarray(m, bool) for m in masks], self.config.adjacency)
-        probs = self.pair_probabilities(layout, masks, class_ids, pairs)
+        masks = [np.asarray(m, bool) for m in masks]
+        boxes = boxes_of(masks)
+        pairs = neighbour_pairs(masks, self.config.adjacency, boxes)
+        probs = self.pair_probabilities(layout, masks, class_ids, pairs, boxes)
         return order_from_pairs(len(masks), dict(zip(pairs, probs.tolist(), strict=True)))
 
 
