@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from memory_bank import IGNORE, Bank, LayoutError
 from retrieval_service.engine import ComponentResult, RetrievalEngine, RetrievalOptions, RetrievalResult, Status
 from synthesis.canvas.builder import Canvas, CanvasBuilder, CanvasOptions
 from synthesis.canvas.elision import BLACK, WHITE, ElisionConfig, inside_band
 from synthesis.canvas.order_rule import LayoutOrderer
-from synthesis.canvas.protocols import Aligner, CachedSegments, IdentityAligner, Orderer, Retriever, SegmentSource
+from synthesis.canvas.protocols import (
+    Aligner,
+    BatchAligner,
+    CachedSegments,
+    IdentityAligner,
+    Orderer,
+    Retriever,
+    SegmentSource,
+)
+from synthesis.networks.transform import TransformAligner, TransformConfig, TransformNet
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +220,38 @@ def test_plain_bank_as_segment_source_gives_same_canvas(val_bank: Bank, builder:
     )
     a, b = builder(layout, seed=2, exclude_images=(3,)), plain(layout, seed=2, exclude_images=(3,))
     assert (a.canvas == b.canvas).all() and (a.provenance == b.provenance).all()
+
+
+def test_batch_aligner_is_called_once_and_matches_the_per_segment_path(val_bank: Bank, layout: np.ndarray) -> None:
+    config = TransformConfig(input_size=(16, 20), widths=(4, 8, 8), hidden=8, min_window=(8, 10))
+    net = TransformNet.from_config(config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random weights, a small head: transforms near the identity, some kept, some not
+        for p in net.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+        net.head.weight.mul_(0.05)
+        net.head.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+    batched = TransformAligner(net, config)
+    calls = {"many": 0, "one": 0}
+    align_many = batched.align_many
+
+    def spy(*args: object) -> list:
+        calls["many"] += 1
+        return align_many(*args)  # type: ignore[arg-type]
+
+    batched.align_many = spy  # type: ignore[method-assign]
+    assert isinstance(batched, BatchAligner)
+    per_segment = TransformAligner(net, config)
+
+    def one(layout: np.ndarray, target: np.ndarray, pixels: np.ndarray, mask: np.ndarray) -> tuple:
+        calls["one"] += 1  # a plain function: the builder cannot batch it
+        return per_segment(layout, target, pixels, mask)
+
+    a = CanvasBuilder.from_bank(val_bank, aligner=batched)(layout, seed=1, exclude_images=(0,))
+    b = CanvasBuilder.from_bank(val_bank, aligner=one)(layout, seed=1, exclude_images=(0,))
+    assert calls == {"many": 1, "one": len(a.segments)} and len(a.segments) > 3
+    assert batched.calls == per_segment.calls and batched.fallbacks == per_segment.fallbacks
+    assert 0 < batched.fallbacks < batched.calls  # both outcomes occurred
+    assert [s.segment_id for s in a.segments] == [s.segment_id for s in b.segments]
+    assert (a.provenance == b.provenance).all() and (a.missing == b.missing).all()
+    assert np.abs(a.canvas.astype(int) - b.canvas.astype(int)).max() <= 1  # float noise in T's batched forward

@@ -23,11 +23,15 @@ from synthesis.networks.ordering import (
     load_pretrained,
     neighbour_pairs,
     order_from_pairs,
+    pair_windows,
+    reduce_boxed,
     reduce_components,
     reduce_masks,
+    sample_pairs,
     save_pretrained,
     window_coords,
 )
+from synthesis.networks.transform import sample, window_theta
 from synthesis.training.ordering import (
     OrderingTrainConfig,
     accuracy,
@@ -130,6 +134,86 @@ def test_reduce_components_matches_reduce_masks(h: int, w: int, n: int, scale: i
     slow = reduce_masks(np.stack([comp == i + 1 for i in range(n)]), scale)
     assert fast.shape == slow.shape == (n, 1, -(-h // scale), -(-w // scale))
     assert torch.allclose(fast, slow, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the batched path
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    h=st.integers(1, 30), w=st.integers(1, 30), n=st.integers(1, 5), scale=st.integers(1, 3), seed=st.integers(0, 99)
+)
+def test_reduce_boxed_matches_reduce_masks(h: int, w: int, n: int, scale: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    masks = []
+    for _ in range(n):
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        box = (y0, x0, int(rng.integers(y0 + 1, h + 1)), int(rng.integers(x0 + 1, w + 1)))
+        masks.append(_rect((h, w), box) & (rng.random((h, w)) < 0.7))
+    masks.append(np.zeros((h, w), bool))
+    got = reduce_boxed(masks, boxes_of(masks), scale)
+    assert torch.equal(got, reduce_masks(np.stack(masks), scale))
+
+
+def _street(frame: tuple[int, int], seed: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+    """A layout and overlapping segments of several classes (one empty)."""
+    rng = np.random.default_rng(seed)
+    h, w = frame
+    layout = np.zeros(frame, np.uint8)
+    layout[h // 2 :] = 3
+    layout[rng.random(frame) < 0.05] = 255
+    masks = [layout == 0, layout == 3]
+    for _ in range(6):
+        y0, x0 = int(rng.integers(0, h - 4)), int(rng.integers(0, w - 4))
+        masks.append(_rect(frame, (y0, x0, y0 + int(rng.integers(3, h // 2)), x0 + int(rng.integers(3, w // 2)))))
+    masks.append(np.zeros(frame, bool))
+    return layout, masks, [int(c) for c in rng.integers(0, 11, len(masks))]
+
+
+def test_sample_pairs_equals_sampling_each_pair_from_its_masks() -> None:
+    frame, config = (45, 70), TINY
+    layout, masks, classes = _street(frame, 0)
+    boxes = torch.from_numpy(boxes_of(masks)).float()
+    reduced = reduce_masks(np.stack(masks), config.work_scale)
+    labels = torch.from_numpy(np.ascontiguousarray(layout[:: config.work_scale, :: config.work_scale]))
+    pairs = torch.as_tensor(neighbour_pairs(masks, config.adjacency))
+    got = sample_pairs(labels, reduced, boxes, torch.as_tensor(classes), pairs, frame, config)
+    # The reference: every pair's masks copied out of the stack and sampled on its window.
+    g = window_theta(pair_windows(boxes[pairs[:, 0]], boxes[pairs[:, 1]], config), frame)
+    for side, index in ((got.mask_a, pairs[:, 0]), (got.mask_b, pairs[:, 1])):
+        assert torch.equal(side, sample(reduced[index], g, config.input_size, config.supersample))
+    assert got.mask_a.shape == (len(pairs), 1, *config.input_size) and (got.mask_a > 0).any()
+
+
+def test_forward_is_the_difference_of_the_two_one_sided_scores() -> None:
+    net = _random_net(TINY)
+    b, (h, w) = 4, TINY.input_size
+    gen = torch.Generator().manual_seed(2)
+    ma, mb = torch.rand(b, 1, h, w, generator=gen), torch.rand(b, 1, h, w, generator=gen)
+    layout, coords = torch.rand(b, 11, h, w, generator=gen), torch.rand(b, 2, h, w, generator=gen)
+    ca, cb = torch.randint(0, 11, (b,), generator=gen), torch.randint(0, 11, (b,), generator=gen)
+    with torch.no_grad():
+        want = net.score(ma, mb, layout, coords, ca, cb) - net.score(mb, ma, layout, coords, cb, ca)
+        assert torch.allclose(net(ma, mb, layout, coords, ca, cb), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_learned_orderer_equals_scoring_pair_by_pair(seed: int) -> None:
+    frame = (45, 70)
+    layout, masks, classes = _street(frame, seed)
+    net = _random_net(TINY, seed)
+    orderer = LearnedOrderer(net, TINY)
+    one_at_a_time = LearnedOrderer(net, TINY, batch_size=1)
+    pairs = neighbour_pairs(masks, TINY.adjacency)
+    assert len(pairs) >= 5
+    batched = orderer.pair_probabilities(layout, masks, classes, pairs)
+    single = one_at_a_time.pair_probabilities(layout, masks, classes, pairs)
+    assert batched.shape == (len(pairs),) and np.allclose(batched, single, atol=1e-5)
+    order = orderer(layout, masks, classes)
+    assert order == one_at_a_time(layout, masks, classes)
+    assert order == order_from_pairs(len(masks), dict(zip(pairs, single.tolist(), strict=True)))
+    with pytest.raises(ValueError, match="batch_size"):
+        LearnedOrderer(net, TINY, batch_size=0)
 
 
 # ---------------------------------------------------------------- orders

@@ -9,24 +9,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812  (torch convention)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memory_bank import Bank
 from memory_bank.errors import LayoutError
-from synthesis.canvas.protocols import Aligner
+from synthesis.canvas.protocols import Aligner, BatchAligner
 from synthesis.networks.transform import (
     TransformAligner,
     TransformConfig,
     TransformNet,
     apply_affine,
+    avg_pool,
+    box_iou,
     compose,
     identity_theta,
     invert,
     load_pretrained,
     mask_box,
     mask_iou,
+    sample_layout,
     save_pretrained,
+    warp_box,
     warp_segment,
     window_boxes,
     window_theta,
@@ -263,6 +268,167 @@ def test_aligner_validates_inputs_and_skips_empty_masks() -> None:
         aligner(layout, mask, pixels.astype(np.float32), mask)
     empty = np.zeros(frame, bool)
     assert aligner(layout, empty, pixels, mask)[1] is mask and aligner.calls == 0
+
+
+# ---------------------------------------------------------------- the batched path (align_many)
+
+
+def _reference_warp(pixels: np.ndarray, mask: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The full-frame warp: apply_affine over the whole frame, as warp_segment computed it before boxes."""
+    p = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
+    m = torch.from_numpy(mask)[None, None].float()
+    out_p, out_m = apply_affine(p * m, m, torch.as_tensor(np.asarray(theta, np.float32)).view(1, 2, 3))
+    return out_p[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy(), out_m[0, 0].numpy()
+
+
+def _random_theta(rng: np.random.Generator) -> np.ndarray:
+    angle, scale, shear = rng.uniform(-0.6, 0.6), rng.uniform(0.5, 1.6, 2), rng.uniform(-0.3, 0.3)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    a = rot @ np.array([[scale[0], shear], [0.0, scale[1]]])
+    return np.concatenate([a, rng.uniform(-1.2, 1.2, (2, 1))], axis=1).astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 24), w=st.integers(1, 24), c=st.integers(1, 4), k=st.integers(1, 4), seed=st.integers(0, 999))
+def test_avg_pool_is_atens_ceil_mode_pool_bit_for_bit(h: int, w: int, c: int, k: int, seed: int) -> None:
+    x = torch.rand(2, c, h, w, generator=torch.Generator().manual_seed(seed)) * 300
+    assert torch.equal(avg_pool(x, k), F.avg_pool2d(x, k, ceil_mode=True))
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(2, 40), w=st.integers(2, 40), seed=st.integers(0, 10_000))
+def test_boxed_warp_equals_the_full_frame_warp(h: int, w: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    frame = (h, w)
+    y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+    y1, x1 = int(rng.integers(y0 + 1, h + 1)), int(rng.integers(x0 + 1, w + 1))
+    mask = _rect(frame, (y0, x0, y1, x1)) & (rng.random(frame) < 0.8)
+    pixels = rng.integers(0, 256, (*frame, 3), dtype=np.uint8)  # not zero outside the mask: it must not leak
+    theta = _random_theta(rng) if seed % 5 else np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+    got_pixels, got_mask = warp_segment(pixels, mask, theta)
+    want_pixels, want_mask = _reference_warp(pixels, mask, theta)
+    assert np.array_equal(got_mask, want_mask) and np.array_equal(got_pixels, want_pixels)
+    if mask.any():  # everything the full warp touches lies inside warp_box
+        by0, bx0, by1, bx1 = warp_box(theta, mask_box(mask), frame)
+        outside = np.ones(frame, bool)
+        outside[by0:by1, bx0:bx1] = False
+        assert not want_mask[outside].any() and not want_pixels[outside].any()
+
+
+def test_warp_box_of_a_singular_or_far_transform() -> None:
+    frame, box = (20, 30), (5, 5, 10, 10)
+    assert warp_box(np.zeros((2, 3), np.float32), box, frame) == (0, 0, 20, 30)  # singular: the whole frame
+    far = np.array([[1, 0, 5.0], [0, 1, 0]], np.float32)  # samples 2.5 frames to the right: nothing lands
+    y0, x0, y1, x1 = warp_box(far, box, frame)
+    assert (y1 - y0) * (x1 - x0) == 0
+    pixels, mask = _segment(frame, box)
+    out_pixels, out_mask = warp_segment(pixels, mask, far)
+    assert not out_mask.any() and not out_pixels.any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_box_iou_equals_mask_iou(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, b = rng.random((12, 15)) < 0.3, rng.random((12, 15)) < 0.2
+    a[0, 0] = b[-1, -1] = True
+    assert box_iou(a, mask_box(a), b, mask_box(b)) == mask_iou(a, b)
+    assert box_iou(np.zeros_like(a), (0, 0, 0, 0), b, mask_box(b)) == 0.0
+
+
+def test_sample_layout_one_hot_matches_torch_one_hot() -> None:
+    labels = torch.tensor([[[0, 3, 255], [10, 11, 200]]], dtype=torch.uint8)  # 11 and 200: past the classes
+    theta = identity_theta(2)
+    got = sample_layout(labels, theta, (2, 3), 11)
+    idx = torch.tensor([[1, 4, 0], [11, 11, 11]]).expand(2, 2, 3)  # class + 1, clamped to 11; 255 is none
+    want = F.one_hot(idx, 12)[..., 1:].permute(0, 3, 1, 2).float()
+    assert got.shape == (2, 11, 2, 3) and got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def _random_t(config: TransformConfig, seed: int, scale: float) -> TransformNet:
+    """T with random weights (so transforms differ from the identity), heads scaled by ``scale``."""
+    net = TransformNet.from_config(config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+        net.head.weight.mul_(scale)
+        net.head.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+    return net
+
+
+def _layout_segments(
+    frame: tuple[int, int], seed: int
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """A random layout with targets and retrieved segments: rectangles, blobs, frame edges and empty masks."""
+    rng = np.random.default_rng(seed)
+    h, w = frame
+    layout = rng.integers(0, 11, frame).astype(np.uint8)
+    layout[rng.random(frame) < 0.1] = 255
+    targets, pixels, masks = [], [], []
+    boxes = [(2, 3, 20, 25), (0, 0, h, w // 2), (h - 9, w - 13, h, w), (10, 20, 14, 23), (5, 5, 30, 40)]
+    for i, box in enumerate(boxes):
+        target = _rect(frame, box)
+        dy, dx = int(rng.integers(-4, 5)), int(rng.integers(-4, 5))
+        seg_pixels, seg_mask = _segment(frame, box, seed=seed + i)
+        seg_mask = np.roll(seg_mask & (rng.random(frame) < 0.9), (dy, dx), axis=(0, 1))
+        targets.append(target)
+        pixels.append(np.roll(seg_pixels, (dy, dx), axis=(0, 1)))
+        masks.append(seg_mask)
+    masks.append(np.zeros(frame, bool))  # an empty segment
+    targets.append(_rect(frame, (1, 1, 5, 5)))
+    pixels.append(np.zeros((*frame, 3), np.uint8))
+    pixels.append(pixels[0])  # an empty target
+    masks.append(masks[0])
+    targets.append(np.zeros(frame, bool))
+    return layout, targets, pixels, masks
+
+
+@pytest.mark.parametrize(("frame", "seed", "scale"), [((48, 64), 2, 0.05), ((47, 63), 1, 0.05), ((40, 52), 3, 0.2)])
+def test_align_many_equals_the_per_segment_full_frame_path(frame: tuple[int, int], seed: int, scale: float) -> None:
+    layout, targets, pixels, masks = _layout_segments(frame, seed)
+    aligner = TransformAligner(_random_t(TINY, seed, scale), TINY, batch_size=3)  # batches of 3: chunks too
+    assert isinstance(aligner, BatchAligner)
+    out = aligner.align_many(layout, targets, pixels, masks)
+    assert len(out) == len(masks) == len(aligner.last_batch)
+    moved = fell_back = 0
+    for i, (got_pixels, got_mask) in enumerate(out):
+        assert got_pixels.dtype == np.uint8 and got_mask.dtype == bool and got_mask.shape == frame
+        if not masks[i].any() or not targets[i].any():
+            assert aligner.last_batch[i] is None and got_pixels is pixels[i] and got_mask is masks[i]
+            continue
+        # The reference: T on full frames (one segment at a time), the full-frame warp, full-frame IoUs.
+        theta = aligner.predict_theta(layout, targets[i], pixels[i], masks[i])
+        warped_pixels, warped_mask = _reference_warp(pixels[i], masks[i], theta)
+        before, after = mask_iou(masks[i], targets[i]), mask_iou(warped_mask, targets[i])
+        got = aligner.last_batch[i]
+        assert got is not None and np.allclose(got.theta, theta.ravel(), atol=1e-5)
+        assert got.fell_back == (after < before) and got.iou_identity == before
+        assert got.iou_transformed == pytest.approx(after, abs=1e-3)
+        want_pixels, want_mask = (pixels[i], masks[i]) if got.fell_back else (warped_pixels, warped_mask)
+        assert np.array_equal(got_mask, want_mask)
+        assert np.abs(got_pixels.astype(int) - want_pixels.astype(int)).max() <= 1  # float noise in rounding
+        fell_back += got.fell_back
+        moved += not got.fell_back and not np.array_equal(got_mask, masks[i])
+    assert aligner.calls == 5 and aligner.fallbacks == fell_back
+    assert moved > 0 and fell_back > 0  # the check saw kept transforms and fallbacks, not only identities
+    # One segment through __call__ is the same as through align_many.
+    one_pixels, one_mask = aligner(layout, targets[0], pixels[0], masks[0])
+    assert np.array_equal(one_mask, out[0][1]) and np.abs(one_pixels.astype(int) - out[0][0].astype(int)).max() <= 1
+
+
+def test_align_many_checks_its_inputs() -> None:
+    frame = (20, 30)
+    layout = np.zeros(frame, np.uint8)
+    pixels, mask = _segment(frame, (2, 2, 10, 10))
+    aligner = _aligner_with_theta([1, 0, 0, 0, 1, 0])
+    assert aligner.align_many(layout, [], [], []) == []
+    with pytest.raises(ValueError, match="targets"):
+        aligner.align_many(layout, [mask], [pixels], [])
+    with pytest.raises(ValueError, match="masks must match"):
+        aligner.align_many(layout, [mask, mask[:5]], [pixels, pixels], [mask, mask])
+    with pytest.raises(ValueError, match="batch_size"):
+        TransformAligner(TransformNet.from_config(TINY), TINY, batch_size=0)
 
 
 # ---------------------------------------------------------------- training

@@ -13,6 +13,7 @@ coordinates with ``align_corners=False`` (``-1`` and ``1`` are the outer edges o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -348,23 +349,30 @@ def warp_box(theta: np.ndarray, box: tuple[int, int, int, int], frame: tuple[int
     )
 
 
-def _base_grid(frame: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
-    """The rows of :func:`torch.nn.functional.affine_grid`'s base grid (x, y, 1) for the pixels in ``box``.
+@functools.lru_cache(maxsize=4)
+def _frame_base_grid(frame: tuple[int, int]) -> torch.Tensor:
+    """:func:`torch.nn.functional.affine_grid`'s base grid (H, W, 3) of ``(x, y, 1)`` for a frame; cached, read-only.
 
-    Built exactly as ATen builds the full frame's (``linspace(-1, 1, n) * (n - 1) / n``), so the grid of a
-    box is bit-identical to the same pixels of the full grid.
+    Built as ATen builds it (``linspace(-1, 1, n) * (n - 1) / n``, align_corners=False), so a grid computed
+    from any box of it is bit-identical to the same pixels of the full frame's grid.
     """
     fh, fw = frame
-    y0, x0, y1, x1 = box
 
     def lin(n: int) -> torch.Tensor:
         return torch.linspace(-1, 1, n) * (n - 1) / n if n > 1 else torch.zeros(1)
 
-    base = torch.empty(y1 - y0, x1 - x0, 3)
-    base[..., 0] = lin(fw)[x0:x1]
-    base[..., 1] = lin(fh)[y0:y1, None]
+    base = torch.empty(fh, fw, 3)
+    base[..., 0] = lin(fw)
+    base[..., 1] = lin(fh)[:, None]
     base[..., 2] = 1.0
     return base
+
+
+def _box_grid(theta: torch.Tensor, frame: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+    """``F.affine_grid(theta, (1, C, *frame))`` restricted to the pixels of ``box``: (1, h, w, 2), the same numbers."""
+    y0, x0, y1, x1 = box
+    base = _frame_base_grid(frame)[y0:y1, x0:x1].reshape(1, -1, 3)
+    return base.bmm(theta.transpose(1, 2)).view(1, y1 - y0, x1 - x0, 2)
 
 
 def _warp_in_box(
@@ -388,30 +396,37 @@ def _warp_in_box(
     if box is None:
         return out_pixels, out_mask, (0, 0, 0, 0)
     y0, x0, y1, x1 = box
-    m = torch.from_numpy(np.ascontiguousarray(mask[y0:y1, x0:x1])).float()
-    p = torch.from_numpy(np.ascontiguousarray(pixels[y0:y1, x0:x1])).permute(2, 0, 1).float()
-    scratch[0, :3, y0:y1, x0:x1] = p * m
-    scratch[0, 3, y0:y1, x0:x1] = m
+    # apply_affine's input, pixels * mask and mask, written into the frame only inside the box.
+    region = scratch[0, :, y0:y1, x0:x1]
+    region[:3].copy_(_tensor(pixels[y0:y1, x0:x1]).permute(2, 0, 1))
+    region[3].copy_(_tensor(mask[y0:y1, x0:x1]))
+    region[:3].mul_(region[3])
     oy0, ox0, oy1, ox1 = warp_box(theta, box, frame)
     if oy1 > oy0 and ox1 > ox0:
-        t = torch.from_numpy(np.asarray(theta, np.float32).reshape(1, 2, 3))
-        base = _base_grid(frame, (oy0, ox0, oy1, ox1))
-        grid = base.view(1, -1, 3).bmm(t.transpose(1, 2)).view(1, oy1 - oy0, ox1 - ox0, 2)
-        both = F.grid_sample(scratch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        cover = both[:, 3:]
+        grid = _box_grid(torch.from_numpy(np.asarray(theta, np.float32).reshape(1, 2, 3)), frame, (oy0, ox0, oy1, ox1))
+        both = F.grid_sample(scratch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        cover = both[3]
         keep = cover >= 0.5
-        colours = torch.where(keep, both[:, :3] / cover.clamp(min=1e-6), torch.zeros_like(both[:, :3]))
-        out_pixels[oy0:oy1, ox0:ox1] = colours[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-        out_mask[oy0:oy1, ox0:ox1] = keep[0, 0].numpy()
-    scratch[0, :, y0:y1, x0:x1] = 0.0
+        # apply_affine's where(keep, colours / cover, 0), rounded: the same numbers, in place; the copy into the
+        # uint8 frame converts exactly, as the values are whole numbers in 0..255.
+        colours = both[:3].div_(cover.clamp(min=1e-6)).round_().clamp_(0, 255).mul_(keep)
+        torch.from_numpy(out_pixels[oy0:oy1, ox0:ox1]).copy_(colours.permute(1, 2, 0))
+        out_mask[oy0:oy1, ox0:ox1] = keep.numpy()
+    region.zero_()
     return out_pixels, out_mask, (oy0, ox0, oy1, ox1)
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """``(y0, x0, y1, x1)`` end-exclusive box of a non-empty bool mask."""
     rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(mask[y0:y1].any(axis=0))  # only the rows that hold the mask
+    return y0, int(cols[0]), y1, int(cols[-1]) + 1
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor view of a (possibly strided) array; read-only arrays are copied, as torch cannot mark views so."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -599,12 +614,13 @@ class TransformAligner:
         for i in range(len(boxes)):
             tbox, (ty0, tx0, ty1, tx1) = _work_box(target_boxes[i], frame, k)
             sbox, (sy0, sx0, sy1, sx1) = _work_box(boxes[i], frame, k)
-            t = torch.from_numpy(np.ascontiguousarray(targets[i][tbox]))[None].float()
-            m = torch.from_numpy(np.ascontiguousarray(masks[i][sbox]))[None].float()
-            p = torch.from_numpy(np.ascontiguousarray(pixels[i][sbox])).permute(2, 0, 1).float() / 255.0 * m
-            reduced[0, :1, ty0:ty1, tx0:tx1] = avg_pool(t, k)
-            reduced[0, 1:4, sy0:sy1, sx0:sx1] = avg_pool(p, k)
-            reduced[0, 4:, sy0:sy1, sx0:sx1] = avg_pool(m, k)
+            reduced[0, :1, ty0:ty1, tx0:tx1] = avg_pool(_tensor(targets[i][tbox])[None].float(), k)
+            # predict_theta's pixels / 255 * mask: with a 0/1 mask, (pixels * mask) / 255 is the same number.
+            seg = torch.empty(4, *masks[i][sbox].shape)
+            seg[:3].copy_(_tensor(pixels[i][sbox]).permute(2, 0, 1))
+            seg[3].copy_(_tensor(masks[i][sbox]))
+            seg[:3].mul_(seg[3]).div_(255.0)
+            reduced[0, 1:, sy0:sy1, sx0:sx1] = avg_pool(seg, k)
             sampled.append(sample(reduced, g[i : i + 1], cfg.input_size, cfg.supersample))
             reduced[0, :1, ty0:ty1, tx0:tx1] = 0.0
             reduced[0, 1:, sy0:sy1, sx0:sx1] = 0.0
