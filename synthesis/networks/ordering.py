@@ -248,18 +248,23 @@ def sample_pairs(
     # One grid for both sides; each mask is sampled for all its pairs at once, from a broadcast view of it
     # (no per-pair copy of frame-sized masks).
     grid = F.affine_grid(g, [g.shape[0], 1, size[0] * ss, size[1] * ss], align_corners=False)
-    ma = _sample_by_mask(masks, a, grid, ss)
-    mb = _sample_by_mask(masks, b, grid, ss)
+    ma, mb = _sample_by_mask(masks, torch.cat([a, b]), grid, ss).chunk(2)
     return PairInputs(ma, mb, lay, window_coords(windows, frame, size), classes[a].long(), classes[b].long())
 
 
 def _sample_by_mask(masks: torch.Tensor, index: torch.Tensor, grid: torch.Tensor, supersample: int) -> torch.Tensor:
-    """``masks[index]`` sampled on ``grid`` (P, h, w, 2) and average-pooled by ``supersample``: (P, 1, h', w')."""
-    out = torch.empty(grid.shape[0], masks.shape[1], grid.shape[1], grid.shape[2])
-    for i in torch.unique(index).tolist():
-        rows = (index == i).nonzero().squeeze(1)
+    """``masks[index]`` sampled on ``grid[j % P]`` for row ``j`` (``grid`` is (P, h, w, 2)), then average-pooled.
+
+    The same numbers as ``sample(masks[index], ...)``: each mask is sampled once for all the rows that use
+    it, from a broadcast view, so no frame-sized mask is copied per pair.
+    """
+    n = grid.shape[0]
+    out = torch.empty(index.shape[0], masks.shape[1], grid.shape[1], grid.shape[2])
+    order = torch.argsort(index, stable=True)
+    values, counts = torch.unique_consecutive(index[order], return_counts=True)
+    for i, rows in zip(values.tolist(), order.split(counts.tolist()), strict=True):
         src = masks[i : i + 1].expand(rows.numel(), -1, -1, -1)
-        out[rows] = F.grid_sample(src, grid[rows], mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[rows] = F.grid_sample(src, grid[rows % n], mode="bilinear", padding_mode="zeros", align_corners=False)
     return avg_pool(out, supersample)
 
 
@@ -319,7 +324,7 @@ def boxes_of(masks: Sequence[np.ndarray]) -> np.ndarray:
     for i, m in enumerate(masks):
         rows = np.flatnonzero(m.any(axis=1))
         if rows.size:
-            cols = np.flatnonzero(m.any(axis=0))
+            cols = np.flatnonzero(m[rows[0] : rows[-1] + 1].any(axis=0))  # only the rows that hold the mask
             out[i] = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
     return out
 
