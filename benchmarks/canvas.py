@@ -4,13 +4,15 @@
 
 Queries: every CamVid val layout (raw label 11 = unlabelled becomes 255, as the camvid reader
 maps it), at the bank's resolution (360x480 for CamVid). Canvases are built against the CamVid
-train bank with the in-process engine in fast mode, k = 5, the default aligner (identity),
-orderer (layout rule) and elision, through one `CanvasBuilder` with its per-image cache, in
-val order, as a long-running service would: the first layouts find the cache cold. Reported
-per layout: wall time (p50, p95) split into retrieval / read + align / order / compose / elide,
-and the process CPU time, which is less sensitive to other work on a shared host. Also: the
-share of missing, white and black pixels and the cache hit rate. Writes
-benchmarks/results/canvas.json and prints a table.
+train bank with the in-process engine in fast mode, k = 5, the transformation network T
+(``--transform``, default weights/transform; ``none`` for identity), the ordering network
+(``--ordering``, default weights/ordering; ``none`` for the layout rule) and elision, through
+one `CanvasBuilder` with its per-image cache, in val order, as a long-running service would:
+the first layouts find the cache cold. Reported per layout: wall time (p50, p95) split into
+retrieval / read + align / order / compose / elide, the aligner's own wall and CPU time within
+read + align (so reading is the rest) and the orderer's, and the process CPU time, which is less
+sensitive to other work on a shared host. Also: the share of missing, white and black pixels
+and the cache hit rate. Writes benchmarks/results/canvas.json and prints a table.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -34,9 +38,36 @@ from memory_bank import open_bank
 from memory_bank.images import resize_label
 from synthesis.canvas.builder import CanvasBuilder, CanvasOptions
 from synthesis.canvas.elision import BLACK, WHITE
+from synthesis.networks.ordering import LearnedOrderer
+from synthesis.networks.transform import TransformAligner
 
 RESULTS = Path(__file__).parent / "results"
 STEPS = ("retrieve", "read_align", "order", "compose", "elide", "total")
+
+
+class Stopwatch:
+    """Adds up the wall and CPU seconds spent in the calls it wraps (per layout: read, then reset)."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.wall += time.perf_counter() - wall
+                self.cpu += time.process_time() - cpu
+
+        return timed
+
+    def take(self) -> tuple[float, float]:
+        """``(wall, cpu)`` seconds since the last take."""
+        got = (self.wall, self.cpu)
+        self.wall = self.cpu = 0.0
+        return got
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -64,6 +95,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="passes over the val layouts (cache stays warm)")
     parser.add_argument("--max-layouts", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transform", default="weights/transform", help="T weights directory, or 'none'")
+    parser.add_argument("--ordering", default="weights/ordering", help="ordering weights directory, or 'none'")
     parser.add_argument("--out", type=Path, default=RESULTS / "canvas.json")
     args = parser.parse_args()
     if args.root is None:
@@ -75,10 +108,24 @@ def main() -> None:
 
     bank = open_bank(args.bank)
     layouts = val_layouts(args.root, bank.resolution, args.max_layouts)
+    aligner = None if args.transform == "none" else TransformAligner.from_pretrained(args.transform)
+    orderer = None if args.ordering == "none" else LearnedOrderer.from_pretrained(args.ordering)
     builder = CanvasBuilder.from_bank(
-        bank, max_images=args.cache_images, options=CanvasOptions(k=args.k, mode=args.mode)
+        bank,
+        max_images=args.cache_images,
+        aligner=aligner,
+        orderer=orderer,
+        options=CanvasOptions(k=args.k, mode=args.mode),
     )
     warm = builder.retriever.warm_up()  # FAISS indexes, built once per process  # type: ignore[attr-defined]
+    # Time the aligner (all segments of a layout in one align_many call when it has one) and the orderer.
+    align_watch, order_watch = Stopwatch(), Stopwatch()
+    if hasattr(builder.aligner, "align_many"):
+        builder.aligner.align_many = align_watch.wrap(builder.aligner.align_many)  # type: ignore[attr-defined]
+    else:
+        builder.aligner = align_watch.wrap(builder.aligner)
+    builder.orderer = order_watch.wrap(builder.orderer)
+    own: dict[str, list[float]] = {"align_wall": [], "align_cpu": [], "order_cpu": []}
     load_before = os.getloadavg()
     steps: dict[str, list[float]] = {s: [] for s in STEPS}
     cpu: list[float] = []
@@ -88,6 +135,10 @@ def main() -> None:
             c0 = time.process_time()
             canvas = builder(layout, seed=args.seed + i)
             cpu.append(time.process_time() - c0)
+            align_wall, align_cpu = align_watch.take()
+            own["align_wall"].append(align_wall)
+            own["align_cpu"].append(align_cpu)
+            own["order_cpu"].append(order_watch.take()[1])
             for s in STEPS:
                 steps[s].append(canvas.timings[s])
             if rep == 0:
@@ -116,9 +167,15 @@ def main() -> None:
         "layouts": len(layouts),
         "repeats": args.repeats,
         "options": {"k": args.k, "mode": args.mode, "cache_images": args.cache_images, "seed": args.seed},
+        "transform": args.transform,
+        "ordering": args.ordering,
+        "transform_fallbacks": None if aligner is None else {"calls": aligner.calls, "fallbacks": aligner.fallbacks},
         "faiss_warm_up_s": warm,
         "wall_ms": ms,
         "cpu_ms": {"p50": 1e3 * percentile(cpu, 50), "p95": 1e3 * percentile(cpu, 95)},
+        "within_steps_ms": {  # the aligner's share of read_align (the rest is reading) and the orderer's CPU
+            name: {"p50": 1e3 * percentile(v, 50), "p95": 1e3 * percentile(v, 95)} for name, v in own.items()
+        },
         "cache": {"hits": source.hits, "misses": source.misses},  # type: ignore[attr-defined]
         "canvas": {
             "segments_per_layout": statistics.fmean(segments),
@@ -133,6 +190,11 @@ def main() -> None:
     print("| step | p50 ms | p95 ms |\n|---|---:|---:|")
     for s in STEPS:
         print(f"| {s} | {ms[s]['p50']:.1f} | {ms[s]['p95']:.1f} |")
+    within = result["within_steps_ms"]
+    print(
+        f"aligner p50 {within['align_wall']['p50']:.1f} ms wall, {within['align_cpu']['p50']:.1f} ms CPU; "
+        f"orderer p50 {within['order_cpu']['p50']:.1f} ms CPU"
+    )
     print(f"CPU p50 {result['cpu_ms']['p50']:.1f} ms; cache {source.hits} hits / {source.misses} misses")  # type: ignore[attr-defined]
     print(f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}; wrote {args.out}")
 
