@@ -610,7 +610,10 @@ class TransformAligner:
         layout_onehot = sample_layout(lab, g, cfg.input_size, cfg.num_classes)
         # One reduced frame, reused: channel 0 the target, 1-3 the colours, 4 the mask.
         reduced = torch.zeros(1, 5, -(-frame[0] // k), -(-frame[1] // k))
-        sampled = []
+        # sample() per segment, with the grids made in one call and the supersampling pooled in one call.
+        (h, w), ss = cfg.input_size, cfg.supersample
+        grids = F.affine_grid(g, [len(boxes), 5, h * ss, w * ss], align_corners=False)
+        windows = torch.empty(len(boxes), 5, h * ss, w * ss)
         for i in range(len(boxes)):
             tbox, (ty0, tx0, ty1, tx1) = _work_box(target_boxes[i], frame, k)
             sbox, (sy0, sx0, sy1, sx1) = _work_box(boxes[i], frame, k)
@@ -621,15 +624,17 @@ class TransformAligner:
             seg[3].copy_(_tensor(masks[i][sbox]))
             seg[:3].mul_(seg[3]).div_(255.0)
             reduced[0, 1:, sy0:sy1, sx0:sx1] = avg_pool(seg, k)
-            sampled.append(sample(reduced, g[i : i + 1], cfg.input_size, cfg.supersample))
+            windows[i : i + 1] = F.grid_sample(
+                reduced, grids[i : i + 1], mode="bilinear", padding_mode="zeros", align_corners=False
+            )
             reduced[0, :1, ty0:ty1, tx0:tx1] = 0.0
             reduced[0, 1:, sy0:sy1, sx0:sx1] = 0.0
-        windows = torch.cat(sampled)
+        windows = avg_pool(windows, ss)
         thetas = []
         for s in range(0, len(boxes), self.batch_size):
             part = slice(s, s + self.batch_size)
-            w = windows[part]
-            thetas.append(self.model(layout_onehot[part], w[:, :1], w[:, 1:4], w[:, 4:]))
+            x = windows[part]
+            thetas.append(self.model(layout_onehot[part], x[:, :1], x[:, 1:4], x[:, 4:]))
         return window_to_frame(torch.cat(thetas), g).numpy()
 
     def align_many(
