@@ -97,6 +97,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transform", default="weights/transform", help="T weights directory, or 'none'")
     parser.add_argument("--ordering", default="weights/ordering", help="ordering weights directory, or 'none'")
+    parser.add_argument(
+        "--exact-transform",
+        action="store_true",
+        help="run T one segment at a time without channels-last: the per-segment results bit for bit, slower",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "canvas.json")
     args = parser.parse_args()
     if args.root is None:
@@ -108,7 +113,8 @@ def main() -> None:
 
     bank = open_bank(args.bank)
     layouts = val_layouts(args.root, bank.resolution, args.max_layouts)
-    aligner = None if args.transform == "none" else TransformAligner.from_pretrained(args.transform)
+    exact = {"batch_size": 1, "channels_last": False} if args.exact_transform else {}
+    aligner = None if args.transform == "none" else TransformAligner.from_pretrained(args.transform, **exact)
     orderer = None if args.ordering == "none" else LearnedOrderer.from_pretrained(args.ordering)
     builder = CanvasBuilder.from_bank(
         bank,
@@ -168,6 +174,7 @@ def main() -> None:
         "repeats": args.repeats,
         "options": {"k": args.k, "mode": args.mode, "cache_images": args.cache_images, "seed": args.seed},
         "transform": args.transform,
+        "exact_transform": args.exact_transform,
         "ordering": args.ordering,
         "transform_fallbacks": None if aligner is None else {"calls": aligner.calls, "fallbacks": aligner.fallbacks},
         "faiss_warm_up_s": warm,

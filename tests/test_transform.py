@@ -412,6 +412,18 @@ def test_align_many_equals_the_per_segment_full_frame_path(frame: tuple[int, int
         moved += not got.fell_back and not np.array_equal(got_mask, masks[i])
     assert aligner.calls == 5 and aligner.fallbacks == fell_back
     assert moved > 0 and fell_back > 0  # the check saw kept transforms and fallbacks, not only identities
+    # T one segment at a time: the boxed inputs are exactly the full-frame ones, so theta is bit for bit the same.
+    exact = TransformAligner(_random_t(TINY, seed, scale), TINY, batch_size=1, channels_last=False)
+    exact_out = exact.align_many(layout, targets, pixels, masks)
+    for i, got in enumerate(exact.last_batch):
+        if got is not None:
+            theta = exact.predict_theta(layout, targets[i], pixels[i], masks[i])
+            assert np.array_equal(np.array(got.theta, np.float32), theta.ravel())
+            warped_pixels, warped_mask = _reference_warp(pixels[i], masks[i], theta)
+            fell = mask_iou(warped_mask, targets[i]) < mask_iou(masks[i], targets[i])
+            want_pixels, want_mask = (pixels[i], masks[i]) if fell else (warped_pixels, warped_mask)
+            assert got.fell_back == fell
+            assert np.array_equal(exact_out[i][0], want_pixels) and np.array_equal(exact_out[i][1], want_mask)
     # One segment through __call__ is the same as through align_many.
     one_pixels, one_mask = aligner(layout, targets[0], pixels[0], masks[0])
     assert np.array_equal(one_mask, out[0][1]) and np.abs(one_pixels.astype(int) - out[0][0].astype(int)).max() <= 1
