@@ -35,7 +35,8 @@ def ordering(
     import torch
 
     from memory_bank import open_bank
-    from synthesis.networks.ordering import CONFIG_NAME, PRIOR_NAME, WEIGHTS_NAME, OrderingConfig
+    from synthesis.networks.model_files import CONFIG_NAME, WEIGHTS_NAME
+    from synthesis.networks.ordering import PRIOR_NAME, OrderingConfig
     from synthesis.training.ordering import OrderingTrainConfig, load_run_config, train_ordering
 
     if threads is not None:

@@ -35,7 +35,8 @@ def transform(
     import torch
 
     from memory_bank import open_bank
-    from synthesis.networks.transform import CONFIG_NAME, WEIGHTS_NAME, TransformConfig
+    from synthesis.networks.model_files import CONFIG_NAME, WEIGHTS_NAME
+    from synthesis.networks.transform import TransformConfig
     from synthesis.training.transform import TransformTrainConfig, load_run_config, train_transform
 
     if threads is not None:

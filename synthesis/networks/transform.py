@@ -15,26 +15,22 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812  (torch convention)
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from memory_bank.classes import IGNORE
 from memory_bank.errors import LayoutError
+from synthesis.networks.model_files import config_kwargs, config_to_dict, conv_block, read_model_dir, write_model_dir
 
 CLASS_NAME = "TransformNet"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -80,27 +76,12 @@ class TransformConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with ``_class_name`` naming the network (as diffusers and synthesis.checkpoint do)."""
-        d = asdict(self)
-        return {"_class_name": CLASS_NAME, **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}}
+        return config_to_dict(self, CLASS_NAME)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransformConfig:
         """Inverse of :meth:`to_dict`; unknown keys and another network's config are errors."""
-        d = dict(d)
-        name = d.pop("_class_name", CLASS_NAME)
-        d.pop("model", None)  # the tag of checkpoints written before ``_class_name``
-        if name != CLASS_NAME:
-            raise ValueError(f"this config is for {name}, not {CLASS_NAME}")
-        return cls(**d)
-
-
-def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    groups = 8 if cout % 8 == 0 else 1
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
-        nn.GroupNorm(groups, cout),
-        nn.LeakyReLU(0.2, inplace=True),
-    )
+        return cls(**config_kwargs(d, CLASS_NAME))
 
 
 class TransformNet(nn.Module):
@@ -123,8 +104,8 @@ class TransformNet(nn.Module):
         self.num_classes = num_classes
         self.input_size = tuple(input_size)
         in_ch = num_classes + 1 + 3 + 1 + 2
-        layers = [_block(in_ch, widths[0], 1)]
-        layers += [_block(a, b, 2) for a, b in itertools.pairwise(widths)]
+        layers = [conv_block(in_ch, widths[0], 1)]
+        layers += [conv_block(a, b, 2) for a, b in itertools.pairwise(widths)]
         self.features = nn.Sequential(*layers)
         factor = 2 ** (len(widths) - 1)
         flat = widths[-1] * (input_size[0] // factor) * (input_size[1] // factor)
@@ -473,26 +454,14 @@ def window_inputs(
 
 def save_pretrained(directory: str | Path, config: TransformConfig, model: nn.Module, half: bool = True) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (float16 unless ``half`` is False) into ``directory``."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    dtype = torch.float16 if half else torch.float32
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    # Temporary names, then renames: a reader (or a killed run) never sees a half-written file.
-    save_file(tensors, str(out / f".{WEIGHTS_NAME}.tmp"), metadata={"format": "pt", "class_name": CLASS_NAME})
-    (out / f".{CONFIG_NAME}.tmp").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    os.replace(out / f".{WEIGHTS_NAME}.tmp", out / WEIGHTS_NAME)
-    os.replace(out / f".{CONFIG_NAME}.tmp", out / CONFIG_NAME)
-    return out
+    return write_model_dir(directory, config.to_dict(), model, half)
 
 
 def load_pretrained(directory: str | Path) -> tuple[TransformConfig, TransformNet]:
     """Read a directory written by :func:`save_pretrained`; the model comes back in float32, in eval mode."""
-    d = Path(directory)
-    if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"{d} holds no {CONFIG_NAME} + {WEIGHTS_NAME} checkpoint")
-    config = TransformConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+    data, state = read_model_dir(directory)
+    config = TransformConfig.from_dict(data)
     model = TransformNet.from_config(config)
-    state = {k: v.float() for k, v in load_file(str(d / WEIGHTS_NAME)).items()}
     model.load_state_dict(state)
     return config, model.eval()
 
