@@ -8,14 +8,10 @@ from typing import Any
 import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from retrieval_service.api.deps import LimiterDep, MetricsDep, SettingsDep, StateDep
 from retrieval_service.api.errors import ApiError
-from retrieval_service.api.layouts import decode_base64, decode_layout
+from retrieval_service.api.layouts import decode_layout
 from retrieval_service.api.metrics import ServiceMetrics
 from retrieval_service.api.models import (
     Candidate,
@@ -26,6 +22,7 @@ from retrieval_service.api.models import (
     RetrieveResponse,
     RetrieveUpload,
 )
+from retrieval_service.api.requests import read_layout_request, split_list
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankState
 from retrieval_service.engine import RetrievalOptions, RetrievalResult
@@ -75,57 +72,22 @@ async def retrieve(
     (file field `layout`). The layout must have the bank's working resolution (`GET /bank`).
     Every response names the bank version that answered it.
     """
-    png, options = await _read_request(request)
+    png, options = await read_layout_request(
+        request,
+        json_model=RetrieveRequest,
+        options_model=RetrieveOptions,
+        fields=_OPTION_FIELDS,
+        list_fields={"exclude_images": _parse_ids},
+    )
     result = await to_thread.run_sync(_run, state, settings, png, options, limiter=limiter)
     _record(metrics, result)
     response.headers["X-SIMS-Bank-Version"] = result.bank_version
     return _to_response(state, result, options)
 
 
-async def _read_request(request: Request) -> tuple[bytes, RetrieveOptions]:
-    """The PNG bytes and options of a JSON or multipart request."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        body = await request.body()
-        try:
-            req = RetrieveRequest.model_validate_json(body)
-        except ValidationError as e:
-            raise RequestValidationError(_located(e, "body")) from None
-        options = RetrieveOptions.model_validate(req.model_dump(exclude={"layout_png"}))
-        return decode_base64(req.layout_png), options
-    if content_type == "multipart/form-data":
-        try:
-            form = await request.form(max_files=1, max_fields=len(_OPTION_FIELDS) + 2)
-        except HTTPException as e:
-            if e.status_code != 400:  # e.g. the 413 of the body size limit
-                raise
-            raise ApiError(400, "invalid_multipart", f"the multipart body could not be parsed: {e.detail}") from None
-        upload = form.get("layout")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "invalid_request", "multipart body needs a file field named 'layout' (the PNG)")
-        fields: dict[str, Any] = {k: v for k in _OPTION_FIELDS if isinstance(v := form.get(k), str) and v.strip()}
-        excluded = form.get("exclude_images")
-        if isinstance(excluded, str) and excluded.strip():
-            fields["exclude_images"] = _parse_ids(excluded)
-        try:
-            options = RetrieveOptions.model_validate(fields)
-        except ValidationError as e:
-            raise RequestValidationError(_located(e, "form")) from None
-        return await upload.read(), options
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        f"send the layout as application/json or multipart/form-data, not {content_type or 'no content type'}",
-    )
-
-
-def _located(error: ValidationError, where: str) -> list[dict[str, Any]]:
-    return [{**e, "loc": (where, *e["loc"])} for e in error.errors(include_url=False)]
-
-
 def _parse_ids(text: str) -> list[int]:
     try:
-        return [int(p) for p in text.replace(" ", "").split(",") if p]
+        return [int(p) for p in split_list(text)]
     except ValueError:
         raise ApiError(
             422, "invalid_request", f"exclude_images must be comma-separated integers, got {text[:80]!r}"

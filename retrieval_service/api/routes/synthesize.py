@@ -14,14 +14,10 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from retrieval_service.api.deps import SettingsDep, get_holder
 from retrieval_service.api.errors import ApiError
-from retrieval_service.api.layouts import decode_base64, decode_layout
+from retrieval_service.api.layouts import decode_layout
 from retrieval_service.api.models import (
     ErrorResponse,
     SynthesizeOptions,
@@ -29,10 +25,11 @@ from retrieval_service.api.models import (
     SynthesizeResponse,
     SynthesizeUpload,
 )
+from retrieval_service.api.requests import read_layout_request, split_list
 
 router = APIRouter(tags=["synthesis"])
 
-_OPTION_FIELDS = ("k", "seed", "mode", "coarse", "extras", "format")
+_OPTION_FIELDS = ("k", "seed", "mode", "coarse", "format")
 
 _REQUEST_BODY = {
     "requestBody": {
@@ -87,7 +84,13 @@ async def synthesize(request: Request, settings: SettingsDep) -> Response:
             "no synthesis worker is configured: set SIMS_SYNTHESIS_URL to `sims worker` URL(s), "
             "or run `sims serve --with-worker`",
         )
-    png, options = await _read_request(request)
+    png, options = await read_layout_request(
+        request,
+        json_model=SynthesizeRequest,
+        options_model=SynthesizeOptions,
+        fields=_OPTION_FIELDS,
+        list_fields={"extras": split_list},
+    )
     bank = get_holder(request).require().bank
     await to_thread.run_sync(
         lambda: decode_layout(
@@ -99,43 +102,3 @@ async def synthesize(request: Request, settings: SettingsDep) -> Response:
     service = f"service;dur={(time.perf_counter() - start) * 1000:.1f}"
     headers["server-timing"] = f"{headers['server-timing']}, {service}" if headers.get("server-timing") else service
     return Response(reply.content, media_type=reply.media_type, headers=headers)
-
-
-async def _read_request(request: Request) -> tuple[bytes, SynthesizeOptions]:
-    """The PNG bytes and options of a JSON or multipart request."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        body = await request.body()
-        try:
-            req = SynthesizeRequest.model_validate_json(body)
-        except ValidationError as e:
-            raise RequestValidationError(_located(e, "body")) from None
-        options = SynthesizeOptions.model_validate(req.model_dump(exclude={"layout_png"}))
-        return decode_base64(req.layout_png), options
-    if content_type == "multipart/form-data":
-        try:
-            form = await request.form(max_files=1, max_fields=len(_OPTION_FIELDS) + 2)
-        except HTTPException as e:
-            if e.status_code != 400:  # e.g. the 413 of the body size limit
-                raise
-            raise ApiError(400, "invalid_multipart", f"the multipart body could not be parsed: {e.detail}") from None
-        upload = form.get("layout")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "invalid_request", "multipart body needs a file field named 'layout' (the PNG)")
-        fields: dict[str, Any] = {k: v for k in _OPTION_FIELDS if isinstance(v := form.get(k), str) and v.strip()}
-        if "extras" in fields:
-            fields["extras"] = [p for p in fields["extras"].replace(" ", "").split(",") if p]
-        try:
-            options = SynthesizeOptions.model_validate(fields)
-        except ValidationError as e:
-            raise RequestValidationError(_located(e, "form")) from None
-        return await upload.read(), options
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        f"send the layout as application/json or multipart/form-data, not {content_type or 'no content type'}",
-    )
-
-
-def _located(error: ValidationError, where: str) -> list[dict[str, Any]]:
-    return [{**e, "loc": (where, *e["loc"])} for e in error.errors(include_url=False)]

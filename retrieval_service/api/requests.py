@@ -1,0 +1,80 @@
+"""Reading a layout request: JSON with a base64 PNG, or a multipart upload with option fields.
+
+``/retrieve`` and ``/synthesize`` take the same two shapes; this is the one reader they share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from retrieval_service.api.errors import ApiError
+from retrieval_service.api.layouts import decode_base64
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+async def read_layout_request(
+    request: Request,
+    *,
+    json_model: type[BaseModel],
+    options_model: type[OptionsT],
+    fields: tuple[str, ...],
+    list_fields: dict[str, Callable[[str], list[Any]]] | None = None,
+) -> tuple[bytes, OptionsT]:
+    """The PNG bytes and the validated options of a JSON or multipart request.
+
+    JSON bodies validate against ``json_model`` (its ``layout_png`` holds the base64 PNG); multipart
+    bodies carry the PNG as file field ``layout``, the plain option ``fields`` as strings, and each
+    of ``list_fields`` as one comma-separated string turned into a list by its parser.
+    """
+    list_fields = list_fields or {}
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        body = await request.body()
+        try:
+            req = json_model.model_validate_json(body)
+        except ValidationError as e:
+            raise RequestValidationError(_located(e, "body")) from None
+        options = options_model.model_validate(req.model_dump(exclude={"layout_png"}))
+        return decode_base64(req.layout_png), options  # type: ignore[attr-defined]
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=len(fields) + len(list_fields) + 2)
+        except HTTPException as e:
+            if e.status_code != 400:  # e.g. the 413 of the body size limit
+                raise
+            raise ApiError(400, "invalid_multipart", f"the multipart body could not be parsed: {e.detail}") from None
+        upload = form.get("layout")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "invalid_request", "multipart body needs a file field named 'layout' (the PNG)")
+        values: dict[str, Any] = {k: v for k in fields if isinstance(v := form.get(k), str) and v.strip()}
+        for name, parse in list_fields.items():
+            text = form.get(name)
+            if isinstance(text, str) and text.strip():
+                values[name] = parse(text)
+        try:
+            options = options_model.model_validate(values)
+        except ValidationError as e:
+            raise RequestValidationError(_located(e, "form")) from None
+        return await upload.read(), options
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"send the layout as application/json or multipart/form-data, not {content_type or 'no content type'}",
+    )
+
+
+def split_list(text: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``."""
+    return [p for p in text.replace(" ", "").split(",") if p]
+
+
+def _located(error: ValidationError, where: str) -> list[dict[str, Any]]:
+    return [{**e, "loc": (where, *e["loc"])} for e in error.errors(include_url=False)]
