@@ -1,17 +1,24 @@
-"""Shared fixtures: the bundled CamVid sample and small banks built from it."""
+"""Shared fixtures: the bundled CamVid sample, small banks built from it, and a tiny synthesis network."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from indexers.build import build_bank
 from indexers.readers import create_reader
 from memory_bank import Bank, open_bank
+from synthesis.checkpoint import save_pretrained
+from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "camvid-sample"
+#: The tiny synthesis network of the tests (24x32, 3 scales).
+TINY_SYNTHESIS = json.loads((REPO / "configs/synthesis/tiny.json").read_text())["model"]
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +37,20 @@ def val_bank_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def val_bank(val_bank_path: Path) -> Bank:
     return open_bank(val_bank_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised (seed 0) tiny synthesis network, saved with the checkpoint verbs (read-only)."""
+    torch.manual_seed(0)
+    net = CascadedRefinementNetwork.from_config(RefinementConfig.from_dict(TINY_SYNTHESIS))
+    return save_pretrained(net, tmp_path_factory.mktemp("nets") / "tiny", {"untrained": True})
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module: the in-process and HTTP paths then give identical images."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from memory_bank import Bank, DatasetError, SimsError
 from memory_bank.cli import main as sims_main
+from synthesis.checkpoint import read_config
 from synthesis.evaluation.metrics import (
     SegmentationScores,
     confusion_matrix,
@@ -202,22 +203,12 @@ def test_image_sets_report_missing_files_and_bad_folders(val_bank: Bank, tmp_pat
         bad.image_for(item)
 
 
-def test_checkpoint_sets_synthesize_in_process(val_bank: Bank, tmp_path: Path) -> None:
+def test_checkpoint_sets_synthesize_in_process(val_bank: Bank, tiny_weights: Path) -> None:
     """A synthesis checkpoint as an image set: canvases from the memory bank, images at the network's size."""
-    import json
-
-    import torch
-
-    from synthesis.checkpoint import save_pretrained
-    from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
-
-    tiny = json.loads((Path(__file__).resolve().parents[1] / "configs/synthesis/tiny.json").read_text())["model"]
-    torch.manual_seed(0)
-    net = CascadedRefinementNetwork.from_config(RefinementConfig.from_dict(tiny))
-    weights = save_pretrained(net, tmp_path / "synthesis", {})
     items = items_from_bank(val_bank, limit=2)
-    images = open_image_set("SIMS", weights, val_bank)
+    images = open_image_set("SIMS", tiny_weights, val_bank)
     out = [images.image_for(item) for item in items]
-    assert all(o.shape == (*tiny["resolution"], 3) and o.dtype == np.uint8 for o in out)
+    size = read_config(tiny_weights).resolution
+    assert all(o.shape == (*size, 3) and o.dtype == np.uint8 for o in out)
     # Deterministic: the same layout gives the same image.
     np.testing.assert_array_equal(images.image_for(items[0]), out[0])

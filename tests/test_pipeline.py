@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SYNTHESIS
 from fastapi.testclient import TestClient
 
 from memory_bank import IGNORE, Bank, LayoutError
@@ -20,30 +20,14 @@ from retrieval_service.engine import RetrievalEngine, RetrievalOptions
 from synthesis.canvas.builder import CanvasBuilder
 from synthesis.canvas.protocols import CachedSegments
 from synthesis.canvas.simulate import resize_sample
-from synthesis.checkpoint import save_pretrained
 from synthesis.networks.layout_refiner import CoarseLayoutRefiner
 from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
 from synthesis.pipeline import ImageGenerator, SynthesisPipeline
 from synthesis.remote import RemoteRetriever, RemoteSegments, bank_identity, remote_builder, to_result
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = json.loads((REPO / "configs/synthesis/tiny.json").read_text())["model"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised tiny synthesis network (24x32), saved with the checkpoint verbs."""
-    torch.manual_seed(0)
-    net = CascadedRefinementNetwork.from_config(RefinementConfig.from_dict(TINY))
-    return save_pretrained(net, tmp_path_factory.mktemp("nets") / "tiny", {"untrained": True})
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +133,7 @@ def test_coarse_layouts_are_refined_first(val_bank: Bank, tiny_weights: Path) ->
 
 def test_network_must_fit_the_bank(val_bank: Bank, tiny_weights: Path) -> None:
     gen = ImageGenerator.from_pretrained(tiny_weights)
-    small = CascadedRefinementNetwork.from_config(RefinementConfig.from_dict({**TINY, "num_classes": 5}))
+    small = CascadedRefinementNetwork.from_config(RefinementConfig.from_dict({**TINY_SYNTHESIS, "num_classes": 5}))
     with pytest.raises(ValueError, match="5 classes"):
         SynthesisPipeline(CanvasBuilder.from_bank(val_bank), ImageGenerator(small))
     SynthesisPipeline(CanvasBuilder.from_bank(val_bank), gen)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -33,8 +32,6 @@ from retrieval_service.api.layouts import encode_layout
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.synthesis import decode_provenance, encode_provenance
 from retrieval_service.client import RetrievalClient
-from synthesis.checkpoint import save_pretrained
-from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
 from synthesis.pipeline import SynthesisPipeline
 from synthesis.worker.app import create_worker_app
 from synthesis.worker.reply import parse_multipart
@@ -42,28 +39,13 @@ from synthesis.worker.runtime import Networks
 from synthesis.worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = json.loads((REPO / "configs/synthesis/tiny.json").read_text())["model"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 #: The worker's networks in these tests: the tiny one, the shipped refiner, no T and the layout rule (fast).
 WORKER_ENV = {
     "SIMS_WORKER_REFINE_WEIGHTS": str(REPO / "weights/refine"),
     "SIMS_WORKER_TRANSFORM_WEIGHTS": "none",
     "SIMS_WORKER_ORDERING_WEIGHTS": "none",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    net = CascadedRefinementNetwork.from_config(RefinementConfig.from_dict(TINY))
-    return save_pretrained(net, tmp_path_factory.mktemp("nets") / "tiny", {"untrained": True})
 
 
 @pytest.fixture(scope="module")

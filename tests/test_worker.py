@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -21,8 +20,6 @@ from retrieval_service.api.app import create_app
 from retrieval_service.api.layouts import encode_layout
 from retrieval_service.api.settings import Settings
 from retrieval_service.client import RetrievalClient
-from synthesis.checkpoint import save_pretrained
-from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
 from synthesis.pipeline import ImageGenerator
 from synthesis.worker.app import create_worker_app
 from synthesis.worker.reply import parse_multipart
@@ -30,23 +27,8 @@ from synthesis.worker.runtime import Networks
 from synthesis.worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = json.loads((REPO / "configs/synthesis/tiny.json").read_text())["model"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OFF = {"refine_weights": None, "transform_weights": None, "ordering_weights": None}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    net = CascadedRefinementNetwork.from_config(RefinementConfig.from_dict(TINY))
-    return save_pretrained(net, tmp_path_factory.mktemp("nets") / "tiny", {"untrained": True})
 
 
 @pytest.fixture(scope="module")
