@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memory_bank.classes import IGNORE
+from memory_bank.code_kernel import fine_cells
 from memory_bank.config import Grid, SegmentConfig
 from memory_bank.grid import cell_centers, cell_index, cell_pixel_counts, label_counts
 from memory_bank.segments import Segments
@@ -103,14 +104,11 @@ def box_cells(boxes: np.ndarray, frame: tuple[int, int], grid: Grid) -> np.ndarr
 
 def encode_segments(label: np.ndarray, segments: Segments, num_classes: int, config: SegmentConfig) -> SegmentCodes:
     """Compute the fine and coarse codes of every segment of one label map."""
-    frame = segments.frame
-    fine_mask = mask_cells(segments, config.fine_grid)
-    # A segment's own cells are always part of its context, even if its box misses their centres.
-    in_box = box_cells(segments.context_box, frame, config.fine_grid) | fine_mask
-    grid_labels = label_grid(label, num_classes, config.fine_grid)
-    context = np.where(in_box, grid_labels[None, :], IGNORE).astype(np.uint8)
-    # A thin segment amid unlabelled pixels may win no cell's majority; its own cells are its class.
-    context = np.where(fine_mask, segments.class_id[:, None], context).astype(np.uint8)
+    # One compiled pass computes what mask_cells, box_cells and label_grid define (and tests
+    # hold it to them); the numpy definitions stay as the readable specification.
+    fine_mask, context = fine_cells(
+        label, segments.component_map, segments.class_id, segments.context_box, num_classes, config.fine_grid
+    )
     mask = pack_bits(fine_mask)
     return SegmentCodes(
         mask=mask,

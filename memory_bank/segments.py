@@ -8,13 +8,11 @@ same thing on both sides.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
-import cv2
 import numpy as np
-from scipy import ndimage
 
 from memory_bank.classes import IGNORE
+from memory_bank.components import label_components
 from memory_bank.config import SegmentConfig
 from memory_bank.errors import LayoutError
 
@@ -57,13 +55,6 @@ class Segments:
     def mask(self, i: int) -> np.ndarray:
         """(H, W) bool footprint of component ``i`` in the full frame."""
         return self.component_map == i + 1
-
-
-@lru_cache(maxsize=8)
-def _pixel_coordinates(frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Flat row and column index of every pixel, as float64 weights for bincount."""
-    h, w = frame
-    return np.repeat(np.arange(h, dtype=np.float64), w), np.tile(np.arange(w, dtype=np.float64), h)
 
 
 def check_label_map(label: np.ndarray, num_classes: int) -> np.ndarray:
@@ -123,65 +114,34 @@ def extract_segments(label: np.ndarray, num_classes: int, config: SegmentConfig)
     numbering ``scipy.ndimage.label`` also uses). Pixels equal to :data:`IGNORE` belong to
     no component.
     """
-    label, present = _checked(label, num_classes)
+    label, _ = _checked(label, num_classes)
     h, w = label.shape
-    # 1. Label each class on its own (OpenCV is ~4x faster than scipy.ndimage.label here;
-    #    a property test holds it to scipy's answer).
-    all_cc = np.zeros((h, w), np.int32)
-    comp_class = [0]
-    offset = np.zeros(256, np.int32)  # per class: how many components were numbered before it
-    for c in present:
-        n, cc = cv2.connectedComponents((label == c).view(np.uint8), connectivity=config.connectivity, ltype=cv2.CV_32S)
-        if n > 1:  # label 0 is the background
-            offset[c] = len(comp_class) - 1
-            np.add(all_cc, cc, out=all_cc)
-            comp_class.extend([int(c)] * (n - 1))
-    # 2. Classes are disjoint: one lookup moves each class's numbers past the previous ones
-    #    (IGNORE pixels get offset 0 and stay 0).
-    all_cc += offset[label]
-    total = len(comp_class) - 1
-    # 3. Drop small components.
-    area = np.bincount(all_cc.ravel(), minlength=total + 1)
-    keep = np.flatnonzero(area[1:] >= config.min_area) + 1
+    # 1. Every component of every class in one compiled pass, numbered in raster order of
+    #    its first pixel (a property test holds it to scipy.ndimage.label per class).
+    comps = label_components(label, config.connectivity)
+    total = len(comps)
+    # 2. Drop small components.
+    keep = np.flatnonzero(comps.area >= config.min_area)
     if keep.size >= np.iinfo(np.uint16).max:
         raise LayoutError(f"more than {np.iinfo(np.uint16).max - 1} segments in one label map")
-    # 4. Boxes, centroids and first pixels of the kept ones, without a per-component scan:
-    #    weighted counts give the centroids, and a first pixel in raster order lies in its top row.
-    slices = ndimage.find_objects(all_cc, max_label=total)
-    bbox = np.array(
-        [(sy.start, sx.start, sy.stop, sx.stop) for sy, sx in (slices[k - 1] for k in keep)], np.int32
-    ).reshape(-1, 4)
-    rows, cols = _pixel_coordinates((h, w))
-    flat = all_cc.ravel()
+    # 3. Number the kept ones 1..n, class-major then in raster order of their first pixel: the
+    #    components already come in raster order, so a stable sort by class finishes the job.
+    keep = keep[np.argsort(comps.class_id[keep], kind="stable")]
+    kept_area = comps.area[keep]
+    bbox = comps.bbox[keep]
     # Pixel (r, c) covers [r, r + 1) x [c, c + 1), so its centre is (r + 0.5, c + 0.5).
-    centroid = np.stack(
-        [
-            np.bincount(flat, weights=rows, minlength=total + 1)[keep] / area[keep] + 0.5,
-            np.bincount(flat, weights=cols, minlength=total + 1)[keep] / area[keep] + 0.5,
-        ],
-        axis=1,
-    )
-    first = np.array(
-        [y0 * w + x0 + int(np.argmax(all_cc[y0, x0:x1] == k)) for k, (y0, x0, _, x1) in zip(keep, bbox, strict=True)],
-        np.int64,
-    )
-    # 5. Number the kept ones 1..n, class-major then in raster order of their first pixel
-    #    (OpenCV's block-based scan numbers them differently).
-    class_of = np.asarray(comp_class, np.uint8)[keep]
-    order = np.lexsort((first, class_of))
-    keep, bbox, centroid = keep[order], bbox[order], centroid[order]
+    centroid = np.stack([comps.row_sum[keep] / kept_area + 0.5, comps.col_sum[keep] / kept_area + 0.5], axis=1)
     remap = np.zeros(total + 1, np.uint16)
-    remap[keep] = np.arange(1, keep.size + 1, dtype=np.uint16)
-    kept_area = area[keep]
+    remap[keep + 1] = np.arange(1, keep.size + 1, dtype=np.uint16)
     return Segments(
-        component_map=remap[all_cc],
-        class_id=class_of[order],
+        component_map=remap[comps.label_map],
+        class_id=comps.class_id[keep],
         bbox=bbox,
         context_box=context_box(bbox, (h, w), config.context_scale),
         area=kept_area.astype(np.int32),
         centroid=centroid.astype(np.float32),
         dropped=int(total - keep.size),
-        dropped_area=int(area[1:].sum() - kept_area.sum()),
+        dropped_area=int(comps.area.sum() - kept_area.sum()),
         size=(h, w),
     )
 
