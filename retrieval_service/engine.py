@@ -26,7 +26,14 @@ import torch
 from memory_bank import Bank
 from memory_bank.classes import IGNORE
 from retrieval_service.candidates import CandidateConfig, build_candidate_index, search
-from retrieval_service.index import ClassShard, SegmentIndex, block_counts, block_grid_for, grid_boxes
+from retrieval_service.index import (
+    ClassShard,
+    SegmentIndex,
+    block_counts,
+    block_grid_for,
+    grid_boxes,
+    pruning_summary,
+)
 from retrieval_service.kernels import NO_MATCH, count_equal, iou64, padded_width, popcount_rows
 from retrieval_service.pool_ranking import compile_rank_pools, rank_pools
 from retrieval_service.query import Query, prepare_query
@@ -126,14 +133,36 @@ class _QueryRows:
     context_box: np.ndarray
     coarse: np.ndarray  # (q, bytes)
     context_blocks: np.ndarray  # (q, blocks) uint8
+    summary: np.ndarray  # (q, 10) int32, see pruning_summary
     present_cols: list[np.ndarray]  # per query, the cells where its context is present
+
+    def take(self, positions: list[int]) -> _QueryRows:
+        """The rows at ``positions`` (one class's components out of a whole layout's)."""
+        at = np.asarray(positions, np.int64)
+        t = torch.from_numpy(at).to(self.mask.device)
+        return _QueryRows(
+            ids=[self.ids[p] for p in positions],
+            mask=self.mask.index_select(0, t),
+            context=self.context.index_select(0, t),
+            mask_pop=self.mask_pop[at],
+            context_pop=self.context_pop[at],
+            mask_box=self.mask_box[:, at],
+            context_box=self.context_box[:, at],
+            coarse=np.ascontiguousarray(self.coarse[at]),
+            context_blocks=self.context_blocks[at],
+            summary=self.summary[at],
+            present_cols=[self.present_cols[p] for p in positions],
+        )
 
 
 class RetrievalEngine:
     """Retrieval over one in-memory :class:`SegmentIndex`."""
 
     def __init__(
-        self, index: SegmentIndex, candidate_config: CandidateConfig | None = None, cpu_threads: int | None = 1
+        self,
+        index: SegmentIndex,
+        candidate_config: CandidateConfig | None = None,
+        cpu_threads: int | None = 1,
     ) -> None:
         """``cpu_threads`` sets torch's intra-op threads and FAISS's OpenMP threads on CPU
         (process-wide). One is the default: the kernels work on small batches, and concurrent
@@ -187,15 +216,19 @@ class RetrievalEngine:
             else:
                 by_class.setdefault(c, []).append(i)
         scored = 0
+        # Query rows for the whole layout at once: per-class calls cost more in overhead.
+        retrievable = [i for comps in by_class.values() for i in comps]
+        all_rows = self._query_rows(query, retrievable) if retrievable else None
+        at = {i: p for p, i in enumerate(retrievable)}
         for c, comps in by_class.items():
             shard = self.index.shards[c]
-            rows = self._query_rows(query, comps)
+            rows = all_rows.take([at[i] for i in comps])
             if options.mode == "fast":
                 found, n = self._fast(shard, rows, options.k, options.candidates, excluded)
             else:
                 found, n = self._exact(shard, rows, options.k, excluded)
             scored += n
-            for j, i in enumerate(comps):
+            for j, i in enumerate(by_class[c]):
                 matches = found[j]
                 status = Status.OK if matches else Status.NO_CANDIDATES
                 results[i] = self._empty(query, i, status, matches)
@@ -226,18 +259,23 @@ class RetrievalEngine:
         raw = codes.context[comps]
         context[:, :cells] = np.where(raw == IGNORE, NO_MATCH, raw)
         bits = np.unpackbits(mask, axis=1, count=cells).astype(bool)
+        present = raw != IGNORE
+        mask_pop = codes.mask_popcount[comps].astype(np.int64)
+        context_pop = codes.context_popcount[comps].astype(np.int64)
+        mask_box, context_box = grid_boxes(bits, grid), grid_boxes(present, grid)
         device = self.index.device
         return _QueryRows(
             ids=comps,
             mask=torch.from_numpy(mask.view(np.int64)).to(device),
             context=torch.from_numpy(context).to(device),
-            mask_pop=codes.mask_popcount[comps].astype(np.int64),
-            context_pop=codes.context_popcount[comps].astype(np.int64),
-            mask_box=grid_boxes(bits, grid),
-            context_box=grid_boxes(raw != IGNORE, grid),
+            mask_pop=mask_pop,
+            context_pop=context_pop,
+            mask_box=mask_box,
+            context_box=context_box,
             coarse=np.ascontiguousarray(codes.coarse[comps]),
-            context_blocks=block_counts(raw != IGNORE, grid, block_grid_for(grid)),
-            present_cols=[np.flatnonzero(r != IGNORE).astype(np.int64) for r in raw],
+            context_blocks=block_counts(present, grid, block_grid_for(grid)),
+            summary=pruning_summary(mask_pop, context_pop, mask_box, context_box),
+            present_cols=[np.flatnonzero(r).astype(np.int64) for r in present],
         )
 
     # 3. Exact scoring of one query component against candidate rows
@@ -322,16 +360,14 @@ class RetrievalEngine:
         """The CPU path of :meth:`_fast`: one compiled call ranks every pool of the class."""
         ranked = rank_pools(
             mask=shard.mask.numpy(),
-            mask_pop=shard.mask_pop,
+            summary=shard.summary,
             context=shard.context.numpy(),
-            context_pop=shard.context_pop,
             blocks=shard.context_blocks,
             segment_ids=shard.segment_ids,
             pools=pools,
             query_mask=rows.mask.numpy(),
-            query_mask_pop=rows.mask_pop,
+            query_summary=rows.summary,
             query_context=rows.context.numpy(),
-            query_context_pop=rows.context_pop,
             query_blocks=rows.context_blocks,
             query_cols=rows.present_cols,
             k=k,

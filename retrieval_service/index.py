@@ -46,6 +46,7 @@ class ClassShard:
     context: torch.Tensor  # (n, padded_width(cells)) uint8, padding = IGNORE
     coarse: np.ndarray  # (n, coarse bytes) uint8, for FAISS
     context_blocks: np.ndarray  # (n, blocks) uint8: present context cells per block of BLOCK_GRID
+    summary: np.ndarray  # (n, 10) int32: pruning_summary() of the rows above, one cache line each
     extras: dict = field(default_factory=dict)  # per-shard caches (e.g. FAISS indexes)
 
     def __len__(self) -> int:
@@ -74,7 +75,7 @@ class SegmentIndex:
         for s in self.shards.values():
             total += s.mask.element_size() * s.mask.nelement() + s.context.element_size() * s.context.nelement()
             total += sum(a.nbytes for a in (s.segment_ids, s.image_ids, s.mask_pop, s.context_pop))
-            total += s.mask_box.nbytes + s.context_box.nbytes + s.coarse.nbytes
+            total += s.mask_box.nbytes + s.context_box.nbytes + s.coarse.nbytes + s.summary.nbytes
         return total
 
     @classmethod
@@ -171,6 +172,19 @@ def block_counts(cells: np.ndarray, grid: tuple[int, int], blocks: tuple[int, in
     return summed.reshape(x.shape[0], -1).astype(np.uint8)
 
 
+def pruning_summary(
+    mask_pop: np.ndarray, context_pop: np.ndarray, mask_box: np.ndarray, context_box: np.ndarray
+) -> np.ndarray:
+    """(n, 10) int32 rows ``[mask_pop, context_pop, mask box (4), context box (4)]``.
+
+    Everything the cheap bounds of the compiled ranking need, packed so that checking a
+    candidate costs one cache line rather than six scattered reads.
+    """
+    return np.ascontiguousarray(
+        np.concatenate([np.stack([mask_pop, context_pop]), mask_box, context_box]).T.astype(np.int32)
+    )
+
+
 def _make_shard(
     class_id: int,
     rows: np.ndarray,
@@ -216,4 +230,5 @@ def _make_shard(
         context=torch.from_numpy(ctx).to(device),
         coarse=np.ascontiguousarray(np.asarray(coarse[rows])),
         context_blocks=blocks[order],
+        summary=pruning_summary(mask_pop[order], context_pop[order], mask_box[:, order], context_box[:, order]),
     )

@@ -2,11 +2,12 @@
 
 ``fast`` mode hands each query component a pool of FAISS candidates (~500-2000 rows). Ranking
 one pool with numpy/torch costs ~20 small array calls, whose fixed overhead dominates at ~30
-components per layout. This numba kernel ranks all pools of a class in one call, with the same
-bounds as :meth:`RetrievalEngine._rank_pool`, in one pass over the pool: exact mask IoU, then a
-popcount-ratio and a per-block bound on the context IoU, and the exact context IoU only for
-candidates whose bounds still reach the running k-th best score. Integers are counted exactly and divided in float64
-as :func:`~retrieval_service.kernels.iou64` does, so scores are bit-identical to the reference.
+components per layout. This numba kernel ranks all pools of a class in one call, in one pass
+over each pool: a popcount-ratio bound and a grid-box bound from one small summary row per
+segment, then the exact mask IoU with a per-block bound on the context IoU, and the exact
+context IoU only for candidates whose bounds still reach the running k-th best score. Integers
+are counted exactly and divided in float64 as :func:`~retrieval_service.kernels.iou64` does,
+so scores are bit-identical to the reference.
 
 Only the CPU uses it; on CUDA the torch path in the engine runs instead.
 """
@@ -38,20 +39,26 @@ def _iou(inter: float, a: float, b: float) -> float:
     return inter / union if union > 0 else 0.0
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _overlap(s: np.ndarray, qs: np.ndarray, at: int) -> int:
+    """Cells shared by the grid boxes starting at column ``at`` of two summary rows."""
+    dy = min(s[at + 2], qs[at + 2]) - max(s[at], qs[at])
+    dx = min(s[at + 3], qs[at + 3]) - max(s[at + 1], qs[at + 1])
+    return max(dy, 0) * max(dx, 0)
+
+
 @numba.njit(cache=True, nogil=True)
 def _rank_pools(
     mask: np.ndarray,  # (n, words) uint64
-    mask_pop: np.ndarray,  # (n,) int64
+    summary: np.ndarray,  # (n, SUMMARY_WIDTH) int32
     context: np.ndarray,  # (n, width) uint8
-    context_pop: np.ndarray,  # (n,) int64
     blocks: np.ndarray,  # (n, nb) uint8
     seg_ids: np.ndarray,  # (n,) int64
     pools: np.ndarray,  # concatenated row positions
     starts: np.ndarray,  # (q + 1,) pool offsets
     q_mask: np.ndarray,  # (q, words) uint64
-    q_mask_pop: np.ndarray,  # (q,) int64
+    q_summary: np.ndarray,  # (q, SUMMARY_WIDTH) int32
     q_context: np.ndarray,  # (q, width) uint8
-    q_context_pop: np.ndarray,  # (q,) int64
     q_blocks: np.ndarray,  # (q, nb) uint8
     q_cols: np.ndarray,  # concatenated present context cells
     col_starts: np.ndarray,  # (q + 1,)
@@ -61,36 +68,52 @@ def _rank_pools(
 ) -> int:
     scored = 0
     words = mask.shape[1]
+    width = context.shape[1]
     nb = blocks.shape[1]
     for j in range(starts.size - 1):
         pool = pools[starts[j] : starts[j + 1]]
-        a = float(q_mask_pop[j])
-        ca = q_context_pop[j]
+        qs = q_summary[j]
+        a = float(qs[0])
+        ca = qs[1]
         cols = q_cols[col_starts[j] : col_starts[j + 1]]
+        dense = cols.size * 8 > width
         filled = 0
         t = -np.inf
         top_pos = out_pos[j]
         top = out[j]
         # One pass in pool order (FAISS's nearest first, so the floor t rises early). Each
-        # candidate is dropped at the first bound below t: popcount ratio, then per-block caps.
+        # candidate is dropped at the first bound below t; the first two read only its summary
+        # row (one cache line), so most candidates never touch their 0.3-3 kB of codes.
         for i in range(pool.size):
             r = pool[i]
+            s = summary[r]
+            b = float(s[0])
+            cb = s[1]
+            # (1) popcount ratios; (2) intersections capped by the overlap of grid boxes.
+            if _iou(min(a, b), a, b) + _iou(float(min(ca, cb)), float(ca), float(cb)) < t:
+                continue
+            im = min(min(qs[0], s[0]), _overlap(s, qs, 2))
+            ic = min(min(ca, cb), _overlap(s, qs, 6))
+            if _iou(float(im), a, b) + _iou(float(ic), float(ca), float(cb)) < t:
+                continue
+            # (3) exact mask IoU, then per-block caps on the context.
             inter = 0
             for w in range(words):
                 inter += _popcount(mask[r, w] & q_mask[j, w])
-            miou = _iou(float(inter), a, float(mask_pop[r]))
-            cb = context_pop[r]
-            if miou + _iou(float(min(ca, cb)), float(ca), float(cb)) < t:
-                continue
+            miou = _iou(float(inter), a, b)
             cap = 0
-            for b in range(nb):
-                cap += min(blocks[r, b], q_blocks[j, b])
+            for blk in range(nb):
+                cap += min(blocks[r, blk], q_blocks[j, blk])
             if miou + _iou(float(min(cap, min(ca, cb))), float(ca), float(cb)) < t:
                 continue
             inter = 0
-            for c in cols:
-                if context[r, c] == q_context[j, c]:
-                    inter += 1
+            if dense:  # whole rows: a contiguous loop the compiler vectorizes
+                for c in range(width):
+                    inter += context[r, c] == q_context[j, c]
+            else:  # only the query's present cells
+                for c in cols:
+                    if context[r, c] == q_context[j, c]:
+                        inter += 1
             ciou = _iou(float(inter), float(ca), float(cb))
             score = miou + ciou
             scored += 1
@@ -105,11 +128,11 @@ def _rank_pools(
             if slot >= k:
                 continue
             last = min(filled, k - 1)
-            for s in range(last, slot, -1):
-                top_pos[s] = top_pos[s - 1]
-                top[s, 0] = top[s - 1, 0]
-                top[s, 1] = top[s - 1, 1]
-                top[s, 2] = top[s - 1, 2]
+            for m in range(last, slot, -1):
+                top_pos[m] = top_pos[m - 1]
+                top[m, 0] = top[m - 1, 0]
+                top[m, 1] = top[m - 1, 1]
+                top[m, 2] = top[m - 1, 2]
             top_pos[slot] = r
             top[slot, 0] = score
             top[slot, 1] = miou
@@ -132,16 +155,14 @@ class RankedPools:
 def rank_pools(
     *,
     mask: np.ndarray,
-    mask_pop: np.ndarray,
+    summary: np.ndarray,
     context: np.ndarray,
-    context_pop: np.ndarray,
     blocks: np.ndarray,
     segment_ids: np.ndarray,
     pools: list[np.ndarray],
     query_mask: np.ndarray,
-    query_mask_pop: np.ndarray,
+    query_summary: np.ndarray,
     query_context: np.ndarray,
-    query_context_pop: np.ndarray,
     query_blocks: np.ndarray,
     query_cols: list[np.ndarray],
     k: int,
@@ -149,7 +170,9 @@ def rank_pools(
     """Exact top-k of each query component within its candidate pool (see the module docstring).
 
     ``mask``/``query_mask`` are packed bits as (rows, words) int64 or uint64; contexts are
-    (rows, width) uint8 with absent query cells set to a value no bank cell holds.
+    (rows, width) uint8 with absent query cells set to a value no bank cell holds;
+    ``summary``/``query_summary`` are (rows, 10) int32 rows from
+    :func:`~retrieval_service.index.pruning_summary` (popcounts and grid boxes).
     """
     q = len(pools)
     if len(query_cols) != q or query_mask.shape[0] != q:
@@ -164,17 +187,15 @@ def rank_pools(
     cols = np.concatenate(query_cols).astype(np.int64) if q else np.zeros(0, np.int64)
     scored = _rank_pools(
         np.ascontiguousarray(mask).view(np.uint64),
-        np.asarray(mask_pop, np.int64),
+        np.ascontiguousarray(summary, np.int32),
         np.ascontiguousarray(context),
-        np.asarray(context_pop, np.int64),
         np.ascontiguousarray(blocks),
         np.asarray(segment_ids, np.int64),
         flat,
         starts,
         np.ascontiguousarray(query_mask).view(np.uint64),
-        np.asarray(query_mask_pop, np.int64),
+        np.ascontiguousarray(query_summary, np.int32),
         np.ascontiguousarray(query_context),
-        np.asarray(query_context_pop, np.int64),
         np.ascontiguousarray(query_blocks),
         cols,
         col_starts,
@@ -190,18 +211,17 @@ def compile_rank_pools() -> None:
     words = np.zeros((1, 1), np.int64)
     ctx = np.zeros((1, 8), np.uint8)
     one = np.ones(1, np.int64)
+    summary = np.ones((1, 10), np.int32)
     rank_pools(
         mask=words,
-        mask_pop=one,
+        summary=summary,
         context=ctx,
-        context_pop=one,
         blocks=np.zeros((1, 1), np.uint8),
         segment_ids=one,
         pools=[np.zeros(1, np.int64)],
         query_mask=words,
-        query_mask_pop=one,
+        query_summary=summary,
         query_context=ctx,
-        query_context_pop=one,
         query_blocks=np.zeros((1, 1), np.uint8),
         query_cols=[np.zeros(1, np.int64)],
         k=1,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval_service.index import block_counts
+from retrieval_service.index import block_counts, grid_boxes, pruning_summary
 from retrieval_service.kernels import NO_MATCH, iou64
 from retrieval_service.pool_ranking import rank_pools
 
@@ -16,12 +16,29 @@ CELLS = GRID[0] * GRID[1]
 BLOCKS = (2, 3)
 
 
+def _boxes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, GRID) bool: one random axis-aligned box per row."""
+    r = np.sort(rng.integers(0, GRID[0] + 1, (n, 2)), axis=1)
+    c = np.sort(rng.integers(0, GRID[1] + 1, (n, 2)), axis=1)
+    rows, cols = np.arange(GRID[0]), np.arange(GRID[1])
+    in_r = (rows >= r[:, :1]) & (rows < r[:, 1:])
+    in_c = (cols >= c[:, :1]) & (cols < c[:, 1:])
+    return in_r[:, :, None] & in_c[:, None, :]
+
+
 def _codes(rng: np.random.Generator, n: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random mask bits and context label rows (255 = absent) with clustered structure."""
-    bits = rng.random((n, CELLS)) < rng.uniform(0.05, 0.6, size=(n, 1))
+    """Random masks and context label rows (255 = absent), each inside a random box, so that
+    the grid-box bound has something to prune."""
+    bits = (_boxes(rng, n) & (rng.random((n, *GRID)) < rng.uniform(0.3, 1.0, (n, 1, 1)))).reshape(n, CELLS)
+    bits[np.arange(n), rng.integers(0, CELLS, n)] = True  # a mask is never empty
     ctx = rng.integers(0, classes, size=(n, CELLS)).astype(np.uint8)
-    ctx[rng.random((n, CELLS)) < rng.uniform(0.1, 0.9, size=(n, 1))] = 255
+    ctx[~_boxes(rng, n).reshape(n, CELLS) & ~bits] = 255
     return bits, ctx
+
+
+def _summary(bits: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    present = ctx != 255
+    return pruning_summary(bits.sum(1), present.sum(1), grid_boxes(bits, GRID), grid_boxes(present, GRID))
 
 
 def _pack(bits: np.ndarray) -> np.ndarray:
@@ -42,16 +59,14 @@ def test_rank_pools_matches_numpy(seed: int, n: int, q: int, k: int) -> None:
     qctx_nm = np.where(qctx == 255, NO_MATCH, qctx).astype(np.uint8)
     ranked = rank_pools(
         mask=_pack(bits),
-        mask_pop=bits.sum(1),
+        summary=_summary(bits, ctx),
         context=ctx,
-        context_pop=(ctx != 255).sum(1),
         blocks=block_counts(ctx != 255, GRID, BLOCKS),
         segment_ids=seg_ids,
         pools=pools,
         query_mask=_pack(qbits),
-        query_mask_pop=qbits.sum(1),
+        query_summary=_summary(qbits, qctx),
         query_context=qctx_nm,
-        query_context_pop=(qctx != 255).sum(1),
         query_blocks=block_counts(qctx != 255, GRID, BLOCKS),
         query_cols=[np.flatnonzero(r != 255) for r in qctx],
         k=k,
@@ -75,16 +90,14 @@ def test_rank_pools_rejects_mismatched_queries() -> None:
     with pytest.raises(ValueError, match="pools"):
         rank_pools(
             mask=np.zeros((1, 1), np.int64),
-            mask_pop=np.zeros(1),
+            summary=np.zeros((1, 10), np.int32),
             context=np.zeros((1, 8), np.uint8),
-            context_pop=np.zeros(1),
             blocks=np.zeros((1, 1), np.uint8),
             segment_ids=np.zeros(1),
             pools=[np.zeros(0, np.int64)],
             query_mask=np.zeros((2, 1), np.int64),
-            query_mask_pop=np.zeros(2),
+            query_summary=np.zeros((2, 10), np.int32),
             query_context=np.zeros((2, 8), np.uint8),
-            query_context_pop=np.zeros(2),
             query_blocks=np.zeros((2, 1), np.uint8),
             query_cols=[np.zeros(0, np.int64)] * 2,
             k=1,
