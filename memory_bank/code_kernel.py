@@ -2,13 +2,15 @@
 
 :func:`~memory_bank.codes.encode_segments` calls this on the indexing path and the query
 path alike. It computes exactly what :func:`~memory_bank.codes.mask_cells`,
-:func:`~memory_bank.codes.label_grid` and :func:`~memory_bank.codes.box_cells` define in
-numpy (tests hold it to them), but from one pass over the pixels instead of a dense
-(cells x segments) bincount and several full-frame temporaries: ~1 ms instead of ~4 ms for a
-360x480 layout, which is a large share of a fast-mode query.
+:func:`~memory_bank.codes.label_grid`, :func:`~memory_bank.codes.box_cells` and
+:func:`~memory_bank.codes.coarse_code` define in numpy (tests hold it to them), but from one
+pass over the pixels instead of a dense (cells x segments) bincount and several full-frame
+temporaries: ~1 ms instead of ~4 ms for a 360x480 layout, a large share of a fast-mode query.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numba
 import numpy as np
@@ -33,6 +35,8 @@ def _fine_cells(
     cx: np.ndarray,  # (gw,) cell centres
     num_classes: int,
     ignore: int,
+    coarse_cell: np.ndarray,  # (levels, cells): each fine cell's bit in the coarse code
+    coarse_bits: int,
 ) -> tuple:
     h, w = label.shape
     cells = size.size
@@ -79,7 +83,14 @@ def _fine_cells(
                     context[i, cell] = class_id[i]
                 elif in_rows and cx[col] >= x0 and cx[col] < x1:
                     context[i, cell] = grid_label[cell]
-    return bits, context
+    # The coarse code: mask cells OR-pooled to every coarse grid.
+    coarse = np.zeros((n, coarse_bits), np.bool_)
+    for i in range(n):
+        for cell in range(cells):
+            if bits[i, cell]:
+                for level in range(coarse_cell.shape[0]):
+                    coarse[i, coarse_cell[level, cell]] = True
+    return bits, context, coarse
 
 
 def fine_cells(
@@ -89,8 +100,10 @@ def fine_cells(
     context_boxes: np.ndarray,
     num_classes: int,
     grid: Grid,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(n, cells) bool mask cells and (n, cells) uint8 contexts of the segments of one map.
+    coarse_grids: tuple[Grid, ...],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mask cells (n, cells) bool, contexts (n, cells) uint8 and unpacked coarse codes
+    (n, coarse bits) bool of the segments of one map.
 
     ``component_map`` numbers the segments 1..n (0 elsewhere). See
     :mod:`memory_bank.codes` for what the cells mean.
@@ -112,4 +125,18 @@ def fine_cells(
         np.ascontiguousarray(cx, np.float64),
         num_classes,
         IGNORE,
+        *_coarse_cells(grid, coarse_grids),
     )
+
+
+@lru_cache(maxsize=16)
+def _coarse_cells(fine: Grid, coarse_grids: tuple[Grid, ...]) -> tuple[np.ndarray, int]:
+    """Per coarse level, the coarse bit each fine cell pools into (fine cell (i, j) falls in
+    coarse cell (i * ch // gh, j * cw // gw)), with levels concatenated; and the total bits."""
+    gh, gw = fine
+    i, j = np.divmod(np.arange(gh * gw), gw)
+    out, start = [], 0
+    for ch, cw in coarse_grids:
+        out.append(start + (i * ch // gh) * cw + j * cw // gw)
+        start += ch * cw
+    return np.stack(out).astype(np.int64), start

@@ -104,16 +104,21 @@ def box_cells(boxes: np.ndarray, frame: tuple[int, int], grid: Grid) -> np.ndarr
 
 def encode_segments(label: np.ndarray, segments: Segments, num_classes: int, config: SegmentConfig) -> SegmentCodes:
     """Compute the fine and coarse codes of every segment of one label map."""
-    # One compiled pass computes what mask_cells, box_cells and label_grid define (and tests
-    # hold it to them); the numpy definitions stay as the readable specification.
-    fine_mask, context = fine_cells(
-        label, segments.component_map, segments.class_id, segments.context_box, num_classes, config.fine_grid
+    # One compiled pass computes what mask_cells, box_cells, label_grid and coarse_code define
+    # (tests hold it to them); the numpy definitions stay as the readable specification.
+    fine_mask, context, coarse = fine_cells(
+        label,
+        segments.component_map,
+        segments.class_id,
+        segments.context_box,
+        num_classes,
+        config.fine_grid,
+        config.coarse_grids,
     )
-    mask = pack_bits(fine_mask)
     return SegmentCodes(
-        mask=mask,
+        mask=pack_bits(fine_mask),
         context=context,
-        coarse=coarse_code(fine_mask, config),
+        coarse=pack_bits(coarse),
         mask_popcount=fine_mask.sum(axis=1, dtype=np.int32),
         context_popcount=(context != IGNORE).sum(axis=1, dtype=np.int32),
     )

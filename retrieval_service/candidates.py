@@ -80,8 +80,10 @@ def search(index: faiss.IndexBinary, queries: np.ndarray, k: int, tie_cap: int =
             except RuntimeError:  # GPU binary indexes have no range search: keep FAISS's cut
                 out.append(i[:k].astype(np.int64))
                 continue
-            order = np.argsort(rd, kind="stable")
-            out.append(ri[order][: tie_cap * k].astype(np.int64))
+            # The k nearest below the tie distance (the range holds the same ones), then the
+            # whole tie group: no sort needed, ranking depends only on the set.
+            group = ri[rd == d[k - 1]]
+            out.append(np.concatenate([i[d < d[k - 1]], group])[: tie_cap * k].astype(np.int64))
         else:
             out.append(i[:k].astype(np.int64))
     return out
