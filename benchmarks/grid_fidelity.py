@@ -43,6 +43,7 @@ from memory_bank import IGNORE, SegmentConfig, extract_segments, open_bank
 from memory_bank.config import Grid, parse_size
 from memory_bank.images import resize_label
 from memory_bank.segments import segment_context
+from retrieval_service.engine import RetrievalEngine, RetrievalOptions, Status
 from retrieval_service.query import prepare_query
 from retrieval_service.reference import brute_force_topk, iou
 
@@ -337,6 +338,33 @@ def verify_scorer(bank: BankImages, layouts: list[QueryLayout], full: list[list[
         assert fast == slow, f"full-res scorer mismatch: layout {v} comp {i} segment {ids[p]}: {fast} != {slow}"
 
 
+def evaluate_full_mode(bank, layouts: list[QueryLayout], full: list[list[np.ndarray]]) -> dict:
+    """The engine's ``full`` mode (exact on pixels, seeded by the grid) against the full scan."""
+    engine = RetrievalEngine.from_bank(bank)
+    engine.warm_up()
+    engine.pixel_frames()  # load outside the timings
+    agree, latency, scored = [], {"full": [], "fast": []}, 0
+    for q, fscores in zip(layouts, full, strict=True):
+        for mode in ("fast", "full"):
+            t = time.perf_counter()
+            res = engine.retrieve(q.label, RetrievalOptions(k=1, mode=mode))
+            latency[mode].append(time.perf_counter() - t)
+        scored += res.scored
+        for i, k in enumerate(q.kept):
+            comp = res.components[k]
+            if comp.status is Status.OK:
+                agree.append(comp.matches[0].score == fscores[i].max())
+    return {
+        "mode": "full",
+        "queries": len(agree),
+        "agreement": float(np.mean(agree)),
+        "latency_ms_per_layout": {
+            m: {"p50": 1e3 * float(np.median(v)), "p95": 1e3 * float(np.percentile(v, 95))} for m, v in latency.items()
+        },
+        "pixel_scored_per_component": scored / max(1, len(agree)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, required=True, help="CamVid root (SegNet layout)")
@@ -393,6 +421,11 @@ def main() -> None:
             f"naive check passed on {args.verify_pairs} pairs"
         )
 
+        full_mode = evaluate_full_mode(bank, layouts, full)
+        print(
+            f"full mode on the {grid_label(grids[0])} bank: agreement {100 * full_mode['agreement']:.2f}%, "
+            f"{full_mode['latency_ms_per_layout']['full']['p50']:.1f} ms p50 per layout"
+        )
         for gi, grid in enumerate(grids):
             if gi > 0:
                 shutil.rmtree(Path(tmp) / f"bank{gi - 1}", ignore_errors=True)
@@ -438,6 +471,7 @@ def main() -> None:
         "naive_check_pairs": args.verify_pairs,
         "total_seconds": time.perf_counter() - t_start,
         "grids": results,
+        "full_mode": {"bank_grid": grid_label(grids[0]), **full_mode},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -457,6 +491,11 @@ def main() -> None:
             f"| {r['grid_ms_per_query']:.2f} "
             f"| {r['fine_bytes_per_segment']} ({r['mask_bytes_per_segment']} + {r['context_bytes_per_segment']}) |"
         )
+    fm = full_mode["latency_ms_per_layout"]
+    print(
+        f"| `full` mode (pixels, {grid_label(grids[0])} seeds) | - | {100 * full_mode['agreement']:.2f}% | 1 | 1 "
+        f"| - | - | {fm['full']['p50']:.1f} ms/layout (fast: {fm['fast']['p50']:.1f}) | frames in RAM |"
+    )
     print(
         f"\n{n_queries} query components; full resolution: {result['full_res_ms_per_query_cpu']:.1f} ms CPU per query"
     )

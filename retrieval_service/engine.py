@@ -9,10 +9,14 @@ the lower segment id):
   whose upper bound reaches ``t`` are scored exactly.
 - ``fast``: FAISS Hamming candidates on coarse codes, re-ranked exactly; ``candidates`` sets
   how many.
+
+and a third, ``full``, that scores on pixels at the working resolution instead of the grid,
+exactly, seeded by fast mode (:mod:`retrieval_service.full_resolution`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ import torch
 from memory_bank import Bank
 from memory_bank.classes import IGNORE
 from retrieval_service.candidates import CandidateConfig, build_candidate_index, search
+from retrieval_service.full_resolution import SEEDS, PixelFrames, rank_on_pixels
 from retrieval_service.index import (
     ClassShard,
     SegmentIndex,
@@ -38,7 +43,7 @@ from retrieval_service.kernels import NO_MATCH, count_equal, iou64, padded_width
 from retrieval_service.pool_ranking import compile_rank_pools, rank_pools
 from retrieval_service.query import Query, prepare_query
 
-Mode = Literal["exact", "fast"]
+Mode = Literal["exact", "fast", "full"]
 
 
 class Status(StrEnum):
@@ -84,7 +89,8 @@ class RetrievalOptions:
 
     Attributes:
         k: matches per component.
-        mode: ``exact`` or ``fast``.
+        mode: ``exact`` or ``fast`` (grid scores), or ``full`` (exact on pixels at the working
+            resolution; needs an engine made from a bank, see :mod:`.full_resolution`).
         seed: with a seed, ``choice`` is a reproducible random pick among the top-k (paper
             §6, diversity); without one it is the best match.
         exclude_images: bank image ids whose segments must not be returned.
@@ -103,8 +109,8 @@ class RetrievalOptions:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.mode not in ("exact", "fast"):
-            raise ValueError(f"mode must be 'exact' or 'fast', got {self.mode!r}")
+        if self.mode not in ("exact", "fast", "full"):
+            raise ValueError(f"mode must be 'exact', 'fast' or 'full', got {self.mode!r}")
         if self.candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {self.candidates}")
 
@@ -163,20 +169,36 @@ class RetrievalEngine:
         index: SegmentIndex,
         candidate_config: CandidateConfig | None = None,
         cpu_threads: int | None = 1,
+        bank: Bank | None = None,
     ) -> None:
         """``cpu_threads`` sets torch's intra-op threads and FAISS's OpenMP threads on CPU
         (process-wide). One is the default: the kernels work on small batches, and concurrent
         requests already use the cores; under load, two threads per op made torch 20x and FAISS
-        10x slower here. ``None`` leaves both settings alone."""
+        10x slower here. ``None`` leaves both settings alone.
+
+        ``bank`` (the bank the index was made from) enables ``full`` mode: its label and
+        component maps are read into memory on the first such request."""
         self.index = index
         self.candidate_config = candidate_config or CandidateConfig()
+        self.bank = bank
+        self._frames: PixelFrames | None = None
+        self._frames_lock = threading.Lock()
         if cpu_threads is not None and index.device.type == "cpu":
             torch.set_num_threads(cpu_threads)
             faiss.omp_set_num_threads(cpu_threads)
 
     @classmethod
     def from_bank(cls, bank: Bank, device: torch.device | None = None, **kwargs: object) -> RetrievalEngine:
-        return cls(SegmentIndex.from_bank(bank, device), **kwargs)  # type: ignore[arg-type]
+        return cls(SegmentIndex.from_bank(bank, device), bank=bank, **kwargs)  # type: ignore[arg-type]
+
+    def pixel_frames(self) -> PixelFrames:
+        """The bank's label and component maps for ``full`` mode, read once."""
+        if self.bank is None:
+            raise ValueError("full mode scores bank pixels: make the engine with RetrievalEngine.from_bank")
+        with self._frames_lock:
+            if self._frames is None:
+                self._frames = PixelFrames.from_bank(self.bank)
+        return self._frames
 
     def warm_up(self) -> float:
         """Build every class's FAISS index (and compile the CPU ranking kernel) now rather than
@@ -225,6 +247,8 @@ class RetrievalEngine:
             rows = all_rows.take([at[i] for i in comps])
             if options.mode == "fast":
                 found, n = self._fast(shard, rows, options.k, options.candidates, excluded)
+            elif options.mode == "full":
+                found, n = self._full(query, shard, rows, options, excluded)
             else:
                 found, n = self._exact(shard, rows, options.k, excluded)
             scored += n
@@ -383,7 +407,33 @@ class RetrievalEngine:
             )
         return out, ranked.scored
 
-    # 5. Exact mode
+    # 5. Full mode: exact on pixels, seeded by the grid
+    def _full(
+        self, query: Query, shard: ClassShard, rows: _QueryRows, options: RetrievalOptions, excluded: np.ndarray
+    ) -> tuple[list[tuple[Match, ...]], int]:
+        frames = self.pixel_frames()
+        if "query_frames" not in query.cache:
+            query.cache["query_frames"] = PixelFrames.from_query(query.label, query.segments)
+        qf = query.cache["query_frames"]
+        seeds, _ = self._fast(shard, rows, max(options.k, SEEDS), options.candidates, excluded)
+        pool = shard.segment_ids
+        if excluded.size:
+            pool = pool[~np.isin(shard.image_ids, excluded)]
+        pool = np.sort(pool)
+        out, scored = [], 0
+        for j, i in enumerate(rows.ids):
+            seed_ids = np.array([m.segment_id for m in seeds[j]], np.int64)
+            ids, sc, n = rank_on_pixels(qf, i, frames, pool, seed_ids, options.k)
+            scored += n
+            out.append(
+                tuple(
+                    Match(int(sid), int(frames.image_id[sid]), float(v[0]), float(v[1]), float(v[2]))
+                    for sid, v in zip(ids, sc, strict=True)
+                )
+            )
+        return out, scored
+
+    # 6. Exact mode
     def _exact(
         self, shard: ClassShard, rows: _QueryRows, k: int, excluded: np.ndarray
     ) -> tuple[list[tuple[Match, ...]], int]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ class Query:
     label: np.ndarray  # (H, W) uint8
     segments: Segments
     codes: SegmentCodes
+    cache: dict[str, Any] = field(default_factory=dict, compare=False)  # derived data, e.g. pixel frames
 
     def __len__(self) -> int:
         return len(self.segments)

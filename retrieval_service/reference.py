@@ -1,15 +1,19 @@
 """Brute-force retrieval: a plain numpy full scan per component, as the paper's code did.
 
 It is the reference the engine is tested and benchmarked against: slow, obvious, exact.
-Scores are float64 ``IoU(mask) + IoU(context)`` at the bank's fine grid; ties go to the lower
-segment id.
+Scores are float64 ``IoU(mask) + IoU(context)`` at the bank's fine grid (or, for ``full``
+mode, on full-frame pixels); ties go to the lower segment id.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from memory_bank import Segment
 from memory_bank.classes import IGNORE
+from memory_bank.segments import segment_context
 
 
 def iou(inter: np.ndarray, a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
@@ -56,3 +60,26 @@ def brute_force_topk(
     score = miou + ciou
     order = np.lexsort((segment_ids, -score))[:k]
     return segment_ids[order], score[order], miou[order], ciou[order]
+
+
+def pixel_brute_force_topk(
+    label: np.ndarray, mask: np.ndarray, context_box: np.ndarray, segments: Sequence[Segment], k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k of one component over bank segments (from :meth:`Bank.segment`), scored literally
+    on full-frame pixels.
+
+    ``mask`` is the component's (H, W) bool footprint in ``label``; its context is ``label``
+    inside ``context_box``, like every bank segment's. Returns ``(segment_ids, scores,
+    mask_iou, context_iou)``, best first.
+    """
+    query_context = segment_context(label, context_box)
+    present = query_context != IGNORE
+    ids = np.array([s.segment_id for s in segments], np.int64)
+    inter = np.array([np.sum(mask & s.mask) for s in segments], np.int64)
+    cinter = np.array([np.sum((query_context == s.context) & present) for s in segments], np.int64)
+    b = np.array([s.mask.sum() for s in segments], np.int64)
+    cb = np.array([np.sum(s.context != IGNORE) for s in segments], np.int64)
+    miou, ciou = iou(inter, int(mask.sum()), b), iou(cinter, int(present.sum()), cb)
+    score = miou + ciou
+    order = np.lexsort((ids, -score))[:k]
+    return ids[order], score[order], miou[order], ciou[order]

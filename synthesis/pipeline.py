@@ -190,8 +190,8 @@ class SynthesisPipeline:
         key = (options.k if k is None else k, options.mode if mode is None else mode)
         if key == (options.k, options.mode):
             return self.builder
-        if key[0] < 1 or key[1] not in ("exact", "fast"):
-            raise ValueError(f"k must be >= 1 and mode 'exact' or 'fast', got k={k}, mode={mode!r}")
+        if key[0] < 1 or key[1] not in ("exact", "fast", "full"):
+            raise ValueError(f"k must be >= 1 and mode 'exact', 'fast' or 'full', got k={k}, mode={mode!r}")
         got = self._builders.get(key)
         if got is None:
             # A shallow copy shares the retriever, the segment cache and the networks.

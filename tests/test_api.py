@@ -86,14 +86,15 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
 # Retrieval
 
 
-def test_retrieve_matches_the_engine(client: TestClient, val_bank: Bank, layout: np.ndarray) -> None:
-    r = upload(client, encode_layout(layout), k="3", mode="exact", seed="7", exclude_images="2")
+@pytest.mark.parametrize("mode", ["exact", "full"])
+def test_retrieve_matches_the_engine(client: TestClient, val_bank: Bank, layout: np.ndarray, mode: str) -> None:
+    r = upload(client, encode_layout(layout), k="3", mode=mode, seed="7", exclude_images="2")
     assert r.status_code == 200, r.text
     body = r.json()
     assert r.headers["x-sims-bank-version"] == body["bank_version"] == val_bank.version
-    assert (body["mode"], body["k"], body["height"], body["width"]) == ("exact", 3, 360, 480)
+    assert (body["mode"], body["k"], body["height"], body["width"]) == (mode, 3, 360, 480)
     want = RetrievalEngine.from_bank(val_bank).retrieve(
-        layout, RetrievalOptions(k=3, mode="exact", seed=7, exclude_images=[2])
+        layout, RetrievalOptions(k=3, mode=mode, seed=7, exclude_images=[2])  # type: ignore[arg-type]
     )
     assert len(body["components"]) == len(want.components) > 5
     for got, ref in zip(body["components"], want.components, strict=True):

@@ -13,7 +13,7 @@ MAX_EXCLUDE = 10_000
 #: Largest seed (numpy's generators take any non-negative integer; 64 bits is plenty).
 MAX_SEED = 2**64 - 1
 
-Mode = Literal["exact", "fast"]
+Mode = Literal["exact", "fast", "full"]
 ComponentStatus = Literal["ok", "class_not_in_bank", "below_min_area", "no_candidates"]
 # Fixed-length arrays are lists with a length, not tuples: OpenAPI 3.1 tools (and older
 # clients) handle `items` + `minItems`/`maxItems` better than JSON Schema's `prefixItems`.
@@ -35,7 +35,11 @@ class RetrieveOptions(_Model):
     """Options of one retrieval."""
 
     k: int = Field(5, ge=1, le=MAX_K, description="Candidates returned per component, best first.")
-    mode: Mode = Field("fast", description="`exact`: the true top-k; `fast`: FAISS candidates re-ranked exactly.")
+    mode: Mode = Field(
+        "fast",
+        description="`exact`: the true top-k at the bank's grid; `fast`: FAISS candidates re-ranked exactly at "
+        "the grid; `full`: the true top-k scored on pixels at the working resolution (slower).",
+    )
     seed: int | None = Field(
         None,
         ge=0,

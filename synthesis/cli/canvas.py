@@ -14,7 +14,7 @@ app = typer.Typer(
 BankOpt = Annotated[Path, typer.Option("--bank", "-b", help="Bank the segments are retrieved from.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of retrieval picks, colour transfer and elision.")]
 KOpt = Annotated[int, typer.Option("--k", help="Pick each segment at random among the top k.")]
-ModeOpt = Annotated[str, typer.Option(help="Retrieval mode: fast or exact.")]
+ModeOpt = Annotated[str, typer.Option(help="Retrieval mode: fast, exact or full (pixels).")]
 ColorOpt = Annotated[float, typer.Option(help="Share of segments whose colour is transferred (simulated canvases).")]
 
 

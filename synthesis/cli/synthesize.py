@@ -37,7 +37,7 @@ def synthesize(
     n: Annotated[int, typer.Option("--n", help="Variants per layout, with seeds seed .. seed+n-1.")] = 1,
     seed: Annotated[int, typer.Option(help="First seed (it picks among the top-k segments).")] = 0,
     k: Annotated[int, typer.Option("--k", help="Candidates per component the seed picks among.")] = 5,
-    mode: Annotated[str, typer.Option(help="Retrieval mode: fast or exact.")] = "fast",
+    mode: Annotated[str, typer.Option(help="Retrieval mode: fast, exact or full (pixels).")] = "fast",
     coarse: Annotated[bool, typer.Option("--coarse", help="The layouts are coarse: refine them first.")] = False,
     unlabelled: Annotated[
         str | None, typer.Option(help="Comma-separated label values to treat as unlabelled (e.g. 11 for CamVid).")
@@ -68,8 +68,8 @@ def synthesize(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     if (service is None) == (bank is None):
         raise typer.BadParameter("give exactly one of --service URL and --bank BANK")
-    if mode not in ("fast", "exact"):
-        raise typer.BadParameter(f"--mode must be fast or exact, not {mode!r}")
+    if mode not in ("fast", "exact", "full"):
+        raise typer.BadParameter(f"--mode must be fast, exact or full, not {mode!r}")
     with contextlib.ExitStack() as stack:
         synth: Synthesizer
         if service is not None:
