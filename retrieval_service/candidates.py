@@ -22,7 +22,9 @@ class CandidateConfig:
     """How candidate indexes are built and searched."""
 
     ivf_min_segments: int = IVF_MIN_SEGMENTS
-    lists_per_sqrt: float = 1.0  # nlist = lists_per_sqrt * sqrt(n)
+    # nlist = lists_per_sqrt * sqrt(n). 4 rather than 1: smaller lists, fewer codes scanned per probe;
+    # at 10^6 segments 23% faster (paired runs) and recall@1 0.9941 instead of 0.9935 (8: 0.9853).
+    lists_per_sqrt: float = 4.0
     nprobe: int = 16
     train_points_per_list: int = 40
     train_iterations: int = 10
