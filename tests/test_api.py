@@ -94,7 +94,8 @@ def test_retrieve_matches_the_engine(client: TestClient, val_bank: Bank, layout:
     assert r.headers["x-sims-bank-version"] == body["bank_version"] == val_bank.version
     assert (body["mode"], body["k"], body["height"], body["width"]) == (mode, 3, 360, 480)
     want = RetrievalEngine.from_bank(val_bank).retrieve(
-        layout, RetrievalOptions(k=3, mode=mode, seed=7, exclude_images=[2])  # type: ignore[arg-type]
+        layout,
+        RetrievalOptions(k=3, mode=mode, seed=7, exclude_images=[2]),  # type: ignore[arg-type]
     )
     assert len(body["components"]) == len(want.components) > 5
     for got, ref in zip(body["components"], want.components, strict=True):
