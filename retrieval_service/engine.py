@@ -413,7 +413,7 @@ class RetrievalEngine:
     ) -> tuple[list[tuple[Match, ...]], int]:
         frames = self.pixel_frames()
         if "query_frames" not in query.cache:
-            query.cache["query_frames"] = PixelFrames.from_query(query.label, query.segments)
+            query.cache["query_frames"] = PixelFrames.from_query(query.label, query.segments, self.index.num_classes)
         qf = query.cache["query_frames"]
         seeds, _ = self._fast(shard, rows, max(options.k, SEEDS), options.candidates, excluded)
         pool = shard.segment_ids

@@ -69,7 +69,7 @@ def test_bounds_never_undercut_pixel_scores(val_bank: Bank, engine: RetrievalEng
     frames = engine.pixel_frames()
     label = np.asarray(val_bank.labels[4])
     segs = extract_segments(label, len(val_bank.classes), val_bank.config)
-    query = PixelFrames.from_query(label, segs)
+    query = PixelFrames.from_query(label, segs, len(val_bank.classes))
     every = val_bank.segment_ids()
     for i in range(len(segs)):
         scores = score_pixels(query, i, frames, every)
