@@ -416,10 +416,12 @@ class RetrievalEngine:
             query.cache["query_frames"] = PixelFrames.from_query(query.label, query.segments, self.index.num_classes)
         qf = query.cache["query_frames"]
         seeds, _ = self._fast(shard, rows, max(options.k, SEEDS), options.candidates, excluded)
-        pool = shard.segment_ids
+        if "sorted_ids" not in shard.extras:  # rows are in popcount order; rank_on_pixels wants ids sorted
+            order = np.argsort(shard.segment_ids)
+            shard.extras["sorted_ids"] = (shard.segment_ids[order], shard.image_ids[order])
+        pool, pool_images = shard.extras["sorted_ids"]
         if excluded.size:
-            pool = pool[~np.isin(shard.image_ids, excluded)]
-        pool = np.sort(pool)
+            pool = pool[~np.isin(pool_images, excluded)]
         out, scored = [], 0
         for j, i in enumerate(rows.ids):
             seed_ids = np.array([m.segment_id for m in seeds[j]], np.int64)

@@ -29,6 +29,8 @@ import numpy as np
 
 from memory_bank import Bank, Segments
 from memory_bank.classes import IGNORE
+from retrieval_service.kernels import iou64
+from retrieval_service.pool_ranking import iou_scalar
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +142,6 @@ def context_sizes(labels: np.ndarray, image_id: np.ndarray, boxes: np.ndarray) -
     return out
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _iou(inter: float, a: float, b: float) -> float:
-    union = a + b - inter
-    return inter / union if union > 0 else 0.0
-
-
 @numba.njit(cache=True, nogil=True)
 def _score_pixels(
     q_label: np.ndarray,  # (H, W) uint8
@@ -179,8 +175,8 @@ def _score_pixels(
             for x in range(max(q_cbox[1], cbox[s, 1]), min(q_cbox[3], cbox[s, 3])):
                 v = q_label[y, x]
                 cinter += (v == labels[im, y, x]) & (v != 255)
-        m = _iou(float(inter), float(q_area), float(area[s]))
-        c = _iou(float(cinter), float(q_csize), float(csize[s]))
+        m = iou_scalar(float(inter), float(q_area), float(area[s]))
+        c = iou_scalar(float(cinter), float(q_csize), float(csize[s]))
         out[j, 0] = m + c
         out[j, 1] = m
         out[j, 2] = c
@@ -216,12 +212,6 @@ def _overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     dy = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
     dx = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
     return np.maximum(dy, 0) * np.maximum(dx, 0)
-
-
-def _iou64(inter: np.ndarray, a: np.ndarray | int, b: np.ndarray) -> np.ndarray:
-    inter = inter.astype(np.float64)
-    union = np.float64(a) + b.astype(np.float64) - inter
-    return np.divide(inter, union, out=np.zeros_like(union), where=union > 0)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -268,7 +258,7 @@ def upper_bounds(query: PixelFrames, i: int, bank: PixelFrames, segments: np.nda
     q_tables, q_box = query.class_tables[0], query.context_box[i]
     _context_caps(q_tables, q_box, bank.class_tables, bank.image_id, bank.context_box, segments, CELL, caps)
     ic = np.minimum(np.minimum(ca, cb), caps)
-    return _iou64(im, a, b) + _iou64(ic, ca, cb)
+    return iou64(im, a, b) + iou64(ic, ca, cb)
 
 
 def rank_on_pixels(

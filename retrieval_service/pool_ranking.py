@@ -34,7 +34,8 @@ def _popcount(x: np.uint64) -> int:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _iou(inter: float, a: float, b: float) -> float:
+def iou_scalar(inter: float, a: float, b: float) -> float:
+    """``inter / (a + b - inter)``, 0 for an empty union: the float64 arithmetic of ``iou64``."""
     union = a + b - inter
     return inter / union if union > 0 else 0.0
 
@@ -91,7 +92,7 @@ def _rank_pools(
             cb = s[1]
             im = min(min(qs[0], s[0]), _overlap(s, qs, 2))
             ic = min(min(ca, cb), _overlap(s, qs, 6))
-            bound[i] = _iou(float(im), a, b) + _iou(float(ic), float(ca), float(cb))
+            bound[i] = iou_scalar(float(im), a, b) + iou_scalar(float(ic), float(ca), float(cb))
         # (2) One pass in pool order (FAISS's nearest first, so the floor t rises early). Each
         # candidate is dropped at the first bound below t, most of them before their 0.3-3 kB
         # of codes are read.
@@ -105,11 +106,11 @@ def _rank_pools(
             inter = 0
             for w in range(words):
                 inter += _popcount(mask[r, w] & q_mask[j, w])
-            miou = _iou(float(inter), a, b)
+            miou = iou_scalar(float(inter), a, b)
             cap = 0
             for blk in range(nb):
                 cap += min(blocks[r, blk], q_blocks[j, blk])
-            if miou + _iou(float(min(cap, min(ca, cb))), float(ca), float(cb)) < t:
+            if miou + iou_scalar(float(min(cap, min(ca, cb))), float(ca), float(cb)) < t:
                 continue
             inter = 0
             if dense:  # whole rows: a contiguous loop the compiler vectorizes
@@ -119,7 +120,7 @@ def _rank_pools(
                 for c in cols:
                     if context[r, c] == q_context[j, c]:
                         inter += 1
-            ciou = _iou(float(inter), float(ca), float(cb))
+            ciou = iou_scalar(float(inter), float(ca), float(cb))
             score = miou + ciou
             scored += 1
             # Insert into the top-k, ordered by score descending then segment id ascending.
