@@ -3,15 +3,16 @@
 ``SynthesisPipeline(builder, generator, refiner=None)(layout, k=5, seed=0, coarse=False)`` runs
 
 1. check the layout; 2. refine it if it is coarse; 3. build the canvas (retrieve, align, order,
-paste, elide: :class:`~synthesis.canvas.builder.CanvasBuilder`); 4. synthesize the photo with the
-network; 5. bring it back to the layout's size.
+paste, elide: :class:`~synthesis.canvas.builder.CanvasBuilder`); 4. synthesize the photo at the
+layout's resolution.
 
 The network works at its own resolution (``config.json``'s ``resolution``, e.g. 192x256): the
 layout, canvas and missing mask are resized to it exactly as the training data was
-(:func:`~synthesis.canvas.simulate.resize_inputs`), and the network's output is **bilinearly
-upsampled** to the layout's size, so ``SynthesisOutput.image`` is never sharper than the network
-makes it. The builder's retriever decides where segments come from: the in-process engine, or the
-retrieval service over HTTP (:mod:`synthesis.remote`).
+(:func:`~synthesis.canvas.simulate.resize_inputs`). Its output comes back at the layout's size
+through the canvas blend (:mod:`synthesis.networks.blend`): a network with the blend head keeps the
+real canvas pixels at their own resolution, colour-corrected, and draws the rest; an older network
+without it is upsampled bilinearly. The builder's retriever decides where segments come from: the
+in-process engine, or the retrieval service over HTTP (:mod:`synthesis.remote`).
 """
 
 from __future__ import annotations
@@ -22,27 +23,43 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from memory_bank import Bank, LayoutError
 from retrieval_service.engine import Mode
 from synthesis.canvas.builder import Canvas, CanvasBuilder, PlacedSegment
-from synthesis.canvas.simulate import input_tensors, resize_inputs
+from synthesis.canvas.elision import ElisionConfig
+from synthesis.canvas.simulate import input_tensors, photo_tensor, resize_inputs
 from synthesis.checkpoint import from_pretrained
+from synthesis.networks.blend import blend_canvas
 from synthesis.networks.refinement import CascadedRefinementNetwork
 
 #: Where ``sims worker`` and ``sims synthesize`` look for the synthesis network by default.
 DEFAULT_WEIGHTS = Path("weights/synthesis")
 
 
-class ImageGenerator:
-    """The synthesis network as a function of numpy arrays: ``generator(layout, canvas, missing) -> RGB``.
+@dataclass(frozen=True)
+class GeneratedImage:
+    """The network's answer at the layout's resolution.
 
-    Inputs at any size (uint8 (H, W) layout, uint8 (H, W, 3) canvas, bool (H, W) missing) are
-    resized to the network's resolution; the output is uint8 (h, w, 3) at that resolution. A
-    parametric model (``sims.json`` says ``parametric``) is fed an empty canvas, as in training.
+    Attributes:
+        image: (H, W, 3) uint8 photograph.
+        canvas_weight: (H, W) float32 in [0, 1], the canvas's share of every output pixel (all
+            zeros for a network without the blend head, and for the parametric baseline).
+    """
+
+    image: np.ndarray
+    canvas_weight: np.ndarray
+
+
+class ImageGenerator:
+    """The synthesis network as a function of numpy arrays: ``generator(layout, canvas, missing, kept) -> RGB``.
+
+    Inputs come at the layout's resolution (uint8 (H, W) layout, uint8 (H, W, 3) canvas, bool
+    (H, W) missing and kept masks); they are resized to the network's resolution, and the output
+    comes back at (H, W) through :func:`~synthesis.networks.blend.blend_canvas`. A parametric
+    model (``sims.json`` says ``parametric``) is fed an empty canvas, as in training.
     """
 
     def __init__(self, model: CascadedRefinementNetwork, *, parametric: bool = False) -> None:
@@ -65,15 +82,27 @@ class ImageGenerator:
         return self.model.config.num_classes
 
     @torch.no_grad()
-    def __call__(self, layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray) -> np.ndarray:
-        """(h, w, 3) uint8 RGB at the network's resolution."""
-        layout, canvas, missing = resize_inputs(layout, canvas, missing, self.resolution)
+    def generate(
+        self, layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray, kept: np.ndarray | None = None
+    ) -> GeneratedImage:
+        """The photograph at the layout's resolution; ``kept`` (default: not ``missing``) marks real canvas pixels."""
         if self.parametric:
             canvas, missing = np.zeros_like(canvas), np.ones_like(missing)
-        x = input_tensors(layout, canvas, missing)
+        kept = ~np.asarray(missing, bool) if kept is None or self.parametric else np.asarray(kept, bool)
+        small = input_tensors(*resize_inputs(layout, canvas, missing, self.resolution))
         device = next(self.model.parameters()).device
-        out = self.model(*(x[k][None].to(device) for k in ("layout", "canvas", "missing")))[0]
-        return out.permute(1, 2, 0).mul(255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        rgb, raw = self.model.forward_with_blend(*(small[k][None].to(device) for k in ("layout", "canvas", "missing")))
+        full_canvas = photo_tensor(canvas)[None].to(device)
+        full_kept = torch.from_numpy(kept.astype(np.float32))[None, None].to(device)
+        blended = blend_canvas(rgb, raw, full_canvas, full_kept)
+        image = blended.image[0].permute(1, 2, 0).mul(255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return GeneratedImage(image, blended.weight[0, 0].cpu().numpy())
+
+    def __call__(
+        self, layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray, kept: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(H, W, 3) uint8 RGB at the layout's resolution."""
+        return self.generate(layout, canvas, missing, kept).image
 
 
 @dataclass(frozen=True)
@@ -81,13 +110,16 @@ class SynthesisOutput:
     """What one synthesis made.
 
     Attributes:
-        image: (H, W, 3) uint8 at the layout's size (the network's output, bilinearly upsampled).
+        image: (H, W, 3) uint8 at the layout's size.
         canvas: the built canvas (:class:`~synthesis.canvas.builder.Canvas`: pixels, missing
             mask, provenance map of bank segment ids, -1 where none).
         layout: the (H, W) uint8 layout synthesized from (the refined one when ``coarse``).
         segments: the painted bank segments, back to front.
         bank_version: the bank version the segments come from.
         timings: seconds per step: ``refine``, ``retrieve``, ``canvas``, ``network``, ``total``.
+        canvas_weight: (H, W) float32, the canvas's share of every output pixel (see
+            :class:`GeneratedImage`), or None.
+        elision: the boundary elision the canvas was made with.
     """
 
     image: np.ndarray
@@ -95,6 +127,8 @@ class SynthesisOutput:
     layout: np.ndarray
     bank_version: str
     timings: dict[str, float] = field(default_factory=dict)
+    canvas_weight: np.ndarray | None = None
+    elision: ElisionConfig | None = None
 
     @property
     def provenance(self) -> np.ndarray:
@@ -128,7 +162,7 @@ class SynthesisPipeline:
         self.builder = builder
         self.generator = generator
         self.refiner = refiner
-        self._builders: dict[tuple[int, str], CanvasBuilder] = {}
+        self._builders: dict[tuple[int, str, ElisionConfig], CanvasBuilder] = {}
 
     @classmethod
     def from_bank(
@@ -151,12 +185,13 @@ class SynthesisPipeline:
         seed: int = 0,
         coarse: bool = False,
         mode: Mode | None = None,
+        elision: ElisionConfig | None = None,
     ) -> SynthesisOutput:
         """Synthesize a photo for an (H, W) uint8 layout at the bank's resolution (255 = unlabelled).
 
-        ``k``: candidates per component the seed picks among; ``mode``: retrieval mode (both
-        default to the builder's options). The same layout, options, seed and bank version give
-        the same image.
+        ``k``: candidates per component the seed picks among; ``mode``: retrieval mode;
+        ``elision``: boundary elision of the canvas (all three default to the builder's options).
+        The same layout, options, seed and bank version give the same image.
         """
         start = time.perf_counter()
         timings: dict[str, float] = {}
@@ -171,24 +206,34 @@ class SynthesisPipeline:
             layout = self.builder.check_layout(self.refiner(layout.copy()))
             timings["refine"] = time.perf_counter() - t
         # 3. Canvas: retrieve, align, order, paste, elide.
-        canvas = self._builder(k, mode)(layout, seed=seed)
+        builder = self._builder(k, mode, elision)
+        canvas = builder(layout, seed=seed)
         timings["retrieve"] = canvas.timings["retrieve"]
         timings["canvas"] = canvas.timings["total"] - canvas.timings["retrieve"]
-        # 4. The network, at its resolution.
+        # 4. The network, at its resolution; the output at the layout's.
         t = time.perf_counter()
-        small = self.generator(layout, canvas.canvas, canvas.missing)
-        # 5. Back to the layout's size.
-        h, w = layout.shape
-        image = small if small.shape[:2] == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        generated = self.generator.generate(layout, canvas.canvas, canvas.missing, canvas.kept)
         timings["network"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
-        return SynthesisOutput(image, canvas, layout, canvas.bank_version, timings)
+        return SynthesisOutput(
+            generated.image,
+            canvas,
+            layout,
+            canvas.bank_version,
+            timings,
+            canvas_weight=generated.canvas_weight,
+            elision=builder.options.elision,
+        )
 
-    def _builder(self, k: int | None, mode: Mode | None) -> CanvasBuilder:
-        """The builder with these retrieval options (a shallow copy when they differ; cached)."""
+    def _builder(self, k: int | None, mode: Mode | None, elision: ElisionConfig | None = None) -> CanvasBuilder:
+        """The builder with these options (a shallow copy when they differ; cached)."""
         options = self.builder.options
-        key = (options.k if k is None else k, options.mode if mode is None else mode)
-        if key == (options.k, options.mode):
+        key = (
+            options.k if k is None else k,
+            options.mode if mode is None else mode,
+            options.elision if elision is None else elision,
+        )
+        if key == (options.k, options.mode, options.elision):
             return self.builder
         if key[0] < 1 or key[1] not in ("exact", "fast", "full"):
             raise ValueError(f"k must be >= 1 and mode 'exact', 'fast' or 'full', got k={k}, mode={mode!r}")
@@ -196,6 +241,6 @@ class SynthesisPipeline:
         if got is None:
             # A shallow copy shares the retriever, the segment cache and the networks.
             got = copy.copy(self.builder)
-            got.options = replace(options, k=key[0], mode=key[1])
+            got.options = replace(options, k=key[0], mode=key[1], elision=key[2])
             self._builders[key] = got
         return got

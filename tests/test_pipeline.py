@@ -20,6 +20,7 @@ from retrieval_service.engine import RetrievalEngine, RetrievalOptions
 from synthesis.canvas.builder import CanvasBuilder
 from synthesis.canvas.protocols import CachedSegments
 from synthesis.canvas.simulate import resize_sample
+from synthesis.networks.blend import upsample
 from synthesis.networks.layout_refiner import CoarseLayoutRefiner
 from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
 from synthesis.pipeline import ImageGenerator, SynthesisPipeline
@@ -55,15 +56,17 @@ def test_generator_feeds_the_network_as_training_does(tiny_weights: Path) -> Non
     canvas = rng.integers(0, 256, (360, 480, 3)).astype(np.uint8)
     missing = rng.random((360, 480)) < 0.3
     out = gen(layout, canvas, missing)
-    assert out.shape == (24, 32, 3) and out.dtype == np.uint8
-    # The training path: the cache's resize, then the dataset's tensors.
+    assert out.shape == (360, 480, 3) and out.dtype == np.uint8
+    # The training path: the cache's resize, then the dataset's tensors; a network without the
+    # blend head comes back upsampled to the layout's size.
     lay, can, mis, _ = resize_sample(layout, canvas, missing, canvas, (24, 32))
     with torch.no_grad():
         want = gen.model(
             torch.from_numpy(lay.astype(np.int64))[None],
             torch.from_numpy(can).permute(2, 0, 1)[None].float() / 255.0,
             torch.from_numpy(mis.astype(np.float32))[None, None],
-        )[0]
+        )
+        want = upsample(want, (360, 480))[0]
     np.testing.assert_array_equal(out, (want.permute(1, 2, 0) * 255).round().clamp(0, 255).byte().numpy())
 
 

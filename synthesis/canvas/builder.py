@@ -18,7 +18,7 @@ from memory_bank import Bank, ClassTable, LayoutError, SegmentConfig, Segments, 
 from retrieval_service.engine import ComponentResult, Mode, RetrievalEngine, RetrievalOptions, RetrievalResult
 from retrieval_service.query import prepare_query
 from synthesis.canvas.compose import NONE, composite
-from synthesis.canvas.elision import ElisionConfig, elide
+from synthesis.canvas.elision import ElisionConfig, elide, kept_pixels
 from synthesis.canvas.order_rule import DepthTiers, LayoutOrderer, Tier
 from synthesis.canvas.protocols import Aligner, CachedSegments, IdentityAligner, Orderer, Retriever, SegmentSource
 
@@ -67,6 +67,11 @@ class Canvas:
     def __post_init__(self) -> None:
         for a in (self.canvas, self.missing, self.provenance, self.elision):
             a.setflags(write=False)
+
+    @property
+    def kept(self) -> np.ndarray:
+        """(H, W) bool: real canvas pixels, neither missing nor elided."""
+        return kept_pixels(self.missing, self.elision)
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,24 @@ class ElisionConfig:
         if not 0.0 <= self.white_fraction <= 1.0:
             raise ValueError(f"white_fraction must be in [0, 1], got {self.white_fraction}")
 
+    def with_overrides(self, band: float | None = None, rate: float | None = None) -> ElisionConfig:
+        """A copy with the band and/or the white fraction replaced (None keeps the value)."""
+        return ElisionConfig(
+            band=self.band if band is None else float(band),
+            white_fraction=self.white_fraction if rate is None else float(rate),
+            black_outside_objects=self.black_outside_objects,
+        )
+
     def radius(self, height: int) -> float:
         """The band width in pixels for a frame of ``height`` rows."""
         return self.band * height
+
+
+#: The paper's elision (§5.2), which training canvases are simulated with by default.
+PAPER_ELISION = ElisionConfig()
+#: The test-time default of the pipeline, the worker and ``sims synthesize``/``sims eval``; chosen by
+#: measurement on CamVid val (docs/eval/), and overridable per request.
+TEST_ELISION = ElisionConfig(band=0.05, white_fraction=0.8)
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,11 @@ class Elided:
     canvas: np.ndarray
     missing: np.ndarray
     code: np.ndarray
+
+
+def kept_pixels(missing: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """(H, W) bool: canvas pixels that are real, neither missing nor elided (the ones a blend may keep)."""
+    return ~np.asarray(missing, bool) & (np.asarray(code) == KEPT)
 
 
 def seams(pieces: np.ndarray) -> np.ndarray:

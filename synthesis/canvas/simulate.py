@@ -20,12 +20,13 @@ size into a directory (one ``.npz`` per image and variant, each written atomical
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,10 @@ import torch
 from tqdm import tqdm
 
 from memory_bank import Bank
+from memory_bank.images import resize_label
 from synthesis.canvas.builder import ELISION_STREAM, Canvas, CanvasBuilder, CanvasOptions, PlacedSegment, component_mask
 from synthesis.canvas.compose import NONE, composite
-from synthesis.canvas.elision import elide
+from synthesis.canvas.elision import elide, kept_pixels
 from synthesis.canvas.protocols import CachedSegments
 
 logger = logging.getLogger(__name__)
@@ -252,7 +254,7 @@ def input_tensors(layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray) -
     """
     return {
         "layout": torch.from_numpy(layout.astype(np.int64)),
-        "canvas": torch.from_numpy(canvas).permute(2, 0, 1).contiguous().float().div_(255.0),
+        "canvas": photo_tensor(canvas),
         "missing": torch.from_numpy(missing.astype(np.float32))[None],
     }
 
@@ -271,17 +273,19 @@ class CacheInfo:
     options: dict[str, Any]
     images: tuple[int, ...]
     complete: bool = False
+    bands: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["size"], d["images"] = list(self.size), list(self.images)
+        d["size"], d["images"], d["bands"] = list(self.size), list(self.images), list(self.bands)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CacheInfo:
         if d.get("format") != CACHE_FORMAT:
             raise ValueError(f"unsupported canvas cache format {d.get('format')!r} (expected {CACHE_FORMAT})")
-        return cls(**{**d, "size": tuple(d["size"]), "images": tuple(d["images"])})
+        bands = tuple(float(b) for b in d.get("bands", ()))
+        return cls(**{**d, "size": tuple(d["size"]), "images": tuple(d["images"]), "bands": bands})
 
     def same_recipe(self, other: CacheInfo) -> bool:
         a, b = self.to_dict(), other.to_dict()
@@ -325,15 +329,19 @@ def write_canvas_cache(
     color_transfer: float = 0.2,
     options: CanvasOptions | None = None,
     images: Sequence[int] | None = None,
+    bands: Sequence[float] = (),
     progress: bool = True,
 ) -> CacheInfo:
     """Precompute ``variants`` simulated canvases per bank image at ``size`` (H, W) into ``out_dir``.
 
     Every sample is its own ``<image>_<variant>.npz`` (``layout`` uint8, ``canvas`` uint8
-    (H, W, 3), ``missing`` bool, ``photo`` uint8 (H, W, 3)), written to a temporary file and
-    renamed, so a killed run leaves only whole files. Rerunning with the same settings resumes:
-    existing samples are kept. ``cache.json`` records the recipe; it says ``complete`` once
-    every sample is written. A directory holding a cache made another way is an error.
+    (H, W, 3), ``missing`` bool, ``photo`` uint8 (H, W, 3), ``elision`` uint8 codes), written to a
+    temporary file and renamed, so a killed run leaves only whole files. ``bands`` (fractions of
+    the frame height) gives variant ``v`` the elision band ``bands[v % len(bands)]`` instead of
+    ``options.elision.band``, so one cache trains a network for several test-time bands.
+    Rerunning with the same settings resumes: existing samples are kept. ``cache.json`` records
+    the recipe; it says ``complete`` once every sample is written. A directory holding a cache
+    made another way is an error.
     """
     if variants < 1:
         raise ValueError(f"variants must be >= 1, got {variants}")
@@ -354,6 +362,7 @@ def write_canvas_cache(
         color_transfer=color_transfer,
         options=json.loads(json.dumps(asdict(options))),
         images=ids,
+        bands=tuple(float(b) for b in bands),
     )
     manifest = out / CACHE_MANIFEST
     if manifest.exists():
@@ -362,13 +371,19 @@ def write_canvas_cache(
             raise ValueError(f"{out} holds a canvas cache made with other settings; use another directory")
     _write_json_atomic(manifest, info.to_dict())
     builder = CanvasBuilder.from_bank(bank, options=options)
+    # One shallow copy per band: they share the retriever and the segment cache.
+    builders = [builder]
+    for band in info.bands:
+        variant_builder = copy.copy(builder)
+        variant_builder.options = replace(options, elision=replace(options.elision, band=band))
+        builders.append(variant_builder)
     donors = ColorDonors.from_bank(builder.segments, progress=progress) if color_transfer > 0 else None  # type: ignore[arg-type]
     todo = [(i, v) for i in ids for v in range(variants) if not (out / sample_name(i, v)).exists()]
     logger.info("canvas cache %s: %d of %d samples to write", out, len(todo), len(ids) * variants)
     for image_id, v in tqdm(todo, desc="simulated canvases", disable=not progress, unit="canvas"):
         arrays = builder.segments.image(image_id)  # type: ignore[attr-defined]
         canvas = simulate_canvas(
-            builder,
+            builders[1 + v % len(info.bands)] if info.bands else builder,
             arrays.label,
             arrays.photo,
             seed=variant_seed(seed, image_id, v),
@@ -377,7 +392,10 @@ def write_canvas_cache(
             color_transfer=color_transfer,
         )
         layout, img, missing, photo = resize_sample(arrays.label, canvas.canvas, canvas.missing, arrays.photo, frame)
-        _save_npz_atomic(out / sample_name(image_id, v), layout=layout, canvas=img, missing=missing, photo=photo)
+        code = resize_label(canvas.elision, frame)
+        _save_npz_atomic(
+            out / sample_name(image_id, v), layout=layout, canvas=img, missing=missing, photo=photo, elision=code
+        )
     info = CacheInfo(**{**asdict(info), "complete": True})
     _write_json_atomic(manifest, info.to_dict())
     return info
@@ -395,8 +413,11 @@ class SimulatedCanvasDataset(torch.utils.data.Dataset):
     - ``photo``: float32 (3, H, W) in [0, 1].
 
     ``size`` (H, W) resizes on the fly (nearest for layout and missing, area for images); by
-    default samples come at the cache's size. ``variants`` limits how many variants per image
-    are used. Items are ordered image-major: index ``i`` is image ``i // V``, variant ``i % V``.
+    default samples come at the cache's size. With ``full_resolution``, items also carry the
+    cache's own-size ``full_canvas`` (3, H, W), ``full_kept`` (1, H, W; real canvas pixels, see
+    :func:`~synthesis.canvas.elision.kept_pixels`) and ``full_photo`` (3, H, W), which train the
+    full-resolution canvas blend. ``variants`` limits how many variants per image are used.
+    Items are ordered image-major: index ``i`` is image ``i // V``, variant ``i % V``.
     """
 
     def __init__(
@@ -405,6 +426,7 @@ class SimulatedCanvasDataset(torch.utils.data.Dataset):
         size: tuple[int, int] | None = None,
         variants: int | None = None,
         images: Sequence[int] | None = None,
+        full_resolution: bool = False,
     ) -> None:
         self.root = Path(cache_dir)
         manifest = self.root / CACHE_MANIFEST
@@ -423,26 +445,47 @@ class SimulatedCanvasDataset(torch.utils.data.Dataset):
         if unknown:
             raise ValueError(f"images {sorted(unknown)[:5]} are not in the cache")
         self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.full_resolution = bool(full_resolution)
 
     def __len__(self) -> int:
         return len(self.images) * self.variants
 
-    def load(self, index: int) -> dict[str, np.ndarray]:
-        """The stored arrays of one item, resized, as numpy (uint8 / bool)."""
+    def load_stored(self, index: int) -> dict[str, np.ndarray]:
+        """The stored arrays of one item at the cache's size, as numpy (caches without codes: all kept)."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         image_id, v = self.images[index // self.variants], index % self.variants
         with np.load(self.root / sample_name(image_id, v)) as z:
-            layout, canvas, missing, photo = z["layout"], z["canvas"], z["missing"], z["photo"]
-        layout, canvas, missing, photo = resize_sample(layout, canvas, missing, photo, self.size)
+            stored = {k: z[k] for k in ("layout", "canvas", "missing", "photo")}
+            stored["elision"] = z["elision"] if "elision" in z.files else np.zeros_like(stored["layout"])
+        return stored
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        """The arrays of one item, resized to ``size``, as numpy (uint8 / bool)."""
+        a = self.load_stored(index)
+        layout, canvas, missing, photo = resize_sample(a["layout"], a["canvas"], a["missing"], a["photo"], self.size)
         return {"layout": layout, "canvas": canvas, "missing": missing, "photo": photo}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        a = self.load(index)
-        return {
-            **input_tensors(a["layout"], a["canvas"], a["missing"]),
-            "photo": torch.from_numpy(a["photo"]).permute(2, 0, 1).contiguous().float().div_(255.0),
-        }
+        stored = self.load_stored(index)
+        layout, canvas, missing, photo = resize_sample(
+            stored["layout"], stored["canvas"], stored["missing"], stored["photo"], self.size
+        )
+        item = {**input_tensors(layout, canvas, missing), "photo": photo_tensor(photo)}
+        if self.full_resolution:
+            kept = kept_pixels(stored["missing"], stored["elision"])
+            item["full_canvas"] = photo_tensor(stored["canvas"])
+            item["full_kept"] = torch.from_numpy(kept.astype(np.float32))[None]
+            item["full_photo"] = photo_tensor(stored["photo"])
+        return item
+
+
+def photo_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> float32 (3, H, W) in [0, 1]: the one image conversion of samples."""
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:  # canvases are read-only; torch wants to own writable memory
+        array = array.copy()
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous().float().div_(255.0)
 
 
 __all__ = [
@@ -450,6 +493,7 @@ __all__ = [
     "ColorDonors",
     "SimulatedCanvasDataset",
     "input_tensors",
+    "photo_tensor",
     "resize_inputs",
     "resize_sample",
     "simulate_canvas",

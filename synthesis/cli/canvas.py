@@ -22,6 +22,13 @@ def _ids(text: str | None) -> list[int] | None:
     return [int(v) for v in text.split(",") if v.strip()] if text else None
 
 
+def _floats(text: str | None) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip()) if text else ()
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _single_thread_faiss() -> None:
     # FAISS's OpenMP threads spin against each other on a busy 2-core machine (50x slower searches).
     import faiss
@@ -86,6 +93,10 @@ def simulate(
     k: KOpt = 5,
     mode: ModeOpt = "fast",
     color_transfer: ColorOpt = 0.2,
+    bands: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated elision bands (fractions of h), one per variant in turn, e.g. 0.05,0.02,0"),
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Precompute simulated training canvases (paper §5.2) into a cache; this writes data, it does not train."""
@@ -104,6 +115,7 @@ def simulate(
         color_transfer=color_transfer,
         options=CanvasOptions(k=k, mode=mode),  # type: ignore[arg-type]
         images=_ids(images),
+        bands=_floats(bands),
         progress=progress,
     )
     h, w = info.size

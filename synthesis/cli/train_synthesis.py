@@ -27,6 +27,9 @@ def synthesis(
     ] = None,
     bank: Annotated[Path | None, typer.Option("--bank", "-b", help="Bank directory (overrides data.bank).")] = None,
     cache: Annotated[Path | None, typer.Option(help="Canvas cache directory (overrides data.cache_dir).")] = None,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Warm-start a fresh run from this model directory (overrides init_from).")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Override train.steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override train.batch_size.")] = None,
     threads: Annotated[int | None, typer.Option(help="Override train.threads (torch CPU threads).")] = None,
@@ -55,6 +58,7 @@ def synthesis(
             "train.threads": threads,
             "train.device": device,
             "parametric": True if parametric else None,
+            "init_from": str(init_from) if init_from else None,
         }
     )
     try:

@@ -10,6 +10,9 @@ missing-pixel mask (1 where the canvas has no pixel). Output: an RGB photograph 
   the bilinearly upsampled output of the previous module, and the layout and canvas (with the mask)
   resized to its scale by area averaging; it applies conv3x3 -> layer norm -> LReLU(0.2) twice.
 - Output: a 1x1 convolution to RGB and a sigmoid, so the image is in [0, 1] by construction.
+- With ``canvas_blend``, a second 1x1 head beside the RGB one predicts the raw maps of the
+  full-resolution canvas blend (a blend weight, a colour gain and an offset; see
+  :mod:`synthesis.networks.blend`), from the same last decoder features.
 
 Layer norm is ``GroupNorm(1, C)``: normalisation over (C, H, W) per sample with a per-channel
 affine, which is what the CRN code's ``slim.layer_norm`` computes on NHWC tensors.
@@ -45,6 +48,8 @@ class RefinementConfig:
         decoder_convs: convolutions per decoder module.
         negative_slope: of the leaky ReLUs.
         canvas_channels: colour channels of the canvas (the missing mask adds one more).
+        canvas_blend: also predict the blend maps that keep the full-resolution canvas
+            (:mod:`synthesis.networks.blend`); off for the networks trained before it.
     """
 
     num_classes: int
@@ -55,6 +60,7 @@ class RefinementConfig:
     decoder_convs: int = 2
     negative_slope: float = 0.2
     canvas_channels: int = 3
+    canvas_blend: bool = False
 
     def __post_init__(self) -> None:
         # Normalise JSON lists to tuples so configs compare and hash by value.
@@ -149,6 +155,7 @@ class CascadedRefinementNetwork(nn.Module):
         decoder_convs: int = 2,
         negative_slope: float = 0.2,
         canvas_channels: int = 3,
+        canvas_blend: bool = False,
     ) -> None:
         super().__init__()
         self.config = RefinementConfig(
@@ -160,6 +167,7 @@ class CascadedRefinementNetwork(nn.Module):
             decoder_convs=decoder_convs,
             negative_slope=negative_slope,
             canvas_channels=canvas_channels,
+            canvas_blend=canvas_blend,
         )
         cfg = self.config
         guide = cfg.in_channels  # layout + canvas + mask, resized to each scale
@@ -175,6 +183,11 @@ class CascadedRefinementNetwork(nn.Module):
             in_ch = cfg.encoder_widths[s] + prev + guide
             self.decoder.append(ConvBlock(in_ch, cfg.decoder_widths[s], cfg.decoder_convs, cfg.negative_slope))
         self.to_rgb = nn.Conv2d(cfg.decoder_widths[0], 3, 1)
+        self.to_blend: nn.Conv2d | None = None
+        if cfg.canvas_blend:
+            from synthesis.networks.blend import blend_head
+
+            self.to_blend = blend_head(cfg.decoder_widths[0])
 
     @classmethod
     def from_config(cls, config: RefinementConfig) -> CascadedRefinementNetwork:
@@ -205,6 +218,16 @@ class CascadedRefinementNetwork(nn.Module):
 
     def forward(self, layout: Tensor, canvas: Tensor, missing: Tensor) -> Tensor:
         """Synthesize (B, 3, H, W) RGB in [0, 1] from a layout, a canvas and its missing-pixel mask."""
+        return torch.sigmoid(self.to_rgb(self.decode(layout, canvas, missing)))
+
+    def forward_with_blend(self, layout: Tensor, canvas: Tensor, missing: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(RGB in [0, 1], raw blend maps (B, 7, H, W) or None without ``canvas_blend``) at the input size."""
+        features = self.decode(layout, canvas, missing)
+        rgb = torch.sigmoid(self.to_rgb(features))
+        return rgb, None if self.to_blend is None else self.to_blend(features)
+
+    def decode(self, layout: Tensor, canvas: Tensor, missing: Tensor) -> Tensor:
+        """The last decoder module's features (B, decoder_widths[0], H, W), which the output heads read."""
         x = self.prepare_input(layout, canvas, missing)
         # 1. Guides: the input resized to every scale by area averaging (finest first).
         guides = [x]
@@ -219,11 +242,9 @@ class CascadedRefinementNetwork(nn.Module):
             h = module(h)
             features.append(h)
         # 3. Cascaded refinement, coarsest scale first.
-        out: Tensor | None = None
-        for s in reversed(range(self.config.scales)):
-            parts = [features[s], guides[s]]
-            if out is not None:
-                parts.insert(1, F.interpolate(out, size=guides[s].shape[-2:], mode="bilinear", align_corners=False))
-            out = self.decoder[s](torch.cat(parts, dim=1))
-        # 4. RGB in [0, 1].
-        return torch.sigmoid(self.to_rgb(out))
+        coarsest = self.config.scales - 1
+        out = self.decoder[coarsest](torch.cat([features[coarsest], guides[coarsest]], dim=1))
+        for s in reversed(range(coarsest)):
+            up = F.interpolate(out, size=guides[s].shape[-2:], mode="bilinear", align_corners=False)
+            out = self.decoder[s](torch.cat([features[s], up, guides[s]], dim=1))
+        return out

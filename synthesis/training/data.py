@@ -7,6 +7,12 @@ A training sample is a dict of tensors:
 - ``missing``: float32 (1, H, W), 1 where the canvas has no pixel;
 - ``photo``: float32 (3, H, W) in [0, 1], the target.
 
+and, to train the full-resolution canvas blend (:mod:`synthesis.networks.blend`), all three of
+
+- ``full_canvas``: float32 (3, H', W') in [0, 1], the canvas at the output resolution;
+- ``full_kept``: float32 (1, H', W'), 1 where that canvas pixel is real (neither missing nor elided);
+- ``full_photo``: float32 (3, H', W') in [0, 1], the target at the output resolution.
+
 Any torch ``Dataset`` yielding such dicts trains the network. A dataset may also carry
 
 - ``provenance``: a JSON-able dict (bank version, cache recipe, ...) recorded in every checkpoint;
@@ -34,6 +40,7 @@ from memory_bank import IGNORE, Bank, open_bank
 from memory_bank.images import resize_label, resize_photo
 
 SAMPLE_KEYS = ("layout", "canvas", "missing", "photo")
+FULL_RESOLUTION_KEYS = ("full_canvas", "full_kept", "full_photo")
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,16 @@ def check_sample(sample: Mapping[str, Any], size: tuple[int, int], num_classes: 
         t = sample[key]
         if float(t.min()) < 0.0 or float(t.max()) > 1.0:
             raise ValueError(f"sample[{key!r}] must be in [0, 1], got [{float(t.min()):.3g}, {float(t.max()):.3g}]")
+    present = [k for k in FULL_RESOLUTION_KEYS if k in sample]
+    if present:
+        if len(present) != len(FULL_RESOLUTION_KEYS):
+            raise ValueError(f"a full-resolution sample needs all of {FULL_RESOLUTION_KEYS}, got {present}")
+        fh, fw = sample["full_canvas"].shape[-2:]
+        full = {"full_canvas": (3, fh, fw), "full_kept": (1, fh, fw), "full_photo": (3, fh, fw)}
+        for key, shape in full.items():
+            t = sample[key]
+            if tuple(t.shape) != shape or t.dtype != torch.float32 or float(t.min()) < 0 or float(t.max()) > 1:
+                raise ValueError(f"sample[{key!r}] must be {shape} float32 in [0, 1], got {tuple(t.shape)} {t.dtype}")
     ids = torch.unique(sample["layout"])
     bad = ids[(ids < 0) | ((ids >= num_classes) & (ids != IGNORE))]
     if bad.numel():
@@ -116,7 +133,8 @@ def check_sample(sample: Mapping[str, Any], size: tuple[int, int], num_classes: 
 
 def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack the contract's tensors of several samples into a batch (other keys are dropped)."""
-    return {k: torch.stack([s[k] for s in samples]) for k in SAMPLE_KEYS}
+    keys = SAMPLE_KEYS + (FULL_RESOLUTION_KEYS if all(k in samples[0] for k in FULL_RESOLUTION_KEYS) else ())
+    return {k: torch.stack([s[k] for s in samples]) for k in keys}
 
 
 def empty_canvas(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -124,6 +142,9 @@ def empty_canvas(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = dict(batch)
     out["canvas"] = torch.zeros_like(batch["canvas"])
     out["missing"] = torch.ones_like(batch["missing"])
+    if "full_canvas" in batch:
+        out["full_canvas"] = torch.zeros_like(batch["full_canvas"])
+        out["full_kept"] = torch.zeros_like(batch["full_kept"])
     return out
 
 

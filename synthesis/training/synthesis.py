@@ -28,14 +28,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from memory_bank.classes import default_palette
+from synthesis.adversarial import AdversarialConfig, MultiscaleDiscriminator, feature_matching_loss, lsgan_loss
 from synthesis.checkpoint import from_pretrained, load_training_state, save_pretrained, write_json_atomic
 from synthesis.losses import CRN_LAYER_WEIGHTS, PerceptualLoss
-from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
+from synthesis.networks.blend import BlendedImage, blend_canvas
+from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig, one_hot_layout
 from synthesis.networks.vgg import VggIdentity, VggSpec, load_vgg
 from synthesis.training.data import DataConfig, build_dataset, check_sample, collate, empty_canvas
 
@@ -107,12 +110,45 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class FullResolutionLoss:
+    """The perceptual loss of the full-resolution output (the canvas blend), on random crops.
+
+    Attributes:
+        weight: its weight next to the network-resolution loss.
+        crop: (rows, cols) of the window the loss sees, at the output resolution; one window per
+            step, drawn from torch's seeded generator (so a resumed run draws the same windows).
+    """
+
+    weight: float = 1.0
+    crop: tuple[int, int] = (192, 256)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crop", (int(self.crop[0]), int(self.crop[1])))
+        if self.weight < 0 or min(self.crop) < 32:
+            raise ValueError(f"full_loss needs weight >= 0 and a crop of >= 32x32, got {self.weight}, {self.crop}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight, "crop": list(self.crop)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FullResolutionLoss:
+        unknown = set(d) - {"weight", "crop"}
+        if unknown:
+            raise ValueError(f"unknown full_loss keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
 class TrainSynthesisConfig:
     """Everything one training run needs; saved with every checkpoint.
 
     ``model`` is the network, ``vgg`` the loss network, ``loss_weights`` the perceptual loss's
     layer weights, ``data`` the samples, ``train`` the optimisation; ``parametric`` trains the
-    CRN-style baseline (empty canvas) instead of SIMS.
+    CRN-style baseline (empty canvas) instead of SIMS. ``full_loss`` adds the loss of the
+    full-resolution output (needs samples with the full-resolution keys); ``init_from`` names a
+    model directory whose weights a fresh run starts from (layers it lacks keep their init);
+    ``adversarial`` adds a multi-scale patch discriminator with feature matching on the
+    full-resolution crops (:mod:`synthesis.adversarial`).
     """
 
     model: RefinementConfig
@@ -121,6 +157,9 @@ class TrainSynthesisConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     loss_weights: Mapping[str, float] = field(default_factory=lambda: dict(CRN_LAYER_WEIGHTS))
     parametric: bool = False
+    full_loss: FullResolutionLoss | None = None
+    init_from: str | None = None
+    adversarial: AdversarialConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,11 +169,16 @@ class TrainSynthesisConfig:
             "train": self.train.to_dict(),
             "loss_weights": dict(self.loss_weights),
             "parametric": self.parametric,
+            "full_loss": None if self.full_loss is None else self.full_loss.to_dict(),
+            "init_from": self.init_from,
+            "adversarial": None if self.adversarial is None else self.adversarial.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainSynthesisConfig:
-        unknown = set(d) - {"model", "vgg", "data", "train", "loss_weights", "parametric", "_comment"}
+        sections = {"model", "vgg", "data", "train", "loss_weights", "parametric", "full_loss", "init_from"}
+        sections |= {"adversarial"}
+        unknown = set(d) - sections - {"_comment"}
         if unknown:
             raise ValueError(f"unknown config sections: {sorted(unknown)}")
         if "model" not in d:
@@ -146,6 +190,9 @@ class TrainSynthesisConfig:
             train=TrainSettings.from_dict(d.get("train", {})),
             loss_weights={str(k): float(v) for k, v in d.get("loss_weights", CRN_LAYER_WEIGHTS).items()},
             parametric=bool(d.get("parametric", False)),
+            full_loss=None if d.get("full_loss") is None else FullResolutionLoss.from_dict(d["full_loss"]),
+            init_from=d.get("init_from"),
+            adversarial=None if d.get("adversarial") is None else AdversarialConfig.from_dict(d["adversarial"]),
         )
 
     @classmethod
@@ -308,6 +355,16 @@ class SynthesisTrainer:
             # The VGG is frozen: cast it once rather than letting autocast re-cast its weights every step.
             self.loss_fn.vgg.to(torch.bfloat16)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=t.betas)
+        self.discriminator: MultiscaleDiscriminator | None = None
+        adv = config.adversarial
+        if adv is not None:
+            if config.full_loss is None:
+                raise ValueError("adversarial training judges the full-resolution crops: it needs full_loss")
+            in_ch = 3 + config.model.num_classes
+            self.discriminator = MultiscaleDiscriminator(in_ch, adv.scales, adv.width, adv.layers).to(self.device)
+            self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=adv.lr, betas=(0.5, 0.999))
+        # The discriminator's inputs of the last generator step: (fake crop, real crop), detached.
+        self._judged: tuple[torch.Tensor, torch.Tensor] | None = None
         self.dataset = dataset
         self.step = 0
         self.loss_history: list[float] = []
@@ -339,14 +396,69 @@ class SynthesisTrainer:
 
     def generate(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The network's output for a device batch, in float32."""
+        return self.forward(batch)[0]
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, BlendedImage | None]:
+        """The network-resolution output (float32) and, for full-resolution batches, the blended output."""
         with self._autocast():
-            return self.model(batch["layout"], batch["canvas"], batch["missing"]).float()
+            rgb, raw = self.model.forward_with_blend(batch["layout"], batch["canvas"], batch["missing"])
+        rgb = rgb.float()
+        if "full_canvas" not in batch:
+            return rgb, None
+        return rgb, blend_canvas(rgb, None if raw is None else raw.float(), batch["full_canvas"], batch["full_kept"])
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The perceptual loss of the network on a device batch (no optimizer step)."""
-        out = self.generate(batch)
+        """The perceptual loss of the network on a device batch (no optimizer step).
+
+        With ``full_loss``, the full-resolution output adds its loss on one random crop.
+        """
+        out, blended = self.forward(batch)
         with self._autocast():
-            return self.loss_fn(out, batch["photo"]).float()
+            loss = self.loss_fn(out, batch["photo"]).float()
+        full = self.config.full_loss
+        if full is not None and full.weight > 0:
+            if blended is None:
+                raise ValueError("full_loss needs samples with full_canvas/full_kept/full_photo (data.options)")
+            size = tuple(blended.image.shape[-2:])
+            layout = F.interpolate(batch["layout"][:, None].float(), size=size, mode="nearest")[:, 0].long()
+            condition = one_hot_layout(layout, self.config.model.num_classes)
+            image, target, condition = random_crop((blended.image, batch["full_photo"], condition), full.crop)
+            with self._autocast():
+                loss = loss + full.weight * self.loss_fn(image, target).float()
+            if self.discriminator is not None and self.config.adversarial is not None:
+                loss = loss + self._generator_adversarial_loss(
+                    self.discriminator, self.config.adversarial, image, target, condition
+                )
+        return loss
+
+    def _generator_adversarial_loss(
+        self,
+        discriminator: MultiscaleDiscriminator,
+        adv: AdversarialConfig,
+        image: torch.Tensor,
+        target: torch.Tensor,
+        condition: torch.Tensor,
+    ) -> torch.Tensor:
+        """LSGAN and feature matching terms for the generator; keeps the crops for the discriminator's step."""
+        fake_in = torch.cat([image, condition], dim=1)
+        real_in = torch.cat([target, condition], dim=1)
+        self._judged = (fake_in.detach(), real_in.detach())
+        fake = discriminator(fake_in)
+        with torch.no_grad():
+            real = discriminator(real_in)
+        return adv.weight * lsgan_loss(fake, real=True) + adv.feature_matching * feature_matching_loss(fake, real)
+
+    def _discriminator_step(self, discriminator: MultiscaleDiscriminator) -> float:
+        """One Adam step of the discriminator on the last generator step's crops."""
+        if self._judged is None:
+            raise RuntimeError("the discriminator steps after a generator step that judged crops")
+        fake_in, real_in = self._judged
+        self.d_optimizer.zero_grad(set_to_none=True)
+        loss = 0.5 * (lsgan_loss(discriminator(real_in), real=True) + lsgan_loss(discriminator(fake_in), real=False))
+        loss.backward()
+        self.d_optimizer.step()
+        self._judged = None
+        return float(loss.item())
 
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> float:
         """One Adam step on a CPU or device batch; returns the loss before the step."""
@@ -358,6 +470,8 @@ class SynthesisTrainer:
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower train.lr or use fp32")
         loss.backward()
         self.optimizer.step()
+        if self.discriminator is not None:
+            self._discriminator_step(self.discriminator)
         self.step += 1
         value = float(loss.item())
         self.loss_history.append(value)
@@ -371,12 +485,18 @@ class SynthesisTrainer:
 
     @torch.no_grad()
     def render_samples(self, batch: Mapping[str, torch.Tensor]) -> np.ndarray:
-        """A sample grid for a fixed batch, in eval mode."""
+        """A sample grid for a fixed batch, in eval mode (at the output resolution when it has one)."""
         self.model.eval()
         device_batch = self.to_device(batch)
-        out = self.generate(device_batch)
+        out, blended = self.forward(device_batch)
         self.model.train()
-        return sample_grid(device_batch, out, _palette(self.dataset, self.config.model.num_classes))
+        palette = _palette(self.dataset, self.config.model.num_classes)
+        if blended is None:
+            return sample_grid(device_batch, out, palette)
+        size = tuple(blended.image.shape[-2:])
+        layout = F.interpolate(device_batch["layout"][:, None].float(), size=size, mode="nearest")[:, 0].long()
+        full = {"layout": layout, "canvas": device_batch["full_canvas"], "photo": device_batch["full_photo"]}
+        return sample_grid(full, blended.image, palette)
 
     # Checkpoints
     def metadata(self) -> dict[str, Any]:
@@ -401,12 +521,29 @@ class SynthesisTrainer:
             "sampler": self.sampler.state(),
             "step": self.step,
         }
+        if self.discriminator is not None:
+            state["discriminator"] = self.discriminator.state_dict()
+            state["d_optimizer"] = self.d_optimizer.state_dict()
         path = save_pretrained(self.model, out_dir / CHECKPOINTS_DIR / name, self.metadata(), training_state=state)
         write_json_atomic(out_dir / LATEST_FILE, {"checkpoint": f"{CHECKPOINTS_DIR}/{name}", "step": self.step})
         keep = self.config.train.keep_checkpoints
         for old in sorted((out_dir / CHECKPOINTS_DIR).glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return path
+
+    def warm_start(self, directory: Path) -> None:
+        """Start from the weights of a model directory; layers it lacks (e.g. a new head) keep their init."""
+        loaded = from_pretrained(directory)
+        own = self.model.state_dict()
+        theirs = loaded.model.state_dict()
+        mismatched = [k for k, v in theirs.items() if k in own and own[k].shape != v.shape]
+        unknown = [k for k in theirs if k not in own]
+        if mismatched or unknown:
+            raise ValueError(f"{directory} does not fit this network: {(mismatched + unknown)[:4]}")
+        self.model.load_state_dict(theirs, strict=False)
+        fresh = sorted({k.split(".")[0] for k in own if k not in theirs})
+        step = loaded.metadata.get("step")
+        log.info("warm start from %s (step %s); new layers: %s", directory, step, fresh or "none")
 
     def restore(self, checkpoint: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` (weights, optimizer, RNG, data position)."""
@@ -425,11 +562,23 @@ class SynthesisTrainer:
         self.model.load_state_dict(loaded.model.state_dict())
         state = load_training_state(checkpoint)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.discriminator is not None and "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
         self.step = int(state["step"])
         self.loss_history = [float(v) for v in loaded.metadata.get("loss_history", [])]
         self.sampler = EpochSampler(len(self.dataset), self.config.train.seed, **state["sampler"])  # type: ignore[arg-type]
         self._sync_epoch()
         _set_rng_state(state["rng"])
+
+
+def random_crop(images: tuple[torch.Tensor, ...], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """The same random (rows, cols) window of every (B, C, H, W) image (whole images if smaller)."""
+    h, w = images[0].shape[-2:]
+    ch, cw = min(size[0], h), min(size[1], w)
+    y = int(torch.randint(0, h - ch + 1, ()).item())
+    x = int(torch.randint(0, w - cw + 1, ()).item())
+    return tuple(t[..., y : y + ch, x : x + cw] for t in images)
 
 
 def _iter_steps(trainer: SynthesisTrainer, total: int, progress: bool) -> Iterator[int]:
@@ -493,6 +642,8 @@ def train_synthesis(
         trainer.restore(existing)
         log.info("resumed from %s at step %d", existing, trainer.step)
     else:
+        if config.init_from:
+            trainer.warm_start(Path(config.init_from))
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_dir / CONFIG_FILE, config.to_dict())
     (out_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
