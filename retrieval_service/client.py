@@ -108,14 +108,20 @@ class RetrievalClient:
         seed: int = 0,
         mode: Mode = "fast",
         coarse: bool = False,
+        elision_band: float | None = None,
+        elision_rate: float | None = None,
         extras: Sequence[Extra] = (),
         timeout: float | None = None,
     ) -> SynthesizeResponse:
         """A photo for ``layout`` (JSON form: ``image_png`` and the ``extras`` as base64 PNGs).
 
-        ``timeout`` overrides the client's for this request (synthesis takes longer than retrieval).
+        ``elision_band`` and ``elision_rate`` set the canvas's boundary elision (None: the
+        worker's default). ``timeout`` overrides the client's for this request (synthesis takes
+        longer than retrieval).
         """
-        r = self._post_synthesize(layout, k, seed, mode, coarse, extras, "json", timeout)
+        r = self._post_synthesize(
+            layout, k, seed, mode, coarse, extras, "json", timeout, elision=(elision_band, elision_rate)
+        )
         return self._parse(r, SynthesizeResponse)
 
     def synthesize_png(
@@ -126,10 +132,14 @@ class RetrievalClient:
         seed: int = 0,
         mode: Mode = "fast",
         coarse: bool = False,
+        elision_band: float | None = None,
+        elision_rate: float | None = None,
         timeout: float | None = None,
     ) -> bytes:
         """A photo for ``layout`` as PNG bytes."""
-        r = self._post_synthesize(layout, k, seed, mode, coarse, (), "png", timeout)
+        r = self._post_synthesize(
+            layout, k, seed, mode, coarse, (), "png", timeout, elision=(elision_band, elision_rate)
+        )
         self._check(r)
         return r.content
 
@@ -143,9 +153,13 @@ class RetrievalClient:
         extras: Sequence[str],
         reply_format: str,
         timeout: float | None,
+        elision: tuple[float | None, float | None] = (None, None),
     ) -> httpx.Response:
         png = layout if isinstance(layout, bytes) else encode_layout(layout)
         data = {"k": str(k), "seed": str(seed), "mode": mode, "coarse": "true" if coarse else "false"}
+        for name, value in zip(("elision_band", "elision_rate"), elision, strict=True):
+            if value is not None:
+                data[name] = repr(float(value))
         data |= {"extras": ",".join(extras), "format": reply_format}
         files = {"layout": ("layout.png", png, "image/png")}
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}

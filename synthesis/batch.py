@@ -56,12 +56,22 @@ class Synthesized:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Elision:
+    """Test-time boundary elision options of a request (None: the synthesizer's default)."""
+
+    band: float | None = None
+    rate: float | None = None
+
+
 class Synthesizer(Protocol):
-    """``synth(layout, seed=..., k=..., coarse=..., mode=...) -> Synthesized``, with the bank's ``classes``."""
+    """``synth(layout, seed=..., k=..., coarse=..., mode=..., elision=...) -> Synthesized``, with ``classes``."""
 
     classes: ClassTable
 
-    def __call__(self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode) -> Synthesized: ...
+    def __call__(
+        self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode, elision: Elision = Elision()
+    ) -> Synthesized: ...
 
 
 class LocalSynthesizer:
@@ -78,8 +88,11 @@ class LocalSynthesizer:
         builder = CanvasBuilder.from_bank(open_bank(bank), **networks.builder_kwargs())  # type: ignore[arg-type]
         return cls(networks.pipeline(builder))
 
-    def __call__(self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode) -> Synthesized:
-        out = self.pipeline(layout, seed=seed, k=k, coarse=coarse, mode=mode)
+    def __call__(
+        self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode, elision: Elision = Elision()
+    ) -> Synthesized:
+        config = self.pipeline.builder.options.elision.with_overrides(elision.band, elision.rate)
+        out = self.pipeline(layout, seed=seed, k=k, coarse=coarse, mode=mode, elision=config)
         segments = [
             {
                 "segment_id": s.segment_id,
@@ -106,9 +119,19 @@ class RemoteSynthesizer:
         self.timeout = timeout
         self.classes = bank_identity(client.bank())[0]
 
-    def __call__(self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode) -> Synthesized:
+    def __call__(
+        self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode, elision: Elision = Elision()
+    ) -> Synthesized:
         r = self.client.synthesize(
-            layout, seed=seed, k=k, coarse=coarse, mode=mode, extras=ALL_EXTRAS, timeout=self.timeout
+            layout,
+            seed=seed,
+            k=k,
+            coarse=coarse,
+            mode=mode,
+            elision_band=elision.band,
+            elision_rate=elision.rate,
+            extras=ALL_EXTRAS,
+            timeout=self.timeout,
         )
         return Synthesized(
             image=_png(r.image_png),
@@ -162,6 +185,7 @@ def synthesize_files(
     k: int = 5,
     coarse: bool = False,
     mode: Mode = "fast",
+    elision: Elision = Elision(),
     unlabelled: Sequence[int] = (),
     extras: bool = False,
     grid: str | Path | None = None,
@@ -182,7 +206,7 @@ def synthesize_files(
     jobs = [(p, s, name) for p, row in zip(paths, names, strict=True) for s, name in zip(seeds, row, strict=True)]
     for path, s, name in tqdm(jobs, desc="synthesizing", unit="image", disable=not progress):
         layout = read_layout(path, unlabelled)
-        result = synth(layout, seed=s, k=k, coarse=coarse, mode=mode)
+        result = synth(layout, seed=s, k=k, coarse=coarse, mode=mode, elision=elision)
         save_png(name, result.image)
         written.append(name)
         log.debug("%s (seed %d) -> %s, %s", path, s, name, _timing_text(result.timings_ms))

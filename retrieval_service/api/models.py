@@ -92,6 +92,17 @@ class SynthesizeOptions(_Model):
     coarse: bool = Field(
         False, description="The layout is coarse (gaps, rough outlines): densify it with the layout refiner first."
     )
+    elision_band: float | None = Field(
+        None,
+        ge=0.0,
+        le=0.25,
+        description="Boundary elision band as a fraction of the layout's height: canvas pixels this close to a "
+        "pasted segment's edge are elided, and the band outside objects is blacked out (the paper: 0.05; 0 keeps "
+        "every retrieved pixel). Default: the worker's.",
+    )
+    elision_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="Share of the pixels in the band inside segments that is elided (paper: 0.8)."
+    )
     extras: list[Extra] = Field(
         default_factory=list,
         max_length=4,
@@ -273,8 +284,12 @@ class SynthesizeResponse(_Model):
     height: int
     width: int
     network_resolution: Pair = Field(
-        ..., description="(height, width) the network ran at; the image is bilinearly upsampled from it."
+        ...,
+        description="(height, width) the network ran at; the image comes at the layout's size, with the kept "
+        "canvas pixels at full resolution.",
     )
+    elision_band: float | None = Field(None, description="The elision band the canvas was made with.")
+    elision_rate: float | None = Field(None, description="The elision rate the canvas was made with.")
     image_png: str | None = Field(None, description="Base64 RGB PNG at the layout's size (a part in multipart).")
     canvas_png: str | None = Field(None, description="Base64 RGB PNG of the canvas (black = missing).")
     provenance_png: str | None = Field(

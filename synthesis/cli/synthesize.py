@@ -39,6 +39,15 @@ def synthesize(
     k: Annotated[int, typer.Option("--k", help="Candidates per component the seed picks among.")] = 5,
     mode: Annotated[str, typer.Option(help="Retrieval mode: fast, exact or full (pixels).")] = "fast",
     coarse: Annotated[bool, typer.Option("--coarse", help="The layouts are coarse: refine them first.")] = False,
+    elision_band: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=0.25, help="Boundary elision band, fraction of the height (paper 0.05; default: the worker's)."
+        ),
+    ] = None,
+    elision_rate: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Share of the inside band elided (paper 0.8).")
+    ] = None,
     unlabelled: Annotated[
         str | None, typer.Option(help="Comma-separated label values to treat as unlabelled (e.g. 11 for CamVid).")
     ] = None,
@@ -62,7 +71,7 @@ def synthesize(
 
     from memory_bank.errors import SimsError
     from retrieval_service.client import RetrievalClient, ServiceError
-    from synthesis.batch import LocalSynthesizer, RemoteSynthesizer, Synthesizer, synthesize_files
+    from synthesis.batch import Elision, LocalSynthesizer, RemoteSynthesizer, Synthesizer, synthesize_files
     from synthesis.worker.settings import WorkerSettings
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -91,6 +100,7 @@ def synthesize(
                 k=k,
                 coarse=coarse,
                 mode=mode,  # type: ignore[arg-type]
+                elision=Elision(elision_band, elision_rate),
                 unlabelled=_ints(unlabelled),
                 extras=extras,
                 grid=grid,

@@ -65,6 +65,8 @@ def encode_reply(
         height=h,
         width=w,
         network_resolution=list(network_resolution),
+        elision_band=None if output.elision is None else output.elision.band,
+        elision_rate=None if output.elision is None else output.elision.white_fraction,
         segments=[
             SynthesisSegment(
                 segment_id=s.segment_id,

@@ -20,7 +20,8 @@ from memory_bank import ClassTable
 from retrieval_service.api.layouts import decode_layout
 from retrieval_service.api.models import SynthesizeOptions
 from retrieval_service.api.synthesis import SynthesisReply
-from synthesis.canvas.builder import CanvasBuilder
+from synthesis.canvas.builder import CanvasBuilder, CanvasOptions
+from synthesis.canvas.elision import TEST_ELISION, ElisionConfig
 from synthesis.canvas.protocols import Aligner, Orderer
 from synthesis.pipeline import ImageGenerator, SynthesisPipeline
 from synthesis.worker.reply import encode_reply
@@ -40,6 +41,7 @@ class Networks:
     refiner: Callable[[np.ndarray], np.ndarray] | None = None
     aligner: Aligner | None = None
     orderer: Orderer | None = None
+    elision: ElisionConfig = TEST_ELISION
 
     @classmethod
     def load(cls, settings: WorkerSettings, weights: Path | None = None) -> Networks:
@@ -74,11 +76,12 @@ class Networks:
             settings.ordering_weights or "layout rule",
             time.perf_counter() - start,
         )
-        return cls(generator, refiner, aligner, orderer)
+        elision = ElisionConfig(band=settings.elision_band, white_fraction=settings.elision_rate)
+        return cls(generator, refiner, aligner, orderer, elision)
 
     def builder_kwargs(self) -> dict[str, object]:
-        """Aligner and orderer for a :class:`~synthesis.canvas.builder.CanvasBuilder` (defaults where None)."""
-        return {"aligner": self.aligner, "orderer": self.orderer}
+        """Aligner, orderer and default elision for a :class:`~synthesis.canvas.builder.CanvasBuilder`."""
+        return {"aligner": self.aligner, "orderer": self.orderer, "options": CanvasOptions(elision=self.elision)}
 
     def pipeline(self, builder: CanvasBuilder) -> SynthesisPipeline:
         """The pipeline over ``builder`` (made with :meth:`builder_kwargs`)."""
@@ -98,5 +101,6 @@ def synthesize_reply(
         png, resolution=pipeline.builder.resolution, num_classes=len(classes), max_pixels=MAX_LAYOUT_PIXELS
     )
     decoded = time.perf_counter() - start
-    output = pipeline(layout, k=options.k, seed=options.seed, coarse=options.coarse, mode=options.mode)
+    elision = pipeline.builder.options.elision.with_overrides(options.elision_band, options.elision_rate)
+    output = pipeline(layout, k=options.k, seed=options.seed, coarse=options.coarse, mode=options.mode, elision=elision)
     return encode_reply(output, options, classes, pipeline.generator.resolution, decode_seconds=decoded)

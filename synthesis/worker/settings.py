@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from synthesis.canvas.elision import TEST_ELISION
+
 ENV_PREFIX = "SIMS_WORKER_"
 
 
@@ -31,6 +33,16 @@ class WorkerSettings(BaseSettings):
     )
     ordering_weights: Path | None = Field(
         Path("weights/ordering"), description="Ordering network (None: the layout rule orders segments)."
+    )
+    elision_band: float = Field(
+        TEST_ELISION.band,
+        ge=0.0,
+        le=0.25,
+        description="Default boundary elision band of canvases, fraction of the height (requests may override; "
+        "the paper's is 0.05).",
+    )
+    elision_rate: float = Field(
+        TEST_ELISION.white_fraction, ge=0.0, le=1.0, description="Default share of the inside band elided."
     )
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8001, ge=0, le=65535, description="TCP port.")

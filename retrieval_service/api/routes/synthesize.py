@@ -29,7 +29,7 @@ from retrieval_service.api.requests import read_layout_request, split_list
 
 router = APIRouter(tags=["synthesis"])
 
-_OPTION_FIELDS = ("k", "seed", "mode", "coarse", "format")
+_OPTION_FIELDS = ("k", "seed", "mode", "coarse", "elision_band", "elision_rate", "format")
 
 _REQUEST_BODY = {
     "requestBody": {
