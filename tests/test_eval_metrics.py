@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,6 @@ from PIL import Image
 
 from memory_bank import Bank, DatasetError, SimsError
 from memory_bank.cli import main as sims_main
-from synthesis.checkpoint import read_config
 from synthesis.evaluation.metrics import (
     SegmentationScores,
     confusion_matrix,
@@ -26,11 +26,13 @@ from synthesis.evaluation.metrics import (
 )
 from synthesis.evaluation.report import (
     FolderImages,
+    PipelineImages,
     SynthesizedImages,
     Synthesizer,
     evaluate_image_sets,
     items_from_bank,
     open_image_set,
+    output_for,
 )
 from synthesis.networks.segmenter import SegmentationNet
 
@@ -183,10 +185,61 @@ def test_sims_eval_cli_writes_the_report(val_bank: Bank, val_bank_path: Path, ti
     assert 0 < rows["SIMS"]["l1"] < 0.05  # a resized photo is close to the photo
     assert rows["parametric"]["spectrum_distance"] > rows["SIMS"]["spectrum_distance"]
     assert all(0 <= r["miou"] <= 1 and 0 <= r["pixel_accuracy"] <= 1 for r in data["results"])
+    # Fine detail against real photos at the same size (48x64 here): a resized photo is about as detailed.
+    assert rows["SIMS"]["fine_detail_ratio"] == pytest.approx(1.0, abs=0.15)
+    assert rows["real photos"]["fine_detail_ratio"] == 1.0 == rows["real photos at 48x64"]["fine_detail_ratio"]
+    # KID against the full-size real photos; none for those themselves. (The random tiny segmenter's
+    # features make the values meaningless here: KID itself is tested in test_eval_kid.py.)
+    assert rows["real photos"]["kid_x1000"] is None and rows["real photos at 48x64"]["kid_x1000"] is not None
+    assert all(rows[n]["kid_x1000"] is not None and rows[n]["kid_se_x1000"] >= 0 for n in ("SIMS", "parametric"))
     md = (out / "report.md").read_text()
     assert "| **SIMS** | 48x64 |" in md and "| **parametric** | 360x480 |" in md
+    assert "KID ×10³" in md and "not Inception" in md and "not comparable" in md
     for png in ("spectra.png", "class_iou.png", "samples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["gallery"] == "gallery/index.html" and (out / "gallery" / "index.html").is_file()
+
+
+def test_sims_eval_cli_runs_checkpoints_with_the_paste_row(
+    val_bank: Bank, val_bank_path: Path, tiny_segmenter: Path, tiny_weights: Path, tmp_path: Path
+) -> None:
+    """A SIMS checkpoint through the pipeline (at the layout's size), a paste row over a folder set, the gallery."""
+    torch.set_num_threads(1)
+    lut = val_bank.classes.palette()
+    flat = _write_set(tmp_path / "flat", val_bank, lambda it: lut[it.layout])
+    out = tmp_path / "report"
+    args = ["eval", "--bank", str(val_bank_path), "--segmenter", str(tiny_segmenter), "--memory-bank"]
+    args += [str(val_bank_path), "--set", f"SIMS={tiny_weights}", "--set", f"flat={flat}", "--paste", "flat"]
+    args += ["--elision-band", "0.02", "--limit", "3", "--samples", "1", "--out", str(out), "--no-progress"]
+    assert sims_main(args) == 0
+    data = json.loads((out / "report.json").read_text())
+    rows = {r["name"]: r for r in data["results"]}
+    assert list(rows) == ["real photos", "SIMS", "flat", "paste (canvas over flat)"]
+    assert all(r["size"] == [360, 480] for r in rows.values())  # nothing at the network's 24x32
+    # The canvases (memory bank = the val bank: each layout finds its own photo's segments) are real
+    # pixels: pasted over flat colours they bring back detail and lower L1.
+    assert rows["paste (canvas over flat)"]["fine_detail_ratio"] > rows["flat"]["fine_detail_ratio"]
+    assert rows["paste (canvas over flat)"]["l1"] < rows["flat"]["l1"]
+    index = out / "gallery" / "index.html"
+    page = index.read_text()
+    assert "http" not in page and page.count("<tr>") >= 3
+    for link in re.findall(r'src="([^"]*)"', page):
+        assert not Path(link).is_absolute() and (index.parent / link).is_file()
+    assert "canvas (SIMS)" in page and "paste (canvas over flat)" in page
+    md = (out / "report.md").read_text()
+    assert "| **paste (canvas over flat)** | 360x480 |" in md and "(gallery/index.html)" in md
+
+
+def test_sims_eval_cli_rejects_a_paste_without_base_or_canvases(
+    val_bank: Bank, val_bank_path: Path, tiny_segmenter: Path, tmp_path: Path
+) -> None:
+    lut = val_bank.classes.palette()
+    flat = _write_set(tmp_path / "flat", val_bank, lambda it: lut[it.layout])
+    args = ["eval", "--bank", str(val_bank_path), "--segmenter", str(tiny_segmenter), "--set", f"flat={flat}"]
+    args += ["--out", str(tmp_path / "out"), "--no-progress", "--limit", "2", "--paste"]
+    assert sims_main([*args, "nope"]) != 0
+    assert sims_main([*args, "flat"]) != 0  # no SIMS checkpoint set to take canvases from
+    assert not (tmp_path / "out").exists()
 
 
 def test_image_sets_report_missing_files_and_bad_folders(val_bank: Bank, tmp_path: Path) -> None:
@@ -204,11 +257,27 @@ def test_image_sets_report_missing_files_and_bad_folders(val_bank: Bank, tmp_pat
 
 
 def test_checkpoint_sets_synthesize_in_process(val_bank: Bank, tiny_weights: Path) -> None:
-    """A synthesis checkpoint as an image set: canvases from the memory bank, images at the network's size."""
+    """A synthesis checkpoint as an image set: the product pipeline, images at the layout's size, with canvases."""
     items = items_from_bank(val_bank, limit=2)
     images = open_image_set("SIMS", tiny_weights, val_bank)
-    out = [images.image_for(item) for item in items]
-    size = read_config(tiny_weights).resolution
-    assert all(o.shape == (*size, 3) and o.dtype == np.uint8 for o in out)
-    # Deterministic: the same layout gives the same image.
-    np.testing.assert_array_equal(images.image_for(items[0]), out[0])
+    assert isinstance(images, PipelineImages) and images.builds_canvases
+    out = [output_for(images, item) for item in items]
+    for o, item in zip(out, items, strict=True):
+        assert o.image.shape == (*item.layout.shape, 3) and o.image.dtype == np.uint8
+        assert o.canvas is not None and o.provenance is not None and o.provenance.shape == item.layout.shape
+        assert set(np.unique(o.provenance[o.provenance >= 0]).tolist()) <= {s.segment_id for s in o.segments}
+    # Deterministic: the same layout gives the same image (computed again, not the cached last item).
+    np.testing.assert_array_equal(images.image_for(items[0]), out[0].image)
+    assert images.image_for(items[0]) is images.image_for(items[0])  # the current item is kept, not redone
+
+
+def test_checkpoint_sets_pass_the_elision_options_on(val_bank: Bank, tiny_weights: Path) -> None:
+    from synthesis.canvas.elision import ElisionConfig
+
+    item = items_from_bank(val_bank, limit=1)[0]
+    default = output_for(open_image_set("SIMS", tiny_weights, val_bank), item)
+    none = ElisionConfig(band=0.0, white_fraction=0.0, black_outside_objects=False)
+    plain = output_for(open_image_set("SIMS", tiny_weights, val_bank, elision=none), item)
+    assert default.canvas is not None and plain.canvas is not None
+    assert (default.canvas.elision != 0).any() and not (plain.canvas.elision != 0).any()
+    assert (plain.provenance >= 0).sum() > (default.provenance >= 0).sum()

@@ -1,25 +1,34 @@
-"""Power spectra of known signals: sinusoids peak at their frequency, white noise is flat, 1/f images slope -2."""
+"""Power spectra of known signals: sinusoids peak at their frequency, white noise is flat, 1/f images slope -2;
+the fine-detail share and ratio on blurred, noisy and real photos."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from synthesis.evaluation.spectrum import (
+    HIGH_FREQUENCY_CUTOFF,
     Spectrum,
+    high_frequency_fraction,
+    high_frequency_ratio,
     mean_power_spectrum,
     plot_spectra,
     power_spectrum,
     radial_bins,
+    radial_frequency,
     spectrum_distance,
     to_gray,
 )
 
 ROWS, COLS = 48, 64
+#: A real CamVid val photo (360x480) from the bundled sample.
+PHOTO = Path(__file__).resolve().parents[1] / "examples/camvid-sample/val/0016E5_07959.png"
 
 
 def _pink(rng: np.random.Generator, rows: int = ROWS, cols: int = COLS) -> np.ndarray:
@@ -103,3 +112,84 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     spectra = {"pink": mean_power_spectrum([_pink(rng)]), "white": mean_power_spectrum([rng.normal(size=(ROWS, COLS))])}
     out = plot_spectra(spectra, tmp_path / "sub" / "spectra.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# Fine detail: the share of power above half the Nyquist radius
+
+
+def _photo() -> np.ndarray:
+    return np.asarray(Image.open(PHOTO).convert("RGB"))
+
+
+def _to_uint8(g: np.ndarray) -> np.ndarray:
+    g = (g - g.min()) / (g.max() - g.min())
+    return np.repeat((g * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def test_radial_frequency_reaches_nyquist_on_each_axis() -> None:
+    r = radial_frequency((ROWS, COLS))
+    assert r[0, 0] == 0.0
+    assert r[ROWS // 2, 0] == pytest.approx(0.5) and r[0, COLS // 2] == pytest.approx(0.5)
+    assert r.max() == pytest.approx(np.sqrt(0.5))  # the corners
+    with pytest.raises(ValueError, match="too small"):
+        radial_frequency((3, 8))
+
+
+@settings(max_examples=20, deadline=None)
+@given(k=st.integers(3, ROWS // 2 - 3), vertical=st.booleans())
+def test_sinusoid_share_is_all_or_nothing_at_the_cutoff(k: int, vertical: bool) -> None:
+    n = ROWS if vertical else COLS
+    f = k / n
+    if abs(f - HIGH_FREQUENCY_CUTOFF) < 3 / n:
+        return  # the Hann window spreads power over ±2 bins: too close to the cutoff to call
+    wave = np.sin(2 * np.pi * f * np.arange(n))
+    image = np.tile(wave[:, None], (1, COLS)) if vertical else np.tile(wave, (ROWS, 1))
+    share = high_frequency_fraction(image)
+    assert share == pytest.approx(1.0 if f > HIGH_FREQUENCY_CUTOFF else 0.0, abs=1e-3)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(8, 40), cols=st.integers(8, 40))
+def test_an_image_against_itself_has_ratio_one(seed: int, rows: int, cols: int) -> None:
+    rng = np.random.default_rng(seed)
+    image = _to_uint8(_pink(rng, rows, cols) + 0.01 * rng.normal(size=(rows, cols)))
+    share = high_frequency_fraction(image)
+    assert 0 < share < 1
+    assert high_frequency_ratio([share], [share]) == pytest.approx(1.0)
+
+
+def test_blurred_photo_has_little_fine_detail_and_noise_has_much() -> None:
+    photo = _photo()
+    real = high_frequency_fraction(photo)
+    assert 0.001 < real < 0.2  # a natural photo: most power at low frequencies
+    blurred = cv2.GaussianBlur(photo, (0, 0), sigmaX=3, sigmaY=3)
+    assert high_frequency_ratio([high_frequency_fraction(blurred)], [real]) < 0.2
+    noise = np.random.default_rng(0).integers(0, 256, photo.shape, dtype=np.uint8)
+    assert high_frequency_ratio([high_frequency_fraction(noise)], [real]) > 3
+    # White noise: the share is the area beyond the cutoff, 1 - pi * 0.25^2 ≈ 0.80.
+    assert high_frequency_fraction(noise) == pytest.approx(1 - np.pi * HIGH_FREQUENCY_CUTOFF**2, abs=0.02)
+
+
+def test_blurred_one_over_f_texture_ratio_is_well_below_half() -> None:
+    rng = np.random.default_rng(4)
+    textures = [_to_uint8(_pink(rng, 96, 128)) for _ in range(3)]
+    blurred = [cv2.GaussianBlur(t, (0, 0), sigmaX=3, sigmaY=3) for t in textures]
+    ratio = high_frequency_ratio(map(high_frequency_fraction, blurred), map(high_frequency_fraction, textures))
+    assert ratio < 0.5
+    assert high_frequency_ratio(map(high_frequency_fraction, textures), map(high_frequency_fraction, textures)) == 1
+
+
+def test_flat_images_have_no_share_and_are_left_out() -> None:
+    flat = np.full((ROWS, COLS, 3), 128, np.uint8)
+    assert np.isnan(high_frequency_fraction(flat))
+    assert high_frequency_ratio([0.2, float("nan")], [0.1]) == pytest.approx(2.0)
+    assert np.isnan(high_frequency_ratio([0.2], [float("nan")]))
+
+
+def test_full_resolution_spectrum_distance_of_a_photo_to_itself_is_zero() -> None:
+    photo = _photo()
+    assert photo.shape[:2] == (360, 480)
+    s = power_spectrum(photo)
+    assert spectrum_distance(s, power_spectrum(photo.copy())) == 0.0
+    blurred = power_spectrum(cv2.GaussianBlur(photo, (0, 0), sigmaX=3, sigmaY=3))
+    assert spectrum_distance(s, blurred) > 1.0  # orders of magnitude lost at high frequencies

@@ -5,11 +5,17 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-app = typer.Typer(help="Evaluate synthesized images: segmentation consistency, power spectrum, L1.")
+if TYPE_CHECKING:
+    from synthesis.evaluation.report import ImageSet
+
+app = typer.Typer(
+    help="Evaluate synthesized images: segmentation consistency, L1, fine detail, power spectrum, KID; "
+    "writes a report and an HTML gallery."
+)
 
 
 def _parse_set(text: str) -> tuple[str, Path]:
@@ -27,7 +33,7 @@ def evaluate(
         typer.Option(
             "--set",
             help="NAME=DIR: synthesized PNGs named like the val photos, or a synthesis network checkpoint "
-            "(run in-process with --memory-bank); repeatable.",
+            "(run in-process through the synthesis pipeline; SIMS models need --memory-bank); repeatable.",
         ),
     ],
     bank: Annotated[Path | None, typer.Option("--bank", "-b", help="Bank of the val photos and layouts.")] = None,
@@ -40,12 +46,34 @@ def evaluate(
     dataset: Annotated[str, typer.Option(help="Dataset reader for --root.")] = "camvid",
     split: Annotated[str, typer.Option(help="Split for --root.")] = "val",
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path("docs/eval"),
+    paste: Annotated[
+        str | None,
+        typer.Option(
+            "--paste",
+            metavar="BASE",
+            help="Add the row 'paste (canvas over BASE)': the kept pixels of the SIMS set's canvases (the first "
+            "SIMS checkpoint set) pasted over the outputs of the set named BASE, with no learning.",
+        ),
+    ] = None,
+    elision_band: Annotated[
+        float | None,
+        typer.Option(
+            help="Boundary elision band of the canvases, a fraction of the frame height (default: the pipeline's)."
+        ),
+    ] = None,
+    elision_rate: Annotated[
+        float | None,
+        typer.Option(help="Fraction of the band's canvas pixels elided to white (default: the pipeline's)."),
+    ] = None,
+    gallery: Annotated[
+        bool, typer.Option("--gallery/--no-gallery", help="Write OUT/gallery/index.html, one row per layout.")
+    ] = True,
     limit: Annotated[int | None, typer.Option(help="Only the first N images (quick checks).")] = None,
     samples: Annotated[int, typer.Option(help="Rows of the sample figure.")] = 4,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
-    """Write report.md, report.json and PNG plots comparing the named image sets with the real photos."""
+    """Write report.md, report.json, PNG plots and a gallery comparing the named image sets with the real photos."""
     import torch
 
     from memory_bank import open_bank
@@ -56,8 +84,27 @@ def evaluate(
         raise typer.BadParameter("give exactly one of --bank and --root")
     if threads:
         torch.set_num_threads(threads)
+    elision = None
+    if elision_band is not None or elision_rate is not None:
+        from synthesis.canvas.elision import ElisionConfig
+
+        # An option left out keeps the paper's value; giving neither leaves the pipeline's default.
+        defaults = ElisionConfig()
+        try:
+            elision = ElisionConfig(
+                band=defaults.band if elision_band is None else elision_band,
+                white_fraction=defaults.white_fraction if elision_rate is None else elision_rate,
+            )
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
     source = open_bank(memory_bank) if memory_bank is not None else None
-    sets = [rep.open_image_set(name, path, source) for name, path in map(_parse_set, image_sets)]
+    named = [_parse_set(text) for text in image_sets]
+    if paste is not None and paste not in (names := [name for name, _ in named]):
+        # Before any checkpoint is loaded: a typo should not cost a network load.
+        raise typer.BadParameter(f"--paste {paste}: no --set named {paste!r} (sets: {', '.join(names)})")
+    sets: list[ImageSet] = [rep.open_image_set(name, path, source, elision=elision) for name, path in named]
+    if paste is not None:
+        sets.append(_paste_set(sets, paste))
     if bank is not None:
         val = open_bank(bank)
         items, classes, title = rep.items_from_bank(val, limit, progress), val.classes, rep.describe_bank(val)
@@ -66,6 +113,18 @@ def evaluate(
 
         reader = create_reader(dataset, root, [split])  # type: ignore[arg-type]
         items, classes, title = rep.items_from_samples(reader, limit), reader.classes, f"{dataset} {split}"
+    writer = None
+    if gallery:
+        from synthesis.evaluation.gallery import GalleryWriter
+
+        canvases = rep.canvas_set(sets)
+        writer = GalleryWriter(
+            out / "gallery",
+            classes,
+            canvas_set=None if canvases is None else canvases.name,
+            image_names=None if source is None else source.images.column("source_file").to_pylist(),
+            title=f"Evaluation on {title}: gallery",
+        )
     report = rep.evaluate_image_sets(
         items,
         sets,
@@ -74,14 +133,30 @@ def evaluate(
         segmenter_name=str(segmenter),
         num_samples=samples,
         progress=progress,
+        on_item=writer,
     )
     report.title = f"Evaluation on {title}"
     report.command = "sims " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if writer is not None:
+        report.gallery = writer.write().relative_to(out).as_posix()
     md = rep.write_report(report, out)
     for r in report.results:
+        kid = "-" if r.kid is None else f"{1e3 * r.kid:.2f}"
         typer.echo(
-            f"{r.name:>28}: mIoU {r.scores.miou:.4f}  pixel acc {r.scores.pixel_accuracy:.4f}  "
-            f"spectrum distance {r.spectrum_distance:.4f}{' (noise floor)' if r.reference else ''}  "
-            f"L1 {'-' if r.l1 is None else f'{r.l1:.4f}'}"
+            f"{r.name:>32}: mIoU {r.scores.miou:.4f}  pixel acc {r.scores.pixel_accuracy:.4f}  "
+            f"L1 {'-' if r.l1 is None else f'{r.l1:.4f}'}  fine detail {r.fine_detail_ratio:.3f}  "
+            f"spectrum distance {r.spectrum_distance:.4f}{' (noise floor)' if r.reference else ''}  KIDx1e3 {kid}"
         )
+    if report.gallery:
+        typer.echo(f"gallery in {out / report.gallery}")
     typer.echo(f"report in {md}")
+
+
+def _paste_set(sets: list[ImageSet], base: str) -> ImageSet:
+    """The paste row over the set named ``base``, with the canvases of the first SIMS checkpoint set."""
+    from synthesis.evaluation.report import PastedImages, canvas_set, paste_name
+
+    canvases = canvas_set(sets)
+    if canvases is None:
+        raise typer.BadParameter("--paste needs a SIMS checkpoint --set (with --memory-bank) to take canvases from")
+    return PastedImages(paste_name(base), canvases, next(s for s in sets if s.name == base))

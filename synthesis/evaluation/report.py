@@ -5,24 +5,36 @@ For every named image set (SIMS, the parametric baseline, ...) and for the real 
 1. segmentation consistency: a segmenter trained on real photos segments each image; its
    prediction, at the layout's resolution, is scored against the layout (mIoU over the classes
    present, pixel accuracy). The real photos give the reference score;
-2. the mean radially averaged power spectrum, and its distance to the real photos' spectrum at
+2. L1 to the real photo, on the 0..1 scale, at the synthesized image's size;
+3. fine detail: the share of power above half the Nyquist radius, over the real photos' share at
+   the same size (:func:`~synthesis.evaluation.spectrum.high_frequency_ratio`; 1.0 = as detailed);
+4. the mean radially averaged power spectrum, and its distance to the real photos' spectrum at
    the same image size (:mod:`synthesis.evaluation.spectrum`);
-3. L1 to the real photo, on the 0..1 scale, at the synthesized image's size.
+5. KID ×10³ between the set and the real photos on the evaluation segmenter's bottleneck
+   features, each image at its own resolution (:mod:`synthesis.evaluation.kid`; not Inception).
 
-Image sets come from folders of PNGs named like the val photos (``0016E5_07959.png``) or from
-any :class:`Synthesizer` called in-process. Real photos are resized with area averaging to a
-set's size before anything is compared with it, so a 96x128 synthesis is measured against real
-photos at 96x128; when sets are smaller than the photos, a second reference row shows the
-segmenter's score on real photos at that size.
+Every measure is taken at the resolution a set comes in: nothing here resizes a set's images
+(checkpoint sets run the product pipeline, which returns images at the layout's resolution).
+Real photos are resized with area averaging to a set's size before anything is compared with it;
+when sets are smaller than the photos, a reference row shows real photos at that size.
+
+Image sets come from folders of PNGs named like the val photos (``0016E5_07959.png``), from a
+synthesis checkpoint run in-process through :class:`~synthesis.pipeline.SynthesisPipeline`
+(:class:`PipelineImages`), from any :class:`Synthesizer`, or from other sets
+(:class:`PastedImages`: a canvas's kept pixels over another set's output). Items are scored one
+at a time, every set on the same item in turn, so a set keeps only the current item's output
+(:class:`SetOutput`: the image and, for canvas-based sets, the canvas) and derived sets and the
+gallery (``on_item``) see all outputs of an item together.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -30,17 +42,25 @@ from PIL import Image
 from tqdm import tqdm
 
 from memory_bank import Bank, ClassTable, DatasetError, SimsError
+from synthesis.evaluation.kid import kid_with_error, segmenter_features, stack_features
 from synthesis.evaluation.metrics import SegmentationScores, confusion_matrix, l1_error
 from synthesis.evaluation.spectrum import (
+    HIGH_FREQUENCY_CUTOFF,
     Spectrum,
-    mean_power_spectrum,
+    high_frequency_fraction,
+    high_frequency_ratio,
     plot_spectra,
     power_spectrum,
     spectrum_distance,
 )
 from synthesis.networks.segmenter import SegmentationNet
 
+if TYPE_CHECKING:
+    from synthesis.canvas.builder import Canvas, PlacedSegment
+    from synthesis.canvas.elision import ElisionConfig
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+REAL = "real photos"
 
 
 @runtime_checkable
@@ -64,12 +84,52 @@ class EvalItem:
     layout: np.ndarray
 
 
+@dataclass(frozen=True)
+class SetOutput:
+    """What an image set made for one item: the image and, for canvas-based sets, the canvas it read.
+
+    ``canvas`` is a :class:`~synthesis.canvas.builder.Canvas` (pixels, missing mask, provenance
+    map of bank segment ids with -1 where none, elision codes, the placed segments) at the
+    layout's resolution; None for sets without one (folders, parametric models).
+    """
+
+    image: np.ndarray
+    canvas: Canvas | None = None
+
+    @property
+    def provenance(self) -> np.ndarray | None:
+        """(H, W) int64 bank segment id behind each canvas pixel (-1 where none), or None without a canvas."""
+        return None if self.canvas is None else self.canvas.provenance
+
+    @property
+    def segments(self) -> tuple[PlacedSegment, ...]:
+        """The bank segments painted on the canvas, back to front (empty without a canvas)."""
+        return () if self.canvas is None else self.canvas.segments
+
+
 class ImageSet(Protocol):
-    """A named source of one image per evaluation item."""
+    """A named source of one image per evaluation item.
+
+    A set may also offer ``output_for(item) -> SetOutput`` (:class:`RichImageSet`) to hand over
+    the canvas behind the image; :func:`output_for` asks for it when present.
+    """
 
     name: str
 
     def image_for(self, item: EvalItem) -> np.ndarray: ...
+
+
+@runtime_checkable
+class RichImageSet(ImageSet, Protocol):
+    """An :class:`ImageSet` that also returns the canvas (provenance, segments) behind each image."""
+
+    def output_for(self, item: EvalItem) -> SetOutput: ...
+
+
+def output_for(image_set: ImageSet, item: EvalItem) -> SetOutput:
+    """``image_set``'s :class:`SetOutput` for ``item``: its own ``output_for`` if it has one, else the image alone."""
+    rich = getattr(image_set, "output_for", None)
+    return rich(item) if rich is not None else SetOutput(image_set.image_for(item))
 
 
 @dataclass(frozen=True)
@@ -102,75 +162,164 @@ class SynthesizedImages:
 class RealPhotos:
     """The real photos, optionally resized (area averaging) to ``size``: the reference rows."""
 
-    name: str = "real photos"
+    name: str = REAL
     size: tuple[int, int] | None = None
 
     def image_for(self, item: EvalItem) -> np.ndarray:
         return item.photo if self.size is None else resize_image(item.photo, self.size)
 
 
-@dataclass
-class PipelineSynthesizer:
-    """A synthesis network checkpoint run in-process: canvas from ``memory_bank``, then the network.
+class PipelineImages:
+    """A synthesis checkpoint run in-process through the product's :class:`~synthesis.pipeline.SynthesisPipeline`.
 
-    The image comes back at the network's resolution (no upsampling), so it is scored against real
-    photos at that size. ``k=1`` makes every canvas use each component's best match, so the
-    evaluation does not depend on a diversity seed.
+    SIMS models: ``pipeline(layout, k=1, seed=0)``, canvases built from ``memory_bank`` with T
+    (``transform/``) and the ordering network (``ordering/``) beside the checkpoint when present;
+    ``k=1`` makes every canvas use each component's best match, so the evaluation does not depend
+    on a diversity seed. The image comes at the layout's resolution, as the product returns it.
+
+    Parametric models never read a canvas, so none is built (no retrieval, no memory bank
+    needed): the network gets an empty canvas, as the pipeline's generator gives it, and its
+    output is brought to the layout's size with the pipeline's bilinear upsampling.
+
+    ``elision`` (boundary elision of the canvases) is passed to the pipeline only when given;
+    otherwise the pipeline's default applies. The last item's output is kept, so asking again
+    for the same item (the paste row, the gallery) does not synthesize twice.
     """
 
-    weights: Path
-    memory_bank: Bank
-    k: int = 1
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        name: str,
+        weights: str | Path,
+        memory_bank: Bank | None = None,
+        *,
+        elision: ElisionConfig | None = None,
+        seed: int = 0,
+    ) -> None:
         from synthesis.canvas.builder import CanvasBuilder, CanvasOptions
+        from synthesis.checkpoint import read_metadata
         from synthesis.networks.ordering import LearnedOrderer
         from synthesis.networks.transform import TransformAligner
-        from synthesis.pipeline import ImageGenerator
+        from synthesis.pipeline import ImageGenerator, SynthesisPipeline
 
+        self.name = name
+        self.weights = Path(weights)
+        self.elision = elision
+        self.seed = seed
+        # Decide from sims.json before loading anything: only SIMS models need the bank.
+        self.parametric = bool(read_metadata(self.weights).get("parametric", False))
+        if not self.parametric and memory_bank is None:
+            raise SimsError(
+                f"{self.weights} is a SIMS model checkpoint: give --memory-bank, the bank its canvases come from"
+            )
         self.generator = ImageGenerator.from_pretrained(self.weights)
-        # A parametric model never looks at the canvas: skip building one.
-        self.builder = None
-        if not self.generator.parametric:
-            weights_root = Path(self.weights).parent
+        self.parametric = self.generator.parametric
+        self.pipeline: SynthesisPipeline | None = None
+        self._elision_kwargs: dict[str, Any] = {}
+        if not self.parametric:
+            assert memory_bank is not None
+            weights_root = self.weights.parent
             aligner = orderer = None
             if (weights_root / "transform" / "config.json").is_file():
                 aligner = TransformAligner.from_pretrained(weights_root / "transform")
             if (weights_root / "ordering" / "config.json").is_file():
                 orderer = LearnedOrderer.from_pretrained(weights_root / "ordering")
-            self.builder = CanvasBuilder.from_bank(
-                self.memory_bank, aligner=aligner, orderer=orderer, options=CanvasOptions(k=self.k)
-            )
+            options = CanvasOptions(k=1)
+            builder = CanvasBuilder.from_bank(memory_bank, aligner=aligner, orderer=orderer, options=options)
+            self.pipeline = SynthesisPipeline(builder, self.generator, refiner=None)
+            if elision is not None:
+                if "elision" in inspect.signature(self.pipeline.__call__).parameters:
+                    self._elision_kwargs = {"elision": elision}
+                else:
+                    # A pipeline without the per-call option: the builder's own setting does the same.
+                    builder.options = CanvasOptions(k=1, elision=elision)
+        self._last: tuple[tuple[int, str], SetOutput] | None = None
 
-    def __call__(self, layout: np.ndarray) -> np.ndarray:
-        if self.builder is None:
-            return self.generator(layout, np.zeros((*layout.shape, 3), np.uint8), np.ones(layout.shape, bool))
-        canvas = self.builder(layout, seed=0)
-        return self.generator(layout, canvas.canvas, canvas.missing)
+    @property
+    def builds_canvases(self) -> bool:
+        """True for SIMS models: their outputs carry the canvas (provenance, segments)."""
+        return self.pipeline is not None
+
+    def output_for(self, item: EvalItem) -> SetOutput:
+        """The image (at the layout's resolution) and, for SIMS models, the canvas, for one item."""
+        key = (item.index, item.name)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        out = self._synthesize(item.layout)
+        self._last = (key, out)
+        return out
+
+    def image_for(self, item: EvalItem) -> np.ndarray:
+        return self.output_for(item).image
+
+    def _synthesize(self, layout: np.ndarray) -> SetOutput:
+        if self.pipeline is None:
+            h, w = layout.shape
+            image = self.generator(layout, np.zeros((h, w, 3), np.uint8), np.ones((h, w), bool))
+            if image.shape[:2] != (h, w):
+                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+            return SetOutput(_check_image(image, f"{self.name}: image"))
+        got = self.pipeline(layout, k=1, seed=self.seed, **self._elision_kwargs)
+        return SetOutput(_check_image(np.asarray(got.image), f"{self.name}: image"), got.canvas)
 
 
-def load_synthesizer(path: Path, memory_bank: Bank | None) -> Synthesizer:
-    """A :class:`Synthesizer` from a synthesis network checkpoint directory.
+def paste_canvas(canvas: np.ndarray, provenance: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: the canvas's kept pixels (``provenance >= 0``: neither missing nor elided) over ``base``.
 
-    SIMS models need ``memory_bank`` (the bank canvases are built from, e.g. CamVid train);
-    T and the ordering network are taken from ``transform/`` and ``ordering/`` beside the
-    checkpoint when present.
+    ``base`` is resized to the canvas's size first if it differs (bilinear up, area down).
     """
-    if memory_bank is None:
-        raise SimsError(f"{path} is a model checkpoint: give --memory-bank, the bank its canvases come from")
-    return PipelineSynthesizer(Path(path), memory_bank)
+    canvas = np.asarray(canvas)
+    kept = np.asarray(provenance) >= 0
+    if canvas.shape[:2] != kept.shape or canvas.ndim != 3:
+        raise ValueError(f"canvas {canvas.shape} and provenance {kept.shape} differ in size")
+    base = resize_image(np.asarray(base), kept.shape)  # type: ignore[arg-type]
+    return np.where(kept[..., None], canvas, base).astype(np.uint8)
 
 
-def open_image_set(name: str, path: str | Path, memory_bank: Bank | None = None) -> ImageSet:
-    """A folder of images becomes :class:`FolderImages`; a checkpoint directory goes to :func:`load_synthesizer`."""
+@dataclass(frozen=True)
+class PastedImages:
+    """Reference row: the canvases' kept pixels pasted over another set's output, with no learning.
+
+    ``canvases`` is the set whose outputs carry canvases (the SIMS checkpoint set); ``base`` any
+    set, e.g. the parametric model. The image is at the canvas's (the layout's) resolution.
+    """
+
+    name: str
+    canvases: ImageSet
+    base: ImageSet
+
+    def output_for(self, item: EvalItem) -> SetOutput:
+        source = output_for(self.canvases, item)
+        if source.canvas is None:
+            raise DatasetError(f"{self.name}: {self.canvases.name} gave no canvas for {item.name}")
+        base = output_for(self.base, item).image
+        return SetOutput(paste_canvas(source.canvas.canvas, source.canvas.provenance, base))
+
+    def image_for(self, item: EvalItem) -> np.ndarray:
+        return self.output_for(item).image
+
+
+def paste_name(base: str) -> str:
+    """The name of the paste row over set ``base``."""
+    return f"paste (canvas over {base})"
+
+
+def open_image_set(
+    name: str, path: str | Path, memory_bank: Bank | None = None, *, elision: ElisionConfig | None = None
+) -> ImageSet:
+    """A folder of images becomes :class:`FolderImages`; a checkpoint directory :class:`PipelineImages`."""
     p = Path(path)
     if not p.is_dir():
         raise DatasetError(f"{name}: {p} is not a directory")
     if any(next(p.glob(f"*{s}"), None) is not None for s in IMAGE_SUFFIXES):
         return FolderImages(name, p)
     if (p / "config.json").is_file():
-        return SynthesizedImages(name, load_synthesizer(p, memory_bank))
+        return PipelineImages(name, p, memory_bank, elision=elision)
     raise DatasetError(f"{name}: {p} holds neither images nor a model checkpoint")
+
+
+def canvas_set(image_sets: Iterable[ImageSet]) -> ImageSet | None:
+    """The first set whose outputs carry canvases (the SIMS checkpoint set), or None."""
+    return next((s for s in image_sets if getattr(s, "builds_canvases", False)), None)
 
 
 def items_from_bank(bank: Bank, limit: int | None = None, progress: bool = False) -> list[EvalItem]:
@@ -215,7 +364,12 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class SetResult:
-    """Scores of one image set. ``reference`` rows are real photos (no L1; the spectrum noise floor instead)."""
+    """Scores of one image set. ``reference`` rows are real photos (no L1; the spectrum noise floor instead).
+
+    ``hf_fraction`` is the mean share of power above 0.25 cycles/pixel; ``fine_detail_ratio`` that
+    over the real photos' at the same size. ``kid``/``kid_se`` are KID and its standard error
+    (raw, not ×10³) against the real photos at their own size; None for the real photos themselves.
+    """
 
     name: str
     reference: bool
@@ -224,6 +378,10 @@ class SetResult:
     spectrum: Spectrum
     spectrum_distance: float
     l1: float | None
+    hf_fraction: float = float("nan")
+    fine_detail_ratio: float = float("nan")
+    kid: float | None = None
+    kid_se: float | None = None
     samples: list[np.ndarray] = field(default_factory=list, repr=False)
     predictions: list[np.ndarray] = field(default_factory=list, repr=False)
 
@@ -236,6 +394,10 @@ class SetResult:
             "spectrum_distance": self.spectrum_distance,
             "spectrum_slope": self.spectrum.slope(),
             "l1": self.l1,
+            "hf_fraction": _finite(self.hf_fraction),
+            "fine_detail_ratio": _finite(self.fine_detail_ratio),
+            "kid_x1000": None if self.kid is None else _finite(1e3 * self.kid),
+            "kid_se_x1000": None if self.kid_se is None else _finite(1e3 * self.kid_se),
         }
 
 
@@ -253,6 +415,7 @@ class EvalReport:
     sample_items: list[EvalItem] = field(default_factory=list, repr=False)
     command: str = ""
     title: str = "Evaluation"
+    gallery: str | None = None  # relative path of the HTML gallery, when one was written
 
     def result(self, name: str) -> SetResult:
         for r in self.results:
@@ -267,9 +430,16 @@ class EvalReport:
             "layout_size": list(self.layout_size),
             "segmenter": self.segmenter,
             "segmenter_resolution": list(self.segmenter_resolution),
+            "kid_features": "evaluation segmenter bottleneck, global-average-pooled (not Inception)",
+            "hf_cutoff_cycles_per_pixel": HIGH_FREQUENCY_CUTOFF,
             "command": self.command,
+            "gallery": self.gallery,
             "results": [r.to_dict(self.classes.names) for r in self.results],
         }
+
+
+#: Called once per item with every set's output for it (the gallery writer, for one).
+ItemCallback = Callable[[EvalItem, Mapping[str, SetOutput]], None]
 
 
 def evaluate_image_sets(
@@ -281,35 +451,60 @@ def evaluate_image_sets(
     segmenter_name: str = "",
     num_samples: int = 4,
     progress: bool = True,
+    on_item: ItemCallback | None = None,
 ) -> EvalReport:
-    """Score real photos and every image set on ``items`` (see the module notes)."""
+    """Score real photos and every image set on ``items`` (see the module notes).
+
+    Items are taken one at a time; for each, every set's :class:`SetOutput` is made once, scored,
+    and handed to ``on_item`` (with the set names as keys) before the next item.
+    """
     # 1. Check inputs
     if not items:
         raise DatasetError("no evaluation images")
     names = [s.name for s in image_sets]
-    if len(set(names)) != len(names) or "real photos" in names:
-        raise ValueError(f"image set names must be unique and not 'real photos', got {names}")
+    if len(set(names)) != len(names) or any(n.startswith(REAL) for n in names):
+        raise ValueError(f"image set names must be unique and not start with {REAL!r}, got {names}")
     if segmenter.config.num_classes != len(classes):
         raise ValueError(f"the segmenter predicts {segmenter.config.num_classes} classes, the data has {len(classes)}")
     layout_size = tuple(items[0].layout.shape[:2])
     photo_size = tuple(items[0].photo.shape[:2])
 
-    # 2. Synthesized sets, with the sizes they come in
-    results = [_score_set(items, s, segmenter, num_samples, progress) for s in image_sets]
+    # 2. Every set on each item in turn; the reference rows (real photos as given, and at each
+    # smaller size a set comes in) are made once the first item shows the sets' sizes.
+    scorers = [_Scorer(s.name, segmenter, num_samples) for s in image_sets]
+    references: list[tuple[RealPhotos, _Scorer]] = []
+    for position, item in enumerate(tqdm(items, desc="scoring", unit="layout", disable=not progress, leave=False)):
+        outputs = {s.name: output_for(s, item) for s in image_sets}
+        for scorer in scorers:
+            scorer.add(position, item, outputs[scorer.name].image, reference=False)
+        if not references:
+            sizes = sorted({sc.size for sc in scorers if sc.size != photo_size}, reverse=True)  # type: ignore[type-var]
+            photos = [RealPhotos()] + [RealPhotos(f"{REAL} at {h}x{w}", (h, w)) for h, w in sizes]  # type: ignore[misc]
+            references = [(ref, _Scorer(ref.name, segmenter, num_samples)) for ref in photos]
+        for ref, scorer in references:
+            scorer.add(position, item, ref.image_for(item), reference=True)
+        if on_item is not None:
+            on_item(item, outputs)
 
-    # 3. References: the real photos as given, and at each smaller size a set comes in
-    sizes = sorted({r.size for r in results if r.size != photo_size}, reverse=True)
-    references = [RealPhotos()] + [RealPhotos(f"real photos at {h}x{w}", (h, w)) for h, w in sizes]
-    ref_results = [_score_set(items, s, segmenter, num_samples, progress, reference=True) for s in references]
-    real_spectra = {r.size: r.spectrum for r in ref_results}
-
-    # 4. Spectrum distances, each at the set's own size; references get the even/odd split noise floor
-    for r in results:
-        r.spectrum_distance = spectrum_distance(r.spectrum, real_spectra[r.size])
-    for r, ref in zip(ref_results, references, strict=True):
-        even = mean_power_spectrum(ref.image_for(it) for it in items[0::2])
-        odd = mean_power_spectrum(ref.image_for(it) for it in items[1::2]) if len(items) > 1 else even
-        r.spectrum_distance = spectrum_distance(even, odd)
+    # 3. Results: spectra, fine detail and KID each against the real photos (at the set's size for
+    # spectra and fine detail; at their own size for KID, as each image's features are)
+    ref_results = [scorer.result(reference=True) for _, scorer in references]
+    by_size = {r.size: (r, scorer) for r, (_, scorer) in zip(ref_results, references, strict=True)}
+    real_scorer = references[0][1]
+    real_features = stack_features(real_scorer.features)
+    for r, (_, scorer) in zip(ref_results, references, strict=True):
+        r.spectrum_distance = spectrum_distance(*scorer.half_spectra())  # the noise floor
+        r.fine_detail_ratio = high_frequency_ratio(scorer.hf, scorer.hf)
+        if scorer is not real_scorer:
+            r.kid, r.kid_se = _kid(scorer.features, real_features)
+    results = []
+    for scorer in scorers:
+        r = scorer.result(reference=False)
+        ref, ref_scorer = by_size[r.size]
+        r.spectrum_distance = spectrum_distance(r.spectrum, ref.spectrum)
+        r.fine_detail_ratio = high_frequency_ratio(scorer.hf, ref_scorer.hf)
+        r.kid, r.kid_se = _kid(scorer.features, real_features)
+        results.append(r)
 
     return EvalReport(
         classes=classes,
@@ -318,54 +513,87 @@ def evaluate_image_sets(
         segmenter=segmenter_name,
         segmenter_resolution=segmenter.config.resolution,
         results=ref_results + results,
-        real_spectra=real_spectra,  # type: ignore[arg-type]
+        real_spectra={r.size: r.spectrum for r in ref_results},
         sample_items=list(items[:num_samples]),
     )
 
 
-def _score_set(
-    items: Sequence[EvalItem],
-    image_set: ImageSet,
-    segmenter: SegmentationNet,
-    num_samples: int,
-    progress: bool,
-    reference: bool = False,
-) -> SetResult:
-    n = segmenter.config.num_classes
-    conf = np.zeros((n, n), np.int64)
-    power: np.ndarray | None = None
-    l1: list[float] = []
-    samples, predictions = [], []
-    size: tuple[int, int] | None = None
-    for item in tqdm(items, desc=f"scoring {image_set.name}", unit="img", disable=not progress, leave=False):
-        image = image_set.image_for(item)
-        if size is None:
-            size = image.shape[:2]
-        elif image.shape[:2] != size:
-            raise DatasetError(f"{image_set.name}: {item.name} is {image.shape[:2]}, earlier images were {size}")
-        pred = segmenter.predict_labels(image, out_size=item.layout.shape[:2])[0]
-        conf += confusion_matrix(pred, item.layout, n)
+def _kid(features: Sequence[np.ndarray], real: np.ndarray) -> tuple[float | None, float | None]:
+    if len(features) < 2 or len(real) < 2:
+        return None, None  # KID needs two images a side
+    estimate, se = kid_with_error(stack_features(features), real)
+    return estimate, (None if np.isnan(se) else se)
+
+
+class _Scorer:
+    """Running sums of one set's scores, fed one image at a time (no image set is held in memory)."""
+
+    def __init__(self, name: str, segmenter: SegmentationNet, num_samples: int) -> None:
+        self.name = name
+        self.segmenter = segmenter
+        self.num_samples = num_samples
+        n = segmenter.config.num_classes
+        self.conf = np.zeros((n, n), np.int64)
+        self.size: tuple[int, int] | None = None
+        self.freqs: np.ndarray | None = None
+        self.power: list[np.ndarray | None] = [None, None]  # summed spectra of even- and odd-numbered items
+        self.counts = [0, 0]
+        self.l1: list[float] = []
+        self.hf: list[float] = []
+        self.features: list[np.ndarray] = []
+        self.samples: list[np.ndarray] = []
+        self.predictions: list[np.ndarray] = []
+
+    def add(self, position: int, item: EvalItem, image: np.ndarray, *, reference: bool) -> None:
+        if self.size is None:
+            self.size = image.shape[:2]  # type: ignore[assignment]
+        elif image.shape[:2] != self.size:
+            raise DatasetError(f"{self.name}: {item.name} is {image.shape[:2]}, earlier images were {self.size}")
+        pred = self.segmenter.predict_labels(image, out_size=item.layout.shape[:2])[0]
+        self.conf += confusion_matrix(pred, item.layout, self.segmenter.config.num_classes)
         if not reference:
-            l1.append(l1_error(image, resize_image(item.photo, size)))
-        # Spectra are summed as they come, so no image set is held in memory.
+            self.l1.append(l1_error(image, resize_image(item.photo, self.size)))  # type: ignore[arg-type]
         spectrum = power_spectrum(image)
-        power = spectrum.power if power is None else power + spectrum.power
-        if len(samples) < num_samples:
-            samples.append(image)
-            predictions.append(pred)
-    if size is None or power is None:
-        raise DatasetError(f"{image_set.name}: no images")
-    return SetResult(
-        name=image_set.name,
-        reference=reference,
-        size=size,  # type: ignore[arg-type]
-        scores=SegmentationScores.from_confusion(conf),
-        spectrum=Spectrum(freqs=spectrum.freqs, power=power / len(items), count=len(items)),
-        spectrum_distance=float("nan"),
-        l1=float(np.mean(l1)) if l1 else None,
-        samples=samples,
-        predictions=predictions,
-    )
+        half = position % 2
+        summed = self.power[half]
+        self.power[half] = spectrum.power if summed is None else summed + spectrum.power
+        self.counts[half] += 1
+        self.freqs = spectrum.freqs
+        self.hf.append(high_frequency_fraction(image))
+        self.features.append(segmenter_features(self.segmenter, image))
+        if len(self.samples) < self.num_samples:
+            self.samples.append(image)
+            self.predictions.append(pred)
+
+    def half_spectra(self) -> tuple[Spectrum, Spectrum]:
+        """Mean spectra of the even- and of the odd-numbered items (the same one twice for a single item)."""
+        assert self.freqs is not None
+        even, odd = self.power
+        assert even is not None
+        a = Spectrum(self.freqs, even / self.counts[0], self.counts[0])
+        return a, (a if odd is None else Spectrum(self.freqs, odd / self.counts[1], self.counts[1]))
+
+    def result(self, *, reference: bool) -> SetResult:
+        if self.size is None or self.freqs is None:
+            raise DatasetError(f"{self.name}: no images")
+        total = sum(p for p in self.power if p is not None)
+        n = sum(self.counts)
+        return SetResult(
+            name=self.name,
+            reference=reference,
+            size=self.size,
+            scores=SegmentationScores.from_confusion(self.conf),
+            spectrum=Spectrum(freqs=self.freqs, power=total / n, count=n),  # type: ignore[arg-type]
+            spectrum_distance=float("nan"),
+            l1=float(np.mean(self.l1)) if self.l1 else None,
+            hf_fraction=float(np.nanmean(self.hf)) if np.isfinite(self.hf).any() else float("nan"),
+            samples=self.samples,
+            predictions=self.predictions,
+        )
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 # Writing the report
@@ -401,25 +629,38 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None or np.isnan(value) else f"{value:.{digits}f}"
 
 
+def _fmt_kid(kid: float | None, se: float | None) -> str:
+    if kid is None or not np.isfinite(kid):
+        return "—"
+    return f"{1e3 * kid:.2f}" + ("" if se is None or not np.isfinite(se) else f" ± {1e3 * se:.2f}")
+
+
 def render_markdown(report: EvalReport) -> str:
     """The report as markdown: the headline table, per-class IoU, definitions and the plots."""
     h, w = report.layout_size
     sh, sw = report.segmenter_resolution
+    real = [r for r in report.results if r.reference and np.isfinite(r.hf_fraction)]
+    real_share = "".join(
+        f" Real photos at {r.size[0]}x{r.size[1]} hold {100 * r.hf_fraction:.2f}% of their power there." for r in real
+    )
     lines = [
         f"# {report.title}",
         "",
         f"{report.num_images} layouts at {h}x{w}. Segmenter: `{report.segmenter}` (trained on real CamVid train "
         f"photos at {sh}x{sw}).",
         "",
-        "| images | size | seg. mIoU ↑ | pixel acc. ↑ | spectrum distance ↓ | spectrum slope | L1 to photo ↓ |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| images | size | seg. mIoU ↑ | pixel acc. ↑ | L1 to photo ↓ | fine detail (1 = real) | "
+        "spectrum distance ↓ | spectrum slope | KID ×10³ ↓ |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report.results:
         name = f"{r.name} (reference)" if r.reference else f"**{r.name}**"
         dist = f"({_fmt(r.spectrum_distance)})" if r.reference else _fmt(r.spectrum_distance)
+        kid = _fmt_kid(r.kid, r.kid_se)
         lines.append(
             f"| {name} | {r.size[0]}x{r.size[1]} | {_fmt(r.scores.miou)} | {_fmt(r.scores.pixel_accuracy)} | "
-            f"{dist} | {r.spectrum.slope():.2f} | {_fmt(r.l1)} |"
+            f"{_fmt(r.l1)} | {_fmt(r.fine_detail_ratio)} | {dist} | {r.spectrum.slope():.2f} | "
+            f"{f'({kid})' if r.reference and r.kid is not None else kid} |"
         )
     lines += [
         "",
@@ -444,6 +685,19 @@ def render_markdown(report: EvalReport) -> str:
         "odd-numbered real photos, the noise floor of this measure. *Slope*: fitted log-log slope over 0.02-0.4 "
         "cycles/pixel (natural images: about -2).",
         "- *L1*: mean absolute difference to the real photo (area-resized to the set's size), 0..1 scale.",
+        f"- *Fine detail*: per image, the share of its power (luminance, mean removed, Hann window, DC excluded) "
+        f"at radial frequencies above {HIGH_FREQUENCY_CUTOFF} cycles/pixel (half the Nyquist radius); a set's mean "
+        f"share over the real photos' at the same size, so 1.0 is as detailed as real photos, below 1 smoother, "
+        f"above 1 noisier.{real_share}",
+        "- Every measure is taken at the size the set comes in (column *size*; checkpoint sets come at the "
+        "layout's resolution, as the product pipeline returns them); real photos are area-resized to that size.",
+        "- *KID ×10³*: kernel inception distance, the unbiased MMD² with the kernel (x·y/d + 1)³, between the "
+        "set's and the real photos' features, ± its jackknife standard error. The features are the project's "
+        "evaluation segmenter's (its deepest encoder block, global-average-pooled, each image at its own "
+        "resolution), **not Inception's**: these numbers compare the rows of this report and are not comparable "
+        "with the FID/KID of papers. Unbiased, so about 0 (possibly slightly negative) for a set indistinguishable "
+        "from real photos. Reference rows at a smaller size, in parentheses: the resized real photos against the "
+        "full-size ones (what the size alone costs); — for the real photos themselves.",
         "",
         "![mean power spectra](spectra.png)",
         "",
@@ -452,6 +706,11 @@ def render_markdown(report: EvalReport) -> str:
         "![samples](samples.png)",
         "",
     ]
+    if report.gallery:
+        lines += [
+            f"Per-layout gallery (layout, canvas, outputs, provenance, photo): [{report.gallery}]({report.gallery})",
+            "",
+        ]
     if report.command:
         lines += ["Reproduce:", "", "```bash", report.command, "```", ""]
     return "\n".join(lines)
@@ -526,16 +785,24 @@ __all__ = [
     "EvalReport",
     "FolderImages",
     "ImageSet",
+    "ItemCallback",
+    "PastedImages",
+    "PipelineImages",
     "RealPhotos",
+    "RichImageSet",
+    "SetOutput",
     "SetResult",
     "SynthesizedImages",
     "Synthesizer",
+    "canvas_set",
     "describe_bank",
     "evaluate_image_sets",
     "items_from_bank",
     "items_from_samples",
-    "load_synthesizer",
     "open_image_set",
+    "output_for",
+    "paste_canvas",
+    "paste_name",
     "render_markdown",
     "resize_image",
     "write_report",
