@@ -32,7 +32,7 @@ from retrieval_service.api.models import Mode
 from retrieval_service.api.synthesis import decode_provenance
 from retrieval_service.client import RetrievalClient
 from synthesis.canvas.builder import CanvasBuilder
-from synthesis.canvas.grid import provenance_colors, render_table, save_png
+from synthesis.canvas.grid import provenance_colors, render_table, save_image
 from synthesis.pipeline import SynthesisPipeline
 from synthesis.remote import bank_identity
 from synthesis.worker.runtime import Networks
@@ -190,11 +190,13 @@ def synthesize_files(
     extras: bool = False,
     grid: str | Path | None = None,
     grid_colors: int | None = None,
+    grid_scale: float = 0.5,
     progress: bool = True,
 ) -> list[Path]:
     """Synthesize every layout file with seeds ``seed .. seed + n - 1``; returns the images written.
 
-    ``grid_colors`` quantises the grid PNG to that many colours (smaller files, e.g. for docs).
+    ``grid_colors`` quantises the grid PNG to that many colours (smaller files, e.g. for docs);
+    ``grid_scale`` sizes its tiles (1.0: the layout's resolution).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -207,7 +209,7 @@ def synthesize_files(
     for path, s, name in tqdm(jobs, desc="synthesizing", unit="image", disable=not progress):
         layout = read_layout(path, unlabelled)
         result = synth(layout, seed=s, k=k, coarse=coarse, mode=mode, elision=elision)
-        save_png(name, result.image)
+        save_image(name, result.image)
         written.append(name)
         log.debug("%s (seed %d) -> %s, %s", path, s, name, _timing_text(result.timings_ms))
         if extras:
@@ -216,7 +218,7 @@ def synthesize_files(
             rows.append(_grid_row(layout if coarse else None, result, palette))
     if grid is not None and rows:
         columns = (["coarse layout", "refined layout"] if coarse else ["layout"]) + ["canvas", "output", "provenance"]
-        save_png(grid, render_table(rows, columns, scale=0.5), colors=grid_colors)
+        save_image(grid, render_table(rows, columns, scale=grid_scale), colors=grid_colors)
     return written
 
 
@@ -235,9 +237,9 @@ def _grid_row(coarse: np.ndarray | None, r: Synthesized, palette: np.ndarray) ->
 def _write_extras(name: Path, r: Synthesized, palette: np.ndarray) -> None:
     stem = name.with_suffix("")
     if r.canvas is not None:
-        save_png(f"{stem}.canvas.png", r.canvas)
+        save_image(f"{stem}.canvas.png", r.canvas)
     if r.provenance is not None:
-        save_png(f"{stem}.provenance.png", provenance_colors(r.provenance))
-    save_png(f"{stem}.layout.png", palette[r.layout])
+        save_image(f"{stem}.provenance.png", provenance_colors(r.provenance))
+    save_image(f"{stem}.layout.png", palette[r.layout])
     meta = {"bank_version": r.bank_version, "segments": r.segments, "timings_ms": r.timings_ms}
     Path(f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -322,3 +322,25 @@ def test_sims_serve_with_worker_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert load_backend(Settings(bank=tmp_path, synthesis_backend=None, synthesis_url=None), None) is None
     with pytest.raises(ValueError, match="no synthesis backend named 'nope'"):
         load_backend(Settings(bank=tmp_path, synthesis_backend="nope"), None)
+
+
+def test_elision_options_reach_the_canvas(service: TestClient, layout: np.ndarray) -> None:
+    png = encode_layout(layout)
+    fields = {"extras": "canvas,provenance", "format": "json", "seed": "1"}
+    off = post(service, png, **fields, elision_band="0")
+    paper = post(service, png, **fields, elision_band="0.05", elision_rate="0.8")
+    assert off.status_code == paper.status_code == 200, off.text
+    a, b = off.json(), paper.json()
+    assert (a["elision_band"], b["elision_band"], b["elision_rate"]) == (0.0, 0.05, 0.8)
+    assert (a["height"], a["width"]) == layout.shape
+    kept_off = decode_provenance(base64.b64decode(a["provenance_png"])) >= 0
+    kept_paper = decode_provenance(base64.b64decode(b["provenance_png"])) >= 0
+    # Without elision every pasted pixel is kept; the paper's bands take a share of them away.
+    assert kept_paper.sum() < kept_off.sum() and not (kept_paper & ~kept_off).any()
+
+
+@pytest.mark.parametrize("field, value", [("elision_band", "0.5"), ("elision_band", "-1"), ("elision_rate", "2")])
+def test_bad_elision_options_are_422(service: TestClient, layout: np.ndarray, field: str, value: str) -> None:
+    r = post(service, encode_layout(layout), **{field: value})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "invalid_request"

@@ -114,14 +114,18 @@ def _vstack(lines: list[np.ndarray], gap: int) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def save_png(path: str | Path, image: np.ndarray, colors: int | None = None) -> Path:
-    """Write an RGB uint8 image as an optimised PNG; creates the parent directory.
+def save_image(path: str | Path, image: np.ndarray, colors: int | None = None) -> Path:
+    """Write an RGB uint8 image as an optimised PNG, or a JPEG (quality 90) for a .jpg/.jpeg path.
 
-    ``colors`` (2..256) quantises it to a palette first, for small files (e.g. in the docs).
+    Creates the parent directory. ``colors`` (2..256) quantises a PNG to a palette first, for
+    small files (e.g. in the docs); photographs keep their detail better as JPEG.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(image)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        img.save(path, quality=90, optimize=True)
+        return path
     if colors is not None:
         if not 2 <= colors <= 256:
             raise ValueError(f"colors must be in 2..256, got {colors}")

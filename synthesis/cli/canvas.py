@@ -64,7 +64,7 @@ def grid(
 
     from memory_bank import open_bank
     from synthesis.canvas.builder import CanvasOptions
-    from synthesis.canvas.grid import grid_rows, render_grid, save_png
+    from synthesis.canvas.grid import grid_rows, render_grid, save_image
 
     _single_thread_faiss()
     source = open_bank(bank)
@@ -78,7 +78,7 @@ def grid(
         options=CanvasOptions(k=k, mode=mode),
         color_transfer=color_transfer,  # type: ignore[arg-type]
     )
-    path = save_png(out, render_grid(rows, source.classes, scale=scale), colors=colors)
+    path = save_image(out, render_grid(rows, source.classes, scale=scale), colors=colors)
     typer.echo(f"wrote {path} ({len(rows)} rows: images {ids})")
 
 

@@ -58,12 +58,12 @@ def evaluate(
     elision_band: Annotated[
         float | None,
         typer.Option(
-            help="Boundary elision band of the canvases, a fraction of the frame height (default: the pipeline's)."
+            help="Boundary elision band of the canvases, fraction of the height (default: the test-time one)."
         ),
     ] = None,
     elision_rate: Annotated[
         float | None,
-        typer.Option(help="Fraction of the band's canvas pixels elided to white (default: the pipeline's)."),
+        typer.Option(help="Fraction of the band's canvas pixels elided to white (default: the test-time default)."),
     ] = None,
     gallery: Annotated[
         bool, typer.Option("--gallery/--no-gallery", help="Write OUT/gallery/index.html, one row per layout.")
@@ -84,19 +84,12 @@ def evaluate(
         raise typer.BadParameter("give exactly one of --bank and --root")
     if threads:
         torch.set_num_threads(threads)
-    elision = None
-    if elision_band is not None or elision_rate is not None:
-        from synthesis.canvas.elision import ElisionConfig
+    from synthesis.canvas.elision import TEST_ELISION
 
-        # An option left out keeps the paper's value; giving neither leaves the pipeline's default.
-        defaults = ElisionConfig()
-        try:
-            elision = ElisionConfig(
-                band=defaults.band if elision_band is None else elision_band,
-                white_fraction=defaults.white_fraction if elision_rate is None else elision_rate,
-            )
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
+    try:
+        elision = TEST_ELISION.with_overrides(elision_band, elision_rate)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     source = open_bank(memory_bank) if memory_bank is not None else None
     named = [_parse_set(text) for text in image_sets]
     if paste is not None and paste not in (names := [name for name, _ in named]):

@@ -60,6 +60,9 @@ def synthesize(
     grid_colors: Annotated[
         int | None, typer.Option(help="Quantise the grid to this many colours (smaller PNG, e.g. for docs).")
     ] = None,
+    grid_scale: Annotated[
+        float, typer.Option(min=0.1, max=2.0, help="Tile size of the grid (1: the layout's resolution).")
+    ] = 0.5,
     timeout: Annotated[float, typer.Option(help="Seconds per request to the service.")] = 120.0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -105,6 +108,7 @@ def synthesize(
                 extras=extras,
                 grid=grid,
                 grid_colors=grid_colors,
+                grid_scale=grid_scale,
                 progress=progress,
             )
         except ServiceError as e:

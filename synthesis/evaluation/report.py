@@ -29,7 +29,6 @@ gallery (``on_item``) see all outputs of an item together.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,11 +178,11 @@ class PipelineImages:
 
     Parametric models never read a canvas, so none is built (no retrieval, no memory bank
     needed): the network gets an empty canvas, as the pipeline's generator gives it, and its
-    output is brought to the layout's size with the pipeline's bilinear upsampling.
+    output comes at the layout's size as the generator gives it.
 
-    ``elision`` (boundary elision of the canvases) is passed to the pipeline only when given;
-    otherwise the pipeline's default applies. The last item's output is kept, so asking again
-    for the same item (the paste row, the gallery) does not synthesize twice.
+    ``elision`` (boundary elision of the canvases) defaults to the product's test-time default
+    (:data:`~synthesis.canvas.elision.TEST_ELISION`). The last item's output is kept, so asking
+    again for the same item (the paste row, the gallery) does not synthesize twice.
     """
 
     def __init__(
@@ -196,6 +195,7 @@ class PipelineImages:
         seed: int = 0,
     ) -> None:
         from synthesis.canvas.builder import CanvasBuilder, CanvasOptions
+        from synthesis.canvas.elision import TEST_ELISION
         from synthesis.checkpoint import read_metadata
         from synthesis.networks.ordering import LearnedOrderer
         from synthesis.networks.transform import TransformAligner
@@ -214,24 +214,16 @@ class PipelineImages:
         self.generator = ImageGenerator.from_pretrained(self.weights)
         self.parametric = self.generator.parametric
         self.pipeline: SynthesisPipeline | None = None
-        self._elision_kwargs: dict[str, Any] = {}
-        if not self.parametric:
-            assert memory_bank is not None
+        if memory_bank is not None and not self.parametric:
             weights_root = self.weights.parent
             aligner = orderer = None
             if (weights_root / "transform" / "config.json").is_file():
                 aligner = TransformAligner.from_pretrained(weights_root / "transform")
             if (weights_root / "ordering" / "config.json").is_file():
                 orderer = LearnedOrderer.from_pretrained(weights_root / "ordering")
-            options = CanvasOptions(k=1)
+            options = CanvasOptions(k=1, elision=elision or TEST_ELISION)
             builder = CanvasBuilder.from_bank(memory_bank, aligner=aligner, orderer=orderer, options=options)
             self.pipeline = SynthesisPipeline(builder, self.generator, refiner=None)
-            if elision is not None:
-                if "elision" in inspect.signature(self.pipeline.__call__).parameters:
-                    self._elision_kwargs = {"elision": elision}
-                else:
-                    # A pipeline without the per-call option: the builder's own setting does the same.
-                    builder.options = CanvasOptions(k=1, elision=elision)
         self._last: tuple[tuple[int, str], SetOutput] | None = None
 
     @property
@@ -255,10 +247,8 @@ class PipelineImages:
         if self.pipeline is None:
             h, w = layout.shape
             image = self.generator(layout, np.zeros((h, w, 3), np.uint8), np.ones((h, w), bool))
-            if image.shape[:2] != (h, w):
-                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
             return SetOutput(_check_image(image, f"{self.name}: image"))
-        got = self.pipeline(layout, k=1, seed=self.seed, **self._elision_kwargs)
+        got = self.pipeline(layout, k=1, seed=self.seed)
         return SetOutput(_check_image(np.asarray(got.image), f"{self.name}: image"), got.canvas)
 
 
