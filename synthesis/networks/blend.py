@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 #: Raw channels of the blend head: alpha logit, gain (3), offset (3).
 BLEND_CHANNELS = 7
-#: Initial alpha logit: keep 95% of every kept canvas pixel before any training.
-ALPHA_INIT_LOGIT = 3.0
+#: Initial alpha logit: keep 98% of every kept canvas pixel before any training.
+ALPHA_INIT_LOGIT = 4.0
 MAX_LOG_GAIN = math.log(2.0)
 MAX_OFFSET = 0.25
 #: Side, in network pixels, of the cells the colour correction is averaged over.
@@ -45,7 +45,7 @@ FEATHER = 2
 
 
 def blend_head(in_channels: int) -> nn.Conv2d:
-    """The 1x1 head: zero weights, so it starts as 'keep the canvas (alpha 0.95), no colour change'."""
+    """The 1x1 head: zero weights, so it starts as 'keep the canvas (alpha 0.98), no colour change'."""
     head = nn.Conv2d(in_channels, BLEND_CHANNELS, 1)
     nn.init.zeros_(head.weight)
     with torch.no_grad():

@@ -66,6 +66,8 @@ class TrainSettings:
         checkpoint_every, sample_every, log_every: in steps.
         keep_checkpoints: how many recent checkpoints to keep.
         sample_count: samples in each grid.
+        blend_lr_scale: learning-rate multiplier of the canvas blend head: a 1x1 layer whose bias
+            alone moves the blend weight, too slowly at the network's own rate.
     """
 
     steps: int = 10_000
@@ -82,6 +84,7 @@ class TrainSettings:
     log_every: int = 50
     keep_checkpoints: int = 2
     sample_count: int = 4
+    blend_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -91,6 +94,8 @@ class TrainSettings:
             )
         if min(self.checkpoint_every, self.sample_every, self.log_every, self.keep_checkpoints) < 1:
             raise ValueError("checkpoint_every, sample_every, log_every and keep_checkpoints must be >= 1")
+        if self.blend_lr_scale <= 0:
+            raise ValueError(f"blend_lr_scale must be > 0, got {self.blend_lr_scale}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -354,7 +359,10 @@ class SynthesisTrainer:
         if t.precision == "bf16":
             # The VGG is frozen: cast it once rather than letting autocast re-cast its weights every step.
             self.loss_fn.vgg.to(torch.bfloat16)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=t.betas)
+        head = [] if self.model.to_blend is None else list(self.model.to_blend.parameters())
+        rest = [p for p in self.model.parameters() if all(p is not q for q in head)]
+        groups = [{"params": rest}] + ([{"params": head, "lr": t.lr * t.blend_lr_scale}] if head else [])
+        self.optimizer = torch.optim.Adam(groups, lr=t.lr, betas=t.betas)
         self.discriminator: MultiscaleDiscriminator | None = None
         adv = config.adversarial
         if adv is not None:
