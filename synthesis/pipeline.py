@@ -35,6 +35,8 @@ from synthesis.checkpoint import from_pretrained
 from synthesis.networks.blend import blend_canvas
 from synthesis.networks.refinement import CascadedRefinementNetwork
 
+#: Whether the blend also feathers seams between pasted segments (chosen by measurement, docs/synthesis.md).
+SEAM_FEATHER = False
 #: Where ``sims worker`` and ``sims synthesize`` look for the synthesis network by default.
 DEFAULT_WEIGHTS = Path("weights/synthesis")
 
@@ -62,9 +64,12 @@ class ImageGenerator:
     model (``sims.json`` says ``parametric``) is fed an empty canvas, as in training.
     """
 
-    def __init__(self, model: CascadedRefinementNetwork, *, parametric: bool = False) -> None:
+    def __init__(
+        self, model: CascadedRefinementNetwork, *, parametric: bool = False, seam_feather: bool = SEAM_FEATHER
+    ) -> None:
         self.model = model.eval()
         self.parametric = parametric
+        self.seam_feather = seam_feather
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> ImageGenerator:
@@ -83,9 +88,18 @@ class ImageGenerator:
 
     @torch.no_grad()
     def generate(
-        self, layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray, kept: np.ndarray | None = None
+        self,
+        layout: np.ndarray,
+        canvas: np.ndarray,
+        missing: np.ndarray,
+        kept: np.ndarray | None = None,
+        pieces: np.ndarray | None = None,
     ) -> GeneratedImage:
-        """The photograph at the layout's resolution; ``kept`` (default: not ``missing``) marks real canvas pixels."""
+        """The photograph at the layout's resolution.
+
+        ``kept`` (default: not ``missing``) marks real canvas pixels; ``pieces`` (the canvas's
+        provenance map) lets the blend feather seams between segments when ``seam_feather`` is on.
+        """
         if self.parametric:
             canvas, missing = np.zeros_like(canvas), np.ones_like(missing)
         kept = ~np.asarray(missing, bool) if kept is None or self.parametric else np.asarray(kept, bool)
@@ -94,7 +108,10 @@ class ImageGenerator:
         rgb, raw = self.model.forward_with_blend(*(small[k][None].to(device) for k in ("layout", "canvas", "missing")))
         full_canvas = photo_tensor(canvas)[None].to(device)
         full_kept = torch.from_numpy(kept.astype(np.float32))[None, None].to(device)
-        blended = blend_canvas(rgb, raw, full_canvas, full_kept)
+        full_pieces = None
+        if self.seam_feather and pieces is not None:
+            full_pieces = torch.from_numpy(np.asarray(pieces, np.int64))[None, None].to(device)
+        blended = blend_canvas(rgb, raw, full_canvas, full_kept, full_pieces)
         image = blended.image[0].permute(1, 2, 0).mul(255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         return GeneratedImage(image, blended.weight[0, 0].cpu().numpy())
 
@@ -212,7 +229,7 @@ class SynthesisPipeline:
         timings["canvas"] = canvas.timings["total"] - canvas.timings["retrieve"]
         # 4. The network, at its resolution; the output at the layout's.
         t = time.perf_counter()
-        generated = self.generator.generate(layout, canvas.canvas, canvas.missing, canvas.kept)
+        generated = self.generator.generate(layout, canvas.canvas, canvas.missing, canvas.kept, canvas.provenance)
         timings["network"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         return SynthesisOutput(

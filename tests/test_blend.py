@@ -122,3 +122,18 @@ def test_numpy_canvas_round_trip_is_exact() -> None:
     out = blend_canvas(torch.zeros(1, 3, 6, 8), raw, canvas, torch.ones(1, 1, 24, 32))
     back = (out.image[0].permute(1, 2, 0) * 255).round().byte().numpy()
     np.testing.assert_array_equal(back, photo)
+
+
+def test_seam_feather_falls_off_between_pieces_only() -> None:
+    kept = torch.ones(1, 1, 12, 12)
+    pieces = torch.zeros(1, 1, 12, 12, dtype=torch.long)
+    pieces[..., :, 6:] = 7
+    f = feather(kept, pieces=pieces)
+    assert float(f[0, 0, 6, 0]) == 1.0 and float(f[0, 0, 6, 11]) == 1.0  # frame border is no seam
+    assert float(f[0, 0, 6, 5]) < 1.0 and float(f[0, 0, 6, 6]) < 1.0  # both sides of the seam
+    assert float(f[0, 0, 6, 2]) == 1.0  # three pixels away from it
+    # Without pieces every pixel here is fully kept; one piece everywhere is the same as none.
+    torch.testing.assert_close(feather(kept), kept)
+    torch.testing.assert_close(feather(kept, pieces=torch.zeros_like(pieces)), feather(kept))
+    sparse = (torch.rand(1, 1, 12, 12, generator=torch.Generator().manual_seed(1)) < 0.6).float()
+    torch.testing.assert_close(feather(sparse, pieces=torch.zeros_like(pieces)), feather(sparse))

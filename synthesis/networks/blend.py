@@ -105,15 +105,35 @@ def upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def feather(kept: Tensor, radius: int = FEATHER) -> Tensor:
-    """``kept`` (B, 1, H, W) in {0, 1} times the share of kept pixels around each pixel."""
+def feather(kept: Tensor, radius: int = FEATHER, pieces: Tensor | None = None) -> Tensor:
+    """``kept`` (B, 1, H, W) in {0, 1} times the share of kept pixels around each pixel.
+
+    With ``pieces`` (B, 1, H, W) integer ids of the segment behind each pixel, only neighbours of
+    the same piece count, so the weight also falls off where two pasted segments meet (a seam).
+    """
     if radius <= 0:
         return kept
-    share = F.avg_pool2d(kept, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
-    return kept * share
+    size = 2 * radius + 1
+    if pieces is None:
+        share = F.avg_pool2d(kept, size, stride=1, padding=radius, count_include_pad=False)
+        return kept * share
+    h, w = kept.shape[-2:]
+    # Out-of-frame neighbours carry an id no piece has, and are left out of the count.
+    ids = F.pad(pieces.long(), (radius,) * 4, value=-2)
+    hits = F.pad(kept, (radius,) * 4)
+    same = torch.zeros_like(kept)
+    inside = torch.zeros_like(kept)
+    for dy in range(size):
+        for dx in range(size):
+            window = ids[:, :, dy : dy + h, dx : dx + w]
+            same += hits[:, :, dy : dy + h, dx : dx + w] * (window == pieces).to(kept.dtype)
+            inside += (window != -2).to(kept.dtype)
+    return kept * same / inside
 
 
-def blend_canvas(generated: Tensor, raw_maps: Tensor | None, canvas: Tensor, kept: Tensor) -> BlendedImage:
+def blend_canvas(
+    generated: Tensor, raw_maps: Tensor | None, canvas: Tensor, kept: Tensor, pieces: Tensor | None = None
+) -> BlendedImage:
     """Blend the full-resolution ``canvas`` into the network's ``generated`` image.
 
     Args:
@@ -121,6 +141,8 @@ def blend_canvas(generated: Tensor, raw_maps: Tensor | None, canvas: Tensor, kep
         raw_maps: (B, 7, h, w) raw blend head output, or None for a network without the head.
         canvas: (B, 3, H, W) canvas RGB in [0, 1] at the output resolution.
         kept: (B, 1, H, W) 1 where the canvas pixel is real (neither missing nor elided).
+        pieces: optional (B, 1, H, W) integer segment id behind each pixel: seams between
+            pieces are feathered too (see :func:`feather`).
     """
     b, _, h, w = canvas.shape
     if kept.shape != (b, 1, h, w) or generated.shape[:2] != (b, 3):
@@ -134,7 +156,7 @@ def blend_canvas(generated: Tensor, raw_maps: Tensor | None, canvas: Tensor, kep
         ones = torch.ones_like(up)
         return BlendedImage(up, up, torch.zeros_like(kept, dtype=up.dtype), ones, torch.zeros_like(up))
     maps = BlendMaps.from_raw(raw_maps).resized(size)
-    weight = maps.alpha * feather(kept.to(up.dtype))
+    weight = maps.alpha * feather(kept.to(up.dtype), pieces=pieces)
     corrected = (maps.gain * canvas.to(up.dtype) + maps.offset).clamp(0.0, 1.0)
     image = weight * corrected + (1.0 - weight) * up
     return BlendedImage(image, up, weight, maps.gain, maps.offset)
