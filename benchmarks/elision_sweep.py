@@ -9,7 +9,8 @@ through the product's pipeline (``sims eval``'s :class:`PipelineImages`, k=1, se
 with ``sims eval``'s metrics: segmentation mIoU, fine-detail ratio, full-resolution spectrum
 distance and KID on the evaluation segmenter's features. With ``--base`` (a model whose output
 the paste floor uses, e.g. the previous shipped network), a ``paste`` row pastes each canvas's
-kept pixels over that model's output, and the base model's own row is scored too. The share of
+kept pixels over that model's output, and the base model's own row is scored too.
+``--seam-feather`` also feathers the seams between pasted segments. The share of
 the frame whose canvas pixels are kept is recorded per band. Writes
 ``benchmarks/results/elision_sweep.json``.
 """
@@ -44,6 +45,7 @@ def main() -> None:
     p.add_argument("--segmenter", type=Path, default=REPO / "weights/segmenter")
     p.add_argument("--bands", default="0.05,0.035,0.02,0", help="Comma-separated bands.")
     p.add_argument("--rate", type=float, default=0.8)
+    p.add_argument("--seam-feather", action="store_true", help="Also feather seams between pasted segments.")
     p.add_argument("--limit", type=int, default=None, help="Only the first N layouts.")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS / "elision_sweep.json")
@@ -58,6 +60,7 @@ def main() -> None:
         start = time.perf_counter()
         elision = ElisionConfig(band=band, white_fraction=args.rate)
         sims = rep.PipelineImages("SIMS", args.weights, memory, elision=elision)
+        sims.generator.seam_feather = args.seam_feather
         sets: list[rep.ImageSet] = [sims]
         if args.base is not None:
             base = rep.PipelineImages("base", args.base, memory, elision=elision)
@@ -94,6 +97,7 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()},
         "weights": str(args.weights),
+        "seam_feather": args.seam_feather,
         "base": None if args.base is None else str(args.base),
         "val_bank": val.version,
         "memory_bank": memory.version,
