@@ -95,3 +95,13 @@ def test_thumbnail_keeps_the_aspect_ratio() -> None:
     assert thumbnail(image[:100], 180).shape == (100, 480, 3)
     labels = np.arange(360 * 480).reshape(360, 480) % 7
     assert set(np.unique(thumbnail(labels.astype(np.uint8), 90, nearest=True))) <= set(range(7))
+
+
+def test_gallery_shows_only_the_chosen_items(tmp_path: Path) -> None:
+    writer = GalleryWriter(tmp_path, _classes(), items=[0, 2])
+    for i in range(4):
+        item = EvalItem(i, f"item{i}", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+        writer.add(item, {"flat": SetOutput(np.zeros((8, 8, 3), np.uint8))})
+    page = writer.write().read_text()
+    assert "item0" in page and "item2" in page and "item1" not in page and "item3" not in page
+    assert len(check_page(tmp_path / "index.html")) == 2 * 3

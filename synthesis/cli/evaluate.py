@@ -65,6 +65,12 @@ def evaluate(
         float | None,
         typer.Option(help="Fraction of the band's canvas pixels elided to white (default: the test-time default)."),
     ] = None,
+    gallery_rows: Annotated[
+        int | None, typer.Option(min=1, help="Show only this many layouts in the gallery, evenly spread.")
+    ] = None,
+    gallery_size: Annotated[
+        int, typer.Option(min=8, help="Height of the gallery's images in pixels (the layout's: full resolution).")
+    ] = 180,
     gallery: Annotated[
         bool, typer.Option("--gallery/--no-gallery", help="Write OUT/gallery/index.html, one row per layout.")
     ] = True,
@@ -108,15 +114,22 @@ def evaluate(
         items, classes, title = rep.items_from_samples(reader, limit), reader.classes, f"{dataset} {split}"
     writer = None
     if gallery:
+        import numpy as np
+
         from synthesis.evaluation.gallery import GalleryWriter
 
         canvases = rep.canvas_set(sets)
+        shown = None
+        if gallery_rows is not None and gallery_rows < len(items):
+            shown = np.unique(np.linspace(0, len(items) - 1, gallery_rows).round().astype(int)).tolist()
         writer = GalleryWriter(
             out / "gallery",
             classes,
             canvas_set=None if canvases is None else canvases.name,
             image_names=None if source is None else source.images.column("source_file").to_pylist(),
+            rows=gallery_size,
             title=f"Evaluation on {title}: gallery",
+            items=shown,
         )
     report = rep.evaluate_image_sets(
         items,

@@ -70,8 +70,9 @@ class GalleryWriter:
         canvas_set: the set whose canvas and provenance are shown; by default the first set whose
             output carries a canvas.
         image_names: names of the memory bank's images by image id, to name segments' sources.
-        rows: thumbnail height.
+        rows: thumbnail height (an image no taller is kept at its own size).
         title: the page's heading.
+        items: positions (in evaluation order) of the items to show; by default every item.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class GalleryWriter:
         image_names: Sequence[str] | None = None,
         rows: int = THUMBNAIL_ROWS,
         title: str = "sims eval gallery",
+        items: Sequence[int] | None = None,
     ) -> None:
         if rows < 8:
             raise ValueError(f"thumbnails need at least 8 rows, got {rows}")
@@ -96,13 +98,18 @@ class GalleryWriter:
         self.palette = classes.palette()
         self.set_names: list[str] | None = None
         self._rows: list[tuple[EvalItem, list[_Cell]]] = []
+        self.items = None if items is None else frozenset(int(i) for i in items)
+        self._seen = 0
 
     def __call__(self, item: EvalItem, outputs: Mapping[str, SetOutput]) -> None:
         """Same as :meth:`add`: the writer is an ``on_item`` callback."""
         self.add(item, outputs)
 
     def add(self, item: EvalItem, outputs: Mapping[str, SetOutput]) -> None:
-        """Write the thumbnails of one item (its layout, photo and every set's output)."""
+        """Write the thumbnails of one item (its layout, photo and every set's output), if it is shown."""
+        position, self._seen = self._seen, self._seen + 1
+        if self.items is not None and position not in self.items:
+            return
         if self.set_names is None:
             self.set_names = list(outputs)
             if self.canvas_set is None:
