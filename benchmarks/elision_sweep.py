@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--bands", default="0.05,0.035,0.02,0", help="Comma-separated bands.")
     p.add_argument("--rate", type=float, default=0.8)
     p.add_argument("--seam-feather", action="store_true", help="Also feather seams between pasted segments.")
+    p.add_argument("--feather", type=int, default=None, help="Feather radius of the blend (default: the product's).")
     p.add_argument("--limit", type=int, default=None, help="Only the first N layouts.")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS / "elision_sweep.json")
@@ -61,6 +62,8 @@ def main() -> None:
         elision = ElisionConfig(band=band, white_fraction=args.rate)
         sims = rep.PipelineImages("SIMS", args.weights, memory, elision=elision)
         sims.generator.seam_feather = args.seam_feather
+        if args.feather is not None:
+            sims.generator.feather_radius = args.feather
         sets: list[rep.ImageSet] = [sims]
         if args.base is not None:
             base = rep.PipelineImages("base", args.base, memory, elision=elision)
@@ -98,6 +101,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()},
         "weights": str(args.weights),
         "seam_feather": args.seam_feather,
+        "feather_radius": args.feather,
         "base": None if args.base is None else str(args.base),
         "val_bank": val.version,
         "memory_bank": memory.version,

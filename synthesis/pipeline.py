@@ -32,7 +32,7 @@ from synthesis.canvas.builder import Canvas, CanvasBuilder, PlacedSegment
 from synthesis.canvas.elision import ElisionConfig
 from synthesis.canvas.simulate import input_tensors, photo_tensor, resize_inputs
 from synthesis.checkpoint import from_pretrained
-from synthesis.networks.blend import blend_canvas
+from synthesis.networks.blend import FEATHER, blend_canvas
 from synthesis.networks.refinement import CascadedRefinementNetwork
 
 #: Whether the blend also feathers seams between pasted segments (chosen by measurement, docs/synthesis.md).
@@ -70,6 +70,7 @@ class ImageGenerator:
         self.model = model.eval()
         self.parametric = parametric
         self.seam_feather = seam_feather
+        self.feather_radius = FEATHER
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> ImageGenerator:
@@ -111,7 +112,7 @@ class ImageGenerator:
         full_pieces = None
         if self.seam_feather and pieces is not None:
             full_pieces = torch.from_numpy(np.asarray(pieces, np.int64))[None, None].to(device)
-        blended = blend_canvas(rgb, raw, full_canvas, full_kept, full_pieces)
+        blended = blend_canvas(rgb, raw, full_canvas, full_kept, full_pieces, self.feather_radius)
         image = blended.image[0].permute(1, 2, 0).mul(255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         return GeneratedImage(image, blended.weight[0, 0].cpu().numpy())
 

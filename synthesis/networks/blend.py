@@ -132,7 +132,12 @@ def feather(kept: Tensor, radius: int = FEATHER, pieces: Tensor | None = None) -
 
 
 def blend_canvas(
-    generated: Tensor, raw_maps: Tensor | None, canvas: Tensor, kept: Tensor, pieces: Tensor | None = None
+    generated: Tensor,
+    raw_maps: Tensor | None,
+    canvas: Tensor,
+    kept: Tensor,
+    pieces: Tensor | None = None,
+    feather_radius: int = FEATHER,
 ) -> BlendedImage:
     """Blend the full-resolution ``canvas`` into the network's ``generated`` image.
 
@@ -143,6 +148,7 @@ def blend_canvas(
         kept: (B, 1, H, W) 1 where the canvas pixel is real (neither missing nor elided).
         pieces: optional (B, 1, H, W) integer segment id behind each pixel: seams between
             pieces are feathered too (see :func:`feather`).
+        feather_radius: of :func:`feather`, in output pixels (0: no feathering).
     """
     b, _, h, w = canvas.shape
     if kept.shape != (b, 1, h, w) or generated.shape[:2] != (b, 3):
@@ -156,7 +162,7 @@ def blend_canvas(
         ones = torch.ones_like(up)
         return BlendedImage(up, up, torch.zeros_like(kept, dtype=up.dtype), ones, torch.zeros_like(up))
     maps = BlendMaps.from_raw(raw_maps).resized(size)
-    weight = maps.alpha * feather(kept.to(up.dtype), pieces=pieces)
+    weight = maps.alpha * feather(kept.to(up.dtype), feather_radius, pieces)
     corrected = (maps.gain * canvas.to(up.dtype) + maps.offset).clamp(0.0, 1.0)
     image = weight * corrected + (1.0 - weight) * up
     return BlendedImage(image, up, weight, maps.gain, maps.offset)
