@@ -28,11 +28,11 @@ import torch
 
 from memory_bank import Bank, LayoutError
 from retrieval_service.engine import Mode
-from synthesis.canvas.builder import Canvas, CanvasBuilder, PlacedSegment
-from synthesis.canvas.elision import ElisionConfig
+from synthesis.canvas.builder import Canvas, CanvasBuilder, CanvasOptions, PlacedSegment
+from synthesis.canvas.elision import TEST_ELISION, ElisionConfig
 from synthesis.canvas.simulate import input_tensors, photo_tensor, resize_inputs
 from synthesis.checkpoint import from_pretrained
-from synthesis.networks.blend import FEATHER, blend_canvas
+from synthesis.networks.blend import FEATHER, blend_canvas, feather_radius_for
 from synthesis.networks.refinement import CascadedRefinementNetwork
 
 #: Whether the blend also feathers seams between pasted segments (chosen by measurement, docs/synthesis.md).
@@ -70,7 +70,8 @@ class ImageGenerator:
         self.model = model.eval()
         self.parametric = parametric
         self.seam_feather = seam_feather
-        self.feather_radius = FEATHER
+        #: None: :func:`~synthesis.networks.blend.feather_radius_for` the canvas's elision.
+        self.feather_radius: int | None = None
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> ImageGenerator:
@@ -95,11 +96,13 @@ class ImageGenerator:
         missing: np.ndarray,
         kept: np.ndarray | None = None,
         pieces: np.ndarray | None = None,
+        elision: ElisionConfig | None = None,
     ) -> GeneratedImage:
         """The photograph at the layout's resolution.
 
         ``kept`` (default: not ``missing``) marks real canvas pixels; ``pieces`` (the canvas's
-        provenance map) lets the blend feather seams between segments when ``seam_feather`` is on.
+        provenance map) lets the blend feather seams between segments when ``seam_feather`` is on;
+        ``elision`` (the canvas's) sets the feather radius unless ``feather_radius`` is set.
         """
         if self.parametric:
             canvas, missing = np.zeros_like(canvas), np.ones_like(missing)
@@ -112,7 +115,10 @@ class ImageGenerator:
         full_pieces = None
         if self.seam_feather and pieces is not None:
             full_pieces = torch.from_numpy(np.asarray(pieces, np.int64))[None, None].to(device)
-        blended = blend_canvas(rgb, raw, full_canvas, full_kept, full_pieces, self.feather_radius)
+        radius = self.feather_radius
+        if radius is None:
+            radius = FEATHER if elision is None else feather_radius_for(elision.band, elision.white_fraction)
+        blended = blend_canvas(rgb, raw, full_canvas, full_kept, full_pieces, radius)
         image = blended.image[0].permute(1, 2, 0).mul(255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         return GeneratedImage(image, blended.weight[0, 0].cpu().numpy())
 
@@ -191,7 +197,12 @@ class SynthesisPipeline:
         refiner: Callable[[np.ndarray], np.ndarray] | None = None,
         **builder_kwargs: object,
     ) -> SynthesisPipeline:
-        """In-process: the bank's own engine and segments, the network from ``weights``."""
+        """In-process: the bank's own engine and segments, the network from ``weights``.
+
+        Canvases use the test-time elision (:data:`~synthesis.canvas.elision.TEST_ELISION`) unless
+        ``options`` says otherwise, as the worker's do.
+        """
+        builder_kwargs.setdefault("options", CanvasOptions(elision=TEST_ELISION))
         builder = CanvasBuilder.from_bank(bank, **builder_kwargs)  # type: ignore[arg-type]
         return cls(builder, ImageGenerator.from_pretrained(weights), refiner)
 
@@ -230,7 +241,9 @@ class SynthesisPipeline:
         timings["canvas"] = canvas.timings["total"] - canvas.timings["retrieve"]
         # 4. The network, at its resolution; the output at the layout's.
         t = time.perf_counter()
-        generated = self.generator.generate(layout, canvas.canvas, canvas.missing, canvas.kept, canvas.provenance)
+        generated = self.generator.generate(
+            layout, canvas.canvas, canvas.missing, canvas.kept, canvas.provenance, builder.options.elision
+        )
         timings["network"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         return SynthesisOutput(

@@ -137,3 +137,12 @@ def test_seam_feather_falls_off_between_pieces_only() -> None:
     torch.testing.assert_close(feather(kept, pieces=torch.zeros_like(pieces)), feather(kept))
     sparse = (torch.rand(1, 1, 12, 12, generator=torch.Generator().manual_seed(1)) < 0.6).float()
     torch.testing.assert_close(feather(sparse, pieces=torch.zeros_like(pieces)), feather(sparse))
+
+
+def test_feather_only_where_elision_leaves_speckle() -> None:
+    from synthesis.networks.blend import FEATHER, feather_radius_for
+
+    assert feather_radius_for(0.05, 0.8) == FEATHER > 0
+    assert feather_radius_for(0.0, 0.8) == 0  # no band, no speckle
+    assert feather_radius_for(0.05, 1.0) == 0  # the whole band elided: no speckle either
+    assert feather_radius_for(0.05, 0.0) == 0

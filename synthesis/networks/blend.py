@@ -105,6 +105,14 @@ def upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def feather_radius_for(band: float, white_fraction: float) -> int:
+    """The feather a canvas needs: :data:`FEATHER` when its elision leaves speckle (a band with
+    some pixels kept inside it), else 0. Feathering exists to hide speckle; without speckle it only
+    softens real pixels at region edges, which measurably costs detail and realism (docs/synthesis.md).
+    """
+    return FEATHER if band > 0 and 0 < white_fraction < 1 else 0
+
+
 def feather(kept: Tensor, radius: int = FEATHER, pieces: Tensor | None = None) -> Tensor:
     """``kept`` (B, 1, H, W) in {0, 1} times the share of kept pixels around each pixel.
 
