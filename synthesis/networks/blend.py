@@ -17,7 +17,9 @@ All maps and the generated image are upsampled bilinearly to the canvas's resolu
 (:func:`synthesis.canvas.elision.kept_pixels`). ``feather(kept)`` is ``kept`` times the share of
 kept pixels in a ``(2 FEATHER + 1)``-square around each pixel: the weight falls off over a few
 pixels inside the edge of a kept region and never reaches outside it, so seams blend and the
-isolated pixels that elision keeps inside its bands (speckle) get little weight.
+isolated pixels that elision keeps inside its bands (speckle) get little weight. The pipeline
+feathers only canvases whose elision leaves speckle (:func:`feather_radius_for`); training
+feathers with :data:`FEATHER` throughout.
 
 A network without the head (trained before it) gives the upsampled generated image, so every
 model answers at the canvas's resolution through the same function.
