@@ -14,6 +14,7 @@ from indexers.readers import create_reader
 from memory_bank import Bank, open_bank
 from synthesis.checkpoint import save_pretrained
 from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
+from synthesis.networks.vgg import conv_feature_indices
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "camvid-sample"
@@ -54,3 +55,20 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_vgg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random VGG-16 convolutions up to conv2_2 in torchvision's layout (all the tiny config needs)."""
+    g = torch.Generator().manual_seed(0)
+    state, in_ch = {}, 3
+    for name, index in conv_feature_indices("vgg16").items():
+        out_ch = 64 if name.startswith("conv1") else 128
+        state[f"features.{index}.weight"] = torch.randn(out_ch, in_ch, 3, 3, generator=g) * (2 / (9 * in_ch)) ** 0.5
+        state[f"features.{index}.bias"] = torch.zeros(out_ch)
+        in_ch = out_ch
+        if name == "conv2_2":
+            break
+    path = tmp_path_factory.mktemp("vgg") / "tiny_vgg16.pth"
+    torch.save(state, path)
+    return path

@@ -14,7 +14,6 @@ from PIL import Image
 from memory_bank import Bank
 from memory_bank.cli import main as sims_main
 from synthesis.checkpoint import from_pretrained, load_training_state
-from synthesis.networks.vgg import conv_feature_indices
 from synthesis.training.data import BlockCanvasDataset, DataConfig, build_dataset, check_sample, collate, empty_canvas
 from synthesis.training.synthesis import (
     EpochSampler,
@@ -29,23 +28,6 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "synthesis"
 SIZE = (24, 32)
-
-
-@pytest.fixture(scope="module")
-def tiny_vgg(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Random VGG-16 convolutions up to conv2_2 in torchvision's layout (all the tiny config needs)."""
-    g = torch.Generator().manual_seed(0)
-    state, in_ch = {}, 3
-    for name, index in conv_feature_indices("vgg16").items():
-        out_ch = 64 if name.startswith("conv1") else 128
-        state[f"features.{index}.weight"] = torch.randn(out_ch, in_ch, 3, 3, generator=g) * (2 / (9 * in_ch)) ** 0.5
-        state[f"features.{index}.bias"] = torch.zeros(out_ch)
-        in_ch = out_ch
-        if name == "conv2_2":
-            break
-    path = tmp_path_factory.mktemp("vgg") / "tiny_vgg16.pth"
-    torch.save(state, path)
-    return path
 
 
 @pytest.fixture(scope="module")

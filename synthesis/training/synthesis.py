@@ -427,13 +427,15 @@ class SynthesisTrainer:
         if full is not None and full.weight > 0:
             if blended is None:
                 raise ValueError("full_loss needs samples with full_canvas/full_kept/full_photo (data.options)")
-            size = tuple(blended.image.shape[-2:])
-            layout = F.interpolate(batch["layout"][:, None].float(), size=size, mode="nearest")[:, 0].long()
-            condition = one_hot_layout(layout, self.config.model.num_classes)
-            image, target, condition = random_crop((blended.image, batch["full_photo"], condition), full.crop)
+            judged = (blended.image, batch["full_photo"])
+            if self.discriminator is not None:
+                # The discriminator's condition: the layout over the same window (one-hot after the crop).
+                judged += (resize_layout(batch["layout"], tuple(blended.image.shape[-2:])),)
+            image, target, *layout = random_crop(judged, full.crop)
             with self._autocast():
                 loss = loss + full.weight * self.loss_fn(image, target).float()
             if self.discriminator is not None and self.config.adversarial is not None:
+                condition = one_hot_layout(layout[0], self.config.model.num_classes)
                 loss = loss + self._generator_adversarial_loss(
                     self.discriminator, self.config.adversarial, image, target, condition
                 )
@@ -501,8 +503,7 @@ class SynthesisTrainer:
         palette = _palette(self.dataset, self.config.model.num_classes)
         if blended is None:
             return sample_grid(device_batch, out, palette)
-        size = tuple(blended.image.shape[-2:])
-        layout = F.interpolate(device_batch["layout"][:, None].float(), size=size, mode="nearest")[:, 0].long()
+        layout = resize_layout(device_batch["layout"], tuple(blended.image.shape[-2:]))
         full = {"layout": layout, "canvas": device_batch["full_canvas"], "photo": device_batch["full_photo"]}
         return sample_grid(full, blended.image, palette)
 
@@ -580,8 +581,13 @@ class SynthesisTrainer:
         _set_rng_state(state["rng"])
 
 
+def resize_layout(layout: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """(B, H, W) class ids to ``size`` by nearest neighbour (the output resolution's layout)."""
+    return F.interpolate(layout[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
 def random_crop(images: tuple[torch.Tensor, ...], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-    """The same random (rows, cols) window of every (B, C, H, W) image (whole images if smaller)."""
+    """The same random (rows, cols) window of every (..., H, W) tensor (whole tensors if smaller)."""
     h, w = images[0].shape[-2:]
     ch, cw = min(size[0], h), min(size[1], w)
     y = int(torch.randint(0, h - ch + 1, ()).item())
