@@ -93,7 +93,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "SIMS_API_KEY": api_key, "SIMS_LOG_LEVEL": "warning"}
-        cmd = [sys.executable, "-m", "memory_bank.cli", "serve", "--bank", str(bank), "--host", "127.0.0.1"]
+        cmd = [sys.executable, "-m", "sims.cli", "serve", "--bank", str(bank), "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--workers", str(workers)]
         self._log = log.open("w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -226,7 +226,7 @@ async def load_with_reload(
                 await asyncio.sleep(0.05)
             info["old_version"] = current_version(bank)
             info["publish_started_at"] = time.perf_counter()
-            cmd = [sys.executable, "-m", "memory_bank.cli", "index", "add", "--dataset", "camvid"]
+            cmd = [sys.executable, "-m", "sims.cli", "index", "add", "--dataset", "camvid"]
             cmd += ["--root", str(args.root), "--bank", str(bank), "--splits", "val", "--workers", "1", "--no-progress"]
             t0 = time.perf_counter()
             proc = await asyncio.create_subprocess_exec(

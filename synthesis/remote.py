@@ -29,7 +29,7 @@ from retrieval_service.api.models import BankInfo, RetrieveResponse
 from retrieval_service.client import RetrievalClient
 from retrieval_service.engine import ComponentResult, Match, RetrievalOptions, RetrievalResult, Status
 from synthesis.canvas.builder import CanvasBuilder
-from synthesis.canvas.protocols import SegmentPixels
+from synthesis.canvas.segment_cache import SegmentPixels
 
 #: The service's FAISS candidates per component in ``fast`` mode (the API does not expose it).
 SERVICE_CANDIDATES = RetrievalOptions().candidates

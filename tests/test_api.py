@@ -325,8 +325,8 @@ def test_background_load_becomes_ready(val_bank_path: Path) -> None:
 
 
 def test_sims_serve_wires_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from memory_bank.cli import main
     from retrieval_service.api import server
+    from sims.cli import main
 
     seen: list[Settings] = []
     monkeypatch.setattr(server, "serve", seen.append)
@@ -346,7 +346,7 @@ def test_sims_serve_wires_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 def test_sims_serve_refuses_a_missing_bank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from memory_bank.cli import main
+    from sims.cli import main
 
     assert main(["serve", "--bank", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -15,8 +15,8 @@ from PIL import Image
 from indexers.build import add_to_bank, build_bank
 from indexers.readers import create_reader
 from memory_bank import DatasetError, current_version, list_versions, open_bank
-from memory_bank.cli import main
 from memory_bank.store import STAGING_DIR
+from sims.cli import main
 
 
 def copy_sample(src: Path, dst: Path, splits: dict[str, int]) -> Path:

@@ -14,12 +14,12 @@ from synthesis.canvas.order_rule import LayoutOrderer
 from synthesis.canvas.protocols import (
     Aligner,
     BatchAligner,
-    CachedSegments,
     IdentityAligner,
     Orderer,
     Retriever,
     SegmentSource,
 )
+from synthesis.canvas.segment_cache import CachedSegments
 from synthesis.networks.transform import TransformAligner, TransformConfig, TransformNet
 
 

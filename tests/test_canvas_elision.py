@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from synthesis.canvas.compose import NONE, composite, mask_box
+from synthesis.canvas.compose import NO_SEGMENT, composite, mask_box
 from synthesis.canvas.elision import BLACK, KEPT, WHITE, ElisionConfig, elide, inside_band, outside_band, seams
 
 H, W = 100, 120
@@ -15,14 +15,14 @@ H, W = 100, 120
 
 def two_pieces() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Left half piece 0 (red), right half piece 1 (green), a missing strip at the bottom."""
-    pieces = np.full((H, W), NONE, np.int32)
+    pieces = np.full((H, W), NO_SEGMENT, np.int32)
     pieces[:80, :60] = 0
     pieces[:80, 60:] = 1
     canvas = np.zeros((H, W, 3), np.uint8)
     canvas[pieces == 0] = (200, 0, 0)
     canvas[pieces == 1] = (0, 200, 0)
     layout = np.full((H, W), 3, np.uint8)
-    return canvas, pieces == NONE, pieces, layout
+    return canvas, pieces == NO_SEGMENT, pieces, layout
 
 
 def test_seams_and_inside_band_exact() -> None:
@@ -80,7 +80,7 @@ def test_elide_validates_and_handles_empty() -> None:
         elide(canvas[:10], missing, pieces, layout, [], np.random.default_rng(0))
     with pytest.raises(ValueError, match="white_fraction"):
         ElisionConfig(white_fraction=1.5)
-    empty = np.full((H, W), NONE, np.int32)
+    empty = np.full((H, W), NO_SEGMENT, np.int32)
     out = elide(np.zeros((H, W, 3), np.uint8), np.ones((H, W), bool), empty, layout, [8], np.random.default_rng(0))
     assert out.missing.all() and not out.canvas.any()
 
@@ -106,7 +106,7 @@ def test_composite_back_to_front_and_provenance() -> None:
     out = composite(frame, [pa, pb], [a, b], [7, 9], [0, 1])
     assert out.canvas.dtype == np.uint8 and out.provenance.dtype == np.int64 and out.missing.dtype == bool
     assert (out.canvas[50, 50] == 20).all() and out.provenance[50, 50] == 9  # b on top
-    assert out.provenance[20, 20] == 7 and out.provenance[0, 0] == NONE and out.missing[0, 0]
+    assert out.provenance[20, 20] == 7 and out.provenance[0, 0] == NO_SEGMENT and out.missing[0, 0]
     assert (out.missing == ~(a | b)).all()
     flipped = composite(frame, [pa, pb], [a, b], [7, 9], [1, 0])
     assert flipped.provenance[50, 50] == 7

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from memory_bank.cli import main
+from sims.cli import main
 
 
 def test_missing_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ import pytest
 import typer
 import yaml
 
-from memory_bank.cli import build_app
+from sims.cli import build_app
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = {"retrieval", "synthesis-worker", "indexer", "dask-scheduler", "dask-worker"}

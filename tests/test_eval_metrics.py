@@ -15,7 +15,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from memory_bank import Bank, DatasetError, SimsError
-from memory_bank.cli import main as sims_main
+from sims.cli import main as sims_main
 from synthesis.evaluation.metrics import (
     SegmentationScores,
     confusion_matrix,

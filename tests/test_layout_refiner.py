@@ -28,7 +28,7 @@ from synthesis.networks.layout_refiner import (
     refine_layout,
     save_pretrained,
 )
-from synthesis.training.refine import (
+from synthesis.training.layout_refiner import (
     RefineRunConfig,
     evaluate_refiner,
     layout_confusion,
@@ -162,7 +162,7 @@ def test_pipeline_step_loads_and_refines(tmp_path: Path) -> None:
 def test_shipped_weights_refine_a_bundled_coarse_layout() -> None:
     from memory_bank.images import read_label
 
-    weights, example = REPO / "weights" / "refine", REPO / "examples" / "coarse-layouts"
+    weights, example = REPO / "weights" / "layout-refiner", REPO / "examples" / "coarse-layouts"
     coarse = read_label(sorted(example.glob("*.png"))[0])
     assert (coarse == IGNORE).mean() > 0.1
     out = CoarseLayoutRefiner.from_pretrained(weights)(coarse)
@@ -195,7 +195,7 @@ def test_make_batch_is_a_function_of_seed_and_step() -> None:
 
 
 def test_tiny_run_resumes_and_scores(val_bank: Bank, tmp_path: Path) -> None:
-    cfg = RefineRunConfig.load(REPO / "configs" / "refine" / "tiny.json").with_train(steps=2, batch_size=2)
+    cfg = RefineRunConfig.load(REPO / "configs" / "layout-refiner" / "tiny.json").with_train(steps=2, batch_size=2)
     out = tmp_path / "run"
     first = train_refiner(val_bank, out, cfg, progress=False)
     assert first.step == 2 and len(first.losses) == 2
@@ -216,7 +216,15 @@ def test_cli_trains_and_exports(val_bank_path: Path, tmp_path: Path) -> None:
     from synthesis.cli.train import app
 
     out, export = tmp_path / "run", tmp_path / "export"
-    args = ["refine", "-c", str(REPO / "configs/refine/tiny.json"), "-b", str(val_bank_path), "-o", str(out)]
+    args = [
+        "layout-refiner",
+        "-c",
+        str(REPO / "configs/layout-refiner/tiny.json"),
+        "-b",
+        str(val_bank_path),
+        "-o",
+        str(out),
+    ]
     result = CliRunner().invoke(app, [*args, "--steps", "2", "--export", str(export), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "trained to step 2" in result.output

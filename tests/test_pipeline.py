@@ -18,7 +18,7 @@ from retrieval_service.api.settings import Settings
 from retrieval_service.client import RetrievalClient
 from retrieval_service.engine import RetrievalEngine, RetrievalOptions
 from synthesis.canvas.builder import CanvasBuilder
-from synthesis.canvas.protocols import CachedSegments
+from synthesis.canvas.segment_cache import CachedSegments
 from synthesis.canvas.simulate import resize_sample
 from synthesis.networks.blend import upsample
 from synthesis.networks.layout_refiner import CoarseLayoutRefiner
@@ -123,7 +123,7 @@ def test_layout_errors(pipeline: SynthesisPipeline) -> None:
 
 
 def test_coarse_layouts_are_refined_first(val_bank: Bank, tiny_weights: Path) -> None:
-    refiner = CoarseLayoutRefiner.from_pretrained(REPO / "weights/refine")
+    refiner = CoarseLayoutRefiner.from_pretrained(REPO / "weights/layout-refiner")
     pipe = SynthesisPipeline.from_bank(val_bank, tiny_weights, refiner=refiner)
     coarse = read_label(REPO / "examples/coarse-layouts/0016E5_07959_coarse.png")
     assert (coarse == IGNORE).mean() > 0.1

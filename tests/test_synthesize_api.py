@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 #: The worker's networks in these tests: the tiny one, the shipped refiner, no T and the layout rule (fast).
 WORKER_ENV = {
-    "SIMS_WORKER_REFINE_WEIGHTS": str(REPO / "weights/refine"),
+    "SIMS_WORKER_REFINE_WEIGHTS": str(REPO / "weights/layout-refiner"),
     "SIMS_WORKER_TRANSFORM_WEIGHTS": "none",
     "SIMS_WORKER_ORDERING_WEIGHTS": "none",
 }
@@ -301,9 +301,9 @@ def test_provenance_codec_round_trips() -> None:
 
 
 def test_sims_serve_with_worker_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from memory_bank.cli import main
     from retrieval_service.api import server
     from retrieval_service.api.synthesis import HttpSynthesisBackend, load_backend
+    from sims.cli import main
 
     seen: list[Settings] = []
     monkeypatch.setattr(server, "serve", seen.append)

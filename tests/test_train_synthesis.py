@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from memory_bank import Bank
-from memory_bank.cli import main as sims_main
+from sims.cli import main as sims_main
 from synthesis.checkpoint import from_pretrained, load_training_state
 from synthesis.training.data import BlockCanvasDataset, DataConfig, build_dataset, check_sample, collate, empty_canvas
 from synthesis.training.synthesis import (

@@ -15,11 +15,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from memory_bank import Bank
-from memory_bank.cli import build_app, main
 from retrieval_service.api.app import create_app
 from retrieval_service.api.layouts import encode_layout
 from retrieval_service.api.settings import Settings
 from retrieval_service.client import RetrievalClient
+from sims.cli import build_app, main
 from synthesis.pipeline import ImageGenerator
 from synthesis.worker.app import create_worker_app
 from synthesis.worker.reply import parse_multipart

@@ -17,10 +17,11 @@ import numpy as np
 from memory_bank import Bank, ClassTable, LayoutError, SegmentConfig, Segments, extract_segments
 from retrieval_service.engine import ComponentResult, Mode, RetrievalEngine, RetrievalOptions, RetrievalResult
 from retrieval_service.query import prepare_query
-from synthesis.canvas.compose import NONE, composite
+from synthesis.canvas.compose import NO_SEGMENT, composite
 from synthesis.canvas.elision import ElisionConfig, elide, kept_pixels
 from synthesis.canvas.order_rule import DepthTiers, LayoutOrderer, Tier
-from synthesis.canvas.protocols import Aligner, CachedSegments, IdentityAligner, Orderer, Retriever, SegmentSource
+from synthesis.canvas.protocols import Aligner, IdentityAligner, Orderer, Retriever, SegmentSource
+from synthesis.canvas.segment_cache import CachedSegments
 
 #: Stream of the seed's random generator used for elision (retrieval uses the seed itself).
 ELISION_STREAM = 1
@@ -241,7 +242,7 @@ class CanvasBuilder:
             rng,
             self.options.elision,
         )
-        provenance = np.where(elided.code == 0, painted.provenance, NONE)
+        provenance = np.where(elided.code == 0, painted.provenance, NO_SEGMENT)
         lap("elide")
         timings["total"] = time.perf_counter() - start
         placed = tuple(

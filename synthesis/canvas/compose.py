@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 #: Provenance and piece value of a pixel that no segment supplied.
-NONE = -1
+NO_SEGMENT = -1
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def composite(
                 f"segment {i}: pixels must be uint8 and masks bool, got {pixels[i].dtype}, {masks[i].dtype}"
             )
     # 1. Which piece ends on top at every pixel: later ones overwrite earlier ones.
-    pieces = np.full((h, w), NONE, np.int32)
+    pieces = np.full((h, w), NO_SEGMENT, np.int32)
     boxes = {}
     for i in order:
         box = mask_box(masks[i])
@@ -83,6 +83,6 @@ def composite(
     for i, (y0, x0, y1, x1) in boxes.items():
         visible = (pieces[y0:y1, x0:x1] == i).view(np.uint8)
         cv2.copyTo(np.ascontiguousarray(pixels[i][y0:y1, x0:x1]), visible, canvas[y0:y1, x0:x1])
-    ids = np.asarray([*segment_ids, NONE], np.int64)
-    provenance = ids[pieces]  # index -1 picks the appended NONE
-    return Composite(canvas=canvas, missing=pieces == NONE, pieces=pieces, provenance=provenance)
+    ids = np.asarray([*segment_ids, NO_SEGMENT], np.int64)
+    provenance = ids[pieces]  # index -1 picks the appended NO_SEGMENT
+    return Composite(canvas=canvas, missing=pieces == NO_SEGMENT, pieces=pieces, provenance=provenance)

@@ -38,9 +38,9 @@ from tqdm import tqdm
 from memory_bank import Bank
 from memory_bank.images import resize_label
 from synthesis.canvas.builder import ELISION_STREAM, Canvas, CanvasBuilder, CanvasOptions, PlacedSegment, component_mask
-from synthesis.canvas.compose import NONE, composite
+from synthesis.canvas.compose import NO_SEGMENT, composite
 from synthesis.canvas.elision import elide, kept_pixels
-from synthesis.canvas.protocols import CachedSegments
+from synthesis.canvas.segment_cache import CachedSegments
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def simulate_canvas(
         np.random.default_rng([seed, ELISION_STREAM]),
         builder.options.elision,
     )
-    provenance = np.where((elided.code == 0) & (painted.pieces >= 0) & (own >= 0), own, NONE)
+    provenance = np.where((elided.code == 0) & (painted.pieces >= 0) & (own >= 0), own, NO_SEGMENT)
     return Canvas(
         canvas=elided.canvas,
         missing=elided.missing,
@@ -213,7 +213,7 @@ def _own_segment_ids(builder: CanvasBuilder, image_id: int | None) -> np.ndarray
     """Per pixel, the bank segment of the training image itself (-1 if unknown)."""
     source = builder.segments
     if image_id is None or not isinstance(source, CachedSegments):
-        return np.full(builder.resolution, NONE, np.int64)
+        return np.full(builder.resolution, NO_SEGMENT, np.int64)
     return source.segment_at(int(image_id), source.image(int(image_id)).components)
 
 

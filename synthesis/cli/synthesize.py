@@ -29,7 +29,9 @@ def synthesize(
     weights: Annotated[Path, typer.Option("--weights", "-w", help="Synthesis network directory (in-process).")] = Path(
         "weights/synthesis"
     ),
-    refine: Annotated[str, typer.Option(help="Layout refiner directory or `none` (in-process).")] = "weights/refine",
+    refine: Annotated[
+        str, typer.Option(help="Layout refiner directory or `none` (in-process).")
+    ] = "weights/layout-refiner",
     transform: Annotated[
         str, typer.Option(help="Transformation network or `none` (in-process).")
     ] = "weights/transform",
@@ -74,7 +76,7 @@ def synthesize(
 
     from memory_bank.errors import SimsError
     from retrieval_service.client import RetrievalClient, ServiceError
-    from synthesis.batch import Elision, LocalSynthesizer, RemoteSynthesizer, Synthesizer, synthesize_files
+    from synthesis.synthesize_files import Elision, LocalSynthesizer, RemoteSynthesizer, Synthesizer, synthesize_files
     from synthesis.worker.settings import WorkerSettings
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise

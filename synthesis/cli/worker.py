@@ -21,7 +21,7 @@ def worker(
         typer.Option("--weights", "-w", help="Synthesis network directory (default weights/synthesis)."),
     ] = None,
     refine: Annotated[
-        str | None, typer.Option(help="Layout refiner for coarse=true, or `none` (default weights/refine).")
+        str | None, typer.Option(help="Layout refiner for coarse=true, or `none` (default weights/layout-refiner).")
     ] = None,
     transform: Annotated[
         str | None, typer.Option(help="Transformation network T, or `none` (default weights/transform).")

@@ -49,7 +49,7 @@ CLASS_NAME = "LayoutRefiner"
 
 #: Default of :func:`refine_layout`'s ``keep_threshold``: a labelled coarse pixel keeps its label
 #: unless the network gives that label less than this probability. 0 keeps every labelled pixel (the
-#: network fills the gaps only): on coarsened *train* layouts (``benchmarks/refine.py --tune``, not
+#: network fills the gaps only): on coarsened *train* layouts (``benchmarks/layout_refiner.py --tune``, not
 #: val) it scored best, by a hair, of 0 .. 0.5 and network-only, and it respects what a user drew.
 DEFAULT_KEEP_THRESHOLD = 0.0
 
@@ -229,7 +229,7 @@ def refine_layout(
 class CoarseLayoutRefiner:
     """The pipeline step behind ``coarse=true``: a callable coarse layout -> dense layout.
 
-    ``CoarseLayoutRefiner.from_pretrained("weights/refine")(coarse)`` is :func:`refine_layout` with a
+    ``CoarseLayoutRefiner.from_pretrained("weights/layout-refiner")(coarse)`` is :func:`refine_layout` with a
     loaded network; run it on the (H, W) uint8 layout before anything else of the pipeline sees it.
     """
 

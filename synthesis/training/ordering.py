@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812  (torch convention)
 from tqdm import tqdm
 
-from memory_bank import Bank
+from memory_bank import IGNORE, Bank
 from synthesis.canvas.order_rule import DepthTiers, paint_order, pair_order
 from synthesis.networks.ordering import (
     ClassPrior,
@@ -43,7 +43,6 @@ from synthesis.training.transform import learning_rate
 log = logging.getLogger(__name__)
 
 RESUME_NAME = "resume.pt"
-NONE = 255  # "no class" in stored layout windows
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,9 @@ def build_pairs(
             config,
         )
         parts["masks"].append((torch.cat([inputs.mask_a, inputs.mask_b], 1) * 255).round().to(torch.uint8))
-        lab = torch.where(inputs.layout.sum(1) > 0, inputs.layout.argmax(1), torch.full_like(inputs.layout[:, 0], NONE))
+        lab = torch.where(
+            inputs.layout.sum(1) > 0, inputs.layout.argmax(1), torch.full_like(inputs.layout[:, 0], IGNORE)
+        )
         parts["layout"].append(lab.to(torch.uint8))
         parts["windows"].append(pair_windows(boxes[pair_t[:, 0]], boxes[pair_t[:, 1]], config))
         parts["classes"].append(torch.from_numpy(classes)[pair_t])

@@ -20,7 +20,7 @@ from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankHolder, BankState
 from retrieval_service.api.synthesis import SynthesisReply
 from synthesis.canvas.builder import CanvasBuilder
-from synthesis.canvas.protocols import CachedSegments
+from synthesis.canvas.segment_cache import CachedSegments
 from synthesis.pipeline import SynthesisPipeline
 from synthesis.worker.runtime import Networks, synthesize_reply
 from synthesis.worker.settings import WorkerSettings

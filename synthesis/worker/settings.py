@@ -26,7 +26,7 @@ class WorkerSettings(BaseSettings):
     service_url: str = Field("http://127.0.0.1:8000", description="The retrieval service to retrieve from.")
     weights: Path = Field(Path("weights/synthesis"), description="Synthesis network directory.")
     refine_weights: Path | None = Field(
-        Path("weights/refine"), description="Layout refiner directory, for coarse=true (None: coarse refused)."
+        Path("weights/layout-refiner"), description="Layout refiner directory, for coarse=true (None: coarse refused)."
     )
     transform_weights: Path | None = Field(
         Path("weights/transform"), description="Transformation network T (None: segments stay where they were)."

@@ -3,15 +3,15 @@
 Every val label map is coarsened with the run's coarsening config (image ``i`` with seed ``seed + i``)
 and refined. Scores over the 11 classes against the fine map, pixels unlabelled in the fine map left
 out; an unlabelled (255) pixel of a coarse layout counts as wrong for pixel accuracy and as a miss of
-the fine class in its IoU (see ``synthesis.training.refine.layout_confusion``). Refined layouts are
+the fine class in its IoU (see ``synthesis.training.layout_refiner.layout_confusion``). Refined layouts are
 scored at three settings of ``keep_threshold``: the default, 0 (fill the gaps only) and 2 (the
 network everywhere).
 
 ``--tune`` picks ``keep_threshold`` on coarsened *train* layouts (other seeds than training used),
 so that the val numbers stay clean.
 
-    .venv/bin/python benchmarks/refine.py --val-bank .sims/banks/camvid-val --figure docs/images/refine-val.png
-    .venv/bin/python benchmarks/refine.py --tune --train-bank .sims/banks/camvid-train   # threshold study only
+    .venv/bin/python benchmarks/layout_refiner.py --val-bank .sims/banks/camvid-val --figure docs/images/refine-val.png
+    .venv/bin/python benchmarks/layout_refiner.py --tune --train-bank .sims/banks/camvid-train   # threshold study only
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from PIL import Image
 from memory_bank import ClassTable, open_bank
 from synthesis.coarsen import CoarsenConfig, coarsen_layout
 from synthesis.networks.layout_refiner import DEFAULT_KEEP_THRESHOLD, LayoutRefiner, from_pretrained, refine_layout
-from synthesis.training.refine import evaluate_refiner
+from synthesis.training.layout_refiner import evaluate_refiner
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -98,10 +98,10 @@ def figure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, default=REPO / "weights" / "refine")
+    parser.add_argument("--weights", type=Path, default=REPO / "weights" / "layout-refiner")
     parser.add_argument("--val-bank", type=Path, default=REPO / ".sims" / "banks" / "camvid-val")
     parser.add_argument("--train-bank", type=Path, default=REPO / ".sims" / "banks" / "camvid-train")
-    parser.add_argument("--run-config", type=Path, default=REPO / "configs" / "refine" / "camvid.json")
+    parser.add_argument("--run-config", type=Path, default=REPO / "configs" / "layout-refiner" / "camvid.json")
     parser.add_argument("--seed", type=int, default=0, help="Val image i is coarsened with seed + i.")
     parser.add_argument("--tune", action="store_true", help="Only the keep-threshold study on train layouts.")
     parser.add_argument("--tune-layouts", type=int, default=60)
@@ -112,7 +112,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(1)
 
-    from synthesis.training.refine import RefineRunConfig
+    from synthesis.training.layout_refiner import RefineRunConfig
 
     coarsen = RefineRunConfig.load(args.run_config).coarsen
     model = from_pretrained(args.weights)

@@ -116,7 +116,7 @@ class RefineRunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RefineRunConfig:
-        """Read a run config JSON (see ``configs/refine/``)."""
+        """Read a run config JSON (see ``configs/layout-refiner/``)."""
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def with_train(self, **overrides: Any) -> RefineRunConfig:

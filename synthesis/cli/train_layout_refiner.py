@@ -12,9 +12,9 @@ import typer
 app = typer.Typer()
 
 
-@app.command("refine")
+@app.command("layout-refiner")
 def refine(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run config JSON (see configs/refine/).")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run config JSON (see configs/layout-refiner/).")],
     bank: Annotated[Path, typer.Option("--bank", "-b", help="Bank whose label maps are the fine layouts.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; an existing run there is resumed.")],
     val_bank: Annotated[
@@ -32,7 +32,7 @@ def refine(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train the layout refiner on (coarse, fine) pairs coarsened on the fly from the bank's label maps."""
-    from synthesis.training.refine import RefineRunConfig, export_float16, train_refiner
+    from synthesis.training.layout_refiner import RefineRunConfig, export_float16, train_refiner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = RefineRunConfig.load(config).with_train(
