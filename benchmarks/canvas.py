@@ -123,7 +123,7 @@ def main() -> None:
         orderer=orderer,
         options=CanvasOptions(k=args.k, mode=args.mode),
     )
-    warm = builder.retriever.warm_up()  # FAISS indexes, built once per process  # type: ignore[attr-defined]
+    warm = builder.retriever.warm_up()  # FAISS indexes, loaded once per process  # type: ignore[attr-defined]
     # Time the aligner (all segments of a layout in one align_many call when it has one) and the orderer.
     align_watch, order_watch = Stopwatch(), Stopwatch()
     if hasattr(builder.aligner, "align_many"):

@@ -30,7 +30,7 @@ import torch
 from memory_bank import open_bank
 from synthesis.canvas.elision import ElisionConfig
 from synthesis.evaluation import report as rep
-from synthesis.networks.segmenter import load_pretrained
+from synthesis.networks.segmenter import SegmentationNet
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -55,7 +55,7 @@ def main() -> None:
 
     val, memory = open_bank(args.bank), open_bank(args.memory_bank)
     items = rep.items_from_bank(val, args.limit)
-    segmenter = load_pretrained(args.segmenter)
+    segmenter = SegmentationNet.from_pretrained(args.segmenter)
     rows = []
     for band in [float(b) for b in args.bands.split(",") if b.strip()]:
         start = time.perf_counter()

@@ -43,9 +43,11 @@ from memory_bank import IGNORE, SegmentConfig, extract_segments, open_bank
 from memory_bank.config import Grid, parse_size
 from memory_bank.images import resize_label
 from memory_bank.segments import segment_context
-from retrieval_service.engine import RetrievalEngine, RetrievalOptions, Status
+from retrieval_service.engine import RetrievalEngine
+from retrieval_service.iou import iou64
 from retrieval_service.query import prepare_query
-from retrieval_service.reference import brute_force_topk, iou
+from retrieval_service.reference import brute_force_topk
+from retrieval_service.types import RetrievalOptions, Status
 
 RESULTS = Path(__file__).parent / "results"
 AREA_BUCKETS = (64, 256, 1024, 4096, 16384)
@@ -189,7 +191,7 @@ def full_resolution_scores(bank: BankImages, q: QueryLayout) -> list[np.ndarray]
             np.minimum(qb[:, None, 2], sb[None, :, 2]),
             np.minimum(qb[:, None, 3], sb[None, :, 3]),
         )
-        score = iou(inter, q.area[:, None], bank.area[None, lo:hi]) + iou(
+        score = iou64(inter, q.area[:, None], bank.area[None, lo:hi]) + iou64(
             cinter, q.context_size[:, None], bank.context_size[None, lo:hi]
         )
         qi, si = np.nonzero(q.class_id[:, None] == bank.class_id[None, lo:hi])
@@ -206,8 +208,8 @@ def naive_score(q: QueryLayout, i: int, bank: BankImages, sid: int) -> float:
     ms = bank.components[j] == sid - bank.start[j] + 1
     cq = segment_context(q.label, q.context_box[i])
     cs = segment_context(bank.labels[j], bank.context_box[sid])
-    m = iou(np.sum(mq & ms), np.sum(mq), np.sum(ms))
-    c = iou(np.sum((cq == cs) & (cq != IGNORE)), np.sum(cq != IGNORE), np.sum(cs != IGNORE))
+    m = iou64(np.sum(mq & ms), np.sum(mq), np.sum(ms))
+    c = iou64(np.sum((cq == cs) & (cq != IGNORE)), np.sum(cq != IGNORE), np.sum(cs != IGNORE))
     return float(m + c)
 
 

@@ -31,7 +31,7 @@ from PIL import Image
 
 from memory_bank import ClassTable, open_bank
 from synthesis.coarsen import CoarsenConfig, coarsen_layout
-from synthesis.networks.layout_refiner import DEFAULT_KEEP_THRESHOLD, LayoutRefiner, from_pretrained, refine_layout
+from synthesis.networks.layout_refiner import DEFAULT_KEEP_THRESHOLD, LayoutRefiner, refine_layout
 from synthesis.training.layout_refiner import evaluate_refiner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def main() -> None:
     from synthesis.training.layout_refiner import RefineRunConfig
 
     coarsen = RefineRunConfig.load(args.run_config).coarsen
-    model = from_pretrained(args.weights)
+    model = LayoutRefiner.from_pretrained(args.weights)
     meta_path = args.weights / "sims.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
 

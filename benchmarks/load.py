@@ -41,8 +41,8 @@ import numpy as np
 from indexers.readers import create_reader
 from memory_bank import current_version, open_bank
 from memory_bank.images import read_label
+from memory_bank.png import encode_layout_png
 from memory_bank.store import CURRENT_FILE, VERSIONS_DIR
-from retrieval_service.api.layouts import encode_layout
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -77,7 +77,7 @@ class LoadState:
 def val_layouts(root: Path) -> list[bytes]:
     """Every CamVid val label map as a PNG in bank class ids (raw 11 -> 255, via the reader)."""
     reader = create_reader("camvid", root, ["val"])
-    return [encode_layout(reader.map_label(read_label(ref.label_path), ref.label_path)) for ref in reader.refs]
+    return [encode_layout_png(reader.map_label(read_label(ref.label_path), ref.label_path)) for ref in reader.refs]
 
 
 def free_port() -> int:

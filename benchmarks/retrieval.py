@@ -31,12 +31,13 @@ from jitter import CACHE_DIR, CodeBank, jittered_bank
 from indexers.build import build_bank
 from indexers.readers import create_reader
 from memory_bank import current_version, open_bank
+from memory_bank.candidate_index import CandidateConfig
 from memory_bank.errors import BankNotFoundError
-from retrieval_service.candidates import CandidateConfig
-from retrieval_service.engine import RetrievalEngine, RetrievalOptions, Status
+from retrieval_service.engine import RetrievalEngine
 from retrieval_service.index import SegmentIndex
 from retrieval_service.query import prepare_query
 from retrieval_service.reference import brute_force_topk
+from retrieval_service.types import RetrievalOptions, Status
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -24,7 +24,7 @@ import torch
 
 from memory_bank import open_bank
 from memory_bank.config import parse_size
-from synthesis.evaluation.report import resize_image
+from memory_bank.images import resize_photo
 from synthesis.training.segmenter import evaluate
 
 RESULTS = Path(__file__).parent / "results"
@@ -40,9 +40,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    from synthesis.networks.segmenter import load_pretrained
+    from synthesis.networks.segmenter import SegmentationNet
 
-    model = load_pretrained(args.weights)
+    model = SegmentationNet.from_pretrained(args.weights)
     bank = open_bank(args.bank)
     photos, labels = np.asarray(bank.photos[:]), np.asarray(bank.labels[:])
     names = list(model.config.class_names) or bank.classes.names
@@ -50,7 +50,7 @@ def main() -> None:
     rows = {}
     sizes = [tuple(photos.shape[1:3])] + [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     for size in sizes:
-        shrunk = photos if size == photos.shape[1:3] else np.stack([resize_image(p, size) for p in photos])
+        shrunk = photos if size == photos.shape[1:3] else np.stack([resize_photo(p, size) for p in photos])
         start = time.perf_counter()
         scores = evaluate(model, shrunk, labels, progress=True)
         seconds = time.perf_counter() - start

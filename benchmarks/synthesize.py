@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from memory_bank import open_bank
-from retrieval_service.api.layouts import encode_layout
+from memory_bank.png import encode_layout_png
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -66,7 +66,7 @@ def network_weights(path: Path) -> tuple[Path, str]:
     if (path / "config.json").is_file():
         meta = json.loads((path / "sims.json").read_text()) if (path / "sims.json").is_file() else {}
         return path, f"{path} ({'parametric' if meta.get('parametric') else 'trained'}, step {meta.get('step', '?')})"
-    from synthesis.checkpoint import save_pretrained
+    from synthesis.model_directory import save_pretrained
     from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
 
     out = CACHE / "synthesis-untrained-192x256"
@@ -222,7 +222,7 @@ def main() -> None:
     weights, weights_note = network_weights(args.weights)
     val = open_bank(args.layouts_bank)
     ids = np.linspace(0, val.num_images - 1, min(args.layouts, val.num_images)).round().astype(int)
-    pngs = [encode_layout(np.asarray(val.labels[int(i)])) for i in ids]
+    pngs = [encode_layout_png(np.asarray(val.labels[int(i)])) for i in ids]
     load_before = os.getloadavg()[0]
     runs = []
     for pipeline in args.pipelines.split(","):

@@ -24,8 +24,9 @@ import torch
 from tqdm import tqdm
 
 from memory_bank import Bank, open_bank
-from retrieval_service.engine import RetrievalEngine, RetrievalOptions, Status
+from retrieval_service.engine import RetrievalEngine
 from retrieval_service.query import prepare_query
+from retrieval_service.types import RetrievalOptions, Status
 from synthesis.networks.transform import TransformAligner
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,9 +22,9 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from indexers.faiss_index import write_class_indexes
 from indexers.readers import DatasetReader, SampleRef
 from memory_bank import BankWriter, DatasetError, Manifest, SegmentConfig, SourceInfo, open_bank
+from memory_bank.candidate_index import write_class_indexes
 from memory_bank.config import Grid
 from memory_bank.images import image_size
 from memory_bank.records import ImageRecord, make_record
@@ -149,8 +149,8 @@ def _run(
         manifest = writer.finish([source])
         # 3. FAISS indexes of coarse codes, inside the staged version.
         coarse = np.asarray(zarr.open_array(writer.path / ARRAYS_DIR / "codes" / "coarse", mode="r")[:])
-        class_id = _class_ids(writer.path)
-        write_class_indexes(writer.path, coarse, class_id, len(writer_args["classes"]))
+        class_id, mask_popcount = _segment_columns(writer.path, "class_id", "mask_popcount")
+        write_class_indexes(writer.path, coarse, class_id, mask_popcount, len(writer_args["classes"]))
         # 4. Publish atomically.
         manifest = writer.publish()
     seconds = time.perf_counter() - start
@@ -171,12 +171,13 @@ def _run(
     return report
 
 
-def _class_ids(version_dir: Path) -> np.ndarray:
+def _segment_columns(version_dir: Path, *names: str) -> list[np.ndarray]:
     import pyarrow.parquet as pq
 
     from memory_bank.tables import SEGMENTS_FILE
 
-    return pq.read_table(version_dir / SEGMENTS_FILE, columns=["class_id"])["class_id"].to_numpy()
+    table = pq.read_table(version_dir / SEGMENTS_FILE, columns=list(names))
+    return [table[name].to_numpy() for name in names]
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from memory_bank.errors import LayoutError
-
 #: Label value for pixels that belong to no class (unlabelled, void, ignored).
 IGNORE = 255
 
@@ -82,16 +80,6 @@ class ClassTable:
     def colorize(self, label: np.ndarray) -> np.ndarray:
         """Render a label map as an RGB image."""
         return self.palette()[label]
-
-    def check_label(self, label: np.ndarray, *, what: str = "label map") -> None:
-        """Raise :class:`LayoutError` unless every value is a class id or IGNORE."""
-        values = np.unique(label)
-        bad = values[(values >= len(self)) & (values != IGNORE)]
-        if bad.size:
-            raise LayoutError(
-                f"{what} holds class ids {bad[:8].tolist()} outside the class table "
-                f"(valid: 0..{len(self) - 1}, and {IGNORE} for unlabelled)"
-            )
 
     def to_list(self) -> list[dict[str, Any]]:
         return [c.to_dict() for c in self.classes]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -63,18 +64,35 @@ def read_label(source: Path | bytes) -> np.ndarray:
 
 
 def resize_photo(photo: np.ndarray, size: Grid) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 photo to ``size`` = (rows, cols) with area-style filtering."""
-    if photo.shape[:2] == tuple(size):
+    """Resize an (H, W, 3) (or (H, W)) uint8 image to ``size`` = (rows, cols).
+
+    The one photo resize of SIMS: bank photos, training data, network inputs and metric
+    references all go through it. OpenCV's pixel-area averaging when shrinking (what the
+    networks were trained on; no aliasing) and bilinear interpolation when enlarging.
+    """
+    rows, cols = int(size[0]), int(size[1])
+    if photo.shape[:2] == (rows, cols):
         return photo
-    img = Image.fromarray(photo).resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(img)
+    shrink = rows <= photo.shape[0] and cols <= photo.shape[1]
+    return cv2.resize(photo, (cols, rows), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def resize_label(label: np.ndarray, size: Grid) -> np.ndarray:
-    """Resize an (H, W) label map to ``size`` = (rows, cols) by nearest neighbour."""
-    if label.shape == tuple(size):
+    """Resize an (H, W) label map (or mask, of any dtype) to ``size`` = (rows, cols) by nearest neighbour.
+
+    The one label resize of SIMS. Output pixel ``(i, j)`` takes input pixel
+    ``(floor(i * H / rows), floor(j * W / cols))``, computed as OpenCV's ``INTER_NEAREST`` does
+    (so it equals ``cv2.resize(label, (cols, rows), interpolation=cv2.INTER_NEAREST)``), here for
+    any dtype (cv2 has no int64 or bool).
+    """
+    rows, cols = int(size[0]), int(size[1])
+    if label.shape[:2] == (rows, cols):
         return label
-    h, w = label.shape
-    rows = (np.arange(size[0]) * h + h // 2) // size[0]
-    cols = (np.arange(size[1]) * w + w // 2) // size[1]
-    return label[rows[:, None], cols[None, :]]
+    h, w = label.shape[:2]
+    return label[_nearest_source(h, rows)[:, None], _nearest_source(w, cols)[None, :]]
+
+
+def _nearest_source(n_in: int, n_out: int) -> np.ndarray:
+    # OpenCV's arithmetic: the inverse of the double scale n_out / n_in, then floor, clamped.
+    inverse = 1.0 / (n_out / n_in)
+    return np.minimum(np.floor(np.arange(n_out) * inverse).astype(np.int64), n_in - 1)

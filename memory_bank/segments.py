@@ -57,10 +57,18 @@ class Segments:
         return self.component_map == i + 1
 
 
-def check_label_map(label: np.ndarray, num_classes: int) -> np.ndarray:
-    """Validate a label map and return it as a C-contiguous uint8 array."""
+def check_label_map(label: np.ndarray, num_classes: int, resolution: tuple[int, int] | None = None) -> np.ndarray:
+    """Validate a label map and return it as a C-contiguous uint8 array.
+
+    The one layout check of SIMS: bank builds, the engine, the canvas builder and the HTTP
+    services all go through it. ``resolution`` is the (H, W) a query layout must have (the
+    bank's working resolution).
+    """
+    label = np.asarray(label)
     if label.ndim != 2:
         raise LayoutError(f"a label map must be 2-D (H, W), got shape {tuple(label.shape)}")
+    if resolution is not None:
+        check_layout_size(label.shape, resolution)
     if label.size == 0:
         raise LayoutError("the label map is empty (zero pixels)")
     if label.dtype.kind not in "ui":
@@ -79,6 +87,17 @@ def check_label_map(label: np.ndarray, num_classes: int) -> np.ndarray:
             f"(valid: 0..{num_classes - 1}, and {IGNORE} for unlabelled)"
         )
     return np.ascontiguousarray(label)
+
+
+def check_layout_size(shape: tuple[int, ...], resolution: tuple[int, int]) -> None:
+    """A :class:`LayoutError` of kind ``wrong_layout_size`` unless a layout of ``shape`` (H, W) has ``resolution``."""
+    (h, w), (rows, cols) = shape[:2], resolution
+    if (h, w) != (rows, cols):
+        raise LayoutError(
+            f"the layout is {w}x{h} (WxH) but the bank's working resolution is {cols}x{rows}; "
+            "resize it with nearest-neighbour sampling first",
+            kind="wrong_layout_size",
+        )
 
 
 def context_box(bbox: np.ndarray, frame: tuple[int, int], scale: float) -> np.ndarray:

@@ -1,72 +1,85 @@
-"""FAISS candidate generation on coarse binary codes (CPU, or GPU with faiss-gpu).
+"""FAISS candidates for a class shard: the bank's stored index, searched with tie completion.
 
-Hamming order on coarse codes is not IoU order: these are candidates for exact re-ranking,
-never answers. Small shards get an exact flat Hamming scan; large ones an inverted-file index
-(IndexBinaryIVF) whose ``nprobe`` trades speed for recall.
+The engine loads each class's index from the bank (:mod:`memory_bank.candidate_index` built it
+at indexing time) and makes it the index it would have built from the shard: labels are shard
+row positions, and a flat index's codes are laid out in row order (a flat file holds them in id
+order; an IVF file already in row order), so that codes tied at one distance are scanned, and
+cut, in the same order. It builds that index in memory, with the same function, only when the
+bank has none that fits: an index made from arrays, a bank version other than the index's, a
+shard of part of a class, or a class whose stored index is not the kind the config asks for
+(e.g. a flat index in a bank written before its large classes got IVF indexes).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import logging
+from typing import Literal
 
 import faiss
 import numpy as np
 
-#: Shards at least this large get an IVF index; smaller ones a flat scan.
-IVF_MIN_SEGMENTS = 20_000
+from memory_bank import Bank
+from memory_bank.candidate_index import (
+    CandidateConfig,
+    build_candidate_index,
+    gpu_available,
+    is_built_as,
+    read_class_index,
+    to_gpu,
+)
+from retrieval_service.index import ClassShard
+
+log = logging.getLogger(__name__)
+
+Source = Literal["bank", "built"]
 
 
-@dataclass(frozen=True)
-class CandidateConfig:
-    """How candidate indexes are built and searched."""
+def shard_candidate_index(
+    shard: ClassShard, config: CandidateConfig, bank: Bank | None = None
+) -> tuple[faiss.IndexBinary, Source]:
+    """The candidate index of ``shard``, whose searches return shard row positions, and where it came from.
 
-    ivf_min_segments: int = IVF_MIN_SEGMENTS
-    # nlist = lists_per_sqrt * sqrt(n). 4 rather than 1: smaller lists, fewer codes scanned per probe;
-    # at 10^6 segments 23% faster (paired runs) and recall@1 0.9941 instead of 0.9935 (8: 0.9853).
-    lists_per_sqrt: float = 4.0
-    nprobe: int = 16
-    train_points_per_list: int = 40
-    train_iterations: int = 10
-    use_gpu: bool = True
-    # Hamming distance on coarse codes ties a lot (small segments pooled to the same cells),
-    # and FAISS cuts a tie group arbitrarily at the k-th result. The whole group tied with the
-    # k-th result is taken instead, up to ``tie_cap`` times k candidates in all.
-    tie_cap: int = 4
-
-
-def gpu_available() -> bool:
-    """True when faiss was built with CUDA and sees a GPU (unverified on our machines)."""
-    return hasattr(faiss, "GpuIndexBinaryFlat") and faiss.get_num_gpus() > 0
-
-
-def build_candidate_index(coarse: np.ndarray, config: CandidateConfig) -> faiss.IndexBinary:
-    """A Hamming index over (n, bytes) uint8 codes; search results are row positions."""
-    n, nbytes = coarse.shape
-    d = nbytes * 8
+    ``bank`` must be the bank version the shard was made from. Its stored index is used when it
+    holds exactly the shard's segments and is built as ``config`` builds one for that many.
+    """
+    index = _stored_index(shard, config, bank) if bank is not None else None
+    source: Source = "bank"
+    if index is None:
+        index, source = build_candidate_index(shard.coarse, config), "built"
     if config.use_gpu and gpu_available():
-        res = faiss.StandardGpuResources()
-        index = faiss.GpuIndexBinaryFlat(res, d)
-    elif n >= config.ivf_min_segments:
-        nlist = max(1, int(config.lists_per_sqrt * math.sqrt(n)))
-        quantizer = faiss.IndexBinaryFlat(d)
-        index = faiss.IndexBinaryIVF(quantizer, d, nlist)
-        index.own_fields = True
-        quantizer.this.disown()
-        index.cp.niter = config.train_iterations
-        rng = np.random.default_rng(0)
-        sample = coarse[rng.choice(n, size=min(n, config.train_points_per_list * nlist), replace=False)]
-        index.train(np.ascontiguousarray(sample))
-        index.nprobe = config.nprobe
-    else:
-        index = faiss.IndexBinaryFlat(d)
-    index.add(np.ascontiguousarray(coarse))
+        index = to_gpu(index)
+    return index, source
+
+
+def _stored_index(shard: ClassShard, config: CandidateConfig, bank: Bank) -> faiss.IndexBinaryIDMap | None:
+    path = bank.faiss_index_path(shard.class_id)
+    if path is None:
+        return None
+    index = read_class_index(path, config)
+    if index.d != shard.coarse.shape[1] * 8 or not is_built_as(index, len(shard), config):
+        log.warning("class %d: the bank's FAISS index is not as configured; building one in memory", shard.class_id)
+        return None
+    # The shard row of every stored code (its segment id's position in the shard).
+    stored = faiss.vector_to_array(index.id_map)
+    by_id = np.argsort(shard.segment_ids)
+    pos = np.minimum(np.searchsorted(shard.segment_ids[by_id], stored), len(shard) - 1)
+    if np.unique(stored).size != stored.size or not np.array_equal(shard.segment_ids[by_id[pos]], stored):
+        return None  # another set of segments (e.g. a shard of part of the class)
+    rows = by_id[pos].astype(np.int64)
+    inner = faiss.downcast_IndexBinary(index.index)
+    if isinstance(inner, faiss.IndexBinaryFlat):  # codes into row order, so that labels are positions again
+        codes = faiss.vector_to_array(inner.xb).reshape(len(shard), inner.code_size)
+        laid_out = np.empty_like(codes)
+        laid_out[rows] = codes
+        faiss.copy_array_to_vector(laid_out.ravel(), inner.xb)
+        rows = np.arange(len(shard), dtype=np.int64)
+    faiss.copy_array_to_vector(rows, index.id_map)
     return index
 
 
 def search(index: faiss.IndexBinary, queries: np.ndarray, k: int, tie_cap: int = 1) -> list[np.ndarray]:
-    """Row positions of the ``k`` nearest codes of each query by Hamming distance, plus every
-    code tied with the k-th one (at most ``tie_cap * k`` in all), nearest first."""
+    """Labels of the ``k`` nearest codes of each query by Hamming distance, plus every code tied
+    with the k-th one (at most ``tie_cap * k`` in all, in the order the index scans them), nearest first."""
     k = max(1, min(k, index.ntotal))
     probe = min(k + 1, index.ntotal)
     dist, ids = index.search(np.ascontiguousarray(queries), probe)
@@ -83,7 +96,7 @@ def search(index: faiss.IndexBinary, queries: np.ndarray, k: int, tie_cap: int =
                 out.append(i[:k].astype(np.int64))
                 continue
             # The k nearest below the tie distance (the range holds the same ones), then the
-            # whole tie group: no sort needed, ranking depends only on the set.
+            # whole tie group in scan order, cut at tie_cap * k.
             group = ri[rd == d[k - 1]]
             out.append(np.concatenate([i[d < d[k - 1]], group])[: tie_cap * k].astype(np.int64))
         else:

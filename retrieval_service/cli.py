@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +38,13 @@ def serve(
             help="Synthesis network for --with-worker (env SIMS_SYNTHESIS_WEIGHTS; default weights/synthesis)."
         ),
     ] = None,
+    weights_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Root of the networks for --with-worker: its synthesis/, layout-refiner/, transform/ and ordering/ "
+            "(what `sims train all` writes; env SIMS_WORKER_WEIGHTS_DIR; default weights).",
+        ),
+    ] = None,
     synthesis_url: Annotated[
         str | None,
         typer.Option(help="Synthesis worker URL(s), comma-separated, for /synthesize (env SIMS_SYNTHESIS_URL)."),
@@ -48,6 +56,10 @@ def serve(
     """Serve a bank over HTTP. The admin key comes from SIMS_API_KEY only (never a flag: argv is public)."""
     from retrieval_service.api.server import serve as run
     from retrieval_service.api.settings import Settings
+
+    if weights_dir is not None:
+        # The in-process backend reads its networks from SIMS_WORKER_* (in every worker process alike).
+        os.environ["SIMS_WORKER_WEIGHTS_DIR"] = str(weights_dir)
 
     flags = {
         "bank": bank,

@@ -1,4 +1,4 @@
-"""A typed Python client of the retrieval service (httpx), with the service's own models.
+"""A typed Python client of the retrieval service (httpx), with the service's own models (:mod:`.http_models`).
 
     with RetrievalClient("http://127.0.0.1:8000") as client:
         result = client.retrieve(layout, k=5, seed=0)  # layout: (H, W) uint8 label map
@@ -17,19 +17,17 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from retrieval_service.api.layouts import decode_rgba_png, encode_layout
-from retrieval_service.api.models import (
+from memory_bank.png import decode_rgba_png, encode_layout_png
+from retrieval_service.http_models import (
+    API_KEY_HEADER,
     BankInfo,
-    Extra,
-    Mode,
     Readiness,
     ReloadResponse,
     RetrieveResponse,
     SegmentMeta,
     SynthesizeResponse,
 )
-
-API_KEY_HEADER = "X-API-Key"
+from retrieval_service.types import Extra, Mode
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -90,7 +88,7 @@ class RetrievalClient:
         min_area: int = 0,
     ) -> RetrieveResponse:
         """Top-k candidates for every component of ``layout`` (an (H, W) uint8 label map or PNG bytes)."""
-        png = layout if isinstance(layout, bytes) else encode_layout(layout)
+        png = layout if isinstance(layout, bytes) else encode_layout_png(layout)
         data: dict[str, Any] = {"k": str(k), "mode": mode, "min_area": str(min_area)}
         if seed is not None:
             data["seed"] = str(seed)
@@ -155,7 +153,7 @@ class RetrievalClient:
         timeout: float | None,
         elision: tuple[float | None, float | None] = (None, None),
     ) -> httpx.Response:
-        png = layout if isinstance(layout, bytes) else encode_layout(layout)
+        png = layout if isinstance(layout, bytes) else encode_layout_png(layout)
         data = {"k": str(k), "seed": str(seed), "mode": mode, "coarse": "true" if coarse else "false"}
         for name, value in zip(("elision_band", "elision_rate"), elision, strict=True):
             if value is not None:

@@ -16,20 +16,19 @@ exactly, seeded by fast mode (:mod:`retrieval_service.full_resolution`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Literal
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import torch
 
 from memory_bank import Bank
+from memory_bank.candidate_index import CandidateConfig
 from memory_bank.classes import IGNORE
-from retrieval_service.candidates import CandidateConfig, build_candidate_index, search
+from retrieval_service.candidates import search, shard_candidate_index
 from retrieval_service.full_resolution import SEEDS, PixelFrames, rank_on_pixels
 from retrieval_service.index import (
     ClassShard,
@@ -39,91 +38,13 @@ from retrieval_service.index import (
     grid_boxes,
     pruning_summary,
 )
-from retrieval_service.kernels import NO_MATCH, count_equal, iou64, padded_width, popcount_rows
+from retrieval_service.iou import iou64
+from retrieval_service.kernels import NO_MATCH, count_equal, padded_width, popcount_rows
 from retrieval_service.pool_ranking import compile_rank_pools, rank_pools
 from retrieval_service.query import Query, prepare_query
+from retrieval_service.types import ComponentResult, Match, RetrievalOptions, RetrievalResult, Status
 
-Mode = Literal["exact", "fast", "full"]
-
-
-class Status(StrEnum):
-    """What happened to one query component."""
-
-    OK = "ok"
-    CLASS_NOT_IN_BANK = "class_not_in_bank"
-    BELOW_MIN_AREA = "below_min_area"
-    NO_CANDIDATES = "no_candidates"  # every segment of the class was excluded
-
-
-@dataclass(frozen=True)
-class Match:
-    """One retrieved bank segment and its score."""
-
-    segment_id: int
-    image_id: int
-    score: float
-    mask_iou: float
-    context_iou: float
-
-
-@dataclass(frozen=True)
-class ComponentResult:
-    """The top-k of one query component; ``choice`` indexes the diversity pick in ``matches``."""
-
-    component_id: int
-    class_id: int
-    bbox: tuple[int, int, int, int]
-    area: int
-    status: Status
-    matches: tuple[Match, ...] = ()
-    choice: int | None = None
-
-    @property
-    def chosen(self) -> Match | None:
-        return None if self.choice is None else self.matches[self.choice]
-
-
-@dataclass(frozen=True)
-class RetrievalOptions:
-    """Per-request options.
-
-    Attributes:
-        k: matches per component.
-        mode: ``exact`` or ``fast`` (grid scores), or ``full`` (exact on pixels at the working
-            resolution; needs an engine made from a bank, see :mod:`.full_resolution`).
-        seed: with a seed, ``choice`` is a reproducible random pick among the top-k (paper
-            §6, diversity); without one it is the best match.
-        exclude_images: bank image ids whose segments must not be returned.
-        min_area: components smaller than this (pixels) get ``below_min_area``; never lower
-            than the bank's own minimum.
-        candidates: FAISS candidates per component in ``fast`` mode.
-    """
-
-    k: int = 5
-    mode: Mode = "fast"
-    seed: int | None = None
-    exclude_images: Sequence[int] = ()
-    min_area: int = 0
-    candidates: int = 512
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.mode not in ("exact", "fast", "full"):
-            raise ValueError(f"mode must be 'exact', 'fast' or 'full', got {self.mode!r}")
-        if self.candidates < 1:
-            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
-
-
-@dataclass(frozen=True)
-class RetrievalResult:
-    """All components of one layout, in extraction order."""
-
-    components: tuple[ComponentResult, ...]
-    bank_version: str
-    mode: Mode
-    timings: dict[str, float] = field(default_factory=dict)
-    scored: int = 0  # segments scored exactly, over all components
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,8 +97,8 @@ class RetrievalEngine:
         requests already use the cores; under load, two threads per op made torch 20x and FAISS
         10x slower here. ``None`` leaves both settings alone.
 
-        ``bank`` (the bank the index was made from) enables ``full`` mode: its label and
-        component maps are read into memory on the first such request."""
+        ``bank`` (the bank the index was made from) lends its stored FAISS indexes, and enables
+        ``full`` mode: its label and component maps are read into memory on the first such request."""
         self.index = index
         self.candidate_config = candidate_config or CandidateConfig()
         self.bank = bank
@@ -201,11 +122,18 @@ class RetrievalEngine:
         return self._frames
 
     def warm_up(self) -> float:
-        """Build every class's FAISS index (and compile the CPU ranking kernel) now rather than
+        """Load every class's FAISS index (and compile the CPU ranking kernel) now rather than
         on first use; returns seconds."""
         start = time.perf_counter()
         for shard in self.index.shards.values():
             self._faiss(shard)
+        sources = [s.extras["faiss_source"] for s in self.index.shards.values()]
+        log.info(
+            "FAISS indexes: %d loaded from the bank, %d built in memory, in %.2f s",
+            sources.count("bank"),
+            sources.count("built"),
+            time.perf_counter() - start,
+        )
         compile_rank_pools()
         return time.perf_counter() - start
 
@@ -351,8 +279,12 @@ class RetrievalEngine:
 
     # 4. Fast mode
     def _faiss(self, shard: ClassShard) -> faiss.IndexBinary:
+        """The shard's FAISS index (searches return shard rows): the bank's, or built once."""
         if "faiss" not in shard.extras:
-            shard.extras["faiss"] = build_candidate_index(shard.coarse, self.candidate_config)
+            bank = self.bank if self.bank is not None and self.bank.version == self.index.version else None
+            shard.extras["faiss"], shard.extras["faiss_source"] = shard_candidate_index(
+                shard, self.candidate_config, bank
+            )
         return shard.extras["faiss"]
 
     def _candidates(self, shard: ClassShard, rows: _QueryRows, count: int, excluded: np.ndarray) -> list[np.ndarray]:

@@ -29,8 +29,7 @@ import numpy as np
 
 from memory_bank import Bank, Segments
 from memory_bank.classes import IGNORE
-from retrieval_service.kernels import iou64
-from retrieval_service.pool_ranking import iou_scalar
+from retrieval_service.iou import iou64, iou_scalar
 
 log = logging.getLogger(__name__)
 

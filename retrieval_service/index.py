@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from memory_bank import Bank, SegmentConfig
+from memory_bank.candidate_index import shard_order
 from memory_bank.classes import IGNORE
 from retrieval_service.kernels import padded_width
 
@@ -214,7 +215,7 @@ def _make_shard(
         mask_box[:, sl] = grid_boxes(bits, grid)
         context_box[:, sl] = grid_boxes(present, grid)
         blocks[sl] = block_counts(present, grid, block_grid)
-    order = np.argsort(mask_pop, kind="stable")
+    order = shard_order(mask_pop)
     rows = rows[order]
     ctx = np.full((n, padded_width(cells)), IGNORE, np.uint8)
     ctx[:, :cells] = np.asarray(context[rows])

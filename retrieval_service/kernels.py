@@ -1,7 +1,7 @@
-"""Scoring kernels in torch (CPU or CUDA): exact IoUs of candidates, and their upper bounds.
+"""Scoring kernels in torch (CPU or CUDA): the intersections behind exact IoUs of candidates.
 
-The exact kernels count with integers and divide in float64, exactly as the numpy reference
-does, so exact retrieval returns bit-identical scores.
+The kernels count with integers; :func:`~retrieval_service.iou.iou64` divides in float64, as
+for the numpy reference, so exact retrieval returns bit-identical scores.
 """
 
 from __future__ import annotations
@@ -59,10 +59,3 @@ def padded_width(cells: int) -> int:
 
 #: Stands in for absent query context cells: never a class id (at most 254 classes) nor IGNORE.
 NO_MATCH = 254
-
-
-def iou64(inter: np.ndarray, a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
-    """``inter / (a + b - inter)`` in float64; 0 where the union is empty."""
-    inter = np.asarray(inter, np.float64)
-    union = np.asarray(a, np.float64) + np.asarray(b, np.float64) - inter
-    return np.divide(inter, union, out=np.zeros_like(union), where=union > 0)

@@ -6,8 +6,8 @@ components per layout. This numba kernel ranks all pools of a class in one call:
 grid-box bound for every candidate from one small summary row each, then one pass in pool
 order computing the exact mask IoU with a per-block bound on the context IoU, and the exact
 context IoU only for candidates whose bounds still reach the running k-th best score.
-Integers are counted exactly and divided in float64 as :func:`~retrieval_service.kernels.iou64`
-does, so scores are bit-identical to the reference.
+Integers are counted exactly and divided in float64 by :func:`~retrieval_service.iou.iou_scalar`,
+so scores are bit-identical to the reference.
 
 Only the CPU uses it; on CUDA the torch path in the engine runs instead.
 """
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+
+from retrieval_service.iou import iou_scalar
 
 _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
@@ -31,13 +33,6 @@ def _popcount(x: np.uint64) -> int:
     x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
     x = (x + (x >> np.uint64(4))) & _M4
     return int((x * _H01) >> np.uint64(56))
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def iou_scalar(inter: float, a: float, b: float) -> float:
-    """``inter / (a + b - inter)``, 0 for an empty union: the float64 arithmetic of ``iou64``."""
-    union = a + b - inter
-    return inter / union if union > 0 else 0.0
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from memory_bank import LayoutError, SegmentCodes, SegmentConfig, Segments, encode_segments, extract_segments
+from memory_bank import SegmentCodes, SegmentConfig, Segments, encode_segments, extract_segments
+from memory_bank.segments import check_label_map
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,8 @@ class Query:
 
 def prepare_query(label: np.ndarray, num_classes: int, config: SegmentConfig, resolution: tuple[int, int]) -> Query:
     """Cut a query layout into components and code them exactly as the bank's were coded."""
-    if label.ndim != 2:
-        raise LayoutError(f"a layout must be a 2-D label map, got shape {tuple(label.shape)}")
-    if tuple(label.shape) != tuple(resolution):
-        raise LayoutError(
-            f"layout is {label.shape[1]}x{label.shape[0]} (WxH) but the bank's working resolution is "
-            f"{resolution[1]}x{resolution[0]}; resize it (nearest neighbour) first"
-        )
+    label = check_label_map(label, num_classes, resolution)
     all_components = replace(config, min_area=1)
     segments = extract_segments(label, num_classes, all_components)
     codes = encode_segments(label, segments, num_classes, all_components)
-    return Query(label=np.asarray(label, np.uint8), segments=segments, codes=codes)
+    return Query(label=label, segments=segments, codes=codes)

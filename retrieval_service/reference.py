@@ -14,13 +14,7 @@ import numpy as np
 from memory_bank import Segment
 from memory_bank.classes import IGNORE
 from memory_bank.segments import segment_context
-
-
-def iou(inter: np.ndarray, a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
-    """``inter / (a + b - inter)`` in float64, and 0 where the union is empty."""
-    inter = np.asarray(inter, np.float64)
-    union = np.asarray(a, np.float64) + np.asarray(b, np.float64) - inter
-    return np.divide(inter, union, out=np.zeros_like(union), where=union > 0)
+from retrieval_service.iou import iou64
 
 
 def score_one(
@@ -41,7 +35,7 @@ def score_one(
     ca = int(present.sum())
     cb = (bank_context != IGNORE).sum(axis=1)
     cinter = ((bank_context == query_context[None, :]) & present[None, :]).sum(axis=1)
-    return iou(inter, a, b), iou(cinter, ca, cb)
+    return iou64(inter, a, b), iou64(cinter, ca, cb)
 
 
 def brute_force_topk(
@@ -79,7 +73,7 @@ def pixel_brute_force_topk(
     cinter = np.array([np.sum((query_context == s.context) & present) for s in segments], np.int64)
     b = np.array([s.mask.sum() for s in segments], np.int64)
     cb = np.array([np.sum(s.context != IGNORE) for s in segments], np.int64)
-    miou, ciou = iou(inter, int(mask.sum()), b), iou(cinter, int(present.sum()), cb)
+    miou, ciou = iou64(inter, int(mask.sum()), b), iou64(cinter, int(present.sum()), cb)
     score = miou + ciou
     order = np.lexsort((ids, -score))[:k]
     return ids[order], score[order], miou[order], ciou[order]

@@ -2,7 +2,8 @@
 
 - ``synthesis.canvas``: alignment, ordering, compositing with elided boundaries, provenance, and
   the simulated canvases the synthesis network trains on.
-- ``synthesis.networks``: one network family per file (refinement, transform, ordering).
-- ``synthesis.training``: the training loops behind ``sims train ...``.
+- ``synthesis.networks``: one network family per file (refinement, transform, ordering, ...).
+- ``synthesis.model_directory``: the one on-disk format of every network (save, load, float16 export).
+- ``synthesis.training``: the trainers behind ``sims train ...`` and the harness that runs them all.
 - ``synthesis.evaluation``: segmentation consistency, power spectra and the eval report.
 """

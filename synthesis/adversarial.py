@@ -16,9 +16,8 @@ generator's code does not change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -46,16 +45,6 @@ class AdversarialConfig:
     def __post_init__(self) -> None:
         if min(self.weight, self.feature_matching) < 0 or min(self.scales, self.width, self.layers) < 1 or self.lr <= 0:
             raise ValueError(f"bad adversarial settings: {self}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AdversarialConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown adversarial keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 class PatchDiscriminator(nn.Module):

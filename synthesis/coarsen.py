@@ -26,19 +26,18 @@ deterministic.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from memory_bank.classes import IGNORE
 from memory_bank.errors import LayoutError
+from synthesis.configs import JsonConfig
 
 
 @dataclass(frozen=True)
-class CoarsenConfig:
+class CoarsenConfig(JsonConfig):
     """Strengths of the coarsening (lengths as fractions of the frame height, areas of the frame).
 
     Attributes:
@@ -76,18 +75,6 @@ class CoarsenConfig:
     def max_shift(self, height: int) -> int:
         """Pixels (Chebyshev) by which a painted label can reach beyond its region at this frame height."""
         return math.ceil(self.simplify * height) + 2
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["erosion"], d["gap_radius"] = list(self.erosion), list(self.gap_radius)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> CoarsenConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown coarsening keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,13 @@ through the canvas blend (:mod:`synthesis.networks.blend`): a network with the b
 real canvas pixels at their own resolution, colour-corrected, and draws the rest; an older network
 without it is upsampled bilinearly. The builder's retriever decides where segments come from: the
 in-process engine, or the retrieval service over HTTP (:mod:`synthesis.remote`).
+
+:class:`Networks` holds the networks a pipeline runs (loaded once) and is the one place a pipeline
+is assembled: ``networks.pipeline(builder)``.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,13 +29,15 @@ import numpy as np
 import torch
 
 from memory_bank import Bank, LayoutError
-from retrieval_service.engine import Mode
+from retrieval_service.types import Mode
 from synthesis.canvas.builder import Canvas, CanvasBuilder, CanvasOptions, PlacedSegment
 from synthesis.canvas.elision import TEST_ELISION, ElisionConfig
-from synthesis.canvas.simulate import input_tensors, photo_tensor, resize_inputs
-from synthesis.checkpoint import from_pretrained
+from synthesis.canvas.protocols import Aligner, Orderer
+from synthesis.canvas.simulate import resize_inputs
+from synthesis.model_directory import read_metadata
 from synthesis.networks.blend import FEATHER, blend_canvas, feather_radius_for
 from synthesis.networks.refinement import CascadedRefinementNetwork
+from synthesis.tensors import image_array, image_tensor, input_tensors, mask_tensor
 
 #: Whether the blend also feathers seams between pasted segments (chosen by measurement, docs/synthesis.md).
 SEAM_FEATHER = False
@@ -75,9 +79,9 @@ class ImageGenerator:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> ImageGenerator:
-        """Load a model directory written by :func:`synthesis.checkpoint.save_pretrained`."""
-        loaded = from_pretrained(directory, device=device)
-        return cls(loaded.model, parametric=loaded.parametric)
+        """Load a model directory (:mod:`synthesis.model_directory`); ``sims.json`` says whether it is parametric."""
+        model = CascadedRefinementNetwork.from_pretrained(directory, device=device)
+        return cls(model, parametric=bool(read_metadata(directory).get("parametric", False)))
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -110,8 +114,8 @@ class ImageGenerator:
         small = input_tensors(*resize_inputs(layout, canvas, missing, self.resolution))
         device = next(self.model.parameters()).device
         rgb, raw = self.model.forward_with_blend(*(small[k][None].to(device) for k in ("layout", "canvas", "missing")))
-        full_canvas = photo_tensor(canvas)[None].to(device)
-        full_kept = torch.from_numpy(kept.astype(np.float32))[None, None].to(device)
+        full_canvas = image_tensor(canvas)[None].to(device)
+        full_kept = mask_tensor(kept)[None].to(device)
         full_pieces = None
         if self.seam_feather and pieces is not None:
             full_pieces = torch.from_numpy(np.asarray(pieces, np.int64))[None, None].to(device)
@@ -119,7 +123,7 @@ class ImageGenerator:
         if radius is None:
             radius = FEATHER if elision is None else feather_radius_for(elision.band, elision.white_fraction)
         blended = blend_canvas(rgb, raw, full_canvas, full_kept, full_pieces, radius)
-        image = blended.image[0].permute(1, 2, 0).mul(255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        image = image_array(blended.image[0])
         return GeneratedImage(image, blended.weight[0, 0].cpu().numpy())
 
     def __call__(
@@ -195,16 +199,13 @@ class SynthesisPipeline:
         weights: str | Path = DEFAULT_WEIGHTS,
         *,
         refiner: Callable[[np.ndarray], np.ndarray] | None = None,
-        **builder_kwargs: object,
     ) -> SynthesisPipeline:
-        """In-process: the bank's own engine and segments, the network from ``weights``.
+        """In-process: the bank's own engine and segments, the network from ``weights`` (no T, the layout rule).
 
-        Canvases use the test-time elision (:data:`~synthesis.canvas.elision.TEST_ELISION`) unless
-        ``options`` says otherwise, as the worker's do.
+        Canvases use the test-time elision (:data:`~synthesis.canvas.elision.TEST_ELISION`), as the worker's do.
         """
-        builder_kwargs.setdefault("options", CanvasOptions(elision=TEST_ELISION))
-        builder = CanvasBuilder.from_bank(bank, **builder_kwargs)  # type: ignore[arg-type]
-        return cls(builder, ImageGenerator.from_pretrained(weights), refiner)
+        networks = Networks(ImageGenerator.from_pretrained(weights), refiner)
+        return networks.pipeline(CanvasBuilder.from_bank(bank))
 
     def __call__(
         self,
@@ -270,8 +271,68 @@ class SynthesisPipeline:
             raise ValueError(f"k must be >= 1 and mode 'exact', 'fast' or 'full', got k={k}, mode={mode!r}")
         got = self._builders.get(key)
         if got is None:
-            # A shallow copy shares the retriever, the segment cache and the networks.
-            got = copy.copy(self.builder)
-            got.options = replace(options, k=key[0], mode=key[1], elision=key[2])
+            got = self.builder.with_parts(options=replace(options, k=key[0], mode=key[1], elision=key[2]))
             self._builders[key] = got
         return got
+
+
+@dataclass(frozen=True)
+class Networks:
+    """The networks of a pipeline: the synthesis network, and the optional refiner, aligner and orderer.
+
+    :meth:`pipeline` is the one place where networks, a canvas builder and a
+    :class:`SynthesisPipeline` are put together: the synthesis worker, the in-process backend of
+    the service, ``sims synthesize`` and ``sims eval`` all go through it, so the same networks
+    give the same pipeline wherever the segments come from.
+
+    Attributes:
+        generator: the synthesis network.
+        refiner: coarse layout -> dense layout, for ``coarse=True`` (None: coarse layouts are refused).
+        aligner: places segments (the transformation network T); None: the builder's (identity by default).
+        orderer: painting order (the ordering network); None: the builder's (the layout rule by default).
+        elision: the boundary elision canvases get unless a request says otherwise.
+    """
+
+    generator: ImageGenerator
+    refiner: Callable[[np.ndarray], np.ndarray] | None = None
+    aligner: Aligner | None = None
+    orderer: Orderer | None = None
+    elision: ElisionConfig = TEST_ELISION
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        weights: str | Path,
+        *,
+        refiner: str | Path | None = None,
+        transform: str | Path | None = None,
+        ordering: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        elision: ElisionConfig = TEST_ELISION,
+    ) -> Networks:
+        """The synthesis network in ``weights``, and each other network whose directory is given (None: off)."""
+        generator = ImageGenerator.from_pretrained(weights, device=device)
+        refine = align = order = None
+        if refiner is not None:
+            from synthesis.networks.layout_refiner import CoarseLayoutRefiner
+
+            refine = CoarseLayoutRefiner.from_pretrained(refiner, device=device)
+        if transform is not None:
+            from synthesis.networks.transform import TransformAligner
+
+            align = TransformAligner.from_pretrained(transform)
+        if ordering is not None:
+            from synthesis.networks.ordering import LearnedOrderer
+
+            order = LearnedOrderer.from_pretrained(ordering)
+        return cls(generator, refine, align, order, elision)
+
+    def pipeline(self, builder: CanvasBuilder, options: CanvasOptions | None = None) -> SynthesisPipeline:
+        """The pipeline over ``builder``'s retrieval and segments, with these networks.
+
+        A copy of the builder gets this aligner and orderer (where set) and ``options``
+        (default: the default options with this elision); ``builder`` itself is left as it is.
+        """
+        options = options or CanvasOptions(elision=self.elision)
+        builder = builder.with_parts(aligner=self.aligner, orderer=self.orderer, options=options)
+        return SynthesisPipeline(builder, self.generator, self.refiner)

@@ -25,14 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from memory_bank import IGNORE, ClassInfo, ClassTable, Segment, SegmentConfig
-from retrieval_service.api.models import BankInfo, RetrieveResponse
 from retrieval_service.client import RetrievalClient
-from retrieval_service.engine import ComponentResult, Match, RetrievalOptions, RetrievalResult, Status
+from retrieval_service.http_models import BankInfo, RetrieveRequest, RetrieveResponse
+from retrieval_service.types import ComponentResult, Match, RetrievalOptions, RetrievalResult, Status
 from synthesis.canvas.builder import CanvasBuilder
 from synthesis.canvas.segment_cache import SegmentPixels
 
-#: The service's FAISS candidates per component in ``fast`` mode (the API does not expose it).
-SERVICE_CANDIDATES = RetrievalOptions().candidates
+#: The service's FAISS candidates per component in ``fast`` mode (not a field of its requests).
+SERVICE_CANDIDATES = RetrieveRequest.candidates
 
 
 def bank_identity(info: BankInfo) -> tuple[ClassTable, SegmentConfig, tuple[int, int]]:

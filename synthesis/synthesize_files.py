@@ -1,9 +1,10 @@
 """Layout files in, image files out: what ``sims synthesize`` does, in-process or against a service.
 
-Two synthesizers give the same :class:`Synthesized` result:
+Two :class:`Synthesizer` s give the same :class:`Synthesized` result for the same
+:class:`~retrieval_service.types.SynthesizeOptions`:
 
 - :class:`LocalSynthesizer`: the pipeline in this process, on a bank (``--bank``), with the same
-  networks a worker loads (:class:`~synthesis.worker.runtime.Networks`);
+  networks a worker loads (:func:`~synthesis.worker.runtime.load_networks`);
 - :class:`RemoteSynthesizer`: ``POST /synthesize`` on a running service (``--service``).
 
 :func:`synthesize_files` writes one PNG per layout and seed, optionally the extras next to it
@@ -28,14 +29,15 @@ from tqdm import tqdm
 
 from memory_bank import IGNORE, ClassTable, LayoutError, open_bank
 from memory_bank.images import read_label
-from retrieval_service.api.models import Mode
-from retrieval_service.api.synthesis import decode_provenance
+from memory_bank.png import decode_provenance_png
+from memory_bank.segments import check_label_map
 from retrieval_service.client import RetrievalClient
+from retrieval_service.types import SynthesizeOptions
 from synthesis.canvas.builder import CanvasBuilder
 from synthesis.canvas.grid import provenance_colors, render_table, save_image
 from synthesis.pipeline import SynthesisPipeline
 from synthesis.remote import bank_identity
-from synthesis.worker.runtime import Networks
+from synthesis.worker.runtime import load_networks, synthesize
 from synthesis.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -56,22 +58,16 @@ class Synthesized:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Elision:
-    """Test-time boundary elision options of a request (None: the synthesizer's default)."""
-
-    band: float | None = None
-    rate: float | None = None
-
-
 class Synthesizer(Protocol):
-    """``synth(layout, seed=..., k=..., coarse=..., mode=..., elision=...) -> Synthesized``, with ``classes``."""
+    """``synth(layout, options) -> Synthesized`` for an (H, W) uint8 layout, with the bank's ``classes``.
+
+    Every :class:`Synthesized` carries the canvas, provenance and segments: ``options.extras``
+    and ``options.format`` (the shape of an HTTP reply) do not apply.
+    """
 
     classes: ClassTable
 
-    def __call__(
-        self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode, elision: Elision = Elision()
-    ) -> Synthesized: ...
+    def __call__(self, layout: np.ndarray, options: SynthesizeOptions) -> Synthesized: ...
 
 
 class LocalSynthesizer:
@@ -84,15 +80,10 @@ class LocalSynthesizer:
     @classmethod
     def from_bank(cls, bank: str | Path, settings: WorkerSettings) -> LocalSynthesizer:
         """Open the bank and load the networks ``settings`` names (as ``sims worker`` does)."""
-        networks = Networks.load(settings)
-        builder = CanvasBuilder.from_bank(open_bank(bank), **networks.builder_kwargs())  # type: ignore[arg-type]
-        return cls(networks.pipeline(builder))
+        return cls(load_networks(settings).pipeline(CanvasBuilder.from_bank(open_bank(bank))))
 
-    def __call__(
-        self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode, elision: Elision = Elision()
-    ) -> Synthesized:
-        config = self.pipeline.builder.options.elision.with_overrides(elision.band, elision.rate)
-        out = self.pipeline(layout, seed=seed, k=k, coarse=coarse, mode=mode, elision=config)
+    def __call__(self, layout: np.ndarray, options: SynthesizeOptions) -> Synthesized:
+        out = synthesize(self.pipeline, layout, options)
         segments = [
             {
                 "segment_id": s.segment_id,
@@ -119,17 +110,15 @@ class RemoteSynthesizer:
         self.timeout = timeout
         self.classes = bank_identity(client.bank())[0]
 
-    def __call__(
-        self, layout: np.ndarray, *, seed: int, k: int, coarse: bool, mode: Mode, elision: Elision = Elision()
-    ) -> Synthesized:
+    def __call__(self, layout: np.ndarray, options: SynthesizeOptions) -> Synthesized:
         r = self.client.synthesize(
             layout,
-            seed=seed,
-            k=k,
-            coarse=coarse,
-            mode=mode,
-            elision_band=elision.band,
-            elision_rate=elision.rate,
+            seed=options.seed,
+            k=options.k,
+            coarse=options.coarse,
+            mode=options.mode,
+            elision_band=options.elision_band,
+            elision_rate=options.elision_rate,
             extras=ALL_EXTRAS,
             timeout=self.timeout,
         )
@@ -137,7 +126,7 @@ class RemoteSynthesizer:
             image=_png(r.image_png),
             layout=_png(r.layout_png) if r.layout_png else layout,
             canvas=_png(r.canvas_png) if r.canvas_png else None,
-            provenance=decode_provenance(base64.b64decode(r.provenance_png)) if r.provenance_png else None,
+            provenance=decode_provenance_png(base64.b64decode(r.provenance_png)) if r.provenance_png else None,
             segments=[s.model_dump() for s in r.segments or []],
             bank_version=r.bank_version,
             timings_ms=r.timings_ms,
@@ -151,15 +140,15 @@ def _png(b64: str | None) -> np.ndarray:
         return np.asarray(img)
 
 
-def read_layout(path: str | Path, unlabelled: Sequence[int] = ()) -> np.ndarray:
-    """A layout PNG as (H, W) uint8 class ids; values in ``unlabelled`` become 255."""
+def read_layout(path: str | Path, num_classes: int, unlabelled: Sequence[int] = ()) -> np.ndarray:
+    """A layout file as (H, W) uint8 class ids below ``num_classes``; values in ``unlabelled`` become 255."""
     label = read_label(Path(path))
-    if label.max(initial=0) > 255:
-        raise LayoutError(f"{path} holds ids above 255")
-    label = label.astype(np.uint8)
-    for value in unlabelled:
-        label[label == value] = IGNORE
-    return label
+    if unlabelled:
+        label = np.where(np.isin(label, list(unlabelled)), IGNORE, label)
+    try:
+        return check_label_map(label, num_classes)
+    except LayoutError as e:
+        raise LayoutError(f"{path}: {e}", kind=e.kind) from None
 
 
 def output_names(layouts: Sequence[Path], out: Path, seeds: Sequence[int]) -> list[list[Path]]:
@@ -180,12 +169,8 @@ def synthesize_files(
     layouts: Sequence[str | Path],
     out: str | Path,
     *,
+    options: SynthesizeOptions | None = None,
     n: int = 1,
-    seed: int = 0,
-    k: int = 5,
-    coarse: bool = False,
-    mode: Mode = "fast",
-    elision: Elision = Elision(),
     unlabelled: Sequence[int] = (),
     extras: bool = False,
     grid: str | Path | None = None,
@@ -193,31 +178,33 @@ def synthesize_files(
     grid_scale: float = 0.5,
     progress: bool = True,
 ) -> list[Path]:
-    """Synthesize every layout file with seeds ``seed .. seed + n - 1``; returns the images written.
+    """Synthesize every layout file with seeds ``options.seed .. options.seed + n - 1``; returns the images written.
 
     ``grid_colors`` quantises the grid PNG to that many colours (smaller files, e.g. for docs);
     ``grid_scale`` sizes its tiles (1.0: the layout's resolution).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    options = options or SynthesizeOptions()
     paths = [Path(p) for p in layouts]
-    seeds = list(range(seed, seed + n))
+    seeds = list(range(options.seed, options.seed + n))
     names = output_names(paths, Path(out), seeds)
     palette = synth.classes.palette()
     written, rows = [], []
     jobs = [(p, s, name) for p, row in zip(paths, names, strict=True) for s, name in zip(seeds, row, strict=True)]
     for path, s, name in tqdm(jobs, desc="synthesizing", unit="image", disable=not progress):
-        layout = read_layout(path, unlabelled)
-        result = synth(layout, seed=s, k=k, coarse=coarse, mode=mode, elision=elision)
+        layout = read_layout(path, len(synth.classes), unlabelled)
+        result = synth(layout, options.model_copy(update={"seed": s}))
         save_image(name, result.image)
         written.append(name)
         log.debug("%s (seed %d) -> %s, %s", path, s, name, _timing_text(result.timings_ms))
         if extras:
             _write_extras(name, result, palette)
         if grid is not None:
-            rows.append(_grid_row(layout if coarse else None, result, palette))
+            rows.append(_grid_row(layout if options.coarse else None, result, palette))
     if grid is not None and rows:
-        columns = (["coarse layout", "refined layout"] if coarse else ["layout"]) + ["canvas", "output", "provenance"]
+        first = ["coarse layout", "refined layout"] if options.coarse else ["layout"]
+        columns = [*first, "canvas", "output", "provenance"]
         save_image(grid, render_table(rows, columns, scale=grid_scale), colors=grid_colors)
     return written
 

@@ -12,7 +12,7 @@ import torch
 from indexers.build import build_bank
 from indexers.readers import create_reader
 from memory_bank import Bank, open_bank
-from synthesis.checkpoint import save_pretrained
+from synthesis.model_directory import save_pretrained
 from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
 from synthesis.networks.vgg import conv_feature_indices
 

@@ -14,10 +14,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from memory_bank import Bank
+from memory_bank.png import encode_layout_png
 from retrieval_service.api.app import create_app
-from retrieval_service.api.layouts import encode_layout
 from retrieval_service.api.settings import Settings
-from retrieval_service.engine import RetrievalEngine, RetrievalOptions
+from retrieval_service.engine import RetrievalEngine
+from retrieval_service.types import RetrievalOptions
 
 KEY = "test-key"
 
@@ -88,7 +89,7 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
 
 @pytest.mark.parametrize("mode", ["exact", "full"])
 def test_retrieve_matches_the_engine(client: TestClient, val_bank: Bank, layout: np.ndarray, mode: str) -> None:
-    r = upload(client, encode_layout(layout), k="3", mode=mode, seed="7", exclude_images="2")
+    r = upload(client, encode_layout_png(layout), k="3", mode=mode, seed="7", exclude_images="2")
     assert r.status_code == 200, r.text
     body = r.json()
     assert r.headers["x-sims-bank-version"] == body["bank_version"] == val_bank.version
@@ -116,7 +117,7 @@ def test_retrieve_matches_the_engine(client: TestClient, val_bank: Bank, layout:
 
 
 def test_json_and_multipart_agree(client: TestClient, layout: np.ndarray) -> None:
-    png = encode_layout(layout)
+    png = encode_layout_png(layout)
     multi = upload(client, png, k="2", seed="1").json()
     as_json = client.post("/retrieve", json={"layout_png": base64.b64encode(png).decode(), "k": 2, "seed": 1}).json()
     data_url = "data:image/png;base64," + base64.b64encode(png).decode()
@@ -133,10 +134,10 @@ def test_palette_png_is_a_label_map(client: TestClient, layout: np.ndarray) -> N
 
 
 def test_min_area_and_empty_layout(client: TestClient, layout: np.ndarray) -> None:
-    big = upload(client, encode_layout(layout), min_area="5000").json()["components"]
+    big = upload(client, encode_layout_png(layout), min_area="5000").json()["components"]
     assert {c["status"] for c in big if c["area"] < 5000} == {"below_min_area"}
     assert all(c["candidates"] == [] for c in big if c["area"] < 5000)
-    blank = upload(client, encode_layout(np.full(layout.shape, 255, np.uint8))).json()
+    blank = upload(client, encode_layout_png(np.full(layout.shape, 255, np.uint8))).json()
     assert blank["components"] == []
 
 
@@ -145,9 +146,9 @@ def test_min_area_and_empty_layout(client: TestClient, layout: np.ndarray) -> No
 
 def test_malformed_png(client: TestClient, layout: np.ndarray) -> None:
     assert_error(upload(client, b"not a png at all"), 422, "invalid_png", "not a PNG")
-    truncated = encode_layout(layout)[:200]
+    truncated = encode_layout_png(layout)[:200]
     assert_error(upload(client, truncated), 422, "invalid_png", "could not be decoded")
-    assert_error(upload(client, encode_layout(layout)[:20]), 422, "invalid_png", "IHDR")
+    assert_error(upload(client, encode_layout_png(layout)[:20]), 422, "invalid_png", "IHDR")
 
 
 def test_rgb_is_not_a_label_map(client: TestClient, layout: np.ndarray) -> None:
@@ -159,11 +160,11 @@ def test_rgb_is_not_a_label_map(client: TestClient, layout: np.ndarray) -> None:
 
 def test_wrong_size_and_unknown_class(client: TestClient, layout: np.ndarray) -> None:
     small = layout[:180, :240]
-    assert_error(upload(client, encode_layout(small)), 422, "wrong_layout_size", "240x180", "480x360")
+    assert_error(upload(client, encode_layout_png(small)), 422, "wrong_layout_size", "240x180", "480x360")
     raw = layout.copy()
     raw[:10, :10] = 11  # CamVid's raw "unlabelled" id, which the bank stores as 255
     raw[20:30, :10] = 42
-    assert_error(upload(client, encode_layout(raw)), 422, "invalid_layout", "[11, 42]", "0..10", "255")
+    assert_error(upload(client, encode_layout_png(raw)), 422, "invalid_layout", "[11, 42]", "0..10", "255")
 
 
 def test_sixteen_bit_values_over_255(client: TestClient, layout: np.ndarray) -> None:
@@ -189,11 +190,11 @@ def test_oversize_upload(client: TestClient) -> None:
 def test_layout_pixel_limit(val_bank_path: Path, layout: np.ndarray) -> None:
     settings = Settings(bank=val_bank_path, wait_for_bank=True, max_layout_pixels=1000)
     with TestClient(create_app(settings)) as c:
-        assert_error(upload(c, encode_layout(layout)), 413, "layout_too_large", "480x360 = 172800 pixels", "1000")
+        assert_error(upload(c, encode_layout_png(layout)), 413, "layout_too_large", "480x360 = 172800 pixels", "1000")
 
 
 def test_bad_options_and_bodies(client: TestClient, layout: np.ndarray) -> None:
-    png = encode_layout(layout)
+    png = encode_layout_png(layout)
     assert_error(upload(client, png, k="0"), 422, "invalid_request", "k:")
     assert_error(upload(client, png, k="1000"), 422, "invalid_request", "k:")
     assert_error(upload(client, png, mode="slow"), 422, "invalid_request", "mode")
@@ -275,7 +276,7 @@ def test_admin_disabled_without_a_key(val_bank_path: Path) -> None:
 
 
 def test_metrics(client: TestClient, layout: np.ndarray, val_bank: Bank) -> None:
-    upload(client, encode_layout(layout), k="1")
+    upload(client, encode_layout_png(layout), k="1")
     client.get("/segments/999999")
     text = client.get("/metrics").text
     assert 'sims_http_requests_total{method="POST",route="/retrieve",status="200"}' in text

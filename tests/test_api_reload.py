@@ -16,12 +16,12 @@ from fastapi.testclient import TestClient
 from indexers.build import add_to_bank
 from indexers.readers import create_reader
 from memory_bank import current_version, open_bank
+from memory_bank.png import encode_layout_png
 from memory_bank.store import CURRENT_FILE
 from retrieval_service.api.app import create_app
-from retrieval_service.api.layouts import encode_layout
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankHolder
-from retrieval_service.engine import RetrievalOptions
+from retrieval_service.types import RetrievalOptions
 
 KEY = "reload-key"
 ADMIN = {"X-API-Key": KEY}
@@ -60,7 +60,7 @@ def served(bank_copy: Path) -> Iterator[TestClient]:
 
 
 def retrieve(client: TestClient, layout: np.ndarray) -> dict:
-    r = client.post("/retrieve", files={"layout": ("l.png", encode_layout(layout), "image/png")}, data={"k": "2"})
+    r = client.post("/retrieve", files={"layout": ("l.png", encode_layout_png(layout), "image/png")}, data={"k": "2"})
     assert r.status_code == 200, r.text
     return r.json()
 

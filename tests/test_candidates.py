@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval_service.candidates import CandidateConfig, build_candidate_index, search
+from memory_bank.candidate_index import CandidateConfig, build_candidate_index
+from retrieval_service.candidates import search
 
 
 def _hamming(codes: np.ndarray, query: np.ndarray) -> np.ndarray:

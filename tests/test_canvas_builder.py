@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from memory_bank import IGNORE, Bank, LayoutError
-from retrieval_service.engine import ComponentResult, RetrievalEngine, RetrievalOptions, RetrievalResult, Status
+from retrieval_service.engine import RetrievalEngine
+from retrieval_service.types import ComponentResult, RetrievalOptions, RetrievalResult, Status
 from synthesis.canvas.builder import Canvas, CanvasBuilder, CanvasOptions
 from synthesis.canvas.elision import BLACK, WHITE, ElisionConfig, inside_band
 from synthesis.canvas.order_rule import LayoutOrderer

@@ -10,12 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from memory_bank import Bank
+from memory_bank.png import encode_layout_png
 from retrieval_service.api.app import create_app
-from retrieval_service.api.layouts import encode_layout
-from retrieval_service.api.models import BankInfo, RetrieveResponse, SegmentMeta
 from retrieval_service.api.settings import Settings
 from retrieval_service.client import RetrievalClient, ServiceError
-from retrieval_service.engine import RetrievalEngine, RetrievalOptions
+from retrieval_service.engine import RetrievalEngine
+from retrieval_service.http_models import BankInfo, RetrieveResponse, SegmentMeta
+from retrieval_service.types import RetrievalOptions
 
 KEY = "client-key"
 
@@ -79,6 +80,6 @@ def test_errors_carry_the_service_message(client: RetrievalClient, http: TestCli
 
 def test_png_bytes_and_unreachable_service(client: RetrievalClient, val_bank: Bank) -> None:
     layout = np.asarray(val_bank.labels[0])
-    assert client.retrieve(encode_layout(layout), k=1).components == client.retrieve(layout, k=1).components
+    assert client.retrieve(encode_layout_png(layout), k=1).components == client.retrieve(layout, k=1).components
     with RetrievalClient("http://127.0.0.1:9", timeout=0.5) as down:
         assert down.live() is False

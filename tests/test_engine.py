@@ -8,10 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memory_bank import IGNORE, Bank, LayoutError, SegmentConfig, encode_segments, extract_segments
-from retrieval_service.engine import RetrievalEngine, RetrievalOptions, Status
+from retrieval_service.engine import RetrievalEngine
 from retrieval_service.index import SegmentIndex
 from retrieval_service.query import prepare_query
 from retrieval_service.reference import brute_force_topk
+from retrieval_service.types import RetrievalOptions, Status
 
 CFG = SegmentConfig(min_area=4, fine_grid=(12, 16), coarse_grids=((6, 8),))
 FRAME = (36, 48)

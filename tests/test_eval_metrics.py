@@ -26,9 +26,9 @@ from synthesis.evaluation.metrics import (
 )
 from synthesis.evaluation.report import (
     FolderImages,
+    LayoutToImage,
     PipelineImages,
     SynthesizedImages,
-    Synthesizer,
     evaluate_image_sets,
     items_from_bank,
     open_image_set,
@@ -135,7 +135,7 @@ def _write_set(directory: Path, bank: Bank, make) -> Path:
 def test_real_photos_as_a_set_match_the_reference(val_bank: Bank, tiny_segmenter: Path) -> None:
     torch.set_num_threads(1)
     items = items_from_bank(val_bank, limit=4)
-    copy: Synthesizer = lambda layout: next(it.photo for it in items if it.layout is layout)  # noqa: E731
+    copy: LayoutToImage = lambda layout: next(it.photo for it in items if it.layout is layout)  # noqa: E731
     report = evaluate_image_sets(
         items,
         [SynthesizedImages("copy", copy)],

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from memory_bank import Bank, extract_segments
-from retrieval_service.engine import RetrievalEngine, RetrievalOptions, Status
+from retrieval_service.engine import RetrievalEngine
 from retrieval_service.full_resolution import PixelFrames, score_pixels, upper_bounds
 from retrieval_service.index import SegmentIndex
 from retrieval_service.reference import pixel_brute_force_topk
+from retrieval_service.types import RetrievalOptions, Status
 
 
 @pytest.fixture(scope="module")

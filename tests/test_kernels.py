@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval_service.kernels import count_equal, iou64, lane_group, padded_width, popcount64, popcount_rows
+from retrieval_service.iou import iou64
+from retrieval_service.kernels import count_equal, lane_group, padded_width, popcount64, popcount_rows
 
 
 @settings(max_examples=40, deadline=None)

@@ -16,17 +16,13 @@ from memory_bank import Bank
 from memory_bank.classes import IGNORE
 from memory_bank.errors import LayoutError
 from synthesis.coarsen import CoarsenConfig
+from synthesis.model_directory import CONFIG_FILE, WEIGHTS_FILE, from_pretrained, read_config, save_pretrained
 from synthesis.networks.layout_refiner import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
     CoarseLayoutRefiner,
     LayoutRefiner,
     LayoutRefinerConfig,
-    encode_layout,
-    from_pretrained,
-    read_config,
+    class_shares,
     refine_layout,
-    save_pretrained,
 )
 from synthesis.training.layout_refiner import (
     RefineRunConfig,
@@ -62,23 +58,23 @@ def test_config_validation_and_round_trip() -> None:
         LayoutRefinerConfig.from_dict({"num_classes": 3, "depth": 2})
 
 
-def test_encode_layout_has_an_unlabelled_channel_and_area_shares() -> None:
+def test_class_shares_has_an_unlabelled_channel_and_area_shares() -> None:
     labels = torch.tensor([[[0, 1, 255, 255], [0, 1, 255, 7]]])  # 7 >= num_classes counts as unlabelled
-    hot = encode_layout(labels, 3)
+    hot = class_shares(labels, 3)
     assert hot.shape == (1, 4, 2, 4)
     torch.testing.assert_close(hot.sum(1), torch.ones(1, 2, 4))
     assert hot[0, 3, 1, 3] == 1 and hot[0, 3, 0, 2] == 1 and hot[0, 1, 0, 1] == 1
-    small = encode_layout(labels, 3, size=(1, 2))
+    small = class_shares(labels, 3, size=(1, 2))
     # Left half: two pixels of class 0, two of class 1; right half: all unlabelled.
     torch.testing.assert_close(small[0, :, 0, 0], torch.tensor([0.5, 0.5, 0.0, 0.0]))
     torch.testing.assert_close(small[0, :, 0, 1], torch.tensor([0.0, 0.0, 0.0, 1.0]))
     with pytest.raises(ValueError):
-        encode_layout(labels.float(), 3)
+        class_shares(labels.float(), 3)
 
 
 def test_forward_shapes() -> None:
     net = tiny_net()
-    x = encode_layout(torch.randint(0, 6, (2, 16, 24)), 5)
+    x = class_shares(torch.randint(0, 6, (2, 16, 24)), 5)
     assert net(x).shape == (2, 5, 16, 24)
     assert net.logits(torch.randint(0, 5, (1, 37, 53)).to(torch.uint8)).shape == (1, 5, 37, 53)
     assert net.logits(torch.randint(0, 5, (1, 37, 53)), out_size=(8, 12)).shape == (1, 5, 8, 12)
@@ -131,7 +127,7 @@ def test_one_training_step_lowers_the_loss() -> None:
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     net = tiny_net(3)
-    x = encode_layout(torch.randint(0, 6, (1, 16, 24)), 5)
+    x = class_shares(torch.randint(0, 6, (1, 16, 24)), 5)
     d = save_pretrained(net, tmp_path / "ckpt", metadata={"step": 3})
     assert (d / CONFIG_FILE).is_file() and (d / WEIGHTS_FILE).is_file()
     assert json.loads((d / "sims.json").read_text()) == {"step": 3}
@@ -199,7 +195,7 @@ def test_tiny_run_resumes_and_scores(val_bank: Bank, tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = train_refiner(val_bank, out, cfg, progress=False)
     assert first.step == 2 and len(first.losses) == 2
-    second = train_refiner(val_bank, out, cfg.with_train(steps=3), progress=False)
+    second = train_refiner(val_bank, out, cfg.with_train(steps=3), resume=True, progress=False)
     assert second.step == 3 and second.losses[:2] == first.losses
     model = from_pretrained(out)
     fines = list(np.asarray(val_bank.labels[:2]))
@@ -209,7 +205,9 @@ def test_tiny_run_resumes_and_scores(val_bank: Bank, tmp_path: Path) -> None:
     assert filled["pixel_accuracy"] >= coarse["pixel_accuracy"]
     assert 0 < scores["coverage"] < 1
     with pytest.raises(ValueError):
-        train_refiner(val_bank, out, RefineRunConfig.from_dict({"model": {"widths": [4, 4]}}), progress=False)
+        train_refiner(
+            val_bank, out, RefineRunConfig.from_dict({"model": {"widths": [4, 4]}}), resume=True, progress=False
+        )
 
 
 def test_cli_trains_and_exports(val_bank_path: Path, tmp_path: Path) -> None:

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from memory_bank import Bank
 from synthesis.canvas.protocols import Orderer
+from synthesis.model_directory import from_pretrained, save_pretrained
 from synthesis.networks.ordering import (
     ClassPrior,
     LearnedOrderer,
     OrderingConfig,
     OrderingNet,
     boxes_of,
-    load_pretrained,
     neighbour_pairs,
     order_from_pairs,
     pair_windows,
@@ -28,7 +28,6 @@ from synthesis.networks.ordering import (
     reduce_components,
     reduce_masks,
     sample_pairs,
-    save_pretrained,
     window_coords,
 )
 from synthesis.networks.transform import sample, window_theta
@@ -86,9 +85,9 @@ def test_config_and_checkpoint_round_trip(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="divisible"):
         OrderingConfig(input_size=(20, 20), widths=(4, 8, 8))
     net = _random_net(TINY)
-    save_pretrained(tmp_path, TINY, net)
-    config, loaded = load_pretrained(tmp_path)
-    assert config == TINY
+    save_pretrained(net, tmp_path, dtype=torch.float16)
+    loaded = from_pretrained(tmp_path)
+    assert loaded.config == TINY
     for v, v2 in zip(net.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(v.half().float(), v2)
 
@@ -310,7 +309,7 @@ def test_training_and_benchmark_smoke(val_bank: Bank, tmp_path: Path) -> None:
     summary = train_ordering(val_bank, out, TINY, OrderingTrainConfig(epochs=1, batch_size=32), progress=False)
     assert summary["epochs"] == 1 and summary["train_pairs"] > 50 and summary["val_pairs"] == 0
     assert math.isfinite(summary["train_loss"]) and 0.0 <= summary["train_accuracy"] <= 1.0
-    assert {"config.json", "model.safetensors", "class_prior.json", "resume.pt"} <= {p.name for p in out.iterdir()}
+    assert {"checkpoints", "latest.json", "train_log.jsonl"} <= {p.name for p in out.iterdir()}
     prior = ClassPrior.load(out)
     assert prior.score[0] < 0.5  # sky is behind what it touches
     # Scored on (some of) its own training pairs.
@@ -330,10 +329,11 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ordering" / "camvid.
 
 
 def test_shipped_weights_match_their_config_and_order_a_street() -> None:
-    from synthesis.training.ordering import load_run_config
+    from synthesis.training.ordering import OrderingRunConfig
 
-    config, model = load_pretrained(WEIGHTS)
-    assert config == load_run_config(CONFIG)[0]
+    model = from_pretrained(WEIGHTS)
+    config = model.config
+    assert config == OrderingRunConfig.load(CONFIG).model
     prior = ClassPrior.load(WEIGHTS)
     assert prior.score[0] == min(prior.score)  # sky is the farthest class
     # A car standing on the road in front of a building under the sky: sky, building, road, car.

@@ -16,7 +16,8 @@ from memory_bank.images import read_label
 from retrieval_service.api.app import create_app
 from retrieval_service.api.settings import Settings
 from retrieval_service.client import RetrievalClient
-from retrieval_service.engine import RetrievalEngine, RetrievalOptions
+from retrieval_service.engine import RetrievalEngine
+from retrieval_service.types import RetrievalOptions
 from synthesis.canvas.builder import CanvasBuilder
 from synthesis.canvas.segment_cache import CachedSegments
 from synthesis.canvas.simulate import resize_sample

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval_service.index import block_counts, grid_boxes, pruning_summary
-from retrieval_service.kernels import NO_MATCH, iou64
+from retrieval_service.iou import iou64
+from retrieval_service.kernels import NO_MATCH
 from retrieval_service.pool_ranking import rank_pools
 
 GRID = (10, 16)

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from memory_bank import Bank
-from synthesis.networks.segmenter import SegmentationNet, SegmenterConfig, load_pretrained
+from synthesis.model_directory import export_float16, from_pretrained
+from synthesis.networks.segmenter import SegmentationNet, SegmenterConfig
+from synthesis.training.harness import latest_checkpoint
 from synthesis.training.segmenter import (
-    STATE_FILE,
     SegmenterTrainConfig,
     TrainingImages,
     class_weights,
-    export_float16,
     learning_rate,
     train_segmenter,
     train_step,
@@ -80,7 +80,7 @@ def test_checkpoint_round_trip(tmp_path: Path, dtype: torch.dtype | None) -> Non
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no segmenter checkpoint"):
-        load_pretrained(tmp_path)
+        SegmentationNet.from_pretrained(tmp_path)
 
 
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch() -> None:
@@ -135,13 +135,15 @@ def test_training_runs_checkpoints_and_resumes(val_bank: Bank, tmp_path: Path) -
     base = {"resolution": (16, 24), "widths": (4, 8), "batch_size": 2, "checkpoint_every": 2, "eval_every": 0}
     out = tmp_path / "run"
     first = train_segmenter(val_bank, out, SegmenterTrainConfig(steps=2, **base), progress=False)
-    assert first.step == 2 and len(first.losses) == 2 and (out / STATE_FILE).is_file()
-    resumed = train_segmenter(val_bank, out, SegmenterTrainConfig(steps=3, **base), val_bank=val_bank, progress=False)
+    assert first.step == 2 and len(first.losses) == 2 and latest_checkpoint(out) is not None
+    resumed = train_segmenter(
+        val_bank, out, SegmenterTrainConfig(steps=3, **base), val_bank=val_bank, resume=True, progress=False
+    )
     assert resumed.step == 3 and resumed.losses[:2] == first.losses
     scores = json.loads((out / "val_scores.json").read_text())
     assert scores["step"] == 3 and 0 <= scores["miou"] <= 1
     assert resumed.val_scores is not None and resumed.val_scores.confusion.sum() > 0
     shipped = export_float16(out, tmp_path / "fp16")
-    assert load_pretrained(shipped).config.class_names == tuple(val_bank.classes.names)
+    assert from_pretrained(shipped).config.class_names == tuple(val_bank.classes.names)
     with pytest.raises(ValueError, match="another resolution"):
-        train_segmenter(val_bank, out, SegmenterTrainConfig(steps=4, **{**base, "resolution": (32, 48)}))
+        train_segmenter(val_bank, out, SegmenterTrainConfig(steps=4, **{**base, "resolution": (32, 48)}), resume=True)

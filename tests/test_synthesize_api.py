@@ -27,15 +27,14 @@ from PIL import Image
 
 from memory_bank import IGNORE, Bank
 from memory_bank.images import read_label
+from memory_bank.png import decode_provenance_png, encode_layout_png, encode_provenance_png
 from retrieval_service.api.app import create_app
-from retrieval_service.api.layouts import encode_layout
 from retrieval_service.api.settings import Settings
-from retrieval_service.api.synthesis import decode_provenance, encode_provenance
 from retrieval_service.client import RetrievalClient
 from synthesis.pipeline import SynthesisPipeline
 from synthesis.worker.app import create_worker_app
 from synthesis.worker.reply import parse_multipart
-from synthesis.worker.runtime import Networks
+from synthesis.worker.runtime import load_networks
 from synthesis.worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +115,7 @@ def free_port() -> int:
 
 
 def test_png_round_trip(service: TestClient, layout: np.ndarray, val_bank: Bank) -> None:
-    r = post(service, encode_layout(layout), seed="2")
+    r = post(service, encode_layout_png(layout), seed="2")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
     image = png_array(r.content)
@@ -125,20 +124,20 @@ def test_png_round_trip(service: TestClient, layout: np.ndarray, val_bank: Bank)
     steps = {part.split(";")[0].strip() for part in r.headers["server-timing"].split(",")}
     assert {"decode", "retrieve", "canvas", "network", "encode", "worker", "service"} <= steps
     again = service.post(
-        "/synthesize", json={"layout_png": base64.b64encode(encode_layout(layout)).decode(), "seed": 2}
+        "/synthesize", json={"layout_png": base64.b64encode(encode_layout_png(layout)).decode(), "seed": 2}
     )
     assert again.status_code == 200 and again.content == r.content  # JSON request, same seed: same bytes
 
 
 def test_json_extras_are_consistent(service: TestClient, layout: np.ndarray, val_bank: Bank) -> None:
-    r = post(service, encode_layout(layout), seed="1", k="3", extras="canvas,provenance,segments,layout")
+    r = post(service, encode_layout_png(layout), seed="1", k="3", extras="canvas,provenance,segments,layout")
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     body = r.json()
     assert (body["height"], body["width"], body["network_resolution"]) == (360, 480, [24, 32])
     assert body["bank_version"] == val_bank.version and body["seed"] == 1 and body["k"] == 3
     image = png_array(base64.b64decode(body["image_png"]))
     canvas = png_array(base64.b64decode(body["canvas_png"]))
-    prov = decode_provenance(base64.b64decode(body["provenance_png"]))
+    prov = decode_provenance_png(base64.b64decode(body["provenance_png"]))
     np.testing.assert_array_equal(png_array(base64.b64decode(body["layout_png"])), layout)
     assert image.shape == canvas.shape == (360, 480, 3) and prov.shape == (360, 480)
     # The provenance map names segments that exist, all of them listed as painted.
@@ -156,29 +155,29 @@ def test_json_extras_are_consistent(service: TestClient, layout: np.ndarray, val
 
 
 def test_multipart_reply(service: TestClient, layout: np.ndarray) -> None:
-    r = post(service, encode_layout(layout), extras="canvas,provenance", format="multipart")
+    r = post(service, encode_layout_png(layout), extras="canvas,provenance", format="multipart")
     assert r.status_code == 200 and r.headers["content-type"].startswith("multipart/mixed; boundary=")
     parts = parse_multipart(r.content, r.headers["content-type"])
     assert set(parts) == {"image", "canvas", "provenance", "meta"}
     assert png_array(parts["image"]).shape == (360, 480, 3)
     meta = json.loads(parts["meta"])
     assert "image_png" not in meta and meta["height"] == 360
-    png = post(service, encode_layout(layout), extras="canvas", format="png")
+    png = post(service, encode_layout_png(layout), extras="canvas", format="png")
     assert png.headers["content-type"] == "image/png" and png.content == parts["image"]
 
 
 def test_seeds_vary_the_canvas(service: TestClient, layout: np.ndarray) -> None:
     provs = []
     for seed in ("0", "0", "5"):
-        body = post(service, encode_layout(layout), seed=seed, extras="provenance").json()
-        provs.append(decode_provenance(base64.b64decode(body["provenance_png"])))
+        body = post(service, encode_layout_png(layout), seed=seed, extras="provenance").json()
+        provs.append(decode_provenance_png(base64.b64decode(body["provenance_png"])))
     np.testing.assert_array_equal(provs[0], provs[1])
     assert not np.array_equal(provs[0], provs[2])
 
 
 def test_coarse_layout_is_refined(service: TestClient) -> None:
     coarse = read_label(REPO / "examples/coarse-layouts/0016E5_08059_coarse.png")
-    body = post(service, encode_layout(coarse), coarse="true", extras="layout").json()
+    body = post(service, encode_layout_png(coarse), coarse="true", extras="layout").json()
     dense = png_array(base64.b64decode(body["layout_png"]))
     assert (coarse == IGNORE).any() and not (dense == IGNORE).any() and body["coarse"] is True
 
@@ -187,15 +186,15 @@ def test_coarse_layout_is_refined(service: TestClient) -> None:
 
 
 def test_bad_layouts_and_options_are_4xx(service: TestClient, layout: np.ndarray) -> None:
-    good = encode_layout(layout)
+    good = encode_layout_png(layout)
     assert_error(post(service, b"not a png"), 422, "invalid_png")
-    assert_error(post(service, encode_layout(layout[:100])), 422, "wrong_layout_size", "480x360")
+    assert_error(post(service, encode_layout_png(layout[:100])), 422, "wrong_layout_size", "480x360")
     rgb = io.BytesIO()
     Image.fromarray(np.zeros((360, 480, 3), np.uint8)).save(rgb, format="PNG")
     assert_error(post(service, rgb.getvalue()), 422, "not_a_label_map")
     bad = layout.copy()
     bad[0, 0] = 40
-    assert_error(post(service, encode_layout(bad)), 422, "invalid_layout", "40")
+    assert_error(post(service, encode_layout_png(bad)), 422, "invalid_layout", "40")
     assert_error(post(service, good, k="0"), 422, "invalid_request", "k")
     assert_error(post(service, good, extras="canvas,bogus"), 422, "invalid_request", "extras")
     assert_error(post(service, good, format="gif"), 422, "invalid_request", "format")
@@ -214,18 +213,18 @@ def test_bad_layouts_and_options_are_4xx(service: TestClient, layout: np.ndarray
 
 def test_no_worker_configured_is_503(val_bank_path: Path, layout: np.ndarray) -> None:
     with TestClient(create_app(Settings(bank=val_bank_path, wait_for_bank=True))) as c:
-        assert_error(post(c, encode_layout(layout)), 503, "synthesis_unavailable", "SIMS_SYNTHESIS_URL")
+        assert_error(post(c, encode_layout_png(layout)), 503, "synthesis_unavailable", "SIMS_SYNTHESIS_URL")
 
 
 def test_worker_down_is_503(val_bank_path: Path, layout: np.ndarray) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     settings = Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=f"{url},{url}/")
     with TestClient(create_app(settings)) as c:
-        r = post(c, encode_layout(layout))
+        r = post(c, encode_layout_png(layout))
         assert_error(r, 503, "synthesis_unavailable", "no synthesis worker is up", url)
         assert r.headers["retry-after"] == "1"
         # A bad layout is still the caller's error, worker or not.
-        assert_error(post(c, encode_layout(layout[:10])), 422, "wrong_layout_size")
+        assert_error(post(c, encode_layout_png(layout[:10])), 422, "wrong_layout_size")
 
 
 def _fake_worker(delay: float = 0.0, status: int = 200) -> FastAPI:
@@ -246,7 +245,7 @@ def test_worker_timeout_is_504(val_bank_path: Path, layout: np.ndarray) -> None:
         settings = Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=url, synthesis_timeout=0.3)
         with TestClient(create_app(settings)) as c:
             start = time.monotonic()
-            assert_error(post(c, encode_layout(layout)), 504, "synthesis_timeout", "0.3 s")
+            assert_error(post(c, encode_layout_png(layout)), 504, "synthesis_timeout", "0.3 s")
             assert time.monotonic() - start < 2.5
 
 
@@ -254,14 +253,14 @@ def test_worker_failures_are_relayed(val_bank_path: Path, layout: np.ndarray) ->
     dead = f"http://127.0.0.1:{free_port()}"
     with running(_fake_worker(status=500)) as broken, running(_fake_worker(status=409)) as refusing:
         with TestClient(create_app(Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=broken))) as c:
-            assert_error(post(c, encode_layout(layout)), 502, "synthesis_failed", "the fake worker failed")
+            assert_error(post(c, encode_layout_png(layout)), 502, "synthesis_failed", "the fake worker failed")
         with TestClient(create_app(Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=refusing))) as c:
-            assert_error(post(c, encode_layout(layout)), 409, "boom")
+            assert_error(post(c, encode_layout_png(layout)), 409, "boom")
         # A dead worker is skipped for the next one.
         urls = f"{dead},{refusing}"
         with TestClient(create_app(Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=urls))) as c:
             for _ in range(2):
-                assert_error(post(c, encode_layout(layout)), 409, "boom")
+                assert_error(post(c, encode_layout_png(layout)), 409, "boom")
 
 
 def test_http_worker_and_in_process_give_identical_images(
@@ -270,7 +269,7 @@ def test_http_worker_and_in_process_give_identical_images(
     settings = WorkerSettings(
         weights=tiny_weights, **{k.removeprefix("SIMS_WORKER_").lower(): v for k, v in WORKER_ENV.items()}
     )
-    networks = Networks.load(settings)
+    networks = load_networks(settings)
     retrieval = create_app(Settings(bank=val_bank_path, wait_for_bank=True))
     with running(retrieval) as retrieval_url:
         worker = create_worker_app(settings.model_copy(update={"service_url": retrieval_url}), networks=networks)
@@ -283,8 +282,8 @@ def test_http_worker_and_in_process_give_identical_images(
             front = create_app(Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=worker_url))
             with TestClient(front) as c:
                 for seed in ("0", "3"):
-                    over_http = post(c, encode_layout(layout), seed=seed, extras="provenance")
-                    in_process = post(service, encode_layout(layout), seed=seed, extras="provenance")
+                    over_http = post(c, encode_layout_png(layout), seed=seed, extras="provenance")
+                    in_process = post(service, encode_layout_png(layout), seed=seed, extras="provenance")
                     assert over_http.status_code == in_process.status_code == 200, over_http.text
                     a, b = over_http.json(), in_process.json()
                     assert a["image_png"] == b["image_png"] and a["provenance_png"] == b["provenance_png"]
@@ -295,9 +294,9 @@ def test_http_worker_and_in_process_give_identical_images(
 
 def test_provenance_codec_round_trips() -> None:
     ids = np.array([[-1, 0, 1], [255, 65_536, 2**24 - 2]], np.int64)
-    np.testing.assert_array_equal(decode_provenance(encode_provenance(ids)), ids)
+    np.testing.assert_array_equal(decode_provenance_png(encode_provenance_png(ids)), ids)
     with pytest.raises(ValueError):
-        encode_provenance(np.array([[2**24]]))
+        encode_provenance_png(np.array([[2**24]]))
 
 
 def test_sims_serve_with_worker_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -325,7 +324,7 @@ def test_sims_serve_with_worker_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_elision_options_reach_the_canvas(service: TestClient, layout: np.ndarray) -> None:
-    png = encode_layout(layout)
+    png = encode_layout_png(layout)
     fields = {"extras": "canvas,provenance", "format": "json", "seed": "1"}
     off = post(service, png, **fields, elision_band="0")
     paper = post(service, png, **fields, elision_band="0.05", elision_rate="0.8")
@@ -333,14 +332,14 @@ def test_elision_options_reach_the_canvas(service: TestClient, layout: np.ndarra
     a, b = off.json(), paper.json()
     assert (a["elision_band"], b["elision_band"], b["elision_rate"]) == (0.0, 0.05, 0.8)
     assert (a["height"], a["width"]) == layout.shape
-    kept_off = decode_provenance(base64.b64decode(a["provenance_png"])) >= 0
-    kept_paper = decode_provenance(base64.b64decode(b["provenance_png"])) >= 0
+    kept_off = decode_provenance_png(base64.b64decode(a["provenance_png"])) >= 0
+    kept_paper = decode_provenance_png(base64.b64decode(b["provenance_png"])) >= 0
     # Without elision every pasted pixel is kept; the paper's bands take a share of them away.
     assert kept_paper.sum() < kept_off.sum() and not (kept_paper & ~kept_off).any()
 
 
 @pytest.mark.parametrize("field, value", [("elision_band", "0.5"), ("elision_band", "-1"), ("elision_rate", "2")])
 def test_bad_elision_options_are_422(service: TestClient, layout: np.ndarray, field: str, value: str) -> None:
-    r = post(service, encode_layout(layout), **{field: value})
+    r = post(service, encode_layout_png(layout), **{field: value})
     assert r.status_code == 422, r.text
     assert r.json()["error"] == "invalid_request"

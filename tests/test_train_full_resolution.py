@@ -12,7 +12,7 @@ import torch
 from memory_bank import Bank
 from synthesis.canvas.elision import KEPT
 from synthesis.canvas.simulate import SimulatedCanvasDataset, write_canvas_cache
-from synthesis.checkpoint import from_pretrained, load_training_state, save_pretrained
+from synthesis.model_directory import from_pretrained, load_training_state, save_pretrained
 from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
 from synthesis.training.synthesis import SynthesisTrainer, TrainSynthesisConfig, random_crop, train_synthesis
 
@@ -71,7 +71,7 @@ def test_blend_training_resumes_exactly(tiny_vgg: Path, cache: Path, tmp_path: P
     train_synthesis(config.with_overrides(**{"train.steps": 2}), tmp_path / "b", progress=False)
     resumed = train_synthesis(config, tmp_path / "b", resume=True, progress=False)
     assert resumed.loss_history == straight.loss_history and resumed.step == 4
-    a, b = from_pretrained(straight.checkpoint).model, from_pretrained(resumed.checkpoint).model
+    a, b = from_pretrained(straight.checkpoint), from_pretrained(resumed.checkpoint)
     assert a.config.canvas_blend and all(
         torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
@@ -86,7 +86,7 @@ def test_warm_start_keeps_the_old_layers_and_inits_the_head(tiny_vgg: Path, cach
     config = blend_config(tiny_vgg, cache)
     trainer = SynthesisTrainer(config, SimulatedCanvasDataset(cache, size=(24, 32), full_resolution=True))
     trainer.warm_start(tiny_weights)
-    old = from_pretrained(tiny_weights).model.state_dict()
+    old = from_pretrained(tiny_weights).state_dict()
     new = trainer.model.state_dict()
     assert all(torch.equal(old[k], new[k]) for k in old)
     assert trainer.model.to_blend is not None and float(trainer.model.to_blend.weight.detach().abs().sum()) == 0.0

@@ -13,15 +13,10 @@ from PIL import Image
 
 from memory_bank import Bank
 from sims.cli import main as sims_main
-from synthesis.checkpoint import from_pretrained, load_training_state
+from synthesis.model_directory import from_pretrained, load_training_state, read_metadata
 from synthesis.training.data import BlockCanvasDataset, DataConfig, build_dataset, check_sample, collate, empty_canvas
-from synthesis.training.synthesis import (
-    EpochSampler,
-    SynthesisTrainer,
-    TrainSynthesisConfig,
-    latest_checkpoint,
-    train_synthesis,
-)
+from synthesis.training.harness import latest_checkpoint
+from synthesis.training.synthesis import EpochSampler, SynthesisTrainer, TrainSynthesisConfig, train_synthesis
 
 torch.set_num_threads(1)
 
@@ -150,9 +145,8 @@ def test_train_writes_checkpoints_and_samples(
     ckpt = latest_checkpoint(run)
     assert ckpt == result.checkpoint and ckpt is not None and ckpt.name == "step-00000004"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
-    loaded = from_pretrained(ckpt)
-    meta = loaded.metadata
-    assert meta["step"] == 4 and meta["loss_history"] == result.loss_history and not loaded.parametric
+    meta = read_metadata(ckpt)
+    assert meta["step"] == 4 and meta["loss_history"] == result.loss_history and not meta["parametric"]
     assert meta["vgg"]["arch"] == "vgg16" and meta["vgg"]["sha256"] == result.vgg.sha256
     assert meta["vgg"]["convention"] == "caffe-bgr"
     assert meta["data"]["kind"] == "blocks" and meta["data"]["bank_version"] == dataset.provenance["bank_version"]
@@ -175,8 +169,8 @@ def test_resume_continues_exactly(config: TrainSynthesisConfig, dataset: BlockCa
     resumed = train_synthesis(config, tmp_path / "b", dataset=dataset, resume=True, progress=False)
     assert resumed.steps_run == 3 and resumed.step == 6
     assert resumed.loss_history == straight.loss_history
-    a = from_pretrained(straight.checkpoint).model.state_dict()
-    b = from_pretrained(resumed.checkpoint).model.state_dict()
+    a = from_pretrained(straight.checkpoint).state_dict()
+    b = from_pretrained(resumed.checkpoint).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     # A checkpoint of another mode is refused.
     with pytest.raises(ValueError, match="parametric"):
@@ -190,15 +184,15 @@ def test_cli_trains_sims_and_parametric(
     base += ["--vgg-weights", str(tiny_vgg), "--threads", "1", "--no-progress"]
     assert sims_main([*base, "--steps", "2", "--out", str(tmp_path / "sims")]) == 0
     assert sims_main([*base, "--steps", "2", "--out", str(tmp_path / "crn"), "--parametric"]) == 0
-    sims = from_pretrained(latest_checkpoint(tmp_path / "sims"))  # type: ignore[arg-type]
-    crn = from_pretrained(latest_checkpoint(tmp_path / "crn"))  # type: ignore[arg-type]
-    assert not sims.parametric and crn.parametric
-    assert sims.metadata["step"] == crn.metadata["step"] == 2
+    sims, crn = read_metadata(tmp_path / "sims"), read_metadata(tmp_path / "crn")
+    assert not sims["parametric"] and crn["parametric"]
+    assert sims["step"] == crn["step"] == 2
     # Same seed, same data, same budget: only the canvas differs, so the weights do too.
-    assert any(not torch.equal(a, b) for a, b in zip(sims.model.parameters(), crn.model.parameters(), strict=True))
+    sims_net, crn_net = from_pretrained(tmp_path / "sims"), from_pretrained(tmp_path / "crn")
+    assert any(not torch.equal(a, b) for a, b in zip(sims_net.parameters(), crn_net.parameters(), strict=True))
     # Resume to a larger step count from the CLI; without --resume the run directory is refused.
     assert sims_main([*base, "--steps", "3", "--out", str(tmp_path / "sims"), "--resume"]) == 0
-    assert from_pretrained(latest_checkpoint(tmp_path / "sims")).metadata["step"] == 3  # type: ignore[arg-type]
+    assert read_metadata(tmp_path / "sims")["step"] == 3
     assert sims_main([*base, "--steps", "4", "--out", str(tmp_path / "sims")]) == 2
     assert "--resume" in capsys.readouterr().err
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from memory_bank import Bank
 from memory_bank.errors import LayoutError
 from synthesis.canvas.protocols import Aligner, BatchAligner
+from synthesis.model_directory import from_pretrained, save_pretrained
 from synthesis.networks.transform import (
     TransformAligner,
     TransformConfig,
@@ -26,11 +27,9 @@ from synthesis.networks.transform import (
     compose,
     identity_theta,
     invert,
-    load_pretrained,
     mask_box,
     mask_iou,
     sample_layout,
-    save_pretrained,
     warp_box,
     warp_segment,
     window_boxes,
@@ -95,14 +94,14 @@ def test_checkpoint_round_trip_is_float16(tmp_path: Path) -> None:
     with torch.no_grad():
         for p in net.parameters():
             p.normal_()
-    save_pretrained(tmp_path, TINY, net)
+    save_pretrained(net, tmp_path, dtype=torch.float16)
     assert json.loads((tmp_path / "config.json").read_text())["_class_name"] == "TransformNet"
-    config, loaded = load_pretrained(tmp_path)
-    assert config == TINY
+    loaded = from_pretrained(tmp_path)
+    assert loaded.config == TINY
     for (k, v), (k2, v2) in zip(net.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v.half().float(), v2)
     with pytest.raises(FileNotFoundError):
-        load_pretrained(tmp_path / "missing")
+        from_pretrained(tmp_path / "missing")
 
 
 # ---------------------------------------------------------------- geometry
@@ -452,12 +451,13 @@ def test_training_smoke(val_bank: Bank, tmp_path: Path) -> None:
     summary = train_transform(val_bank, out, TINY, cfg, progress=False)
     assert summary["steps"] == 4 and math.isfinite(summary["val_loss"])
     assert 0.0 <= summary["val_iou_perturbed"] <= 1.0 and 0.0 <= summary["val_iou_t"] <= 1.0
-    assert {"config.json", "model.safetensors", "resume.pt", "train_log.jsonl"} <= {p.name for p in out.iterdir()}
-    config, model = load_pretrained(out)
+    assert {"checkpoints", "latest.json", "train_log.jsonl"} <= {p.name for p in out.iterdir()}
+    model = from_pretrained(out)
+    config = model.config
     assert config == TINY
     assert all(v.dtype == torch.float32 for v in model.state_dict().values())
     # A finished run resumes to the same step and does nothing more.
-    again = train_transform(val_bank, out, TINY, cfg, progress=False)
+    again = train_transform(val_bank, out, TINY, cfg, resume=True, progress=False)
     assert again["steps"] == 4
     aligner = TransformAligner(model, config)
     layout = np.asarray(val_bank.labels[0])
@@ -477,10 +477,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "transform" / "camvid
 def test_shipped_weights_match_their_config_and_are_float16() -> None:
     from safetensors.torch import load_file
 
-    from synthesis.training.transform import load_run_config
+    from synthesis.training.transform import TransformRunConfig
 
-    config, _ = load_pretrained(WEIGHTS)
-    assert config == load_run_config(CONFIG)[0]
+    assert from_pretrained(WEIGHTS).config == TransformRunConfig.load(CONFIG).model
     assert all(v.dtype == torch.float16 for v in load_file(str(WEIGHTS / "model.safetensors")).values())
 
 

@@ -15,15 +15,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from memory_bank import Bank
+from memory_bank.png import encode_layout_png
 from retrieval_service.api.app import create_app
-from retrieval_service.api.layouts import encode_layout
 from retrieval_service.api.settings import Settings
 from retrieval_service.client import RetrievalClient
 from sims.cli import build_app, main
-from synthesis.pipeline import ImageGenerator
+from synthesis.pipeline import ImageGenerator, Networks
 from synthesis.worker.app import create_worker_app
 from synthesis.worker.reply import parse_multipart
-from synthesis.worker.runtime import Networks
+from synthesis.worker.runtime import load_networks
 from synthesis.worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def wait_ready(c: TestClient, timeout: float = 20.0) -> None:
 
 
 def request(layout: np.ndarray, **options: object) -> dict:
-    return {"layout_png": base64.b64encode(encode_layout(layout)).decode(), **options}
+    return {"layout_png": base64.b64encode(encode_layout_png(layout)).decode(), **options}
 
 
 def test_health(worker: TestClient, val_bank: Bank) -> None:
@@ -119,10 +119,10 @@ def test_settings_turn_networks_off(monkeypatch: pytest.MonkeyPatch, tiny_weight
     assert (s.transform_weights, s.ordering_weights, s.refine_weights, s.port) == (None, None, None, 9100)
     monkeypatch.delenv("SIMS_WORKER_TRANSFORM_WEIGHTS")
     assert WorkerSettings().transform_weights == Path("weights/transform")  # the default
-    nets = Networks.load(s)
+    nets = load_networks(s)
     assert (nets.refiner, nets.aligner, nets.orderer) == (None, None, None) and nets.generator.resolution == (24, 32)
     with pytest.raises(FileNotFoundError, match="--weights"):
-        Networks.load(s.model_copy(update={"weights": tiny_weights.parent / "missing"}))
+        load_networks(s.model_copy(update={"weights": tiny_weights.parent / "missing"}))
 
 
 # The CLI

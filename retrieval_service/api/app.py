@@ -16,13 +16,13 @@ import faiss
 from anyio import CapacityLimiter
 from fastapi import FastAPI
 
-from retrieval_service.api.errors import install_error_handlers
 from retrieval_service.api.limits import BodySizeLimitMiddleware
 from retrieval_service.api.metrics import MetricsMiddleware, ServiceMetrics
 from retrieval_service.api.routes import admin, bank, health, retrieve, segments, synthesize
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankHolder
 from retrieval_service.api.synthesis import load_backend
+from retrieval_service.http_errors import install_error_handlers
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,13 @@ from anyio import CapacityLimiter
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from retrieval_service.api.errors import ApiError
+from memory_bank.errors import UnavailableError
 from retrieval_service.api.metrics import ServiceMetrics
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankHolder, BankState
+from retrieval_service.http_errors import ApiError
+from retrieval_service.http_models import API_KEY_HEADER
 
-API_KEY_HEADER = "X-API-Key"
 _api_key_header = APIKeyHeader(
     name=API_KEY_HEADER, auto_error=False, description="Admin key, from the service's SIMS_API_KEY."
 )
@@ -27,7 +28,7 @@ def get_settings(request: Request) -> Settings:
 def get_holder(request: Request) -> BankHolder:
     holder = request.app.state.holder
     if holder is None:
-        raise ApiError(503, "not_ready", "no bank configured: pass --bank or set SIMS_BANK")
+        raise UnavailableError("no bank configured: pass --bank or set SIMS_BANK", kind="not_ready")
     return holder
 
 

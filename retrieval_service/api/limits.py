@@ -7,7 +7,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retrieval_service.api.errors import error_body
+from retrieval_service.http_errors import error_body
 
 
 class BodyTooLarge(HTTPException):

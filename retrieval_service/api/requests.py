@@ -14,8 +14,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from retrieval_service.api.errors import ApiError
-from retrieval_service.api.layouts import decode_base64
+from memory_bank.png import png_from_base64
+from retrieval_service.http_errors import ApiError
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
@@ -43,7 +43,7 @@ async def read_layout_request(
         except ValidationError as e:
             raise RequestValidationError(_located(e, "body")) from None
         options = options_model.model_validate(req.model_dump(exclude={"layout_png"}))
-        return decode_base64(req.layout_png), options  # type: ignore[attr-defined]
+        return png_from_base64(req.layout_png), options  # type: ignore[attr-defined]
     if content_type == "multipart/form-data":
         try:
             form = await request.form(max_files=1, max_fields=len(fields) + len(list_fields) + 2)

@@ -23,8 +23,10 @@ import numpy as np
 from anyio import to_thread
 
 from memory_bank import Bank, current_version, list_versions, open_bank
-from retrieval_service.api.errors import ApiError
-from retrieval_service.engine import RetrievalEngine, RetrievalOptions
+from memory_bank.errors import UnavailableError
+from retrieval_service.engine import RetrievalEngine
+from retrieval_service.http_errors import ApiError
+from retrieval_service.types import RetrievalOptions
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +92,11 @@ class BankHolder:
         return self._state
 
     def require(self) -> BankState:
-        """The current state; a 503 :class:`ApiError` while there is none."""
+        """The current state; :class:`UnavailableError` (503 ``not_ready``) while there is none."""
         state = self._state
         if state is None:
             why = f"loading the bank failed: {self.error}" if self.error else "the bank is still loading"
-            raise ApiError(503, "not_ready", why, headers={"Retry-After": "1"})
+            raise UnavailableError(why, kind="not_ready", retry_after=1)
         return state
 
     async def reload(self) -> ReloadOutcome:

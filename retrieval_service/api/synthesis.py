@@ -1,7 +1,8 @@
 """Where ``POST /synthesize`` sends its work: synthesis backends.
 
-Dependencies point one way: ``synthesis`` uses this package, never the reverse. So the service
-knows synthesis only through the small :class:`SynthesisBackend` protocol, and two kinds exist:
+Dependencies point one way: ``synthesis`` uses the retrieval service's types, client and codecs,
+never the reverse. So the service knows synthesis only through the small
+:class:`~retrieval_service.types.SynthesisBackend` protocol, and two kinds exist:
 
 - :class:`HttpSynthesisBackend` forwards to synthesis workers (``sims worker``) at the
   comma-separated ``SIMS_SYNTHESIS_URL``, trying them in turn (round robin): a worker that refuses
@@ -13,67 +14,30 @@ knows synthesis only through the small :class:`SynthesisBackend` protocol, and t
   pipeline inside the service on its own bank and engine, with no HTTP hop
   (``sims serve --with-worker``).
 
-Either answers with a :class:`SynthesisReply` (the response body the worker made: a PNG, JSON or
-multipart) or raises :class:`~retrieval_service.api.errors.ApiError`.
+Either answers with a :class:`~retrieval_service.types.SynthesisReply` (the response body the
+worker made: a PNG, JSON or multipart) or raises a :class:`~memory_bank.errors.SimsError`.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import itertools
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Protocol, runtime_checkable
 
 import httpx
-import numpy as np
-from PIL import Image
 
-from retrieval_service.api.errors import ApiError
-from retrieval_service.api.models import SynthesizeOptions, SynthesizeRequest
+from memory_bank.errors import TimedOutError, UnavailableError, UpstreamError
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankHolder
+from retrieval_service.http_models import SynthesizeRequest
+from retrieval_service.types import BackendFactory, SynthesisBackend, SynthesisReply, SynthesizeOptions
 
 log = logging.getLogger(__name__)
 
 BACKEND_GROUP = "sims.synthesis_backends"
 #: Response headers a worker sets that the service passes on.
 RELAYED_HEADERS = ("x-sims-bank-version", "x-sims-seed", "server-timing")
-
-
-@dataclass(frozen=True)
-class SynthesisReply:
-    """A finished synthesis response: body, media type and headers."""
-
-    content: bytes
-    media_type: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@runtime_checkable
-class SynthesisBackend(Protocol):
-    """What the service needs from synthesis."""
-
-    name: str
-
-    async def start(self) -> None:
-        """Called once in the service's lifespan, before requests."""
-        ...
-
-    async def synthesize(self, layout_png: bytes, options: SynthesizeOptions) -> SynthesisReply:
-        """Synthesize a (validated) layout PNG; raises :class:`ApiError` on failure."""
-        ...
-
-    async def close(self) -> None:
-        """Called once at shutdown."""
-        ...
-
-
-#: A plugin: ``factory(settings, holder)`` -> backend (``holder`` is the service's bank, if any).
-BackendFactory = Callable[[Settings, BankHolder | None], SynthesisBackend]
 
 
 def load_backend(settings: Settings, holder: BankHolder | None) -> SynthesisBackend | None:
@@ -142,8 +106,8 @@ class HttpSynthesisBackend:
                 down.append(f"{url}: {type(e).__name__}")
                 continue
             except httpx.TimeoutException:
-                raise ApiError(
-                    504, "synthesis_timeout", f"the synthesis worker at {url} did not answer within {self.timeout:g} s"
+                raise TimedOutError(
+                    f"the synthesis worker at {url} did not answer within {self.timeout:g} s", kind="synthesis_timeout"
                 ) from None
             except httpx.TransportError as e:
                 down.append(f"{url}: {type(e).__name__}: {e}")
@@ -154,15 +118,12 @@ class HttpSynthesisBackend:
             if r.is_success:
                 headers = {k: v for k in RELAYED_HEADERS if (v := r.headers.get(k)) is not None}
                 return SynthesisReply(r.content, r.headers.get("content-type", "application/octet-stream"), headers)
-            if r.status_code < 500 or r.status_code == 504:
-                raise ApiError(r.status_code, _kind(r), _message(r))
-            raise ApiError(502, "synthesis_failed", f"the synthesis worker at {url} failed: {_message(r)}")
+            if r.status_code < 500 or r.status_code == 504:  # the caller's error, or a timeout: passed on
+                raise UpstreamError(_message(r), kind=_kind(r), status=r.status_code)
+            raise UpstreamError(f"the synthesis worker at {url} failed: {_message(r)}", kind="synthesis_failed")
         log.warning("no synthesis worker is up: %s", "; ".join(down))
-        raise ApiError(
-            503,
-            "synthesis_unavailable",
-            f"no synthesis worker is up ({'; '.join(down)})",
-            headers={"Retry-After": "1"},
+        raise UnavailableError(
+            f"no synthesis worker is up ({'; '.join(down)})", kind="synthesis_unavailable", retry_after=1
         )
 
 
@@ -178,26 +139,3 @@ def _message(r: httpx.Response) -> str:
         return str(r.json().get("message", r.text[:200]))
     except ValueError:
         return f"HTTP {r.status_code}: {r.text[:200]}"
-
-
-# Provenance maps as PNGs: bank segment ids up to 2**24 - 2 in the 24 bits of an RGB pixel.
-MAX_PROVENANCE_ID = 2**24 - 2
-
-
-def encode_provenance(provenance: np.ndarray) -> bytes:
-    """An (H, W) int map of segment ids (-1 = none) as an RGB PNG holding ``id + 1`` in 24 bits."""
-    p = np.asarray(provenance, np.int64)
-    if p.ndim != 2 or (p.size and (p.min() < -1 or p.max() > MAX_PROVENANCE_ID)):
-        raise ValueError(f"a provenance map is (H, W) ids in -1..{MAX_PROVENANCE_ID}, got {p.shape}")
-    v = (p + 1).astype(np.uint32)
-    rgb = np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], axis=-1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def decode_provenance(png: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_provenance`: (H, W) int64 segment ids, -1 where none."""
-    with Image.open(io.BytesIO(png)) as img:
-        rgb = np.asarray(img.convert("RGB")).astype(np.int64)
-    return (rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]) - 1

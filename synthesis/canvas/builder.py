@@ -8,6 +8,7 @@ engine or HTTP client), as are the aligner and the orderer.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from memory_bank import Bank, ClassTable, LayoutError, SegmentConfig, Segments, extract_segments
-from retrieval_service.engine import ComponentResult, Mode, RetrievalEngine, RetrievalOptions, RetrievalResult
+from memory_bank.segments import check_label_map
 from retrieval_service.query import prepare_query
+from retrieval_service.types import DEFAULT_CANDIDATES, ComponentResult, Mode, RetrievalOptions, RetrievalResult
 from synthesis.canvas.compose import NO_SEGMENT, composite
 from synthesis.canvas.elision import ElisionConfig, elide, kept_pixels
 from synthesis.canvas.order_rule import DepthTiers, LayoutOrderer, Tier
@@ -77,17 +79,32 @@ class Canvas:
 
 @dataclass(frozen=True)
 class CanvasOptions:
-    """Retrieval and elision settings of a builder.
+    """The settings a builder makes every canvas with (each canvas brings its own seed and excluded images).
 
-    ``k``, ``mode``, ``min_area`` and ``candidates`` go to retrieval (the seed picks among the
-    top-k); ``elision`` to :func:`~synthesis.canvas.elision.elide`.
+    ``k``, ``mode``, ``min_area`` and ``candidates`` are the :class:`~retrieval_service.types.RetrievalOptions`
+    of its retrievals (same defaults and limits; the seed picks among the top-k); ``elision`` goes
+    to :func:`~synthesis.canvas.elision.elide`.
     """
 
     k: int = 5
     mode: Mode = "fast"
     min_area: int = 0
-    candidates: int = 512
+    candidates: int = DEFAULT_CANDIDATES
     elision: ElisionConfig = field(default_factory=ElisionConfig)
+
+    def __post_init__(self) -> None:
+        self.retrieval(None, ())  # bad values fail here, not at the first canvas
+
+    def retrieval(self, seed: int | None, exclude_images: Sequence[int]) -> RetrievalOptions:
+        """The retrieval options of one canvas."""
+        return RetrievalOptions(
+            k=self.k,
+            mode=self.mode,
+            seed=seed,
+            exclude_images=tuple(int(i) for i in exclude_images),
+            min_area=self.min_area,
+            candidates=self.candidates,
+        )
 
 
 class CanvasBuilder:
@@ -141,7 +158,11 @@ class CanvasBuilder:
         **kwargs: object,
     ) -> CanvasBuilder:
         """A builder over one bank: the in-process engine (unless ``retriever`` is given), cached segment reads."""
-        retriever = retriever or RetrievalEngine.from_bank(bank)
+        if retriever is None:
+            # Imported here: a builder that retrieves over HTTP (the worker) never loads the engine and FAISS.
+            from retrieval_service.engine import RetrievalEngine
+
+            retriever = RetrievalEngine.from_bank(bank)
         return cls(
             retriever,
             CachedSegments(bank, max_images=max_images),
@@ -151,22 +172,22 @@ class CanvasBuilder:
             **kwargs,  # type: ignore[arg-type]
         )
 
-    def retrieval_options(self, seed: int | None, exclude_images: Sequence[int]) -> RetrievalOptions:
-        o = self.options
-        return RetrievalOptions(
-            k=o.k,
-            mode=o.mode,
-            seed=seed,
-            exclude_images=tuple(int(i) for i in exclude_images),
-            min_area=o.min_area,
-            candidates=o.candidates,
-        )
+    def with_parts(
+        self, *, aligner: Aligner | None = None, orderer: Orderer | None = None, options: CanvasOptions | None = None
+    ) -> CanvasBuilder:
+        """A copy with another aligner, orderer or options (None keeps this one's); it shares the
+        retriever and the segment cache."""
+        got = copy.copy(self)
+        got.aligner = self.aligner if aligner is None else aligner
+        got.orderer = self.orderer if orderer is None else orderer
+        got.options = self.options if options is None else options
+        return got
 
     def query(
         self, layout: np.ndarray, seed: int | None, exclude_images: Sequence[int]
     ) -> tuple[Segments, RetrievalResult]:
         """The layout's components (as the engine cuts them) and the retrieval result."""
-        options = self.retrieval_options(seed, exclude_images)
+        options = self.options.retrieval(seed, exclude_images)
         retrieve_query = getattr(self.retriever, "retrieve_query", None)
         if retrieve_query is not None:
             # In-process engine: cut and code the layout once and share the components.
@@ -286,17 +307,7 @@ class CanvasBuilder:
 
     def check_layout(self, layout: np.ndarray) -> np.ndarray:
         """The layout as C-contiguous uint8, or a :class:`LayoutError` if it does not fit the bank."""
-        layout = np.asarray(layout)
-        if layout.ndim != 2 or tuple(layout.shape) != self.resolution:
-            raise LayoutError(
-                f"layout has shape {tuple(layout.shape)} but the bank's working resolution is {self.resolution} (H, W)"
-            )
-        if layout.dtype.kind not in "ui":
-            raise LayoutError(f"a layout must hold integer class ids, got dtype {layout.dtype}")
-        if layout.size and layout.min() < 0:
-            raise LayoutError(f"layout values must be class ids >= 0, got {layout.min()}")
-        self.classes.check_label(layout, what="layout")
-        return np.ascontiguousarray(layout, np.uint8)
+        return check_label_map(layout, len(self.classes), self.resolution)
 
 
 def component_mask(components: Segments, i: int) -> np.ndarray:

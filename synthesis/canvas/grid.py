@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from memory_bank import Bank, ClassTable
+from memory_bank.images import resize_label, resize_photo
 from synthesis.canvas.builder import CanvasBuilder, CanvasOptions
 from synthesis.canvas.simulate import ColorDonors, simulate_canvas
 
@@ -46,8 +47,8 @@ def render_grid(rows: Sequence[GridRow], classes: ClassTable, scale: float = 0.5
     for r in rows:
         if r.layout.shape != (h, w) or any(a.shape != (h, w, 3) for a in (r.simulated, r.test_time, r.photo)):
             raise ValueError("every tile of a grid must have the same (H, W)")
-        tiles = [cv2.resize(palette[r.layout], (tw, th), interpolation=cv2.INTER_NEAREST)]
-        tiles += [cv2.resize(a, (tw, th), interpolation=cv2.INTER_AREA) for a in (r.simulated, r.test_time, r.photo)]
+        tiles = [palette[resize_label(r.layout, (th, tw))]]
+        tiles += [resize_photo(a, (th, tw)) for a in (r.simulated, r.test_time, r.photo)]
         lines.append(_hstack(tiles, gap))
     body = _vstack(lines, gap)
     if not header:
@@ -79,7 +80,7 @@ def render_table(
     for row in rows:
         if len(row) != len(columns) or any(t.shape != (h, w, 3) or t.dtype != np.uint8 for t in row):
             raise ValueError(f"every row needs {len(columns)} (H, W, 3) uint8 tiles of one size")
-        lines.append(_hstack([cv2.resize(t, (tw, th), interpolation=cv2.INTER_AREA) for t in row], gap))
+        lines.append(_hstack([resize_photo(t, (th, tw)) for t in row], gap))
     body = _vstack(lines, gap)
     if not header:
         return body

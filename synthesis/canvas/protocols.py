@@ -1,7 +1,7 @@
 """What the canvas builder plugs together, as protocols, with the default implementations.
 
 - :class:`Retriever`: ``retrieve(layout, options) -> RetrievalResult``. The in-process
-  :class:`~retrieval_service.engine.RetrievalEngine` is one; the HTTP client will be another.
+  :class:`~retrieval_service.engine.RetrievalEngine` is one, :class:`~synthesis.remote.RemoteRetriever` another.
 - :class:`SegmentSource`: ``segment(id) -> memory_bank.Segment``. A :class:`~memory_bank.Bank`
   is one; :class:`~synthesis.canvas.segment_cache.CachedSegments` wraps a bank with a per-image
   LRU cache, so reading many segments of one image decodes its chunks once.
@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from memory_bank import Segment
-from retrieval_service.engine import RetrievalOptions, RetrievalResult
+from retrieval_service.types import RetrievalOptions, RetrievalResult
 
 
 @runtime_checkable

@@ -36,11 +36,12 @@ import torch
 from tqdm import tqdm
 
 from memory_bank import Bank
-from memory_bank.images import resize_label
+from memory_bank.images import resize_label, resize_photo
 from synthesis.canvas.builder import ELISION_STREAM, Canvas, CanvasBuilder, CanvasOptions, PlacedSegment, component_mask
 from synthesis.canvas.compose import NO_SEGMENT, composite
 from synthesis.canvas.elision import elide, kept_pixels
 from synthesis.canvas.segment_cache import CachedSegments
+from synthesis.tensors import image_tensor, input_tensors, mask_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -221,42 +222,24 @@ def _own_segment_ids(builder: CanvasBuilder, image_id: int | None) -> np.ndarray
 def resize_sample(
     layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray, photo: np.ndarray, size: tuple[int, int] | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Resize to ``size`` (H, W): nearest for ``layout`` and ``missing``, area for the images."""
+    """Resize to ``size`` (H, W): :func:`resize_inputs`, and the photo as the canvas."""
     if size is None or tuple(layout.shape) == tuple(size):
         return layout, canvas, missing, photo
     layout, canvas, missing = resize_inputs(layout, canvas, missing, size)
-    return layout, canvas, missing, cv2.resize(photo, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return layout, canvas, missing, resize_photo(photo, size)
 
 
 def resize_inputs(
     layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The network's inputs at ``size`` (H, W): nearest for ``layout`` and ``missing``, area for ``canvas``.
+    """The network's inputs at ``size`` (H, W): ``layout`` and ``missing`` by nearest neighbour, the
+    canvas as a photo (:mod:`memory_bank.images`).
 
     Training (through :func:`resize_sample`) and inference (``synthesis.pipeline``) both resize here.
     """
     if tuple(layout.shape) == tuple(size):
         return layout, canvas, missing
-    h, w = size
-    near = cv2.INTER_NEAREST
-    return (
-        cv2.resize(layout, (w, h), interpolation=near),
-        cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA),
-        cv2.resize(missing.view(np.uint8), (w, h), interpolation=near).astype(bool),
-    )
-
-
-def input_tensors(layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray) -> dict[str, torch.Tensor]:
-    """The sample contract's tensors from uint8 layout, uint8 (H, W, 3) canvas and bool missing.
-
-    ``layout`` int64 (H, W), ``canvas`` float32 (3, H, W) in [0, 1], ``missing`` float32 (1, H, W):
-    the one conversion the training data and the inference pipeline share.
-    """
-    return {
-        "layout": torch.from_numpy(layout.astype(np.int64)),
-        "canvas": photo_tensor(canvas),
-        "missing": torch.from_numpy(missing.astype(np.float32))[None],
-    }
+    return resize_label(layout, size), resize_photo(canvas, size), resize_label(missing, size)
 
 
 # 4. The cache
@@ -471,29 +454,19 @@ class SimulatedCanvasDataset(torch.utils.data.Dataset):
         layout, canvas, missing, photo = resize_sample(
             stored["layout"], stored["canvas"], stored["missing"], stored["photo"], self.size
         )
-        item = {**input_tensors(layout, canvas, missing), "photo": photo_tensor(photo)}
+        item = {**input_tensors(layout, canvas, missing), "photo": image_tensor(photo)}
         if self.full_resolution:
             kept = kept_pixels(stored["missing"], stored["elision"])
-            item["full_canvas"] = photo_tensor(stored["canvas"])
-            item["full_kept"] = torch.from_numpy(kept.astype(np.float32))[None]
-            item["full_photo"] = photo_tensor(stored["photo"])
+            item["full_canvas"] = image_tensor(stored["canvas"])
+            item["full_kept"] = mask_tensor(kept)
+            item["full_photo"] = image_tensor(stored["photo"])
         return item
-
-
-def photo_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> float32 (3, H, W) in [0, 1]: the one image conversion of samples."""
-    array = np.ascontiguousarray(image)
-    if not array.flags.writeable:  # canvases are read-only; torch wants to own writable memory
-        array = array.copy()
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous().float().div_(255.0)
 
 
 __all__ = [
     "CacheInfo",
     "ColorDonors",
     "SimulatedCanvasDataset",
-    "input_tensors",
-    "photo_tensor",
     "resize_inputs",
     "resize_sample",
     "simulate_canvas",

@@ -29,8 +29,8 @@ def _floats(text: str | None) -> tuple[float, ...]:
         raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _single_thread_faiss() -> None:
-    # FAISS's OpenMP threads spin against each other on a busy 2-core machine (50x slower searches).
+def single_thread_faiss() -> None:
+    """One FAISS thread: its OpenMP threads spin against each other on a busy 2-core machine (50x slower searches)."""
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -66,7 +66,7 @@ def grid(
     from synthesis.canvas.builder import CanvasOptions
     from synthesis.canvas.grid import grid_rows, render_grid, save_image
 
-    _single_thread_faiss()
+    single_thread_faiss()
     source = open_bank(bank)
     pairs = open_bank(layouts) if layouts else source
     ids = _ids(images) or np.linspace(0, pairs.num_images - 1, count).round().astype(int).tolist()
@@ -105,7 +105,7 @@ def simulate(
     from synthesis.canvas.builder import CanvasOptions
     from synthesis.canvas.simulate import write_canvas_cache
 
-    _single_thread_faiss()
+    single_thread_faiss()
     info = write_canvas_cache(
         open_bank(bank),
         out,

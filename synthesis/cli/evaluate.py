@@ -84,7 +84,7 @@ def evaluate(
 
     from memory_bank import open_bank
     from synthesis.evaluation import report as rep
-    from synthesis.networks.segmenter import load_pretrained
+    from synthesis.networks.segmenter import SegmentationNet
 
     if (bank is None) == (root is None):
         raise typer.BadParameter("give exactly one of --bank and --root")
@@ -134,7 +134,7 @@ def evaluate(
     report = rep.evaluate_image_sets(
         items,
         sets,
-        load_pretrained(segmenter),
+        SegmentationNet.from_pretrained(segmenter),
         classes,
         segmenter_name=str(segmenter),
         num_samples=samples,

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from retrieval_service.types import MAX_K
+
 app = typer.Typer(help="Synthesize photos from layout PNGs (against a service, or in-process on a bank).")
 
 
@@ -36,9 +38,9 @@ def synthesize(
         str, typer.Option(help="Transformation network or `none` (in-process).")
     ] = "weights/transform",
     ordering: Annotated[str, typer.Option(help="Ordering network or `none` (in-process).")] = "weights/ordering",
-    n: Annotated[int, typer.Option("--n", help="Variants per layout, with seeds seed .. seed+n-1.")] = 1,
-    seed: Annotated[int, typer.Option(help="First seed (it picks among the top-k segments).")] = 0,
-    k: Annotated[int, typer.Option("--k", help="Candidates per component the seed picks among.")] = 5,
+    n: Annotated[int, typer.Option("--n", min=1, help="Variants per layout, with seeds seed .. seed+n-1.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="First seed (it picks among the top-k segments).")] = 0,
+    k: Annotated[int, typer.Option("--k", min=1, max=MAX_K, help="Candidates per component the seed picks among.")] = 5,
     mode: Annotated[str, typer.Option(help="Retrieval mode: fast, exact or full (pixels).")] = "fast",
     coarse: Annotated[bool, typer.Option("--coarse", help="The layouts are coarse: refine them first.")] = False,
     elision_band: Annotated[
@@ -76,7 +78,8 @@ def synthesize(
 
     from memory_bank.errors import SimsError
     from retrieval_service.client import RetrievalClient, ServiceError
-    from synthesis.synthesize_files import Elision, LocalSynthesizer, RemoteSynthesizer, Synthesizer, synthesize_files
+    from retrieval_service.types import SynthesizeOptions
+    from synthesis.synthesize_files import LocalSynthesizer, RemoteSynthesizer, Synthesizer, synthesize_files
     from synthesis.worker.settings import WorkerSettings
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -84,6 +87,14 @@ def synthesize(
         raise typer.BadParameter("give exactly one of --service URL and --bank BANK")
     if mode not in ("fast", "exact", "full"):
         raise typer.BadParameter(f"--mode must be fast, exact or full, not {mode!r}")
+    options = SynthesizeOptions(
+        k=k,
+        seed=seed,
+        mode=mode,  # type: ignore[arg-type]
+        coarse=coarse,
+        elision_band=elision_band,
+        elision_rate=elision_rate,
+    )
     with contextlib.ExitStack() as stack:
         synth: Synthesizer
         if service is not None:
@@ -100,12 +111,8 @@ def synthesize(
                 synth,
                 layout,
                 out,
+                options=options,
                 n=n,
-                seed=seed,
-                k=k,
-                coarse=coarse,
-                mode=mode,  # type: ignore[arg-type]
-                elision=Elision(elision_band, elision_rate),
                 unlabelled=_ints(unlabelled),
                 extras=extras,
                 grid=grid,

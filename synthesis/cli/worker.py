@@ -20,6 +20,13 @@ def worker(
         Path | None,
         typer.Option("--weights", "-w", help="Synthesis network directory (default weights/synthesis)."),
     ] = None,
+    weights_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Root of the networks not given one by one: synthesis/, layout-refiner/, transform/, ordering/ "
+            "(what `sims train all` writes; default weights)."
+        ),
+    ] = None,
     refine: Annotated[
         str | None, typer.Option(help="Layout refiner for coarse=true, or `none` (default weights/layout-refiner).")
     ] = None,
@@ -44,6 +51,7 @@ def worker(
 
     flags = {
         "service_url": service,
+        "weights_dir": weights_dir,
         "weights": weights,
         "refine_weights": refine,
         "transform_weights": transform,

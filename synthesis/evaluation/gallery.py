@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from memory_bank import ClassTable
+from memory_bank.images import resize_label, resize_photo
 from synthesis.canvas.grid import provenance_colors
 from synthesis.evaluation.report import EvalItem, SetOutput
 
@@ -207,12 +207,12 @@ class GalleryWriter:
 
 
 def thumbnail(image: np.ndarray, rows: int = THUMBNAIL_ROWS, *, nearest: bool = False) -> np.ndarray:
-    """``image`` scaled down to ``rows`` rows (kept as is when not taller): area averaging, or nearest for labels."""
+    """``image`` scaled down to ``rows`` rows (kept as is when not taller), as photos or, with ``nearest``, labels."""
     a = np.ascontiguousarray(image)
     if a.shape[0] <= rows:
         return a
     cols = max(1, round(a.shape[1] * rows / a.shape[0]))
-    return cv2.resize(a, (cols, rows), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+    return resize_label(a, (rows, cols)) if nearest else resize_photo(a, (rows, cols))
 
 
 def _slug(name: str) -> str:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the torch convention)
 
 from synthesis.networks.segmenter import SegmentationNet
+from synthesis.tensors import image_tensor
 
 
 def polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -83,8 +84,7 @@ def segmenter_features(segmenter: SegmentationNet, image: np.ndarray) -> np.ndar
     if a.shape[0] < step or a.shape[1] < step:
         raise ValueError(f"image {a.shape[:2]} is smaller than the segmenter's total pooling {step}")
     device = segmenter.mean.device
-    # torch.tensor copies: arrays read from zarr or PIL can be read-only.
-    x = torch.tensor(a, device=device).permute(2, 0, 1)[None].float().div_(255.0)
+    x = image_tensor(a)[None].to(device)
     x = (x - segmenter.mean) / segmenter.std
     was_training = segmenter.training
     segmenter.eval()  # BatchNorm with its running statistics, as at inference

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memory_bank.classes import IGNORE
+from retrieval_service.iou import iou64
 
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = IGNORE) -> np.ndarray:
@@ -42,9 +43,7 @@ def iou_per_class(confusion: np.ndarray) -> np.ndarray:
     tp = np.diag(conf).astype(np.float64)
     gt = conf.sum(axis=1).astype(np.float64)
     pr = conf.sum(axis=0).astype(np.float64)
-    union = gt + pr - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = tp / union
+    iou = iou64(tp, gt, pr)
     # Only classes present in the target count: a class the image set never shows has no
     # meaningful IoU (and its false positives already lower the other classes' IoU).
     iou[gt == 0] = np.nan

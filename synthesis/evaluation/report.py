@@ -20,7 +20,7 @@ when sets are smaller than the photos, a reference row shows real photos at that
 
 Image sets come from folders of PNGs named like the val photos (``0016E5_07959.png``), from a
 synthesis checkpoint run in-process through :class:`~synthesis.pipeline.SynthesisPipeline`
-(:class:`PipelineImages`), from any :class:`Synthesizer`, or from other sets
+(:class:`PipelineImages`), from any function of a layout (:class:`SynthesizedImages`), or from other sets
 (:class:`PastedImages`: a canvas's kept pixels over another set's output). Items are scored one
 at a time, every set on the same item in turn, so a set keeps only the current item's output
 (:class:`SetOutput`: the image and, for canvas-based sets, the canvas) and derived sets and the
@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from memory_bank import Bank, ClassTable, DatasetError, SimsError
+from memory_bank.images import resize_photo
 from synthesis.evaluation.kid import kid_with_error, segmenter_features, stack_features
 from synthesis.evaluation.metrics import SegmentationScores, confusion_matrix, l1_error
 from synthesis.evaluation.spectrum import (
@@ -62,15 +62,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 REAL = "real photos"
 
 
-@runtime_checkable
-class Synthesizer(Protocol):
-    """Anything that turns a layout into a photo: ``(H, W) uint8 label map → (h, w, 3) uint8 RGB``.
-
-    The layout comes at the evaluation data's resolution (360x480 for the CamVid banks) with 255
-    for unlabelled pixels; the image may be smaller (e.g. 96x128), with the same aspect ratio.
-    """
-
-    def __call__(self, layout: np.ndarray) -> np.ndarray: ...
+#: A layout in, a photo out: ``(H, W) uint8 label map → (h, w, 3) uint8 RGB``. The layout comes at
+#: the evaluation data's resolution (360x480 for the CamVid banks) with 255 for unlabelled pixels;
+#: the image may be smaller (e.g. 96x128), with the same aspect ratio.
+LayoutToImage = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -148,13 +143,13 @@ class FolderImages:
 
 @dataclass(frozen=True)
 class SynthesizedImages:
-    """Images made on the fly by a :class:`Synthesizer` from each item's layout."""
+    """Images made on the fly from each item's layout by a :data:`LayoutToImage` function."""
 
     name: str
-    synthesizer: Synthesizer
+    make_image: LayoutToImage
 
     def image_for(self, item: EvalItem) -> np.ndarray:
-        return _check_image(np.asarray(self.synthesizer(item.layout)), f"{self.name}: image for {item.name}")
+        return _check_image(np.asarray(self.make_image(item.layout)), f"{self.name}: image for {item.name}")
 
 
 @dataclass(frozen=True)
@@ -165,7 +160,7 @@ class RealPhotos:
     size: tuple[int, int] | None = None
 
     def image_for(self, item: EvalItem) -> np.ndarray:
-        return item.photo if self.size is None else resize_image(item.photo, self.size)
+        return item.photo if self.size is None else resize_photo(item.photo, self.size)
 
 
 class PipelineImages:
@@ -196,10 +191,8 @@ class PipelineImages:
     ) -> None:
         from synthesis.canvas.builder import CanvasBuilder, CanvasOptions
         from synthesis.canvas.elision import TEST_ELISION
-        from synthesis.checkpoint import read_metadata
-        from synthesis.networks.ordering import LearnedOrderer
-        from synthesis.networks.transform import TransformAligner
-        from synthesis.pipeline import ImageGenerator, SynthesisPipeline
+        from synthesis.model_directory import read_metadata
+        from synthesis.pipeline import ImageGenerator, Networks, SynthesisPipeline
 
         self.name = name
         self.weights = Path(weights)
@@ -211,19 +204,16 @@ class PipelineImages:
             raise SimsError(
                 f"{self.weights} is a SIMS model checkpoint: give --memory-bank, the bank its canvases come from"
             )
-        self.generator = ImageGenerator.from_pretrained(self.weights)
-        self.parametric = self.generator.parametric
         self.pipeline: SynthesisPipeline | None = None
-        if memory_bank is not None and not self.parametric:
-            weights_root = self.weights.parent
-            aligner = orderer = None
-            if (weights_root / "transform" / "config.json").is_file():
-                aligner = TransformAligner.from_pretrained(weights_root / "transform")
-            if (weights_root / "ordering" / "config.json").is_file():
-                orderer = LearnedOrderer.from_pretrained(weights_root / "ordering")
+        if self.parametric:
+            self.generator = ImageGenerator.from_pretrained(self.weights)
+        else:
+            beside = [self.weights.parent / name for name in ("transform", "ordering")]
+            transform, ordering = (p if (p / "config.json").is_file() else None for p in beside)
+            networks = Networks.from_pretrained(self.weights, transform=transform, ordering=ordering)
             options = CanvasOptions(k=1, elision=elision or TEST_ELISION)
-            builder = CanvasBuilder.from_bank(memory_bank, aligner=aligner, orderer=orderer, options=options)
-            self.pipeline = SynthesisPipeline(builder, self.generator, refiner=None)
+            self.pipeline = networks.pipeline(CanvasBuilder.from_bank(memory_bank), options)  # type: ignore[arg-type]
+            self.generator = networks.generator
         self._last: tuple[tuple[int, str], SetOutput] | None = None
 
     @property
@@ -261,7 +251,7 @@ def paste_canvas(canvas: np.ndarray, provenance: np.ndarray, base: np.ndarray) -
     kept = np.asarray(provenance) >= 0
     if canvas.shape[:2] != kept.shape or canvas.ndim != 3:
         raise ValueError(f"canvas {canvas.shape} and provenance {kept.shape} differ in size")
-    base = resize_image(np.asarray(base), kept.shape)  # type: ignore[arg-type]
+    base = resize_photo(np.asarray(base), kept.shape)  # type: ignore[arg-type]
     return np.where(kept[..., None], canvas, base).astype(np.uint8)
 
 
@@ -341,15 +331,6 @@ def items_from_samples(samples: Iterable[Any], limit: int | None = None) -> list
     if not items:
         raise DatasetError("no evaluation images")
     return items
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 image to ``(rows, cols)``: area averaging down, bilinear up."""
-    rows, cols = size
-    if image.shape[:2] == (rows, cols):
-        return image
-    shrink = image.shape[0] >= rows and image.shape[1] >= cols
-    return cv2.resize(image, (cols, rows), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 @dataclass
@@ -542,7 +523,7 @@ class _Scorer:
         pred = self.segmenter.predict_labels(image, out_size=item.layout.shape[:2])[0]
         self.conf += confusion_matrix(pred, item.layout, self.segmenter.config.num_classes)
         if not reference:
-            self.l1.append(l1_error(image, resize_image(item.photo, self.size)))  # type: ignore[arg-type]
+            self.l1.append(l1_error(image, resize_photo(item.photo, self.size)))  # type: ignore[arg-type]
         spectrum = power_spectrum(image)
         half = position % 2
         summed = self.power[half]
@@ -761,7 +742,7 @@ def _thumbnail(image: np.ndarray, rows: int = 180) -> np.ndarray:
     if image.shape[0] <= rows:
         return image
     cols = round(image.shape[1] * rows / image.shape[0])
-    return cv2.resize(image, (cols, rows), interpolation=cv2.INTER_AREA)
+    return resize_photo(image, (rows, cols))
 
 
 def _check_image(image: np.ndarray, what: str) -> np.ndarray:
@@ -776,6 +757,7 @@ __all__ = [
     "FolderImages",
     "ImageSet",
     "ItemCallback",
+    "LayoutToImage",
     "PastedImages",
     "PipelineImages",
     "RealPhotos",
@@ -783,7 +765,6 @@ __all__ = [
     "SetOutput",
     "SetResult",
     "SynthesizedImages",
-    "Synthesizer",
     "canvas_set",
     "describe_bank",
     "evaluate_image_sets",
@@ -794,6 +775,5 @@ __all__ = [
     "paste_canvas",
     "paste_name",
     "render_markdown",
-    "resize_image",
     "write_report",
 ]

@@ -18,34 +18,26 @@ A 1x1 convolution maps the finest features to class logits.
 input size (smoother outlines than nearest upsampling of labels), and labelled coarse pixels keep
 their label unless the network gives it less than ``keep_threshold`` probability (see there).
 
-Checkpoints are diffusers-style directories: ``config.json`` (constructor arguments and
-``_class_name``) and ``model.safetensors``.
+Checkpoints are model directories (:mod:`synthesis.model_directory`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (the torch convention)
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from memory_bank.classes import IGNORE
 from memory_bank.errors import LayoutError
+from memory_bank.segments import check_label_map
+from synthesis.model_directory import NetworkConfig, PretrainedNetwork
 from synthesis.networks.refinement import ConvBlock
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-CLASS_NAME = "LayoutRefiner"
+from synthesis.tensors import one_hot
 
 #: Default of :func:`refine_layout`'s ``keep_threshold``: a labelled coarse pixel keeps its label
 #: unless the network gives that label less than this probability. 0 keeps every labelled pixel (the
@@ -55,7 +47,7 @@ DEFAULT_KEEP_THRESHOLD = 0.0
 
 
 @dataclass(frozen=True)
-class LayoutRefinerConfig:
+class LayoutRefinerConfig(NetworkConfig):
     """Constructor arguments of :class:`LayoutRefiner`, saved as ``config.json``.
 
     Attributes:
@@ -96,37 +88,24 @@ class LayoutRefinerConfig:
         """One channel per class plus one for unlabelled pixels."""
         return self.num_classes + 1
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["resolution"], d["widths"] = list(self.resolution), list(self.widths)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LayoutRefinerConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown layout refiner config keys: {sorted(unknown)}")
-        return cls(**d)
-
-
-def encode_layout(labels: Tensor, num_classes: int, size: Sequence[int] | None = None) -> Tensor:
+def class_shares(labels: Tensor, num_classes: int, size: Sequence[int] | None = None) -> Tensor:
     """(B, H, W) class ids -> (B, num_classes + 1, h, w) class shares; the last channel is unlabelled.
 
-    Ids outside ``0..num_classes-1`` (255) count as unlabelled. With ``size`` the one-hot map is
-    area-resized to (h, w), so each output pixel holds the shares of the input pixels it covers.
+    The one-hot of :func:`synthesis.tensors.one_hot` with its unlabelled channel (ids outside
+    ``0..num_classes-1``, such as 255, count as unlabelled). With ``size`` it is area-resized to
+    (h, w), so each output pixel holds the shares of the input pixels it covers.
     """
-    if labels.dtype.is_floating_point or labels.ndim != 3:
+    if labels.ndim != 3:
         raise ValueError(f"labels must be (B, H, W) integer class ids, got {tuple(labels.shape)} {labels.dtype}")
-    ids = labels.long()
-    ids = torch.where((ids >= 0) & (ids < num_classes), ids, num_classes)
-    hot = F.one_hot(ids, num_classes + 1).permute(0, 3, 1, 2).float()
+    hot = one_hot(labels, num_classes, unlabelled_channel=True)
     if size is not None and tuple(size) != tuple(hot.shape[-2:]):
         hot = F.interpolate(hot, size=tuple(int(v) for v in size), mode="area")
     return hot
 
 
-class LayoutRefiner(nn.Module):
-    """Coarse layout (encoded by :func:`encode_layout`) -> dense class logits. See the module docstring.
+class LayoutRefiner(PretrainedNetwork, config_class=LayoutRefinerConfig, kind="layout refiner"):
+    """Coarse layout (encoded by :func:`class_shares`) -> dense class logits. See the module docstring.
 
     Build it from explicit arguments (``LayoutRefiner(num_classes=11, resolution=(96, 128),
     widths=(32, 48, 64, 64, 96, 96))``) or from a config with :meth:`from_config`.
@@ -158,11 +137,6 @@ class LayoutRefiner(nn.Module):
             )
         self.to_logits = nn.Conv2d(cfg.widths[0], cfg.num_classes, 1)
 
-    @classmethod
-    def from_config(cls, config: LayoutRefinerConfig) -> LayoutRefiner:
-        """Build the network a config describes."""
-        return cls(**asdict(config))
-
     def forward(self, x: Tensor) -> Tensor:
         """(B, num_classes + 1, H, W) encoded layout -> (B, num_classes, H, W) logits; H, W multiples of the factor."""
         cfg = self.config
@@ -186,7 +160,7 @@ class LayoutRefiner(nn.Module):
 
     def logits(self, labels: Tensor, out_size: Sequence[int] | None = None) -> Tensor:
         """Logits for (B, H, W) class-id maps of any size, at ``out_size`` (default: the input's size)."""
-        x = encode_layout(labels, self.config.num_classes, self.config.resolution)
+        x = class_shares(labels, self.config.num_classes, self.config.resolution)
         logits = self(x)
         size = tuple(out_size) if out_size is not None else tuple(labels.shape[-2:])
         if size != tuple(logits.shape[-2:]):
@@ -212,9 +186,7 @@ def refine_layout(
     if coarse.ndim != 2 or coarse.dtype != np.uint8:
         raise LayoutError(f"a coarse layout must be (H, W) uint8, got {coarse.shape} {coarse.dtype}")
     n = model.config.num_classes
-    bad = np.unique(coarse[(coarse >= n) & (coarse != IGNORE)])
-    if bad.size:
-        raise LayoutError(f"coarse layout holds class ids {bad[:8].tolist()} outside 0..{n - 1} (and {IGNORE})")
+    coarse = check_label_map(coarse, n)
     model.eval()
     device = next(model.parameters()).device
     labels = torch.from_numpy(np.ascontiguousarray(coarse)).to(device)[None]
@@ -245,8 +217,8 @@ class CoarseLayoutRefiner:
         device: str | torch.device = "cpu",
         keep_threshold: float = DEFAULT_KEEP_THRESHOLD,
     ) -> CoarseLayoutRefiner:
-        """Load the network from a checkpoint directory (see :func:`from_pretrained`)."""
-        return cls(from_pretrained(directory, device=device), keep_threshold)
+        """Load the network from a model directory."""
+        return cls(LayoutRefiner.from_pretrained(directory, device=device), keep_threshold)
 
     @property
     def num_classes(self) -> int:
@@ -257,75 +229,11 @@ class CoarseLayoutRefiner:
         return refine_layout(self.model, coarse, keep_threshold=self.keep_threshold)
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_pretrained(
-    model: LayoutRefiner,
-    directory: str | Path,
-    *,
-    dtype: torch.dtype = torch.float32,
-    metadata: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` into ``directory`` atomically (replacing it).
-
-    ``dtype=torch.float16`` is the shipping form. ``metadata`` (data, steps, ...) goes to ``sims.json``.
-    """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
-        config = {"_class_name": CLASS_NAME, **model.config.to_dict()}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "class_name": CLASS_NAME})
-        if metadata is not None:
-            (tmp / "sims.json").write_text(json.dumps(dict(metadata), indent=2) + "\n")
-        # Keep files a caller put there (training state, scores): only the model files are replaced.
-        if directory.exists():
-            for name in (CONFIG_FILE, WEIGHTS_FILE, "sims.json"):
-                if (tmp / name).exists():
-                    os.replace(tmp / name, directory / name)
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
-
-
-def read_config(directory: str | Path) -> LayoutRefinerConfig:
-    """The network config of a checkpoint directory."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a layout refiner checkpoint (no {CONFIG_FILE})")
-    data = json.loads(path.read_text())
-    name = data.pop("_class_name", CLASS_NAME)
-    if name != CLASS_NAME:
-        raise ValueError(f"{path} describes a {name}, not a {CLASS_NAME}")
-    return LayoutRefinerConfig.from_dict(data)
-
-
-def from_pretrained(directory: str | Path, *, device: str | torch.device = "cpu") -> LayoutRefiner:
-    """Load a checkpoint directory as a float32 network in eval mode (float16 weights are upcast)."""
-    directory = Path(directory)
-    model = LayoutRefiner.from_config(read_config(directory))
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}")
-    model.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()}, strict=True)
-    return model.to(device).eval()
-
-
 __all__ = [
     "DEFAULT_KEEP_THRESHOLD",
     "CoarseLayoutRefiner",
     "LayoutRefiner",
     "LayoutRefinerConfig",
-    "encode_layout",
-    "from_pretrained",
-    "read_config",
+    "class_shares",
     "refine_layout",
-    "save_pretrained",
 ]

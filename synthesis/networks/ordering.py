@@ -27,21 +27,16 @@ import torch.nn.functional as F  # noqa: N812  (torch convention)
 from torch import nn
 
 from memory_bank.errors import LayoutError
-from synthesis.networks.model_files import (
-    config_kwargs,
-    config_to_dict,
-    conv_block,
-    read_model_dir,
-    write_model_dir,
-)
+from synthesis.model_directory import NetworkConfig, PretrainedNetwork, resolve
+from synthesis.networks.conv_block import conv_block
 from synthesis.networks.transform import avg_pool, sample_layout, window_theta
+from synthesis.tensors import one_hot
 
-CLASS_NAME = "OrderingNet"
 PRIOR_NAME = "class_prior.json"
 
 
 @dataclass(frozen=True)
-class OrderingConfig:
+class OrderingConfig(NetworkConfig):
     """Constructor arguments of :class:`OrderingNet` and the window it sees; saved as ``config.json``.
 
     Attributes:
@@ -79,32 +74,32 @@ class OrderingConfig:
         if self.window_margin < 1.0 or self.supersample < 1 or self.work_scale < 1 or self.adjacency < 0:
             raise ValueError("window_margin >= 1, supersample >= 1, work_scale >= 1 and adjacency >= 0 are required")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict, with ``_class_name`` naming the network (as diffusers and synthesis.checkpoint do)."""
-        return config_to_dict(self, CLASS_NAME)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> OrderingConfig:
-        """Inverse of :meth:`to_dict`; unknown keys and another network's config are errors."""
-        return cls(**config_kwargs(d, CLASS_NAME))
-
-
-class OrderingNet(nn.Module):
+class OrderingNet(PretrainedNetwork, config_class=OrderingConfig, kind="ordering network"):
     """Pairwise front/back classifier.
 
     ``forward(mask_a, mask_b, layout, coords, class_a, class_b)`` with (B, 1, h, w) mask coverages,
     (B, K, h, w) layout one-hot, (B, 2, h, w) frame coordinates of the window's pixels (normalised, y then x)
     and (B,) int64 classes returns (B,) logits of "a is in front of b"; swapping a and b negates them.
+    The window arguments do not change the layers: they are how pairs are windowed, kept in ``config``.
     """
 
     def __init__(
         self,
         num_classes: int = 11,
-        input_size: tuple[int, int] = (32, 48),
-        widths: tuple[int, ...] = (16, 32, 48, 64),
-        hidden: int = 128,
+        input_size: tuple[int, int] = OrderingConfig.input_size,
+        widths: tuple[int, ...] = OrderingConfig.widths,
+        hidden: int = OrderingConfig.hidden,
+        window_margin: float = OrderingConfig.window_margin,
+        min_window: tuple[int, int] = OrderingConfig.min_window,
+        supersample: int = OrderingConfig.supersample,
+        work_scale: int = OrderingConfig.work_scale,
+        adjacency: int = OrderingConfig.adjacency,
     ) -> None:
         super().__init__()
+        self.config = OrderingConfig(
+            num_classes, input_size, widths, hidden, window_margin, min_window, supersample, work_scale, adjacency
+        )
         self.num_classes = num_classes
         self.input_size = tuple(input_size)
         chans = (2 + num_classes + 2, *widths)
@@ -114,11 +109,6 @@ class OrderingNet(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(flat + 2 * num_classes, hidden), nn.LeakyReLU(0.2, inplace=True), nn.Linear(hidden, 1)
         )
-
-    @classmethod
-    def from_config(cls, config: OrderingConfig) -> OrderingNet:
-        """Build the network a config describes (untrained)."""
-        return cls(config.num_classes, config.input_size, config.widths, config.hidden)
 
     def score(
         self,
@@ -135,7 +125,7 @@ class OrderingNet(nn.Module):
     def _trunk(self, x: torch.Tensor, class_a: torch.Tensor, class_b: torch.Tensor) -> torch.Tensor:
         x = self.features(x).flatten(1)
         k = self.num_classes
-        x = torch.cat([x, F.one_hot(class_a, k).to(x.dtype), F.one_hot(class_b, k).to(x.dtype)], dim=1)
+        x = torch.cat([x, one_hot(class_a, k, dtype=x.dtype), one_hot(class_b, k, dtype=x.dtype)], dim=1)
         return self.head(x).squeeze(1)
 
     def forward(
@@ -348,23 +338,6 @@ def neighbour_pairs(
     return out
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_pretrained(directory: str | Path, config: OrderingConfig, model: nn.Module, half: bool = True) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (float16 unless ``half`` is False) into ``directory``."""
-    return write_model_dir(directory, config.to_dict(), model, half)
-
-
-def load_pretrained(directory: str | Path) -> tuple[OrderingConfig, OrderingNet]:
-    """Read a directory written by :func:`save_pretrained`; the model comes back in float32, in eval mode."""
-    data, state = read_model_dir(directory)
-    config = OrderingConfig.from_dict(data)
-    model = OrderingNet.from_config(config)
-    model.load_state_dict(state)
-    return config, model.eval()
-
-
 # ---------------------------------------------------------------- orderers
 
 
@@ -422,9 +395,9 @@ class LearnedOrderer:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> LearnedOrderer:
-        """Load the pairwise network from a checkpoint directory."""
-        config, model = load_pretrained(directory)
-        return cls(model, config)
+        """Load the pairwise network from a model directory."""
+        model = OrderingNet.from_pretrained(directory)
+        return cls(model, model.config)
 
     @torch.no_grad()
     def pair_probabilities(
@@ -498,17 +471,21 @@ class ClassPrior:
         _check_order_inputs(layout, masks, class_ids)
         return sorted(range(len(masks)), key=lambda i: self.score[int(class_ids[i])])
 
+    def to_json(self, class_names: Sequence[str] | None = None) -> str:
+        """The text of ``class_prior.json``: the scores, and the order of the named classes back to front."""
+        d: dict[str, Any] = {"score": list(self.score)}
+        if class_names is not None:
+            d["order_back_to_front"] = [class_names[i] for i in np.argsort(self.score, kind="stable")]
+        return json.dumps(d, indent=2) + "\n"
+
     def save(self, directory: str | Path, class_names: Sequence[str] | None = None) -> Path:
         """Write ``class_prior.json`` into ``directory``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        d: dict[str, Any] = {"score": list(self.score)}
-        if class_names is not None:
-            d["order_back_to_front"] = [class_names[i] for i in np.argsort(self.score, kind="stable")]
-        (out / PRIOR_NAME).write_text(json.dumps(d, indent=2) + "\n")
+        (out / PRIOR_NAME).write_text(self.to_json(class_names))
         return out / PRIOR_NAME
 
     @classmethod
     def load(cls, directory: str | Path) -> ClassPrior:
-        """Read ``class_prior.json`` from ``directory``."""
-        return cls(tuple(json.loads((Path(directory) / PRIOR_NAME).read_text())["score"]))
+        """Read ``class_prior.json`` from a model directory (or a run directory's newest checkpoint)."""
+        return cls(tuple(json.loads((resolve(directory) / PRIOR_NAME).read_text())["score"]))

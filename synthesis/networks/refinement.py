@@ -24,19 +24,20 @@ is trained and shipped at.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from memory_bank.classes import IGNORE
+from synthesis.model_directory import NetworkConfig, PretrainedNetwork
+from synthesis.tensors import one_hot
 
 
 @dataclass(frozen=True)
-class RefinementConfig:
+class RefinementConfig(NetworkConfig):
     """Constructor arguments of :class:`CascadedRefinementNetwork`.
 
     Attributes:
@@ -98,31 +99,6 @@ class RefinementConfig:
         """Input channels: one-hot layout, canvas, missing mask."""
         return self.num_classes + self.canvas_channels + 1
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("resolution", "encoder_widths", "decoder_widths", "encoder_convs"):
-            d[key] = list(d[key])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RefinementConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown network config keys: {sorted(unknown)}")
-        return cls(**d)
-
-
-def one_hot_layout(layout: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """(B, H, W) integer class ids -> (B, C, H, W) one-hot; ids outside ``0..C-1`` (unlabelled) give zeros."""
-    if layout.dtype.is_floating_point or layout.ndim != 3:
-        raise ValueError(f"layout must be (B, H, W) integer class ids, got {tuple(layout.shape)} {layout.dtype}")
-    ids = layout.long()
-    valid = (ids >= 0) & (ids < num_classes)
-    # An extra class absorbs unlabelled pixels and is dropped, so they end up all zeros.
-    hot = F.one_hot(torch.where(valid, ids, num_classes), num_classes + 1)[..., :num_classes]
-    return hot.permute(0, 3, 1, 2).to(dtype)
-
 
 class ConvBlock(nn.Sequential):
     """``n`` times conv3x3 -> layer norm -> leaky ReLU."""
@@ -138,7 +114,7 @@ class ConvBlock(nn.Sequential):
         super().__init__(*layers)
 
 
-class CascadedRefinementNetwork(nn.Module):
+class CascadedRefinementNetwork(PretrainedNetwork, config_class=RefinementConfig, kind="synthesis network"):
     """(layout, canvas, missing) -> photograph. See the module docstring for the architecture.
 
     Build it from explicit arguments (``CascadedRefinementNetwork(num_classes=11, resolution=(96, 128),
@@ -189,11 +165,6 @@ class CascadedRefinementNetwork(nn.Module):
 
             self.to_blend = blend_head(cfg.decoder_widths[0])
 
-    @classmethod
-    def from_config(cls, config: RefinementConfig) -> CascadedRefinementNetwork:
-        """Build the network a config describes."""
-        return cls(**asdict(config))
-
     def prepare_input(self, layout: Tensor, canvas: Tensor, missing: Tensor) -> Tensor:
         """Check shapes and stack one-hot layout, canvas and mask into (B, C + 4, H, W).
 
@@ -204,8 +175,10 @@ class CascadedRefinementNetwork(nn.Module):
             if layout.ndim != 4 or layout.shape[1] != cfg.num_classes:
                 raise ValueError(f"a float layout must be (B, {cfg.num_classes}, H, W), got {tuple(layout.shape)}")
             hot = layout.to(canvas.dtype)
+        elif layout.ndim == 3:
+            hot = one_hot(layout, cfg.num_classes, dtype=canvas.dtype)
         else:
-            hot = one_hot_layout(layout, cfg.num_classes, canvas.dtype)
+            raise ValueError(f"layout must be (B, H, W) integer class ids, got {tuple(layout.shape)} {layout.dtype}")
         b, _, h, w = hot.shape
         if canvas.shape != (b, cfg.canvas_channels, h, w) or missing.shape != (b, 1, h, w):
             raise ValueError(

@@ -19,7 +19,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,13 +27,14 @@ from torch import nn
 
 from memory_bank.classes import IGNORE
 from memory_bank.errors import LayoutError
-from synthesis.networks.model_files import config_kwargs, config_to_dict, conv_block, read_model_dir, write_model_dir
-
-CLASS_NAME = "TransformNet"
+from retrieval_service.iou import iou64
+from synthesis.model_directory import NetworkConfig, PretrainedNetwork
+from synthesis.networks.conv_block import conv_block
+from synthesis.tensors import one_hot
 
 
 @dataclass(frozen=True)
-class TransformConfig:
+class TransformConfig(NetworkConfig):
     """Constructor arguments of :class:`TransformNet` and the window it sees; saved as ``config.json``.
 
     Attributes:
@@ -74,33 +74,32 @@ class TransformConfig:
         if self.supersample < 1 or self.work_scale < 1:
             raise ValueError(f"supersample and work_scale must be >= 1, got {self.supersample}, {self.work_scale}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict, with ``_class_name`` naming the network (as diffusers and synthesis.checkpoint do)."""
-        return config_to_dict(self, CLASS_NAME)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransformConfig:
-        """Inverse of :meth:`to_dict`; unknown keys and another network's config are errors."""
-        return cls(**config_kwargs(d, CLASS_NAME))
-
-
-class TransformNet(nn.Module):
+class TransformNet(PretrainedNetwork, config_class=TransformConfig, kind="transformation network"):
     """CNN from (layout, target mask, segment pixels, segment mask) windows to an affine ``theta``.
 
     Inputs, all (B, ., h, w) float at ``input_size``: ``layout`` one-hot (B, K, h, w), ``target`` (B, 1, h, w)
     in [0, 1], ``pixels`` (B, 3, h, w) in [0, 1] (zero outside the segment), ``mask`` (B, 1, h, w) in [0, 1].
     Two coordinate channels are added inside (CoordConv), so the flattened head can tell where things are.
-    Output: (B, 2, 3) ``theta`` in window coordinates; identity at initialisation.
+    Output: (B, 2, 3) ``theta`` in window coordinates; identity at initialisation. The window
+    arguments do not change the layers: they are how the aligner cuts T's windows, kept in ``config``.
     """
 
     def __init__(
         self,
         num_classes: int = 11,
-        input_size: tuple[int, int] = (64, 80),
-        widths: tuple[int, ...] = (16, 32, 48, 64, 64),
-        hidden: int = 128,
+        input_size: tuple[int, int] = TransformConfig.input_size,
+        widths: tuple[int, ...] = TransformConfig.widths,
+        hidden: int = TransformConfig.hidden,
+        window_margin: float = TransformConfig.window_margin,
+        min_window: tuple[int, int] = TransformConfig.min_window,
+        supersample: int = TransformConfig.supersample,
+        work_scale: int = TransformConfig.work_scale,
     ) -> None:
         super().__init__()
+        self.config = TransformConfig(
+            num_classes, input_size, widths, hidden, window_margin, min_window, supersample, work_scale
+        )
         self.num_classes = num_classes
         self.input_size = tuple(input_size)
         in_ch = num_classes + 1 + 3 + 1 + 2
@@ -115,11 +114,6 @@ class TransformNet(nn.Module):
         nn.init.zeros_(self.head.weight)
         with torch.no_grad():
             self.head.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
-
-    @classmethod
-    def from_config(cls, config: TransformConfig) -> TransformNet:
-        """Build the network a config describes (untrained)."""
-        return cls(config.num_classes, config.input_size, config.widths, config.hidden)
 
     def forward(
         self, layout: torch.Tensor, target: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor
@@ -256,8 +250,8 @@ def sample_layout(labels: torch.Tensor, theta: torch.Tensor, size: tuple[int, in
         shifted = shifted.expand(b, -1, -1, -1)
     grid = F.affine_grid(theta, [b, 1, *size], align_corners=False)
     near = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    idx = near.round().clamp(0, num_classes)  # (B, 1, h, w) class + 1, 0 = none
-    return (idx == torch.arange(1, num_classes + 1, dtype=idx.dtype).view(1, -1, 1, 1)).float()
+    idx = near[:, 0].round().clamp(0, num_classes).long()  # (B, h, w) class + 1, 0 = none
+    return one_hot(idx - 1, num_classes)
 
 
 def apply_affine(pixels: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -412,8 +406,7 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two bool masks (0 when both are empty)."""
-    union = np.count_nonzero(a | b)
-    return float(np.count_nonzero(a & b)) / union if union else 0.0
+    return float(iou64(np.count_nonzero(a & b), np.count_nonzero(a), np.count_nonzero(b)))
 
 
 def box_iou(a: np.ndarray, a_box: tuple[int, int, int, int], b: np.ndarray, b_box: tuple[int, int, int, int]) -> float:
@@ -423,11 +416,10 @@ def box_iou(a: np.ndarray, a_box: tuple[int, int, int, int], b: np.ndarray, b_bo
     inter = np.count_nonzero(a[iy0:iy1, ix0:ix1] & b[iy0:iy1, ix0:ix1]) if iy1 > iy0 and ix1 > ix0 else 0
     area_a = np.count_nonzero(a[a_box[0] : a_box[2], a_box[1] : a_box[3]])
     area_b = np.count_nonzero(b[b_box[0] : b_box[2], b_box[1] : b_box[3]])
-    union = area_a + area_b - inter
-    return float(inter) / union if union else 0.0
+    return float(iou64(inter, area_a, area_b))
 
 
-# ---------------------------------------------------------------- inputs, checkpoints
+# ---------------------------------------------------------------- inputs
 
 
 def window_inputs(
@@ -450,20 +442,6 @@ def window_inputs(
     tgt = sample(target, g_target, size, ss)
     seg = sample(torch.cat([pixels, mask], 1), g_segment, size, ss)
     return layout, tgt, seg[:, :3], seg[:, 3:]
-
-
-def save_pretrained(directory: str | Path, config: TransformConfig, model: nn.Module, half: bool = True) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (float16 unless ``half`` is False) into ``directory``."""
-    return write_model_dir(directory, config.to_dict(), model, half)
-
-
-def load_pretrained(directory: str | Path) -> tuple[TransformConfig, TransformNet]:
-    """Read a directory written by :func:`save_pretrained`; the model comes back in float32, in eval mode."""
-    data, state = read_model_dir(directory)
-    config = TransformConfig.from_dict(data)
-    model = TransformNet.from_config(config)
-    model.load_state_dict(state)
-    return config, model.eval()
 
 
 # ---------------------------------------------------------------- the aligner
@@ -526,9 +504,9 @@ class TransformAligner:
     def from_pretrained(
         cls, directory: str | Path, fallback: bool = True, batch_size: int = 64, channels_last: bool = True
     ) -> TransformAligner:
-        """Load T from a checkpoint directory."""
-        config, model = load_pretrained(directory)
-        return cls(model, config, fallback, batch_size, channels_last)
+        """Load T from a model directory."""
+        model = TransformNet.from_pretrained(directory)
+        return cls(model, model.config, fallback, batch_size, channels_last)
 
     def reset_counts(self) -> None:
         """Zero ``calls`` and ``fallbacks``."""

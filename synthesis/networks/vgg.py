@@ -103,16 +103,6 @@ class VggSpec:
         if self.pooling not in ("avg", "max"):
             raise ValueError(f"vgg.pooling must be avg or max, got {self.pooling!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "arch": self.arch, "convention": self.convention, "pooling": self.pooling}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> VggSpec:
-        unknown = set(d) - {"path", "arch", "convention", "pooling"}
-        if unknown:
-            raise ValueError(f"unknown vgg config keys: {sorted(unknown)}")
-        return cls(**d)
-
 
 @dataclass(frozen=True)
 class VggIdentity:

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from memory_bank import IGNORE, Bank, open_bank
 from memory_bank.images import resize_label, resize_photo
+from synthesis.tensors import image_tensor, label_tensor
 
 SAMPLE_KEYS = ("layout", "canvas", "missing", "photo")
 FULL_RESOLUTION_KEYS = ("full_canvas", "full_kept", "full_photo")
@@ -58,21 +59,6 @@ class DataConfig:
     bank: str | None = None
     cache_dir: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "bank": self.bank, "cache_dir": self.cache_dir, "options": dict(self.options)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DataConfig:
-        unknown = set(d) - {"kind", "bank", "cache_dir", "options"}
-        if unknown:
-            raise ValueError(f"unknown data config keys: {sorted(unknown)}")
-        return cls(
-            kind=str(d.get("kind", "simulated")),
-            bank=d.get("bank"),
-            cache_dir=d.get("cache_dir"),
-            options=dict(d.get("options") or {}),
-        )
 
 
 #: A factory turns a data config and the training resolution (rows, cols) into a dataset.
@@ -199,7 +185,7 @@ class BlockCanvasDataset(Dataset):
         return len(self.photos)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        photo = torch.from_numpy(np.ascontiguousarray(self.photos[index])).permute(2, 0, 1).float() / 255.0
+        photo = image_tensor(self.photos[index])
         h, w = photo.shape[1:]
         rng = np.random.default_rng((self.seed, self.epoch, int(index)))
         missing = torch.zeros(1, h, w)
@@ -209,7 +195,7 @@ class BlockCanvasDataset(Dataset):
             y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
             missing[:, y : y + bh, x : x + bw] = 1.0
         return {
-            "layout": torch.from_numpy(self.labels[index].astype(np.int64)),
+            "layout": label_tensor(self.labels[index]),
             "canvas": photo * (1.0 - missing),
             "missing": missing,
             "photo": photo,

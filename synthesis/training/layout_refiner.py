@@ -8,11 +8,8 @@ pixels. AdamW with warm-up and cosine decay.
 
 Everything a step draws comes from a generator seeded by ``(seed, step)``, so a resumed run sees the
 same batches an uninterrupted one would, and the next batch can be coarsened in a worker thread
-while the current one trains (OpenCV releases the GIL).
-
-The run directory holds the latest float32 checkpoint (``config.json`` + ``model.safetensors``),
-``training_state.pt`` (optimizer, step, losses, time) and ``run_config.json``; running again on the
-same directory resumes.
+while the current one trains (OpenCV releases the GIL). The run directory, checkpoints, resume and
+time limit are the harness's (:mod:`synthesis.training.harness`).
 """
 
 from __future__ import annotations
@@ -20,10 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +30,23 @@ from tqdm import tqdm
 
 from memory_bank import Bank, open_bank
 from memory_bank.classes import IGNORE
+from memory_bank.images import resize_label
 from synthesis.coarsen import CoarsenConfig, coarsen_layout
+from synthesis.configs import JsonConfig
 from synthesis.evaluation.metrics import SegmentationScores, confusion_matrix
+from synthesis.model_directory import read_metadata
 from synthesis.networks.layout_refiner import (
     DEFAULT_KEEP_THRESHOLD,
     LayoutRefiner,
     LayoutRefinerConfig,
-    encode_layout,
-    from_pretrained,
+    class_shares,
     refine_layout,
-    save_pretrained,
 )
+from synthesis.tensors import label_tensor
+from synthesis.training.harness import Progress, Schedule, Trainer, run_training, seed_everything, set_threads
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "training_state.pt"
-RUN_CONFIG_FILE = "run_config.json"
 SCORES_FILE = "val_scores.json"
 
 
@@ -62,11 +59,10 @@ class RefineTrainConfig:
         batch_size: layouts per step.
         lr: peak learning rate (AdamW); ``weight_decay`` and ``warmup_steps`` as usual.
         flip: flip half the layouts horizontally.
-        checkpoint_every: steps between checkpoints.
+        checkpoint_every: steps between checkpoints; the newest ``keep_checkpoints`` are kept.
         log_every: steps between loss log lines.
         seed: of the initial weights and of every batch.
         threads: torch CPU threads (None: torch's default).
-        time_limit_minutes: stop with a checkpoint after this long (resume later).
     """
 
     steps: int = 600
@@ -76,10 +72,10 @@ class RefineTrainConfig:
     warmup_steps: int = 30
     flip: bool = True
     checkpoint_every: int = 50
+    keep_checkpoints: int = 2
     log_every: int = 25
     seed: int = 0
     threads: int | None = 1
-    time_limit_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
@@ -87,42 +83,22 @@ class RefineTrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
+    def schedule(self) -> Schedule:
+        """The harness's cadence of these settings."""
+        return Schedule(self.steps, self.checkpoint_every, self.log_every, keep_checkpoints=self.keep_checkpoints)
+
 
 @dataclass(frozen=True)
-class RefineRunConfig:
-    """A whole run: network, coarsening and optimisation; saved as ``run_config.json``."""
+class RefineRunConfig(JsonConfig):
+    """A whole run (``configs/layout-refiner/``): network, coarsening and optimisation."""
 
     model: LayoutRefinerConfig = field(default_factory=LayoutRefinerConfig)
     coarsen: CoarsenConfig = field(default_factory=CoarsenConfig)
     train: RefineTrainConfig = field(default_factory=RefineTrainConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model.to_dict(), "coarsen": self.coarsen.to_dict(), "train": asdict(self.train)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RefineRunConfig:
-        unknown = set(d) - {"model", "coarsen", "train", "_comment"}
-        if unknown:
-            raise ValueError(f"unknown run config sections: {sorted(unknown)}")
-        train = dict(d.get("train", {}))
-        bad = set(train) - set(RefineTrainConfig.__dataclass_fields__)
-        if bad:
-            raise ValueError(f"unknown train keys: {sorted(bad)}")
-        return cls(
-            model=LayoutRefinerConfig.from_dict(d.get("model", {})),
-            coarsen=CoarsenConfig.from_dict(d.get("coarsen", {})),
-            train=RefineTrainConfig(**train),
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> RefineRunConfig:
-        """Read a run config JSON (see ``configs/layout-refiner/``)."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
     def with_train(self, **overrides: Any) -> RefineRunConfig:
         """A copy with the given train settings replaced (None values are ignored)."""
-        values = {k: v for k, v in overrides.items() if v is not None}
-        return RefineRunConfig(self.model, self.coarsen, RefineTrainConfig(**{**asdict(self.train), **values}))
+        return self.with_overrides(**{f"train.{k}": v for k, v in overrides.items()})
 
 
 @dataclass
@@ -165,9 +141,8 @@ def refine_loss(model: LayoutRefiner, coarse: np.ndarray, fine: np.ndarray) -> t
     """Cross-entropy of the logits at the network's resolution against the fine maps sampled there."""
     cfg = model.config
     device = next(model.parameters()).device
-    x = encode_layout(torch.from_numpy(coarse).to(device), cfg.num_classes, cfg.resolution)
-    target = torch.from_numpy(fine).to(device)[:, None].float()
-    target = F.interpolate(target, size=cfg.resolution, mode="nearest")[:, 0].long()
+    x = class_shares(torch.from_numpy(coarse).to(device), cfg.num_classes, cfg.resolution)
+    target = label_tensor(np.stack([resize_label(f, cfg.resolution) for f in fine])).to(device)
     return F.cross_entropy(model(x), target, ignore_index=IGNORE)
 
 
@@ -240,19 +215,67 @@ def evaluate_refiner(
 # ---------------------------------------------------------------- the run
 
 
+class RefinerTrainer(Trainer):
+    """The refiner, its optimizer and the fine label maps; the next batch is coarsened while this one trains."""
+
+    def __init__(self, labels: np.ndarray, config: RefineRunConfig, data: str) -> None:
+        self.labels, self.config, self.data = labels, config, data
+        self.model = LayoutRefiner.from_config(config.model)
+        tc = config.train
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: tuple[int, Future[tuple[np.ndarray, np.ndarray]]] | None = None
+
+    def _fetch(self, step: int) -> Future[tuple[np.ndarray, np.ndarray]]:
+        tc = self.config.train
+        return self._pool.submit(make_batch, self.labels, self.config.coarsen, tc.batch_size, tc.seed, step, tc.flip)
+
+    def training_step(self, progress: Progress) -> float:
+        step, tc = progress.step, self.config.train
+        pending = self._pending[1] if self._pending and self._pending[0] == step else self._fetch(step)
+        self._pending = (step + 1, self._fetch(step + 1)) if step + 1 < progress.steps else None
+        coarse, fine = pending.result()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, tc)
+        return train_step(self.model, self.optimizer, coarse, fine)
+
+    def close(self) -> None:
+        """Stop the batch thread."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"data": self.data}
+
+    def check_resume(self, checkpoint: Path) -> None:
+        saved = read_metadata(checkpoint).get("train_config", {}).get("coarsen")
+        if saved is not None and saved != self.config.coarsen.to_dict():
+            raise ValueError(f"{checkpoint} was trained with another coarsening; use a new directory")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 def train_refiner(
     bank: str | Path | Bank,
     out_dir: str | Path,
     config: RefineRunConfig = RefineRunConfig(),
     *,
     val_bank: str | Path | Bank | None = None,
+    resume: bool = False,
     progress: bool = True,
+    time_limit_minutes: float | None = None,
 ) -> RefineTrainResult:
-    """Train (or resume) the layout refiner on ``bank``'s label maps; checkpoints go to ``out_dir``."""
-    # 1. Data and run directory
+    """Train (or, with ``resume``, continue) the layout refiner on ``bank``'s label maps into ``out_dir``.
+
+    With ``val_bank`` the coarse and refined val layouts are scored at the end (``val_scores.json``).
+    """
+    # 1. Data
     tc = config.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    set_threads(tc.threads)
+    seed_everything(tc.seed)
     train_bank = bank if isinstance(bank, Bank) else open_bank(bank)
     labels = np.asarray(train_bank.labels[:])
     if len(labels) == 0:
@@ -261,98 +284,46 @@ def train_refiner(
         raise ValueError(
             f"the bank has {len(train_bank.classes)} classes but the model {config.model.num_classes}; fix the config"
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    # 2. Model and optimizer, fresh or resumed
-    state_path = out / STATE_FILE
-    resumed = state_path.is_file()
-    if resumed:
-        saved = json.loads((out / RUN_CONFIG_FILE).read_text())
-        if saved["model"] != config.model.to_dict() or saved["coarsen"] != config.coarsen.to_dict():
-            raise ValueError(f"{out} holds a run with another network or coarsening; use a new directory")
-        model = from_pretrained(out)
-    else:
-        torch.manual_seed(tc.seed)
-        model = LayoutRefiner.from_config(config.model)
-    (out / RUN_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    step, losses, seconds_before = 0, [], 0.0
-    if resumed:
-        state = torch.load(state_path, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        step, losses, seconds_before = int(state["step"]), list(state["losses"]), float(state["seconds"])
-        log.info("resuming %s at step %d (%.0f s trained so far)", out, step, seconds_before)
+    # 2. The trainer, run by the harness
+    trainer = RefinerTrainer(labels, config, str(getattr(train_bank, "path", bank)))
     log.info(
         "layout refiner: %d layouts, %d params, resolution %s, batch %d, %d steps",
         len(labels),
-        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in trainer.model.parameters()),
         config.model.resolution,
         tc.batch_size,
         tc.steps,
     )
-
-    start = time.perf_counter()
-
-    def checkpoint() -> None:
-        seconds = seconds_before + time.perf_counter() - start
-        meta = {"data": str(getattr(train_bank, "path", bank)), "step": step, "seconds": round(seconds, 1)}
-        save_pretrained(model, out, metadata=meta)
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "step": step, "losses": losses, "seconds": seconds}, state_path
+    try:
+        run = run_training(
+            trainer,
+            out_dir,
+            tc.schedule(),
+            config.to_dict(),
+            resume=resume,
+            time_limit_minutes=time_limit_minutes,
+            progress=progress,
+            name="train layout-refiner",
         )
-
-    # 3. Training loop; the next batch is coarsened in a worker thread while this one trains.
-    deadline = start + 60 * tc.time_limit_minutes if tc.time_limit_minutes else math.inf
-    bar = tqdm(total=tc.steps, initial=step, desc="refiner", unit="step", disable=not progress)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-
-        def fetch(s: int) -> Future[tuple[np.ndarray, np.ndarray]]:
-            return pool.submit(make_batch, labels, config.coarsen, tc.batch_size, tc.seed, s, tc.flip)
-
-        pending = fetch(step) if step < tc.steps else None
-        while pending is not None:
-            coarse, fine = pending.result()
-            pending = fetch(step + 1) if step + 1 < tc.steps else None
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, tc)
-            losses.append(train_step(model, optimizer, coarse, fine))
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if step % tc.log_every == 0:
-                log.info("step %d: loss %.4f (mean of last %d)", step, np.mean(losses[-tc.log_every :]), tc.log_every)
-            if step % tc.checkpoint_every == 0 or step == tc.steps:
-                checkpoint()
-            if time.perf_counter() > deadline and step < tc.steps:
-                log.warning("time limit of %.1f min reached at step %d; stopping", tc.time_limit_minutes, step)
-                checkpoint()
-                break
-        if pending is not None:
-            pending.cancel()
-    bar.close()
-    seconds = seconds_before + time.perf_counter() - start
-
-    # 4. Validation: coarse input and refined output against the fine val maps
-    result = RefineTrainResult(out_dir=out, step=step, seconds=seconds, losses=losses)
+    finally:
+        trainer.close()
+    # 3. Validation: coarse input and refined output against the fine val maps
+    result = RefineTrainResult(out_dir=run.out_dir, step=run.step, seconds=run.seconds, losses=run.losses)
     if val_bank is not None:
         vb = val_bank if isinstance(val_bank, Bank) else open_bank(val_bank)
-        result.val = evaluate_refiner(model.eval(), list(np.asarray(vb.labels[:])), config.coarsen, progress=progress)
-        (out / SCORES_FILE).write_text(json.dumps({"step": step, "seconds": seconds, **result.val}, indent=2) + "\n")
+        model = trainer.model.eval()
+        result.val = evaluate_refiner(model, list(np.asarray(vb.labels[:])), config.coarsen, progress=progress)
+        scores = {"step": run.step, "seconds": run.seconds, **result.val}
+        (run.out_dir / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n")
     return result
-
-
-def export_float16(run_dir: str | Path, out_dir: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write a run's checkpoint as float16 weights (what the repository ships)."""
-    return save_pretrained(from_pretrained(run_dir), out_dir, dtype=torch.float16, metadata=metadata)
 
 
 __all__ = [
     "RefineRunConfig",
     "RefineTrainConfig",
     "RefineTrainResult",
+    "RefinerTrainer",
     "evaluate_refiner",
-    "export_float16",
     "layout_confusion",
     "learning_rate",
     "make_batch",

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,53 +24,54 @@ from tqdm import tqdm
 
 from memory_bank import IGNORE, Bank
 from synthesis.canvas.order_rule import DepthTiers, paint_order, pair_order
+from synthesis.configs import JsonConfig
 from synthesis.networks.ordering import (
+    PRIOR_NAME,
     ClassPrior,
     LearnedOrderer,
     OrderingConfig,
     OrderingNet,
     PairInputs,
     boxes_of,
-    load_pretrained,
     neighbour_pairs,
     pair_windows,
     reduce_components,
     sample_pairs,
-    save_pretrained,
     window_coords,
 )
+from synthesis.tensors import one_hot
+from synthesis.training.harness import Progress, Schedule, Trainer, run_training, seed_everything, set_threads
 from synthesis.training.transform import learning_rate
 
 log = logging.getLogger(__name__)
 
-RESUME_NAME = "resume.pt"
+SUMMARY_FILE = "train_summary.json"
 
 
 @dataclass(frozen=True)
 class OrderingTrainConfig:
-    """Hyper-parameters of ``sims train ordering`` (``configs/ordering/*.json``, key ``training``)."""
+    """Hyper-parameters of ``sims train ordering`` (the ``train`` section of ``configs/ordering/*.json``).
+
+    The run is counted in epochs over the training pairs; a checkpoint and a log record (with the
+    accuracies) close every epoch.
+    """
 
     epochs: int = 8
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
     flip: bool = True
+    keep_checkpoints: int = 2
     seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> OrderingTrainConfig:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**d)
+    threads: int | None = None
 
 
-def load_run_config(path: str | Path) -> tuple[OrderingConfig, OrderingTrainConfig]:
-    """Read a ``{"model": {...}, "training": {...}}`` run config."""
-    d = json.loads(Path(path).read_text())
-    return OrderingConfig.from_dict(d.get("model", {})), OrderingTrainConfig.from_dict(d.get("training", {}))
+@dataclass(frozen=True)
+class OrderingRunConfig(JsonConfig):
+    """A run of ``sims train ordering``: ``{"model": {...}, "train": {...}}`` (``configs/ordering/``)."""
+
+    model: OrderingConfig = field(default_factory=OrderingConfig)
+    train: OrderingTrainConfig = field(default_factory=OrderingTrainConfig)
 
 
 @dataclass
@@ -97,9 +99,7 @@ class PairSet:
     def inputs(self, idx: torch.Tensor, num_classes: int, size: tuple[int, int]) -> PairInputs:
         """Network inputs of the pairs ``idx``."""
         m = self.masks[idx].float() / 255.0
-        lab = self.layout[idx].long()
-        onehot = F.one_hot(lab.clamp(max=num_classes), num_classes + 1)[..., :num_classes]
-        onehot = onehot.permute(0, 3, 1, 2).float()
+        onehot = one_hot(self.layout[idx], num_classes)
         coords = window_coords(self.windows[idx], self.frame, size)
         return PairInputs(m[:, :1], m[:, 1:], onehot, coords, self.classes[idx, 0], self.classes[idx, 1])
 
@@ -189,95 +189,120 @@ def accuracy(prob: np.ndarray, y: np.ndarray) -> float:
     return float(correct.mean()) if correct.size else float("nan")
 
 
+class OrderingTrainer(Trainer):
+    """The pairwise network, its optimizer and the rule-labelled pairs of one bank (plus val pairs)."""
+
+    def __init__(
+        self, bank: Bank, config: OrderingConfig, cfg: OrderingTrainConfig, val_bank: Bank | None, progress: bool = True
+    ) -> None:
+        self.names = bank.classes.names
+        if len(self.names) != config.num_classes:
+            raise ValueError(f"model has {config.num_classes} classes, the bank {len(self.names)}")
+        self.config, self.cfg = config, cfg
+        tiers = DepthTiers.from_class_names(self.names)
+        self.pairs = build_pairs(bank, config, tiers, progress)
+        self.val = build_pairs(val_bank, config, tiers, progress) if val_bank is not None else None
+        log.info(
+            "pairs: %d train (%d undecided left out), %d val",
+            len(self.pairs),
+            self.pairs.undecided,
+            len(self.val) if self.val else 0,
+        )
+        a, b = self.pairs.classes[:, 0].numpy(), self.pairs.classes[:, 1].numpy()
+        self.prior = ClassPrior.fit(a, b, self.pairs.y.numpy(), len(self.names))
+        self.model = OrderingNet.from_config(config)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = -(-len(self.pairs) // cfg.batch_size)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.order: torch.Tensor | None = None  # this epoch's order of the pairs
+
+    def schedule(self) -> Schedule:
+        """A checkpoint, a log record and the accuracies at the end of every epoch."""
+        epoch = self.steps_per_epoch
+        steps = self.cfg.epochs * epoch
+        return Schedule(steps, epoch, epoch, eval_every=epoch, keep_checkpoints=self.cfg.keep_checkpoints)
+
+    def training_step(self, progress: Progress) -> float:
+        index = progress.step % self.steps_per_epoch
+        if index == 0 or self.order is None:
+            self.order = torch.randperm(len(self.pairs), generator=self.generator)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg.lr, progress.fraction)  # by steps or time, whichever is further
+        self.model.train()
+        idx = self.order[index * self.cfg.batch_size : (index + 1) * self.cfg.batch_size]
+        inputs = self.pairs.inputs(idx, self.config.num_classes, self.config.input_size)
+        if self.cfg.flip and torch.rand((), generator=self.generator) < 0.5:
+            inputs = inputs.flipped()
+        loss = F.binary_cross_entropy_with_logits(self.model(*inputs.as_args()), self.pairs.y[idx])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def evaluate(self) -> dict[str, float]:
+        head = _head(self.pairs, 4000)  # a cheap train-accuracy estimate
+        scores = {"train_accuracy": accuracy(predict(self.model, head, self.config), head.y.numpy())}
+        if self.val is not None:
+            y = self.val.y.numpy()
+            scores["val_accuracy"] = accuracy(predict(self.model, self.val, self.config), y)
+            prior = self.prior.predict(self.val.classes[:, 0].numpy(), self.val.classes[:, 1].numpy())
+            scores["val_class_prior"] = accuracy(prior, y)
+        return scores
+
+    def extra_files(self) -> dict[str, str | bytes]:
+        return {PRIOR_NAME: self.prior.to_json(self.names)}
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+        if self.order is not None:
+            state["order"] = self.order
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.order = state.get("order")
+
+
 def train_ordering(
     bank: Bank,
     out: str | Path,
     config: OrderingConfig,
     cfg: OrderingTrainConfig,
     val_bank: Bank | None = None,
+    resume: bool = False,
     progress: bool = True,
-    time_limit: float | None = None,
+    time_limit_minutes: float | None = None,
 ) -> dict[str, Any]:
-    """Train the pairwise network on ``bank``'s rule-labelled pairs, fit the class prior on them too.
+    """Train the pairwise network on ``bank``'s rule-labelled pairs into the run directory ``out``.
 
-    Writes into ``out``: ``config.json`` + ``model.safetensors`` (float16) and ``class_prior.json`` after each
-    epoch, ``train_log.jsonl``, ``resume.pt`` (a run there resumes at its next epoch) and ``train_summary.json``.
-    ``time_limit`` (minutes, pair extraction included) stops after the epoch that crosses it; the learning
-    rate decays over whichever of steps and time runs out first.
+    Every checkpoint also holds the class-prior baseline fitted on the same pairs
+    (``class_prior.json``). The learning rate decays over whichever of steps and time runs out
+    first. Returns the summary, also written to ``train_summary.json``.
     """
-    names = bank.classes.names
-    if len(names) != config.num_classes:
-        raise ValueError(f"model has {config.num_classes} classes, the bank {len(names)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    tiers = DepthTiers.from_class_names(names)
-    start = time.perf_counter()
-    train = build_pairs(bank, config, tiers, progress)
-    val = build_pairs(val_bank, config, tiers, progress) if val_bank is not None else None
-    log.info("pairs: %d train (%d undecided left out), %d val", len(train), train.undecided, len(val) if val else 0)
-    prior = ClassPrior.fit(train.classes[:, 0].numpy(), train.classes[:, 1].numpy(), train.y.numpy(), len(names))
-    prior.save(out, names)
-    model = OrderingNet.from_config(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(cfg.seed)
-    epoch = 0
-    resume_path = out / RESUME_NAME
-    if resume_path.is_file():
-        state = torch.load(resume_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        epoch = state["epoch"]
-        log.info("resumed after epoch %d", epoch)
-    log_file = (out / "train_log.jsonl").open("a")
-    record: dict[str, Any] = {}
-    while epoch < cfg.epochs:
-        if time_limit is not None and time.perf_counter() - start > time_limit * 60:
-            log.info("time limit of %.1f min reached after epoch %d", time_limit, epoch)
-            break
-        model.train()
-        perm = torch.randperm(len(train), generator=gen)
-        losses = []
-        for s in tqdm(range(0, len(train), cfg.batch_size), disable=not progress, desc=f"epoch {epoch + 1}"):
-            done = (epoch * steps_per_epoch + s // cfg.batch_size) / total
-            if time_limit is not None:  # decay over whichever runs out first, steps or time
-                done = max(done, (time.perf_counter() - start) / (time_limit * 60))
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg.lr, done)
-            idx = perm[s : s + cfg.batch_size]
-            inputs = train.inputs(idx, config.num_classes, config.input_size)
-            y = train.y[idx]
-            if cfg.flip and torch.rand((), generator=gen) < 0.5:
-                inputs = inputs.flipped()
-            loss = F.binary_cross_entropy_with_logits(model(*inputs.as_args()), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        epoch += 1
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-        head = _head(train, 4000)  # a cheap train-accuracy estimate
-        record["train_accuracy"] = accuracy(predict(model, head, config), head.y.numpy())
-        if val is not None:
-            record["val_accuracy"] = accuracy(predict(model, val, config), val.y.numpy())
-            record["val_class_prior"] = accuracy(
-                prior.predict(val.classes[:, 0].numpy(), val.classes[:, 1].numpy()), val.y.numpy()
-            )
-        record["wall_s"] = round(time.perf_counter() - start, 1)
-        log.info("epoch %d: %s", epoch, record)
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
-        state = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "epoch": epoch}
-        torch.save(state, resume_path.with_suffix(".tmp"))
-        resume_path.with_suffix(".tmp").replace(resume_path)
-        save_pretrained(out, config, model)
-    log_file.close()
-    summary = {"epochs": epoch, "train_pairs": len(train), "val_pairs": len(val) if val else 0, **record}
-    summary["wall_s"] = round(time.perf_counter() - start, 1)
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    trainer = OrderingTrainer(bank, config, cfg, val_bank, progress)
+    result = run_training(
+        trainer,
+        out,
+        trainer.schedule(),
+        OrderingRunConfig(config, cfg).to_dict(),
+        resume=resume,
+        time_limit_minutes=time_limit_minutes,
+        progress=progress,
+        name="train ordering",
+    )
+    epoch = trainer.steps_per_epoch
+    summary: dict[str, Any] = {
+        "epochs": round(result.step / epoch, 3),
+        "train_pairs": len(trainer.pairs),
+        "val_pairs": len(trainer.val) if trainer.val else 0,
+        "train_loss": float(np.mean(result.losses[-epoch:])) if result.losses else float("nan"),
+        **(result.evaluation or trainer.evaluate()),
+        "wall_s": round(result.seconds, 1),
+    }
+    (result.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -303,7 +328,8 @@ def benchmark_ordering(
     (of its first ``limit`` images), overall and by kind of pair, plus how often whole paint orders respect
     the pair labels."""
     del train  # the prior comes with the weights; kept for a uniform benchmark signature
-    config, model = load_pretrained(weights)
+    model = OrderingNet.from_pretrained(weights)
+    config = model.config
     prior = ClassPrior.load(weights)
     names = val.classes.names
     tiers = DepthTiers.from_class_names(names)

@@ -5,9 +5,8 @@ Steps: random rescale (zoom in by up to ``max_zoom``) + random crop at the train
 weights ``(median frequency / frequency) ** class_balance`` so thin classes (poles, signs) are
 not drowned by road and sky; AdamW with warm-up and cosine decay.
 
-The run directory holds the latest float32 checkpoint (``config.json`` + ``model.safetensors``)
-and ``training_state.pt`` (optimizer, step, random state); a run started again on the same
-directory resumes where the last checkpoint left it.
+The run directory, checkpoints, resume and time limit are the harness's
+(:mod:`synthesis.training.harness`).
 """
 
 from __future__ import annotations
@@ -15,13 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (the torch convention)
@@ -29,18 +26,23 @@ from tqdm import tqdm
 
 from memory_bank import Bank, open_bank
 from memory_bank.classes import IGNORE
+from memory_bank.images import resize_label, resize_photo
+from synthesis.configs import JsonConfig
 from synthesis.evaluation.metrics import SegmentationScores, confusion_matrix
-from synthesis.networks.segmenter import SegmentationNet, SegmenterConfig, load_pretrained, save_pretrained
+from synthesis.networks.segmenter import SegmentationNet, SegmenterConfig
+from synthesis.training.harness import Progress, Schedule, Trainer, run_training, seed_everything, set_threads
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "training_state.pt"
 SCORES_FILE = "val_scores.json"
 
 
 @dataclass(frozen=True)
 class SegmenterTrainConfig:
-    """Everything a segmenter run depends on; saved next to the checkpoint as ``train_config.json``."""
+    """Everything a segmenter run depends on (the ``train`` section of ``configs/segmenter/*.json``).
+
+    The network is the U-Net of ``widths`` at ``resolution``; its classes are the bank's.
+    """
 
     resolution: tuple[int, int] = (192, 256)
     widths: tuple[int, ...] = SegmenterConfig.widths
@@ -54,10 +56,11 @@ class SegmenterTrainConfig:
     low_res_prob: float = 0.0
     class_balance: float = 0.5
     checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 50
     eval_every: int = 250
     seed: int = 0
     threads: int | None = None
-    time_limit_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -69,8 +72,22 @@ class SegmenterTrainConfig:
         if not 0.0 <= self.jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def schedule(self) -> Schedule:
+        """The harness's cadence: val scores every ``eval_every`` steps (0: only at the end)."""
+        return Schedule(
+            self.steps,
+            self.checkpoint_every,
+            self.log_every,
+            eval_every=self.eval_every or None,
+            keep_checkpoints=self.keep_checkpoints,
+        )
+
+
+@dataclass(frozen=True)
+class SegmenterRunConfig(JsonConfig):
+    """A run of ``sims train segmenter``: ``{"train": {...}}`` (``configs/segmenter/``)."""
+
+    train: SegmenterTrainConfig = field(default_factory=SegmenterTrainConfig)
 
 
 @dataclass
@@ -131,8 +148,7 @@ class TrainingImages:
             # The whole photo fills the training frame at zoom 1; zooming in crops a random window.
             zoom = float(rng.uniform(1.0, max_zoom))
             h, w = max(rows, round(rows * zoom)), max(cols, round(cols * zoom))
-            photo = cv2.resize(self.photos[i], (w, h), interpolation=cv2.INTER_AREA)
-            label = cv2.resize(self.labels[i], (w, h), interpolation=cv2.INTER_NEAREST)
+            photo, label = resize_photo(self.photos[i], (h, w)), resize_label(self.labels[i], (h, w))
             y0, x0 = int(rng.integers(h - rows + 1)), int(rng.integers(w - cols + 1))
             photo, label = photo[y0 : y0 + rows, x0 : x0 + cols], label[y0 : y0 + rows, x0 : x0 + cols]
             if rng.random() < 0.5:
@@ -141,8 +157,7 @@ class TrainingImages:
                 gain, bias = rng.uniform(1 - jitter, 1 + jitter), rng.uniform(-jitter, jitter) * 255
                 photo = np.clip(photo.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
             if low_res_prob and rng.random() < low_res_prob:
-                half = cv2.resize(photo, (cols // 2, rows // 2), interpolation=cv2.INTER_AREA)
-                photo = cv2.resize(half, (cols, rows), interpolation=cv2.INTER_LINEAR)
+                photo = resize_photo(resize_photo(photo, (rows // 2, cols // 2)), (rows, cols))
             xs[b], ys[b] = photo, label
         return xs, ys
 
@@ -199,124 +214,105 @@ def evaluate(
     return SegmentationScores.from_confusion(conf)
 
 
+class SegmenterTrainer(Trainer):
+    """The U-Net, its optimizer and the augmented crops of a bank's photos; val scores on another bank's."""
+
+    def __init__(
+        self,
+        data: TrainingImages,
+        config: SegmenterTrainConfig,
+        class_names: tuple[str, ...],
+        val: TrainingImages | None,
+    ) -> None:
+        self.data, self.config, self.val = data, config, val
+        self.model = SegmentationNet(
+            num_classes=len(class_names), widths=config.widths, resolution=config.resolution, class_names=class_names
+        )
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.rng = np.random.default_rng(config.seed)
+        frequencies = data.class_frequencies(len(class_names))
+        self.class_weights = torch.from_numpy(class_weights(frequencies, config.class_balance))
+
+    def training_step(self, progress: Progress) -> float:
+        c = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(progress.step, c)
+        images, labels = self.data.sample(self.rng, c.batch_size, c.resolution, c.max_zoom, c.jitter, c.low_res_prob)
+        return train_step(self.model, self.optimizer, images, labels, self.class_weights)
+
+    def evaluate(self) -> dict[str, float]:
+        if self.val is None:
+            return {}
+        s = evaluate(self.model, self.val.photos, self.val.labels)
+        return {"val_miou": s.miou, "val_pixel_accuracy": s.pixel_accuracy}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "numpy_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["numpy_generator"]
+
+
 def train_segmenter(
     bank: str | Path | Bank,
     out_dir: str | Path,
     config: SegmenterTrainConfig = SegmenterTrainConfig(),
     val_bank: str | Path | Bank | None = None,
+    resume: bool = False,
     progress: bool = True,
+    time_limit_minutes: float | None = None,
 ) -> TrainResult:
-    """Train (or resume) a segmenter on ``bank``'s photos; checkpoints go to ``out_dir``."""
-    # 1. Data and run directory
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    """Train (or, with ``resume``, continue) a segmenter on ``bank``'s photos into the run directory ``out_dir``.
+
+    With ``val_bank`` the final network is scored on its photos (``val_scores.json``).
+    """
+    # 1. Data
+    set_threads(config.threads)
+    seed_everything(config.seed)
     train_bank = bank if isinstance(bank, Bank) else open_bank(bank)
     data = TrainingImages.from_bank(train_bank)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    num_classes = len(train_bank.classes)
-
-    # 2. Model and optimizer, fresh or resumed
-    state_path = out / STATE_FILE
-    if state_path.is_file():
-        model = load_pretrained(out)
-        if tuple(model.config.resolution) != tuple(config.resolution) or model.config.widths != config.widths:
-            raise ValueError(f"{out} holds a run with another resolution or widths; use a new directory")
-    else:
-        torch.manual_seed(config.seed)
-        model = SegmentationNet(
-            num_classes=num_classes,
-            widths=config.widths,
-            resolution=config.resolution,
-            class_names=tuple(train_bank.classes.names),
-        )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    rng = np.random.default_rng(config.seed)
-    step, losses, seconds_before = 0, [], 0.0
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        step, losses, seconds_before = int(state["step"]), list(state["losses"]), float(state["seconds"])
-        log.info("resuming %s at step %d (%.0f s trained so far)", out, step, seconds_before)
-    weights = torch.from_numpy(class_weights(data.class_frequencies(num_classes), config.class_balance))
+    val = None
+    if val_bank is not None:
+        val = TrainingImages.from_bank(val_bank if isinstance(val_bank, Bank) else open_bank(val_bank))
+    # 2. The trainer, run by the harness
+    trainer = SegmenterTrainer(data, config, tuple(train_bank.classes.names), val)
     log.info(
         "segmenter: %d images, %d params, resolution %s, class weights %s",
         len(data),
-        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in trainer.model.parameters()),
         config.resolution,
-        [round(float(w), 2) for w in weights],
+        [round(float(w), 2) for w in trainer.class_weights],
     )
-    val = (
-        TrainingImages.from_bank(val_bank if isinstance(val_bank, Bank) else open_bank(val_bank)) if val_bank else None
+    run = run_training(
+        trainer,
+        out_dir,
+        config.schedule(),
+        SegmenterRunConfig(config).to_dict(),
+        resume=resume,
+        time_limit_minutes=time_limit_minutes,
+        progress=progress,
+        name="train segmenter",
     )
-
-    def checkpoint() -> None:
-        save_pretrained(model, out)
-        tmp = state_path.with_name(f".{STATE_FILE}.tmp")
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "rng": rng.bit_generator.state,
-                "step": step,
-                "losses": losses,
-                "seconds": seconds_before + time.perf_counter() - start,
-            },
-            tmp,
-        )
-        # The state goes last: a run killed in between resumes newer weights with the previous optimizer state.
-        os.replace(tmp, state_path)
-
-    # 3. Training loop
-    start = time.perf_counter()
-    deadline = start + 60 * config.time_limit_minutes if config.time_limit_minutes else math.inf
-    bar = tqdm(total=config.steps, initial=step, desc="segmenter", unit="step", disable=not progress)
-    while step < config.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        images, labels = data.sample(
-            rng, config.batch_size, config.resolution, config.max_zoom, config.jitter, config.low_res_prob
-        )
-        losses.append(train_step(model, optimizer, images, labels, weights))
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            checkpoint()
-            log.info("step %d: loss %.4f (mean of last 50), checkpoint saved", step, np.mean(losses[-50:]))
-        if val is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            s = evaluate(model, val.photos, val.labels)
-            log.info("step %d: val mIoU %.4f, pixel accuracy %.4f", step, s.miou, s.pixel_accuracy)
-        if time.perf_counter() > deadline:
-            log.warning("time limit of %.1f min reached at step %d; stopping", config.time_limit_minutes, step)
-            checkpoint()
-            break
-    bar.close()
-    seconds = seconds_before + time.perf_counter() - start
-
-    # 4. Final validation
-    result = TrainResult(out_dir=out, step=step, seconds=seconds, losses=losses)
+    # 3. Final validation
+    result = TrainResult(out_dir=run.out_dir, step=run.step, seconds=run.seconds, losses=run.losses)
     if val is not None:
+        model = trainer.model
         result.val_scores = evaluate(model, val.photos, val.labels, progress=progress)
-        scores = {"step": step, "seconds": seconds, **result.val_scores.to_dict(model.config.class_names)}
-        (out / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n")
+        scores = {"step": run.step, "seconds": run.seconds, **result.val_scores.to_dict(model.config.class_names)}
+        (run.out_dir / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n")
         log.info("val mIoU %.4f, pixel accuracy %.4f", result.val_scores.miou, result.val_scores.pixel_accuracy)
     return result
 
 
-def export_float16(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Copy a run's checkpoint as float16 weights (what the repository ships)."""
-    return save_pretrained(load_pretrained(run_dir), out_dir, dtype=torch.float16)
-
-
 __all__ = [
+    "SegmenterRunConfig",
     "SegmenterTrainConfig",
+    "SegmenterTrainer",
     "TrainResult",
     "TrainingImages",
     "class_weights",
     "evaluate",
-    "export_float16",
     "learning_rate",
     "train_segmenter",
     "train_step",

@@ -1,11 +1,7 @@
 """Training the synthesis network (``sims train synthesis``), SIMS or parametric baseline.
 
-One run writes into an output directory::
-
-    OUT/train_config.json                 the config the run started with
-    OUT/checkpoints/step-00000500/        resumable checkpoints (see synthesis.checkpoint), the last few kept
-    OUT/latest.json                       which checkpoint is the newest complete one
-    OUT/samples/step-00000500.png         sample grids: layout | canvas | output | photo
+The run directory, resume, checkpoints and time limit are the harness's
+(:mod:`synthesis.training.harness`); sample grids show layout | canvas | output | photo.
 
 The parametric baseline (CRN-style) is the same network, budget and data with the canvas always
 empty (all zeros, every pixel missing); the checkpoint records which of the two a run trained.
@@ -18,36 +14,29 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
-import shutil
-import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from memory_bank.classes import default_palette
 from synthesis.adversarial import AdversarialConfig, MultiscaleDiscriminator, feature_matching_loss, lsgan_loss
-from synthesis.checkpoint import from_pretrained, load_training_state, save_pretrained, write_json_atomic
+from synthesis.configs import JsonConfig
 from synthesis.losses import CRN_LAYER_WEIGHTS, PerceptualLoss
+from synthesis.model_directory import from_pretrained, read_metadata
 from synthesis.networks.blend import BlendedImage, blend_canvas
-from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig, one_hot_layout
+from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
 from synthesis.networks.vgg import VggIdentity, VggSpec, load_vgg
+from synthesis.tensors import image_array, one_hot
 from synthesis.training.data import DataConfig, build_dataset, check_sample, collate, empty_canvas
+from synthesis.training.harness import Progress, Schedule, Trainer, run_training, seed_everything, set_threads
 
 log = logging.getLogger(__name__)
-
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest.json"
-SAMPLES_DIR = "samples"
-CONFIG_FILE = "train_config.json"
 
 
 @dataclass(frozen=True)
@@ -101,17 +90,15 @@ class TrainSettings:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainSettings:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown train config keys: {sorted(unknown)}")
-        return cls(**d)
+    def schedule(self) -> Schedule:
+        """The harness's cadence of these settings."""
+        return Schedule(
+            self.steps,
+            self.checkpoint_every,
+            self.log_every,
+            sample_every=self.sample_every,
+            keep_checkpoints=self.keep_checkpoints,
+        )
 
 
 @dataclass(frozen=True)
@@ -132,19 +119,9 @@ class FullResolutionLoss:
         if self.weight < 0 or min(self.crop) < 32:
             raise ValueError(f"full_loss needs weight >= 0 and a crop of >= 32x32, got {self.weight}, {self.crop}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight, "crop": list(self.crop)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FullResolutionLoss:
-        unknown = set(d) - {"weight", "crop"}
-        if unknown:
-            raise ValueError(f"unknown full_loss keys: {sorted(unknown)}")
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class TrainSynthesisConfig:
+class TrainSynthesisConfig(JsonConfig):
     """Everything one training run needs; saved with every checkpoint.
 
     ``model`` is the network, ``vgg`` the loss network, ``loss_weights`` the perceptual loss's
@@ -157,7 +134,7 @@ class TrainSynthesisConfig:
     """
 
     model: RefinementConfig
-    vgg: VggSpec
+    vgg: VggSpec = field(default_factory=VggSpec)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     loss_weights: Mapping[str, float] = field(default_factory=lambda: dict(CRN_LAYER_WEIGHTS))
@@ -165,65 +142,6 @@ class TrainSynthesisConfig:
     full_loss: FullResolutionLoss | None = None
     init_from: str | None = None
     adversarial: AdversarialConfig | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.to_dict(),
-            "vgg": self.vgg.to_dict(),
-            "data": self.data.to_dict(),
-            "train": self.train.to_dict(),
-            "loss_weights": dict(self.loss_weights),
-            "parametric": self.parametric,
-            "full_loss": None if self.full_loss is None else self.full_loss.to_dict(),
-            "init_from": self.init_from,
-            "adversarial": None if self.adversarial is None else self.adversarial.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainSynthesisConfig:
-        sections = {"model", "vgg", "data", "train", "loss_weights", "parametric", "full_loss", "init_from"}
-        sections |= {"adversarial"}
-        unknown = set(d) - sections - {"_comment"}
-        if unknown:
-            raise ValueError(f"unknown config sections: {sorted(unknown)}")
-        if "model" not in d:
-            raise ValueError("config has no 'model' section")
-        return cls(
-            model=RefinementConfig.from_dict(d["model"]),
-            vgg=VggSpec.from_dict(d.get("vgg", {})),
-            data=DataConfig.from_dict(d.get("data", {})),
-            train=TrainSettings.from_dict(d.get("train", {})),
-            loss_weights={str(k): float(v) for k, v in d.get("loss_weights", CRN_LAYER_WEIGHTS).items()},
-            parametric=bool(d.get("parametric", False)),
-            full_loss=None if d.get("full_loss") is None else FullResolutionLoss.from_dict(d["full_loss"]),
-            init_from=d.get("init_from"),
-            adversarial=None if d.get("adversarial") is None else AdversarialConfig.from_dict(d["adversarial"]),
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainSynthesisConfig:
-        """Read a config JSON file."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_dict(data)
-
-    def with_overrides(self, **changes: Any) -> TrainSynthesisConfig:
-        """A copy with dotted-path overrides, e.g. ``{"vgg.path": "...", "train.steps": 100}`` (None skips)."""
-        out = self
-        for key, value in changes.items():
-            if value is None:
-                continue
-            section, _, name = key.partition(".")
-            if not name:
-                out = replace(out, **{section: value})
-            else:
-                out = replace(out, **{section: replace(getattr(out, section), **{name: value})})
-        return out
 
 
 @dataclass(frozen=True)
@@ -281,51 +199,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run directory, or None."""
-    out_dir = Path(out_dir)
-    pointer = out_dir / LATEST_FILE
-    if pointer.is_file():
-        path = out_dir / json.loads(pointer.read_text())["checkpoint"]
-        if path.is_dir():
-            return path
-    # The pointer is written after the checkpoint: fall back to the highest complete step directory.
-    found = sorted(p for p in (out_dir / CHECKPOINTS_DIR).glob("step-*") if (p / "training_state.pt").is_file())
-    return found[-1] if found else None
-
-
 def sample_grid(batch: Mapping[str, torch.Tensor], output: torch.Tensor, palette: np.ndarray) -> np.ndarray:
     """Rows of ``layout colours | canvas | output | photo`` as one (rows*H, 4*W, 3) uint8 image."""
-
-    def rgb(t: torch.Tensor) -> np.ndarray:
-        return (t.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
     rows = []
     for i in range(output.shape[0]):
         layout = palette[batch["layout"][i].cpu().numpy().clip(0, 255).astype(np.uint8)]
-        rows.append(np.concatenate([layout, rgb(batch["canvas"][i]), rgb(output[i]), rgb(batch["photo"][i])], axis=1))
+        images = [image_array(t[i].float()) for t in (batch["canvas"], output, batch["photo"])]
+        rows.append(np.concatenate([layout, *images], axis=1))
     return np.concatenate(rows, axis=0)
 
 
@@ -338,10 +219,10 @@ def _palette(dataset: Dataset, num_classes: int) -> np.ndarray:
     return lut
 
 
-class SynthesisTrainer:
+class SynthesisTrainer(Trainer):
     """The pieces of a run (network, loss, optimizer, data) and one step of training.
 
-    :func:`train_synthesis` drives it; tests use it directly for single steps.
+    :func:`train_synthesis` runs it with the harness; tests use it directly for single steps.
     """
 
     def __init__(self, config: TrainSynthesisConfig, dataset: Dataset) -> None:
@@ -377,6 +258,8 @@ class SynthesisTrainer:
         self.step = 0
         self.loss_history: list[float] = []
         self.sampler = EpochSampler(len(dataset), t.seed)  # type: ignore[arg-type]
+        #: The fixed batch of the sample grids (None: no grids).
+        self.sample_batch: Mapping[str, torch.Tensor] | None = None
         self._sync_epoch()
 
     def _sync_epoch(self) -> None:
@@ -435,7 +318,7 @@ class SynthesisTrainer:
             with self._autocast():
                 loss = loss + full.weight * self.loss_fn(image, target).float()
             if self.discriminator is not None and self.config.adversarial is not None:
-                condition = one_hot_layout(layout[0], self.config.model.num_classes)
+                condition = one_hot(layout[0], self.config.model.num_classes)
                 loss = loss + self._generator_adversarial_loss(
                     self.discriminator, self.config.adversarial, image, target, condition
                 )
@@ -507,78 +390,68 @@ class SynthesisTrainer:
         full = {"layout": layout, "canvas": device_batch["full_canvas"], "photo": device_batch["full_photo"]}
         return sample_grid(full, blended.image, palette)
 
-    # Checkpoints
+    # The harness's hooks (synthesis.training.harness)
+    def training_step(self, progress: Progress) -> float:
+        """One step on the next batch of the seeded order."""
+        return self.train_step(self.next_batch())
+
+    def samples(self) -> np.ndarray | None:
+        """The sample grid of the fixed batch :func:`train_synthesis` sets."""
+        return None if self.sample_batch is None else self.render_samples(self.sample_batch)
+
     def metadata(self) -> dict[str, Any]:
-        """What ``sims.json`` records: provenance of the weights and the loss curve."""
+        """Provenance of the weights: parametric or not, the loss's VGG, the data."""
         return {
-            "step": self.step,
             "parametric": self.config.parametric,
             "vgg": self.vgg_identity.to_dict(),
             "data": dict(getattr(self.dataset, "provenance", {}) or {}),
-            "train_config": self.config.to_dict(),
-            "loss_history": list(self.loss_history),
-            "torch_version": torch.__version__,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
-    def save(self, out_dir: Path) -> Path:
-        """Write a resumable checkpoint, point ``latest.json`` at it and prune old ones."""
-        name = f"step-{self.step:08d}"
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(),
-            "sampler": self.sampler.state(),
-            "step": self.step,
-        }
+    def state_dict(self) -> dict[str, Any]:
+        state = {"optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state()}
         if self.discriminator is not None:
             state["discriminator"] = self.discriminator.state_dict()
             state["d_optimizer"] = self.d_optimizer.state_dict()
-        path = save_pretrained(self.model, out_dir / CHECKPOINTS_DIR / name, self.metadata(), training_state=state)
-        write_json_atomic(out_dir / LATEST_FILE, {"checkpoint": f"{CHECKPOINTS_DIR}/{name}", "step": self.step})
-        keep = self.config.train.keep_checkpoints
-        for old in sorted((out_dir / CHECKPOINTS_DIR).glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        return path
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.discriminator is not None and "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
+        self.step = int(state["step"])
+        self.sampler = EpochSampler(len(self.dataset), self.config.train.seed, **state["sampler"])  # type: ignore[arg-type]
+        self._sync_epoch()
+
+    def start_fresh(self) -> None:
+        if self.config.init_from:
+            self.warm_start(Path(self.config.init_from))
+
+    def check_resume(self, checkpoint: Path) -> None:
+        """The same mode and VGG as the checkpoint's; other data is only warned about."""
+        saved = read_metadata(checkpoint)
+        parametric = saved.get("train_config", {}).get("parametric", False)
+        if bool(parametric) != self.config.parametric:
+            raise ValueError(f"{checkpoint} was trained with parametric={parametric}; this run differs")
+        if saved.get("vgg", {}).get("sha256") not in (None, self.vgg_identity.sha256):
+            raise ValueError(f"{checkpoint} was trained with different VGG weights ({saved['vgg']})")
+        data = json.loads(json.dumps(getattr(self.dataset, "provenance", {}) or {}))  # as the checkpoint holds it
+        if saved.get("data") not in (None, data):
+            # Not fatal (a rebuilt cache may be intended), but the checkpoint will record the new data.
+            log.warning("resuming on different data than %s was trained on: %s", checkpoint, data)
 
     def warm_start(self, directory: Path) -> None:
         """Start from the weights of a model directory; layers it lacks (e.g. a new head) keep their init."""
-        loaded = from_pretrained(directory)
+        theirs = from_pretrained(directory, network=CascadedRefinementNetwork).state_dict()
         own = self.model.state_dict()
-        theirs = loaded.model.state_dict()
         mismatched = [k for k, v in theirs.items() if k in own and own[k].shape != v.shape]
         unknown = [k for k in theirs if k not in own]
         if mismatched or unknown:
             raise ValueError(f"{directory} does not fit this network: {(mismatched + unknown)[:4]}")
         self.model.load_state_dict(theirs, strict=False)
         fresh = sorted({k.split(".")[0] for k in own if k not in theirs})
-        step = loaded.metadata.get("step")
+        step = read_metadata(directory).get("step")
         log.info("warm start from %s (step %s); new layers: %s", directory, step, fresh or "none")
-
-    def restore(self, checkpoint: Path) -> None:
-        """Continue from a checkpoint written by :meth:`save` (weights, optimizer, RNG, data position)."""
-        loaded = from_pretrained(checkpoint)
-        if loaded.model.config != self.config.model:
-            raise ValueError(f"{checkpoint} holds a different network config than this run's")
-        saved = loaded.metadata.get("train_config", {})
-        if bool(saved.get("parametric", False)) != self.config.parametric:
-            raise ValueError(f"{checkpoint} was trained with parametric={saved.get('parametric')}; this run differs")
-        if loaded.metadata.get("vgg", {}).get("sha256") not in (None, self.vgg_identity.sha256):
-            raise ValueError(f"{checkpoint} was trained with different VGG weights ({loaded.metadata['vgg']})")
-        data = json.loads(json.dumps(getattr(self.dataset, "provenance", {}) or {}))  # as the checkpoint holds it
-        if loaded.metadata.get("data") not in (None, data):
-            # Not fatal (a rebuilt cache may be intended), but the checkpoint will record the new data.
-            log.warning("resuming on different data than %s was trained on: %s", checkpoint, data)
-        self.model.load_state_dict(loaded.model.state_dict())
-        state = load_training_state(checkpoint)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.discriminator is not None and "discriminator" in state:
-            self.discriminator.load_state_dict(state["discriminator"])
-            self.d_optimizer.load_state_dict(state["d_optimizer"])
-        self.step = int(state["step"])
-        self.loss_history = [float(v) for v in loaded.metadata.get("loss_history", [])]
-        self.sampler = EpochSampler(len(self.dataset), self.config.train.seed, **state["sampler"])  # type: ignore[arg-type]
-        self._sync_epoch()
-        _set_rng_state(state["rng"])
 
 
 def resize_layout(layout: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -595,19 +468,6 @@ def random_crop(images: tuple[torch.Tensor, ...], size: tuple[int, int]) -> tupl
     return tuple(t[..., y : y + ch, x : x + cw] for t in images)
 
 
-def _iter_steps(trainer: SynthesisTrainer, total: int, progress: bool) -> Iterator[int]:
-    bar = tqdm(total=total, initial=trainer.step, desc="train synthesis", unit="step", disable=not progress)
-    try:
-        while trainer.step < total:
-            yield trainer.step
-            bar.update(1)
-            if trainer.loss_history:
-                recent = trainer.loss_history[-50:]
-                bar.set_postfix(loss=f"{trainer.loss_history[-1]:.3f}", avg50=f"{sum(recent) / len(recent):.3f}")
-    finally:
-        bar.close()
-
-
 def train_synthesis(
     config: TrainSynthesisConfig,
     out_dir: str | Path,
@@ -616,24 +476,17 @@ def train_synthesis(
     dataset_factory: Callable[[TrainSynthesisConfig], Dataset] | None = None,
     resume: bool = False,
     progress: bool = True,
-    time_limit: float | None = None,
+    time_limit_minutes: float | None = None,
 ) -> TrainResult:
-    """Train (or resume training) the synthesis network into ``out_dir``.
-
-    ``time_limit`` (seconds) stops early, with a checkpoint, so a run can be given a wall-clock
-    budget and resumed later.
+    """Train (or, with ``resume``, continue) the synthesis network into the run directory ``out_dir``.
 
     The dataset is, in order of preference: ``dataset``, ``dataset_factory(config)``, or the one
     ``config.data`` names (:func:`synthesis.training.data.build_dataset`).
     """
-    out_dir = Path(out_dir)
     t = config.train
     # 1. Environment: threads, seeds.
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    torch.manual_seed(t.seed)
-    np.random.seed(t.seed)
-    random.seed(t.seed)
+    set_threads(t.threads)
+    seed_everything(t.seed)
     # 2. Data, checked against the contract once.
     size = config.model.resolution
     if dataset is None:
@@ -647,20 +500,9 @@ def train_synthesis(
     # Grid samples spread over the dataset (caches hold several variants of one image side by side).
     spread = np.unique(np.linspace(0, len(dataset) - 1, min(t.sample_count, len(dataset))).round().astype(int))  # type: ignore[arg-type]
     fixed = collate([dataset[int(i)] for i in spread])
-    # 3. The run directory: fresh, or resumed from its newest checkpoint.
-    existing = latest_checkpoint(out_dir)
-    if existing is not None and not resume:
-        raise ValueError(f"{out_dir} already holds checkpoints (newest {existing.name}); pass --resume or a new --out")
+    # 3. The trainer, run by the harness.
     trainer = SynthesisTrainer(config, dataset)
-    if existing is not None:
-        trainer.restore(existing)
-        log.info("resumed from %s at step %d", existing, trainer.step)
-    else:
-        if config.init_from:
-            trainer.warm_start(Path(config.init_from))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / CONFIG_FILE, config.to_dict())
-    (out_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+    trainer.sample_batch = fixed
     log.info(
         "training %s: %d samples at %dx%d, batch %d, %d steps, VGG %s (%s), device %s, %s",
         "parametric baseline" if config.parametric else "SIMS",
@@ -673,35 +515,23 @@ def train_synthesis(
         trainer.device,
         t.precision,
     )
-    # 4. The loop.
-    start_step, started = trainer.step, time.perf_counter()
-    checkpoint = existing
-    for _ in _iter_steps(trainer, t.steps, progress):
-        trainer.train_step(trainer.next_batch())
-        step = trainer.step
-        out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
-        if step % t.log_every == 0:
-            recent = trainer.loss_history[-t.log_every :]
-            rate = (time.perf_counter() - started) / (step - start_step)
-            log.info(
-                "step %d: loss %.4f (mean of last %d), %.2f s/step", step, sum(recent) / len(recent), len(recent), rate
-            )
-        if step % t.sample_every == 0 or step == t.steps or out_of_time:
-            Image.fromarray(trainer.render_samples(fixed)).save(out_dir / SAMPLES_DIR / f"step-{step:08d}.png")
-        if step % t.checkpoint_every == 0 or step == t.steps or out_of_time:
-            checkpoint = trainer.save(out_dir)
-        if out_of_time:
-            log.info("time limit of %.0f s reached at step %d; resume with --resume", time_limit, step)
-            break
-    if checkpoint is None:  # steps == 0 on a fresh run: still leave a loadable checkpoint
-        checkpoint = trainer.save(out_dir)
-    seconds = time.perf_counter() - started
+    name = "train parametric" if config.parametric else "train synthesis"
+    result = run_training(
+        trainer,
+        out_dir,
+        t.schedule(),
+        config.to_dict(),
+        resume=resume,
+        time_limit_minutes=time_limit_minutes,
+        progress=progress,
+        name=name,
+    )
     return TrainResult(
-        out_dir=out_dir,
-        checkpoint=checkpoint,
-        step=trainer.step,
-        steps_run=trainer.step - start_step,
-        loss_history=list(trainer.loss_history),
-        seconds=seconds,
+        out_dir=result.out_dir,
+        checkpoint=result.checkpoint,
+        step=result.step,
+        steps_run=result.steps_run,
+        loss_history=result.losses,
+        seconds=result.seconds_this_run,
         vgg=trainer.vgg_identity,
     )

@@ -11,35 +11,32 @@ perturbed frame is ever materialised.
 from __future__ import annotations
 
 import json
-import logging
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812  (torch convention)
-from tqdm import tqdm
 
 from memory_bank import Bank
+from memory_bank.images import resize_photo
+from synthesis.configs import JsonConfig
 from synthesis.networks.transform import (
     TransformConfig,
     TransformNet,
     compose,
     identity_theta,
     sample,
-    save_pretrained,
     window_boxes,
     window_inputs,
     window_theta,
 )
+from synthesis.training.harness import Progress, Schedule, Trainer, run_training, seed_everything, set_threads
 
-log = logging.getLogger(__name__)
-
-RESUME_NAME = "resume.pt"
+SUMMARY_FILE = "train_summary.json"
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,7 @@ class PerturbConfig:
 
 @dataclass(frozen=True)
 class TransformTrainConfig:
-    """Hyper-parameters of ``sims train transform`` (``configs/transform/*.json``, key ``training``)."""
+    """Hyper-parameters of ``sims train transform`` (the ``train`` section of ``configs/transform/*.json``)."""
 
     steps: int = 3000
     batch_size: int = 16
@@ -78,24 +75,23 @@ class TransformTrainConfig:
     val_samples: int = 256
     log_every: int = 50
     checkpoint_every: int = 250
+    keep_checkpoints: int = 2
     seed: int = 0
+    threads: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransformTrainConfig:
-        """Inverse of :meth:`to_dict`."""
-        d = dict(d)
-        d["perturb"] = PerturbConfig(**d.get("perturb", {}))
-        return cls(**d)
+    def schedule(self) -> Schedule:
+        """The harness's cadence: the fixed val examples are scored at every checkpoint."""
+        return Schedule(
+            self.steps, self.checkpoint_every, self.log_every, self.checkpoint_every, None, self.keep_checkpoints
+        )
 
 
-def load_run_config(path: str | Path) -> tuple[TransformConfig, TransformTrainConfig]:
-    """Read a ``{"model": {...}, "training": {...}}`` run config."""
-    d = json.loads(Path(path).read_text())
-    return TransformConfig.from_dict(d.get("model", {})), TransformTrainConfig.from_dict(d.get("training", {}))
+@dataclass(frozen=True)
+class TransformRunConfig(JsonConfig):
+    """A run of ``sims train transform``: ``{"model": {...}, "train": {...}}`` (``configs/transform/``)."""
+
+    model: TransformConfig = field(default_factory=TransformConfig)
+    train: TransformTrainConfig = field(default_factory=TransformTrainConfig)
 
 
 class FrameStore:
@@ -111,10 +107,10 @@ class FrameStore:
         self.frame = bank.resolution
         self.scale = scale
         h, w = self.frame
-        size = (-(-w // scale), -(-h // scale))
+        size = (-(-h // scale), -(-w // scale))
         photos = np.asarray(bank.photos[:])
         if scale > 1:
-            photos = np.stack([cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in photos])
+            photos = np.stack([resize_photo(p, size) for p in photos])
         self.photos = torch.from_numpy(photos).permute(0, 3, 1, 2).contiguous()  # (N, 3, h, w) uint8
         self.labels = torch.from_numpy(np.ascontiguousarray(np.asarray(bank.labels[:])[:, ::scale, ::scale]))
         self.components = torch.from_numpy(np.asarray(bank.components[:]).astype(np.int16))
@@ -304,119 +300,83 @@ def learning_rate(peak: float, progress: float, warmup: float = 0.05) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
 
 
+class TransformTrainer(Trainer):
+    """T, its optimizer and its data: perturbed segments of one bank, scored on fixed perturbed val examples."""
+
+    def __init__(
+        self, bank: Bank, model_cfg: TransformConfig, cfg: TransformTrainConfig, val_bank: Bank | None = None
+    ) -> None:
+        if len(bank.classes.names) != model_cfg.num_classes:
+            raise ValueError(f"model has {model_cfg.num_classes} classes, the bank {len(bank.classes.names)}")
+        self.model_cfg, self.cfg = model_cfg, cfg
+        self.store = FrameStore(bank, cfg.min_area, model_cfg.work_scale)
+        val_store = FrameStore(val_bank, cfg.min_area, model_cfg.work_scale) if val_bank else self.store
+        self.val = ValSet.build(val_store, model_cfg, cfg, cfg.seed + 1)
+        self.model = TransformNet.from_config(model_cfg)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def training_step(self, progress: Progress) -> float:
+        # Warm-up, then cosine decay over the run's progress (by steps or by time, whichever is further).
+        lr = learning_rate(self.cfg.lr, progress.fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        ids = self.rng.choice(self.store.ids, size=self.cfg.batch_size)
+        batch = make_batch(self.store, ids, self.model_cfg, self.cfg, self.generator)
+        loss, parts = batch_loss(self.model(*batch.inputs), batch, self.model_cfg, self.cfg)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return parts["loss"]
+
+    def evaluate(self) -> dict[str, float]:
+        return self.val.evaluate(self.model, self.model_cfg, self.cfg)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "numpy_generator": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = state["numpy_generator"]
+
+
 def train_transform(
     bank: Bank,
     out: str | Path,
     model_cfg: TransformConfig,
     cfg: TransformTrainConfig,
     val_bank: Bank | None = None,
-    resume: bool = True,
+    resume: bool = False,
     progress: bool = True,
-    time_limit: float | None = None,
+    time_limit_minutes: float | None = None,
 ) -> dict[str, Any]:
-    """Train T on ``bank``.
+    """Train T on ``bank`` into the run directory ``out`` (see :mod:`synthesis.training.harness`).
 
-    Writes into ``out``: the float16 checkpoint (``config.json``, ``model.safetensors``) at every checkpoint,
-    ``train_log.jsonl``, ``resume.pt`` (a run there is resumed when ``resume``) and ``train_summary.json``.
-    ``val_bank`` (else ``bank``) provides the fixed perturbed examples the log scores. ``time_limit``
-    (minutes of wall time, resumed runs included) stops early, with a checkpoint; the learning rate decays
-    over whichever of steps and time runs out first, so such a run still ends annealed. Returns the summary.
+    ``val_bank`` (else ``bank``) provides the fixed perturbed examples the log scores at every
+    checkpoint. The learning rate decays over whichever of steps and time runs out first, so a
+    time-limited run still ends annealed. Returns the summary, also written to ``train_summary.json``.
     """
-    if len(bank.classes.names) != model_cfg.num_classes:
-        raise ValueError(f"model has {model_cfg.num_classes} classes, the bank {len(bank.classes.names)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    store = FrameStore(bank, cfg.min_area, model_cfg.work_scale)
-    val_store = FrameStore(val_bank, cfg.min_area, model_cfg.work_scale) if val_bank else store
-    val = ValSet.build(val_store, model_cfg, cfg, cfg.seed + 1)
-    model = TransformNet.from_config(model_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    step, elapsed = 0, 0.0
-    resume_path = out / RESUME_NAME
-    if resume and resume_path.is_file():
-        state = torch.load(resume_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        rng.bit_generator.state = state["rng"]
-        step, elapsed = state["step"], state["elapsed"]
-        log.info("resumed at step %d", step)
-    log_file = (out / "train_log.jsonl").open("a")
-    first = val.evaluate(model, model_cfg, cfg) if step == 0 else None
-    if first:
-        log.info("step 0: %s", first)
-        log_file.write(json.dumps({"step": 0, **first}) + "\n")
-    start = time.perf_counter() - elapsed
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train transform")
-    running: list[float] = []
-    lr = cfg.lr
-    while step < cfg.steps:
-        if time_limit is not None and time.perf_counter() - start > time_limit * 60:
-            log.info("time limit of %.1f min reached at step %d", time_limit, step)
-            break
-        # Warm-up, then cosine decay over the run's progress: the larger of the step fraction and, with a time
-        # limit, the time fraction, so a run cut by its time limit still ends annealed.
-        progress_frac = step / cfg.steps
-        if time_limit is not None:
-            progress_frac = max(progress_frac, (time.perf_counter() - start) / (time_limit * 60))
-        lr = learning_rate(cfg.lr, progress_frac)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        ids = rng.choice(store.ids, size=cfg.batch_size)
-        batch = make_batch(store, ids, model_cfg, cfg, gen)
-        loss, parts = batch_loss(model(*batch.inputs), batch, model_cfg, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        running.append(parts["loss"])
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            record: dict[str, Any] = {"step": step, "train_loss": float(np.mean(running)), "lr": lr}
-            running = []
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                record.update(val.evaluate(model, model_cfg, cfg))
-            record["wall_s"] = round(time.perf_counter() - start, 1)
-            log.info("step %d: %s", step, record)
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _checkpoint(out, model, model_cfg, opt, gen, rng, step, time.perf_counter() - start)
-    bar.close()
-    log_file.close()
-    _checkpoint(out, model, model_cfg, opt, gen, rng, step, time.perf_counter() - start)
-    final = val.evaluate(model, model_cfg, cfg)
-    summary = {"steps": step, "wall_s": round(time.perf_counter() - start, 1), **final}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    trainer = TransformTrainer(bank, model_cfg, cfg, val_bank)
+    result = run_training(
+        trainer,
+        out,
+        cfg.schedule(),
+        TransformRunConfig(model_cfg, cfg).to_dict(),
+        resume=resume,
+        time_limit_minutes=time_limit_minutes,
+        progress=progress,
+        name="train transform",
+    )
+    summary = {"steps": result.step, "wall_s": round(result.seconds, 1), **trainer.evaluate()}
+    (result.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _checkpoint(
-    out: Path,
-    model: TransformNet,
-    model_cfg: TransformConfig,
-    opt: torch.optim.Optimizer,
-    gen: torch.Generator,
-    rng: np.random.Generator,
-    step: int,
-    elapsed: float,
-) -> None:
-    """Resume state (float32, atomic replace) and the float16 checkpoint."""
-    resume_path = out / RESUME_NAME
-    state = {
-        "model": model.state_dict(),
-        "opt": opt.state_dict(),
-        "gen": gen.get_state(),
-        "rng": rng.bit_generator.state,
-        "step": step,
-        "elapsed": elapsed,
-    }
-    tmp = resume_path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(resume_path)
-    save_pretrained(out, model_cfg, model)

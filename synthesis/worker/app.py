@@ -2,14 +2,16 @@
 
 Internal API, called by the retrieval service's ``POST /synthesize``:
 
-- ``POST /synthesize``: JSON :class:`~retrieval_service.api.models.SynthesizeRequest` in; the
+- ``POST /synthesize``: JSON :class:`~retrieval_service.http_models.SynthesizeRequest` in; the
   PNG, JSON or multipart reply of :mod:`synthesis.worker.reply` out.
 - ``GET /livez``: the process answers. ``GET /readyz``: 200 once the networks are loaded and the
   retrieval service has described its bank; 503 (with the reason) before.
 
 The worker retrieves and reads segments through the service's HTTP API
-(:mod:`synthesis.remote`), so it needs no bank of its own. Startup never blocks on the service:
-the worker keeps asking for ``GET /bank`` every second until it answers.
+(:mod:`synthesis.remote`), so it needs no bank of its own, and it never imports the service's
+app or engine. Startup never blocks on the service: the worker keeps asking for ``GET /bank``
+every second until it answers. Errors are :class:`~memory_bank.errors.SimsError` answered
+through the service's own error table (:mod:`retrieval_service.http_errors`).
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from memory_bank import ClassTable
-from retrieval_service.api.errors import ApiError, install_error_handlers
-from retrieval_service.api.layouts import decode_base64
-from retrieval_service.api.models import Liveness, Readiness, SynthesizeOptions, SynthesizeRequest
+from memory_bank.errors import TimedOutError, UnavailableError, UpstreamError
+from memory_bank.png import png_from_base64
 from retrieval_service.client import RetrievalClient, ServiceError
-from synthesis.pipeline import SynthesisPipeline
+from retrieval_service.http_errors import install_error_handlers
+from retrieval_service.http_models import Liveness, Readiness, SynthesizeRequest
+from retrieval_service.types import SynthesizeOptions
+from synthesis.pipeline import Networks, SynthesisPipeline
 from synthesis.remote import remote_builder
-from synthesis.worker.runtime import Networks, synthesize_reply
+from synthesis.worker.runtime import load_networks, synthesize_reply
 from synthesis.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -109,25 +113,24 @@ def create_worker_app(
         pipeline, classes = state.pipeline, state.classes
         if pipeline is None or classes is None:
             why = state.error or "the worker is still starting"
-            raise ApiError(503, "worker_not_ready", why, headers={"Retry-After": "1"})
+            raise UnavailableError(why, kind="worker_not_ready", retry_after=1)
         try:
             req = SynthesizeRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise RequestValidationError([{**x, "loc": ("body", *x["loc"])} for x in e.errors()]) from None
         options = SynthesizeOptions.model_validate(req.model_dump(exclude={"layout_png"}))
-        png = decode_base64(req.layout_png)
+        png = png_from_base64(req.layout_png)
         try:
             reply = await to_thread.run_sync(
                 synthesize_reply, pipeline, png, options, classes, limiter=request.app.state.limiter
             )
         except ServiceError as e:
-            # The retrieval service refused: its 4xx are the caller's, its 5xx are ours to pass on.
-            status = e.status if e.status < 500 or e.status in (503, 504) else 502
-            raise ApiError(status, e.error, f"retrieval service: {e.message}") from None
+            # The retrieval service refused: its 4xx (and 503, 504) are passed on, its other failures are a 502.
+            raise UpstreamError(f"retrieval service: {e.message}", kind=e.error, status=e.status) from None
         except httpx.TimeoutException:
-            raise ApiError(504, "retrieval_timeout", "the retrieval service did not answer in time") from None
+            raise TimedOutError("the retrieval service did not answer in time", kind="retrieval_timeout") from None
         except httpx.TransportError as e:
-            raise ApiError(503, "retrieval_unavailable", f"the retrieval service is unreachable: {e}") from None
+            raise UnavailableError(f"the retrieval service is unreachable: {e}", kind="retrieval_unavailable") from None
         return Response(reply.content, media_type=reply.media_type, headers=reply.headers)
 
     return app
@@ -138,7 +141,7 @@ async def _prepare(
 ) -> None:
     """Load the networks, then wait for the service's bank and build the pipeline."""
     try:
-        state.networks = networks or await to_thread.run_sync(Networks.load, settings)
+        state.networks = networks or await to_thread.run_sync(load_networks, settings)
     except Exception as e:
         state.error = f"loading the networks failed: {e}"
         log.error("%s", state.error)
@@ -146,8 +149,7 @@ async def _prepare(
     while True:
         try:
             info = await to_thread.run_sync(service.bank)
-            builder = remote_builder(service, info=info, **state.networks.builder_kwargs())
-            pipeline = state.networks.pipeline(builder)
+            pipeline = state.networks.pipeline(remote_builder(service, info=info))
         except (ServiceError, httpx.TransportError) as e:
             state.error = f"waiting for the retrieval service at {settings.service_url}: {e}"
             await asyncio.sleep(RETRY_SECONDS)
@@ -156,6 +158,11 @@ async def _prepare(
             state.error = f"the networks do not fit the service's bank: {e}"
             log.error("%s", state.error)
             return
-        state.classes, state.version, state.pipeline, state.error = builder.classes, info.version, pipeline, None
+        state.classes, state.version, state.pipeline, state.error = (
+            pipeline.builder.classes,
+            info.version,
+            pipeline,
+            None,
+        )
         log.info("worker ready: bank %s (%d classes) at %s", info.version, len(info.classes), settings.service_url)
         return

@@ -8,33 +8,17 @@ Headers on every format: ``X-SIMS-Bank-Version`` (segment ids refer to it), ``X-
 from __future__ import annotations
 
 import base64
-import io
 import time
 import uuid
 
-import numpy as np
-from PIL import Image
-
 from memory_bank import ClassTable
-from retrieval_service.api.layouts import encode_layout
-from retrieval_service.api.models import (
-    SynthesisSegment,
-    SynthesizeOptions,
-    SynthesizeResponse,
-    UnfilledComponent,
-)
-from retrieval_service.api.synthesis import SynthesisReply, encode_provenance
+from memory_bank.png import encode_layout_png, encode_provenance_png, encode_rgb_png
+from retrieval_service.http_models import SynthesisSegment, SynthesizeResponse, UnfilledComponent
+from retrieval_service.types import SynthesisReply, SynthesizeOptions
 from synthesis.pipeline import SynthesisOutput
 
-#: zlib level of the PNGs: 1 is several times faster than PIL's 6, for ~15% larger files.
+#: zlib level of the image and canvas PNGs: 1 is several times faster than PIL's 6, for ~15% larger files.
 PNG_COMPRESS_LEVEL = 1
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """An (H, W, 3) uint8 image as PNG bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, np.uint8)).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
 
 
 def encode_reply(
@@ -48,13 +32,13 @@ def encode_reply(
     """The response for one synthesis in the format ``options`` asks for."""
     start = time.perf_counter()
     extras = set(options.extras)
-    pngs: dict[str, bytes] = {"image": encode_png(output.image)}
+    pngs: dict[str, bytes] = {"image": encode_rgb_png(output.image, PNG_COMPRESS_LEVEL)}
     if "canvas" in extras:
-        pngs["canvas"] = encode_png(output.canvas.canvas)
+        pngs["canvas"] = encode_rgb_png(output.canvas.canvas, PNG_COMPRESS_LEVEL)
     if "provenance" in extras:
-        pngs["provenance"] = encode_provenance(output.provenance)
+        pngs["provenance"] = encode_provenance_png(output.provenance)
     if "layout" in extras:
-        pngs["layout"] = encode_layout(output.layout)
+        pngs["layout"] = encode_layout_png(output.layout)
     names = classes.names
     h, w = output.image.shape[:2]
     meta = SynthesizeResponse(
@@ -138,4 +122,4 @@ def parse_multipart(content: bytes, content_type: str) -> dict[str, bytes]:
     return parts
 
 
-__all__ = ["encode_png", "encode_reply", "multipart", "parse_multipart"]
+__all__ = ["encode_reply", "multipart", "parse_multipart"]

@@ -1,8 +1,12 @@
 """Worker configuration: one ``WorkerSettings`` object, read from ``SIMS_WORKER_*`` environment variables.
 
 ``sims worker`` flags override the environment. The in-process backend of ``sims serve
---with-worker`` reads the same variables for everything but the weights directory, which the
-service's ``SIMS_SYNTHESIS_WEIGHTS`` (``--weights``) sets.
+--with-worker`` reads the same variables; the service's ``SIMS_SYNTHESIS_WEIGHTS`` (``--weights``)
+overrides the synthesis network's directory.
+
+The networks default to the folders of one weights root (``weights_dir``, the repository's
+``weights/`` unless set): the layout ``sims train all`` writes, so ``SIMS_WORKER_WEIGHTS_DIR=DIR``
+(``--weights-dir``) serves a set of networks trained on your own data.
 """
 
 from __future__ import annotations
@@ -10,12 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from synthesis.canvas.elision import TEST_ELISION
 
 ENV_PREFIX = "SIMS_WORKER_"
+#: The folder of each network under ``weights_dir`` (the repository's ``weights/`` layout).
+WEIGHTS_FOLDERS = {
+    "weights": "synthesis",
+    "refine_weights": "layout-refiner",
+    "transform_weights": "transform",
+    "ordering_weights": "ordering",
+}
 
 
 class WorkerSettings(BaseSettings):
@@ -24,16 +35,16 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     service_url: str = Field("http://127.0.0.1:8000", description="The retrieval service to retrieve from.")
-    weights: Path = Field(Path("weights/synthesis"), description="Synthesis network directory.")
-    refine_weights: Path | None = Field(
-        Path("weights/layout-refiner"), description="Layout refiner directory, for coarse=true (None: coarse refused)."
+    weights_dir: Path = Field(
+        Path("weights"), description="Root of the network folders below (synthesis/, layout-refiner/, ...)."
     )
+    # Their defaults are their WEIGHTS_FOLDERS under weights_dir (see _under_weights_dir).
+    weights: Path = Field(description="Synthesis network directory.")
+    refine_weights: Path | None = Field(description="Layout refiner directory, for coarse=true (None: coarse refused).")
     transform_weights: Path | None = Field(
-        Path("weights/transform"), description="Transformation network T (None: segments stay where they were)."
+        description="Transformation network T (None: segments stay where they were)."
     )
-    ordering_weights: Path | None = Field(
-        Path("weights/ordering"), description="Ordering network (None: the layout rule orders segments)."
-    )
+    ordering_weights: Path | None = Field(description="Ordering network (None: the layout rule orders segments).")
     elision_band: float = Field(
         TEST_ELISION.band,
         ge=0.0,
@@ -57,6 +68,15 @@ class WorkerSettings(BaseSettings):
     service_timeout: float = Field(30.0, gt=0, description="Seconds per request to the retrieval service.")
     device: str = Field("cpu", description="torch device of the networks.")
     log_level: str = Field("info", description="uvicorn and worker log level.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _under_weights_dir(cls, data: Any) -> Any:
+        """A network directory not given (flag or env) is its folder under ``weights_dir``."""
+        if isinstance(data, dict):
+            root = Path(data.get("weights_dir") or "weights")
+            data = {**{name: root / folder for name, folder in WEIGHTS_FOLDERS.items()}, **data}
+        return data
 
     @field_validator("refine_weights", "transform_weights", "ordering_weights", mode="before")
     @classmethod

@@ -7,8 +7,8 @@ import logging
 from fastapi import APIRouter
 
 from retrieval_service.api.deps import AdminDep, HolderDep, MetricsDep
-from retrieval_service.api.errors import ApiError
-from retrieval_service.api.models import ErrorResponse, ReloadResponse
+from retrieval_service.http_errors import ApiError
+from retrieval_service.http_models import ErrorResponse, ReloadResponse
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from anyio import to_thread
 from fastapi import APIRouter
 
 from retrieval_service.api.deps import HolderDep, StateDep
-from retrieval_service.api.models import BankCounts, BankGrids, BankInfo, ClassOut, ErrorResponse
+from retrieval_service.http_models import BankCounts, BankGrids, BankInfo, ClassOut, ErrorResponse
 
 router = APIRouter(tags=["bank"])
 

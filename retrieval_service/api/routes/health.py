@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from retrieval_service.api.deps import MetricsDep
 from retrieval_service.api.metrics import CONTENT_TYPE
-from retrieval_service.api.models import Liveness, Readiness
+from retrieval_service.http_models import Liveness, Readiness
 
 router = APIRouter(tags=["health"])
 

@@ -5,27 +5,25 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 
+from memory_bank.png import decode_layout_png
 from retrieval_service.api.deps import LimiterDep, MetricsDep, SettingsDep, StateDep
-from retrieval_service.api.errors import ApiError
-from retrieval_service.api.layouts import decode_layout
 from retrieval_service.api.metrics import ServiceMetrics
-from retrieval_service.api.models import (
+from retrieval_service.api.requests import read_layout_request, split_list
+from retrieval_service.api.settings import Settings
+from retrieval_service.api.state import BankState
+from retrieval_service.http_errors import ApiError
+from retrieval_service.http_models import (
     Candidate,
     Component,
     ErrorResponse,
-    RetrieveOptions,
     RetrieveRequest,
     RetrieveResponse,
     RetrieveUpload,
 )
-from retrieval_service.api.requests import read_layout_request, split_list
-from retrieval_service.api.settings import Settings
-from retrieval_service.api.state import BankState
-from retrieval_service.engine import RetrievalOptions, RetrievalResult
+from retrieval_service.types import RetrievalOptions, RetrievalResult
 
 router = APIRouter(tags=["retrieval"])
 
@@ -75,7 +73,7 @@ async def retrieve(
     png, options = await read_layout_request(
         request,
         json_model=RetrieveRequest,
-        options_model=RetrieveOptions,
+        options_model=RetrievalOptions,
         fields=_OPTION_FIELDS,
         list_fields={"exclude_images": _parse_ids},
     )
@@ -94,22 +92,15 @@ def _parse_ids(text: str) -> list[int]:
         ) from None
 
 
-def _run(state: BankState, settings: Settings, png: bytes, options: RetrieveOptions) -> RetrievalResult:
+def _run(state: BankState, settings: Settings, png: bytes, options: RetrievalOptions) -> RetrievalResult:
     """Decode, validate and retrieve (in a worker thread: all of it is CPU-bound)."""
     start = time.perf_counter()
     bank = state.bank
-    layout = decode_layout(
+    layout = decode_layout_png(
         png, resolution=bank.resolution, num_classes=len(bank.classes), max_pixels=settings.max_layout_pixels
     )
     decoded = time.perf_counter() - start
-    engine_options = RetrievalOptions(
-        k=options.k,
-        mode=options.mode,
-        seed=options.seed,
-        exclude_images=np.asarray(options.exclude_images, np.int64),
-        min_area=options.min_area,
-    )
-    result = state.engine.retrieve(layout, engine_options)
+    result = state.engine.retrieve(layout, options)
     result.timings["decode"] = decoded
     return result
 
@@ -120,7 +111,7 @@ def _record(metrics: ServiceMetrics, result: RetrievalResult) -> None:
         metrics.components.labels(str(comp.status)).inc()
 
 
-def _to_response(state: BankState, result: RetrievalResult, options: RetrieveOptions) -> RetrieveResponse:
+def _to_response(state: BankState, result: RetrievalResult, options: RetrievalOptions) -> RetrieveResponse:
     names = state.bank.classes.names
     h, w = state.bank.resolution
     components = [

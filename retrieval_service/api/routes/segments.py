@@ -8,10 +8,10 @@ from anyio import to_thread
 from fastapi import APIRouter, Path, Query, Response
 
 from memory_bank import Bank
+from memory_bank.png import encode_rgba_png
 from retrieval_service.api.deps import HolderDep
-from retrieval_service.api.errors import ApiError
-from retrieval_service.api.layouts import encode_rgba_png
-from retrieval_service.api.models import ErrorResponse, SegmentMeta
+from retrieval_service.http_errors import ApiError
+from retrieval_service.http_models import ErrorResponse, SegmentMeta
 
 router = APIRouter(prefix="/segments", tags=["segments"])
 

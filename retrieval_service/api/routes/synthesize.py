@@ -15,17 +15,12 @@ from typing import Any
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 
+from memory_bank.errors import UnavailableError
+from memory_bank.png import decode_layout_png
 from retrieval_service.api.deps import SettingsDep, get_holder
-from retrieval_service.api.errors import ApiError
-from retrieval_service.api.layouts import decode_layout
-from retrieval_service.api.models import (
-    ErrorResponse,
-    SynthesizeOptions,
-    SynthesizeRequest,
-    SynthesizeResponse,
-    SynthesizeUpload,
-)
 from retrieval_service.api.requests import read_layout_request, split_list
+from retrieval_service.http_models import ErrorResponse, SynthesizeRequest, SynthesizeResponse, SynthesizeUpload
+from retrieval_service.types import SynthesizeOptions
 
 router = APIRouter(tags=["synthesis"])
 
@@ -78,11 +73,10 @@ async def synthesize(request: Request, settings: SettingsDep) -> Response:
     start = time.perf_counter()
     backend = getattr(request.app.state, "synthesis", None)
     if backend is None:
-        raise ApiError(
-            503,
-            "synthesis_unavailable",
+        raise UnavailableError(
             "no synthesis worker is configured: set SIMS_SYNTHESIS_URL to `sims worker` URL(s), "
             "or run `sims serve --with-worker`",
+            kind="synthesis_unavailable",
         )
     png, options = await read_layout_request(
         request,
@@ -93,7 +87,7 @@ async def synthesize(request: Request, settings: SettingsDep) -> Response:
     )
     bank = get_holder(request).require().bank
     await to_thread.run_sync(
-        lambda: decode_layout(
+        lambda: decode_layout_png(
             png, resolution=bank.resolution, num_classes=len(bank.classes), max_pixels=settings.max_layout_pixels
         )
     )

@@ -1,8 +1,12 @@
-"""Errors the API answers with, and the handlers that turn every failure into a JSON body.
+"""HTTP errors of the SIMS services: one table from SIMS errors to statuses, and the handlers that use it.
 
-Every error response is an :class:`~retrieval_service.api.models.ErrorResponse`:
-``{"error": kind, "message": text, "details": [...] | null}``. SIMS errors map to 4xx in one
-place (:data:`SIMS_ERROR_STATUS`); only a bug in the service itself gives a 500.
+Every error response, of the retrieval service and of the synthesis worker alike, is an
+:class:`~retrieval_service.http_models.ErrorResponse`: ``{"error": kind, "message": text,
+"details": [...] | null}``. A :class:`~memory_bank.errors.SimsError` gets its status and kind
+from :data:`SIMS_ERROR_STATUS` (its own ``kind``, when it has one, names the case more
+precisely); :class:`ApiError` is for what only the HTTP layer knows (authentication, media
+types, missing segments); only a bug gives a 500. Both apps install the same handlers with
+:func:`install_error_handlers`. This module imports no engine.
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ from memory_bank.errors import (
     BankNotFoundError,
     DatasetError,
     LayoutError,
+    LayoutTooLargeError,
     SimsError,
+    TimedOutError,
+    UnavailableError,
+    UpstreamError,
 )
 
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """An error answered with ``status`` and a JSON body of kind ``error``."""
+    """An error of the HTTP layer itself, answered with ``status`` and a JSON body of kind ``error``."""
 
     def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -39,12 +47,19 @@ class ApiError(Exception):
 
 #: Status and kind of each SIMS error, most specific first.
 SIMS_ERROR_STATUS: tuple[tuple[type[SimsError], int, str], ...] = (
+    (LayoutTooLargeError, 413, "layout_too_large"),
     (LayoutError, 422, "invalid_layout"),
     (BankNotFoundError, 404, "bank_not_found"),
     (BankBusyError, 409, "bank_busy"),
     (DatasetError, 400, "dataset_error"),
     (BankFormatError, 503, "bank_unreadable"),
+    (UnavailableError, 503, "unavailable"),
+    (TimedOutError, 504, "timed_out"),
+    (UpstreamError, 502, "upstream_failed"),
 )
+
+#: 5xx of an upstream passed on as they came ("not ready", "timed out"); its 4xx are the caller's and pass too.
+_RELAYED_5XX = frozenset({503, 504})
 
 _HTTP_KINDS = {
     400: "bad_request",
@@ -67,10 +82,17 @@ def error_body(error: str, message: str, details: list[dict] | None = None) -> d
 
 def sims_error_status(exc: SimsError) -> tuple[int, str]:
     """HTTP status and kind for a SIMS error."""
-    for cls, status, kind in SIMS_ERROR_STATUS:
-        if isinstance(exc, cls):
-            return status, kind
-    return 400, "sims_error"
+    status, kind = next(((s, k) for cls, s, k in SIMS_ERROR_STATUS if isinstance(exc, cls)), (400, "sims_error"))
+    if isinstance(exc, UpstreamError) and exc.status is not None and (exc.status < 500 or exc.status in _RELAYED_5XX):
+        status = exc.status
+    return status, exc.kind or kind
+
+
+def sims_error_headers(exc: SimsError) -> dict[str, str] | None:
+    """Response headers for a SIMS error: ``Retry-After`` when it says when to try again."""
+    if isinstance(exc, UnavailableError) and exc.retry_after is not None:
+        return {"Retry-After": str(exc.retry_after)}
+    return None
 
 
 def _jsonable_details(errors: list[dict]) -> list[dict]:
@@ -92,7 +114,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SimsError)
     async def _sims_error(request: Request, exc: SimsError) -> JSONResponse:
         status, kind = sims_error_status(exc)
-        return JSONResponse(error_body(kind, str(exc)), status_code=status)
+        return JSONResponse(error_body(kind, str(exc)), status_code=status, headers=sims_error_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,27 +1,37 @@
-"""Request and response models of the retrieval API (pydantic v2), shared with the client."""
+"""Request and response models of the retrieval service's HTTP API (pydantic v2), shared with the client and worker.
+
+The options themselves are :class:`~retrieval_service.types.RetrievalOptions` and
+:class:`~retrieval_service.types.SynthesizeOptions`; the request models add the layout. This module
+imports no engine and no web framework.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: Most matches per component a request may ask for.
-MAX_K = 100
-#: Most image ids one request may exclude.
-MAX_EXCLUDE = 10_000
-#: Largest seed (numpy's generators take any non-negative integer; 64 bits is plenty).
-MAX_SEED = 2**64 - 1
+from retrieval_service.types import (
+    DEFAULT_CANDIDATES,
+    MinArea,
+    Mode,
+    ReplyFormat,
+    RetrievalOptions,
+    Seed,
+    StatusName,
+    SynthesizeOptions,
+    TopK,
+)
 
-Mode = Literal["exact", "fast", "full"]
-ComponentStatus = Literal["ok", "class_not_in_bank", "below_min_area", "no_candidates"]
+#: Header of the admin key (``POST /admin/reload``).
+API_KEY_HEADER = "X-API-Key"
+
 # Fixed-length arrays are lists with a length, not tuples: OpenAPI 3.1 tools (and older
 # clients) handle `items` + `minItems`/`maxItems` better than JSON Schema's `prefixItems`.
 BBox = Annotated[list[int], Field(min_length=4, max_length=4)]
 Pair = Annotated[list[int], Field(min_length=2, max_length=2)]
 RGB = Annotated[list[int], Field(min_length=3, max_length=3)]
-Extra = Literal["canvas", "provenance", "segments", "layout"]
-ReplyFormat = Literal["png", "json", "multipart"]
+LayoutFile = Annotated[bytes, Field(json_schema_extra={"format": "binary"}, description="PNG label map file.")]
 
 
 class _Model(BaseModel):
@@ -31,37 +41,11 @@ class _Model(BaseModel):
 # Requests
 
 
-class RetrieveOptions(_Model):
-    """Options of one retrieval."""
-
-    k: int = Field(5, ge=1, le=MAX_K, description="Candidates returned per component, best first.")
-    mode: Mode = Field(
-        "fast",
-        description="`exact`: the true top-k at the bank's grid; `fast`: FAISS candidates re-ranked exactly at "
-        "the grid; `full`: the true top-k scored on pixels at the working resolution (slower).",
-    )
-    seed: int | None = Field(
-        None,
-        ge=0,
-        le=MAX_SEED,
-        description="With a seed, `choice` is a reproducible random pick among the top-k; without, the best.",
-    )
-    exclude_images: list[int] = Field(
-        default_factory=list,
-        max_length=MAX_EXCLUDE,
-        description="Bank image ids whose segments must not be returned.",
-    )
-    min_area: int = Field(
-        0,
-        ge=0,
-        le=2**31 - 1,
-        description="Components smaller than this (pixels) get no candidates; never below the bank's minimum.",
-    )
-
-
-class RetrieveRequest(RetrieveOptions):
+class RetrieveRequest(RetrievalOptions):
     """JSON form of ``POST /retrieve``: the layout as a base64-encoded PNG label map."""
 
+    #: Not a field: the service always retrieves with the default.
+    candidates: ClassVar[int] = DEFAULT_CANDIDATES  # type: ignore[misc]
     layout_png: str = Field(
         ...,
         min_length=1,
@@ -73,52 +57,12 @@ class RetrieveRequest(RetrieveOptions):
 class RetrieveUpload(_Model):
     """Multipart form of ``POST /retrieve`` (documents the fields; parsed by the route)."""
 
-    layout: bytes = Field(..., json_schema_extra={"format": "binary"}, description="PNG label map file.")
-    k: int = Field(5, ge=1, le=MAX_K)
+    layout: LayoutFile
+    k: TopK = 5
     mode: Mode = "fast"
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    seed: Seed | None = None
     exclude_images: str = Field("", description="Comma-separated bank image ids, e.g. `3,17`.")
-    min_area: int = Field(0, ge=0, le=2**31 - 1)
-
-
-class SynthesizeOptions(_Model):
-    """Options of one synthesis."""
-
-    k: int = Field(5, ge=1, le=MAX_K, description="Candidates per component the seed picks among (diversity).")
-    seed: int = Field(
-        0, ge=0, le=MAX_SEED, description="Picks among the top-k and draws the elision; same seed, same image."
-    )
-    mode: Mode = Field("fast", description="Retrieval mode (see `/retrieve`).")
-    coarse: bool = Field(
-        False, description="The layout is coarse (gaps, rough outlines): densify it with the layout refiner first."
-    )
-    elision_band: float | None = Field(
-        None,
-        ge=0.0,
-        le=0.25,
-        description="Boundary elision band as a fraction of the layout's height: canvas pixels this close to a "
-        "pasted segment's edge are elided, and the band outside objects is blacked out (the paper: 0.05; 0 keeps "
-        "every retrieved pixel). Default: the worker's.",
-    )
-    elision_rate: float | None = Field(
-        None, ge=0.0, le=1.0, description="Share of the pixels in the band inside segments that is elided (paper: 0.8)."
-    )
-    extras: list[Extra] = Field(
-        default_factory=list,
-        max_length=4,
-        description="Also return: `canvas` (RGB PNG), `provenance` (segment ids per pixel, RGB PNG, see below), "
-        "`segments` (the painted bank segments), `layout` (the layout synthesized from; the refined one if coarse).",
-    )
-    format: ReplyFormat | None = Field(
-        None,
-        description="`png`: the image alone; `json`: base64 PNGs and metadata; `multipart`: multipart/mixed parts. "
-        "Default: `png` without extras, `json` with.",
-    )
-
-    @property
-    def reply_format(self) -> ReplyFormat:
-        """The format to answer in."""
-        return self.format or ("json" if self.extras else "png")
+    min_area: MinArea = 0
 
 
 class SynthesizeRequest(SynthesizeOptions):
@@ -134,9 +78,9 @@ class SynthesizeRequest(SynthesizeOptions):
 class SynthesizeUpload(_Model):
     """Multipart form of ``POST /synthesize`` (documents the fields; parsed by the route)."""
 
-    layout: bytes = Field(..., json_schema_extra={"format": "binary"}, description="PNG label map file.")
-    k: int = Field(5, ge=1, le=MAX_K)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    layout: LayoutFile
+    k: TopK = 5
+    seed: Seed = 0
     mode: Mode = "fast"
     coarse: bool = False
     extras: str = Field("", description="Comma-separated extras, e.g. `canvas,provenance,segments`.")
@@ -164,7 +108,7 @@ class Component(_Model):
     class_name: str
     bbox: BBox = Field(..., description="[y0, x0, y1, x1), pixels.")
     area: int
-    status: ComponentStatus
+    status: StatusName
     choice: int | None = Field(None, description="Index into `candidates` of the pick (seeded, or the best).")
     candidates: list[Candidate]
 
@@ -271,7 +215,7 @@ class UnfilledComponent(_Model):
     """A layout component that got no segment (its pixels stay missing on the canvas)."""
 
     component_id: int
-    status: ComponentStatus
+    status: StatusName
 
 
 class SynthesizeResponse(_Model):

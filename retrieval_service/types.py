@@ -1,0 +1,250 @@
+"""What retrieval and synthesis requests and answers are, free of the engine and of the HTTP layer.
+
+1. Modes and per-component statuses.
+2. Results: :class:`Match`, :class:`ComponentResult`, :class:`RetrievalResult`, the engine's
+   answers (the HTTP client rebuilds the same ones, :mod:`synthesis.remote`).
+3. Options: :class:`RetrievalOptions`, one concept for the engine and ``POST /retrieve``, and
+   :class:`SynthesizeOptions`, those of ``POST /synthesize``, the worker and ``sims synthesize``.
+   Both are pydantic models: their fields, defaults and limits are the OpenAPI contract.
+4. The synthesis backend contract: how the retrieval service hands ``/synthesize`` to a
+   backend (workers over HTTP, or the in-process pipeline) without importing ``synthesis``.
+
+This module imports no engine, FAISS, torch, numba or FastAPI, so an HTTP-only process (the
+client, the synthesis worker) can use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from memory_bank import Bank
+    from retrieval_service.engine import RetrievalEngine
+
+# 1. Modes and statuses
+
+#: ``exact`` and ``fast`` score at the bank's grid, ``full`` on pixels at the working resolution.
+Mode = Literal["exact", "fast", "full"]
+
+
+class Status(StrEnum):
+    """What happened to one query component."""
+
+    OK = "ok"
+    CLASS_NOT_IN_BANK = "class_not_in_bank"
+    BELOW_MIN_AREA = "below_min_area"
+    NO_CANDIDATES = "no_candidates"  # every segment of the class was excluded
+
+
+#: The values of :class:`Status` as the HTTP models type them (an inline enum in the OpenAPI spec).
+StatusName = Literal["ok", "class_not_in_bank", "below_min_area", "no_candidates"]
+
+
+# 2. Results
+
+
+@dataclass(frozen=True)
+class Match:
+    """One retrieved bank segment and its score."""
+
+    segment_id: int
+    image_id: int
+    score: float
+    mask_iou: float
+    context_iou: float
+
+
+@dataclass(frozen=True)
+class ComponentResult:
+    """The top-k of one query component; ``choice`` indexes the diversity pick in ``matches``."""
+
+    component_id: int
+    class_id: int
+    bbox: tuple[int, int, int, int]
+    area: int
+    status: Status
+    matches: tuple[Match, ...] = ()
+    choice: int | None = None
+
+    @property
+    def chosen(self) -> Match | None:
+        return None if self.choice is None else self.matches[self.choice]
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    """All components of one layout, in extraction order."""
+
+    components: tuple[ComponentResult, ...]
+    bank_version: str
+    mode: Mode
+    timings: dict[str, float] = field(default_factory=dict)
+    scored: int = 0  # segments scored exactly, over all components
+
+
+# 3. Options
+
+#: Most matches per component a request may ask for.
+MAX_K = 100
+#: Most image ids one request may exclude.
+MAX_EXCLUDE = 10_000
+#: Largest seed (numpy's generators take any non-negative integer; 64 bits is plenty).
+MAX_SEED = 2**64 - 1
+#: FAISS candidates per component in ``fast`` mode, unless an in-process caller asks for others.
+DEFAULT_CANDIDATES = 512
+
+#: Field types shared by the option models (limits here, descriptions with each field).
+TopK = Annotated[int, Field(ge=1, le=MAX_K)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+MinArea = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Extra = Literal["canvas", "provenance", "segments", "layout"]
+ReplyFormat = Literal["png", "json", "multipart"]
+
+_MODE_HELP = (
+    "`exact`: the true top-k at the bank's grid; `fast`: FAISS candidates re-ranked exactly at the grid; "
+    "`full`: the true top-k scored on pixels at the working resolution (slower)."
+)
+
+
+class _Options(BaseModel):
+    """Base of the option and HTTP models: unknown fields are errors, values never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetrievalOptions(_Options):
+    """Options of one retrieval, in-process (the engine) and over HTTP (``POST /retrieve``).
+
+    ``candidates`` is for in-process callers only: the service always retrieves with
+    :data:`DEFAULT_CANDIDATES`, so its request models do not have the field.
+    """
+
+    k: TopK = Field(5, description="Candidates returned per component, best first.")
+    mode: Mode = Field("fast", description=_MODE_HELP)
+    seed: Seed | None = Field(
+        None, description="With a seed, `choice` is a reproducible random pick among the top-k; without, the best."
+    )
+    exclude_images: tuple[int, ...] = Field(
+        default_factory=tuple,
+        max_length=MAX_EXCLUDE,
+        description="Bank image ids whose segments must not be returned.",
+    )
+    min_area: MinArea = Field(
+        0, description="Components smaller than this (pixels) get no candidates; never below the bank's minimum."
+    )
+    candidates: int = Field(DEFAULT_CANDIDATES, ge=1, description="FAISS candidates per component in `fast` mode.")
+
+
+class SynthesizeOptions(_Options):
+    """Options of one synthesis (``POST /synthesize``, the worker, ``sims synthesize``).
+
+    ``k``, ``seed`` and ``mode`` go to retrieval as in :class:`RetrievalOptions`, except that
+    every synthesis has a seed (it also draws the elision); ``extras`` and ``format`` shape an
+    HTTP reply.
+    """
+
+    k: TopK = Field(5, description="Candidates per component the seed picks among (diversity).")
+    seed: Seed = Field(0, description="Picks among the top-k and draws the elision; same seed, same image.")
+    mode: Mode = Field("fast", description="Retrieval mode (see `/retrieve`).")
+    coarse: bool = Field(
+        False, description="The layout is coarse (gaps, rough outlines): densify it with the layout refiner first."
+    )
+    elision_band: float | None = Field(
+        None,
+        ge=0.0,
+        le=0.25,
+        description="Boundary elision band as a fraction of the layout's height: canvas pixels this close to a "
+        "pasted segment's edge are elided, and the band outside objects is blacked out (the paper: 0.05; 0 keeps "
+        "every retrieved pixel). Default: the worker's.",
+    )
+    elision_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="Share of the pixels in the band inside segments that is elided (paper: 0.8)."
+    )
+    extras: list[Extra] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Also return: `canvas` (RGB PNG), `provenance` (segment ids per pixel, RGB PNG, see below), "
+        "`segments` (the painted bank segments), `layout` (the layout synthesized from; the refined one if coarse).",
+    )
+    format: ReplyFormat | None = Field(
+        None,
+        description="`png`: the image alone; `json`: base64 PNGs and metadata; `multipart`: multipart/mixed parts. "
+        "Default: `png` without extras, `json` with.",
+    )
+
+    @property
+    def reply_format(self) -> ReplyFormat:
+        """The format to answer in."""
+        return self.format or ("json" if self.extras else "png")
+
+
+# 4. The synthesis backend contract
+
+
+@dataclass(frozen=True)
+class SynthesisReply:
+    """A finished synthesis response: body, media type and headers."""
+
+    content: bytes
+    media_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class SynthesisBackend(Protocol):
+    """What the retrieval service needs from synthesis."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Called once in the service's lifespan, before requests."""
+        ...
+
+    async def synthesize(self, layout_png: bytes, options: SynthesizeOptions) -> SynthesisReply:
+        """Synthesize a (validated) layout PNG; failures are :class:`~memory_bank.errors.SimsError`."""
+        ...
+
+    async def close(self) -> None:
+        """Called once at shutdown."""
+        ...
+
+
+class ServedBank(Protocol):
+    """One bank version a service answers with, and its engine."""
+
+    @property
+    def bank(self) -> Bank: ...
+
+    @property
+    def engine(self) -> RetrievalEngine: ...
+
+    @property
+    def version(self) -> str: ...
+
+
+class BankSource(Protocol):
+    """The service's current bank (it changes on reload)."""
+
+    def require(self) -> ServedBank:
+        """The bank version served now; :class:`~memory_bank.errors.UnavailableError` while none is loaded."""
+        ...
+
+
+class BackendSettings(Protocol):
+    """The service settings a synthesis backend reads."""
+
+    @property
+    def synthesis_weights(self) -> Path | None: ...
+
+    @property
+    def synthesis_timeout(self) -> float: ...
+
+
+#: A plugin: ``factory(settings, bank)`` -> backend (``bank`` is the service's, None without one).
+BackendFactory = Callable[[BackendSettings, BankSource | None], SynthesisBackend]
