@@ -32,7 +32,7 @@ from PIL import Image
 from memory_bank import ClassTable, open_bank
 from synthesis.coarsen import CoarsenConfig, coarsen_layout
 from synthesis.networks.layout_refiner import DEFAULT_KEEP_THRESHOLD, LayoutRefiner, refine_layout
-from synthesis.training.layout_refiner import evaluate_refiner
+from synthesis.training.layout_refiner import evaluate_layout_refiner
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -54,7 +54,7 @@ def tune(model: LayoutRefiner, bank_path: Path, coarsen: CoarsenConfig, limit: i
     n = min(limit, bank.num_images)
     idx = np.linspace(0, bank.num_images - 1, n).round().astype(int)
     fines = [np.asarray(bank.labels[int(i)]) for i in idx]
-    s = evaluate_refiner(model, fines, coarsen, seed=TUNE_SEED, keep_thresholds=TUNE_THRESHOLDS, progress=True)
+    s = evaluate_layout_refiner(model, fines, coarsen, seed=TUNE_SEED, keep_thresholds=TUNE_THRESHOLDS, progress=True)
     table = {str(t): {"miou": v["miou"], "pixel_accuracy": v["pixel_accuracy"]} for t, v in s["refined"].items()}
     best = max(s["refined"], key=lambda t: s["refined"][t]["miou"])
     return {
@@ -112,9 +112,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(1)
 
-    from synthesis.training.layout_refiner import RefineRunConfig
+    from synthesis.training.layout_refiner import LayoutRefinerRunConfig
 
-    coarsen = RefineRunConfig.load(args.run_config).coarsen
+    coarsen = LayoutRefinerRunConfig.load(args.run_config).coarsen
     model = LayoutRefiner.from_pretrained(args.weights)
     meta_path = args.weights / "sims.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -133,7 +133,7 @@ def main() -> None:
     fines = [np.asarray(val.labels[i]) for i in range(val.num_images)]
     thresholds = (DEFAULT_KEEP_THRESHOLD, 0.0, 2.0)
     start = time.perf_counter()
-    s = evaluate_refiner(model, fines, coarsen, seed=args.seed, keep_thresholds=thresholds, progress=True)
+    s = evaluate_layout_refiner(model, fines, coarsen, seed=args.seed, keep_thresholds=thresholds, progress=True)
     seconds = time.perf_counter() - start
     # Time refine_layout alone at the working resolution.
     coarse = coarsen_layout(fines[0], coarsen, args.seed)

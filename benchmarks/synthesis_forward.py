@@ -208,25 +208,22 @@ def main() -> None:
         "forward": [],
         "train_step": [],
     }
+
+    def record(section: str, row: dict, line: str) -> None:
+        """Print one measurement, add it to its section and save the results so far."""
+        print(f"{line} ({row['runs']} runs, {row['discarded_runs']} discarded)", flush=True)
+        results[section].append(row)
+        save(args.out, results)
+
     for path in args.configs:
         cfg = TrainSynthesisConfig.load(path)
         res = "x".join(map(str, cfg.model.resolution))
         model = {"encoder_widths": list(cfg.model.encoder_widths), "decoder_widths": list(cfg.model.decoder_widths)}
         for variant in variants:
-            r = {
-                "config": path.name,
-                "resolution": res,
-                "variant": variant,
-                **model,
-                **forward_bench(cfg, variant, args.repeats, gate),
-            }
-            print(
-                f"forward {res} {variant}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, cpu {r['cpu_p50_ms']} ms "
-                f"({r['runs']} runs, {r['discarded_runs']} discarded)",
-                flush=True,
-            )
-            results["forward"].append(r)
-            save(args.out, results)
+            r = {"config": path.name, "resolution": res, "variant": variant, **model}
+            r |= forward_bench(cfg, variant, args.repeats, gate)
+            line = f"forward {res} {variant}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms"
+            record("forward", r, f"{line}, cpu {r['cpu_p50_ms']} ms")
         if not args.train:
             continue
         if not args.vgg_weights:
@@ -235,13 +232,8 @@ def main() -> None:
             for b in (int(v) for v in args.batch_sizes.split(",")):
                 r = {"config": path.name, "resolution": res, "variant": variant, **model}
                 r |= train_bench(cfg, variant, b, args.vgg_weights, args.train_repeats, gate)
-                print(
-                    f"train {res} {variant} batch {b}: {r['s_per_step']} s/step, min {r['min_ms']} ms, "
-                    f"cpu {r['cpu_p50_ms']} ms ({r['runs']} runs, {r['discarded_runs']} discarded)",
-                    flush=True,
-                )
-                results["train_step"].append(r)
-                save(args.out, results)
+                line = f"train {res} {variant} batch {b}: {r['s_per_step']} s/step, min {r['min_ms']} ms"
+                record("train_step", r, f"{line}, cpu {r['cpu_p50_ms']} ms")
     save(args.out, results)
     print(f"wrote {args.out}")
 

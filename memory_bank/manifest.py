@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from memory_bank.atomic import write_json_atomic
 from memory_bank.classes import IGNORE, ClassTable
 from memory_bank.config import Grid, SegmentConfig
 from memory_bank.errors import BankFormatError
@@ -130,7 +131,7 @@ class Manifest:
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / MANIFEST_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
         return path
 
     @classmethod

@@ -21,6 +21,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+from memory_bank.atomic import atomic_file
 from memory_bank.errors import BankBusyError, BankNotFoundError
 from memory_bank.manifest import MANIFEST_FILE
 
@@ -175,12 +176,8 @@ class Staging:
         final = versions / self.version
         os.rename(self.path, final)
         _fsync_dir(versions)
-        tmp = self.root / f".{CURRENT_FILE}.{self.version}.tmp"
-        with tmp.open("w") as f:
+        with atomic_file(self.root / CURRENT_FILE, fsync=True) as f:
             f.write(self.version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / CURRENT_FILE)
         _fsync_dir(self.root)
         self.close()
         return final

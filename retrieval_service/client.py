@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypedDict, TypeVar, Unpack
 
 import httpx
 import numpy as np
@@ -27,9 +27,27 @@ from retrieval_service.http_models import (
     SegmentMeta,
     SynthesizeResponse,
 )
-from retrieval_service.types import Extra, Mode
+from retrieval_service.types import Extra, Mode, SynthesizeOptions
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class SynthesisParameters(TypedDict, total=False):
+    """Keyword options of :meth:`RetrievalClient.synthesize` and :meth:`~RetrievalClient.synthesize_png`.
+
+    Those of :class:`~retrieval_service.types.SynthesizeOptions`, with its defaults where one is left out
+    (``k`` 5, ``seed`` 0, ``mode`` fast, not ``coarse``; ``elision_band`` and ``elision_rate`` None, the
+    worker's default elision), and ``timeout``, which overrides the client's for this request (synthesis
+    takes longer than retrieval).
+    """
+
+    k: int
+    seed: int
+    mode: Mode
+    coarse: bool
+    elision_band: float | None
+    elision_rate: float | None
+    timeout: float | None
 
 
 class ServiceError(Exception):
@@ -99,64 +117,36 @@ class RetrievalClient:
 
     # Synthesis
     def synthesize(
-        self,
-        layout: np.ndarray | bytes,
-        *,
-        k: int = 5,
-        seed: int = 0,
-        mode: Mode = "fast",
-        coarse: bool = False,
-        elision_band: float | None = None,
-        elision_rate: float | None = None,
-        extras: Sequence[Extra] = (),
-        timeout: float | None = None,
+        self, layout: np.ndarray | bytes, *, extras: Sequence[Extra] = (), **parameters: Unpack[SynthesisParameters]
     ) -> SynthesizeResponse:
         """A photo for ``layout`` (JSON form: ``image_png`` and the ``extras`` as base64 PNGs).
 
-        ``elision_band`` and ``elision_rate`` set the canvas's boundary elision (None: the
-        worker's default). ``timeout`` overrides the client's for this request (synthesis takes
-        longer than retrieval).
+        ``parameters`` are those of :class:`SynthesisParameters`.
         """
-        r = self._post_synthesize(
-            layout, k, seed, mode, coarse, extras, "json", timeout, elision=(elision_band, elision_rate)
-        )
+        r = self._post_synthesize(layout, parameters, extras, "json")
         return self._parse(r, SynthesizeResponse)
 
-    def synthesize_png(
-        self,
-        layout: np.ndarray | bytes,
-        *,
-        k: int = 5,
-        seed: int = 0,
-        mode: Mode = "fast",
-        coarse: bool = False,
-        elision_band: float | None = None,
-        elision_rate: float | None = None,
-        timeout: float | None = None,
-    ) -> bytes:
-        """A photo for ``layout`` as PNG bytes."""
-        r = self._post_synthesize(
-            layout, k, seed, mode, coarse, (), "png", timeout, elision=(elision_band, elision_rate)
-        )
+    def synthesize_png(self, layout: np.ndarray | bytes, **parameters: Unpack[SynthesisParameters]) -> bytes:
+        """A photo for ``layout`` as PNG bytes; ``parameters`` as for :meth:`synthesize`."""
+        r = self._post_synthesize(layout, parameters, (), "png")
         self._check(r)
         return r.content
 
     def _post_synthesize(
         self,
         layout: np.ndarray | bytes,
-        k: int,
-        seed: int,
-        mode: Mode,
-        coarse: bool,
+        parameters: SynthesisParameters,
         extras: Sequence[str],
         reply_format: str,
-        timeout: float | None,
-        elision: tuple[float | None, float | None] = (None, None),
     ) -> httpx.Response:
         png = layout if isinstance(layout, bytes) else encode_layout_png(layout)
-        data = {"k": str(k), "seed": str(seed), "mode": mode, "coarse": "true" if coarse else "false"}
-        for name, value in zip(("elision_band", "elision_rate"), elision, strict=True):
-            if value is not None:
+        given = dict(parameters)
+        timeout = given.pop("timeout", None)
+        # Not validated here: the service answers bad values with its 422. Unset ones take its defaults.
+        o = SynthesizeOptions.model_construct(**given)
+        data = {"k": str(o.k), "seed": str(o.seed), "mode": o.mode, "coarse": "true" if o.coarse else "false"}
+        for name in ("elision_band", "elision_rate"):
+            if (value := getattr(o, name)) is not None:
                 data[name] = repr(float(value))
         data |= {"extras": ",".join(extras), "format": reply_format}
         files = {"layout": ("layout.png", png, "image/png")}

@@ -302,20 +302,6 @@ def export_float16(source: str | Path, out_dir: str | Path) -> Path:
     return save_pretrained(model, out_dir, meta, dtype=torch.float16, extra_files=extras)
 
 
-def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 __all__ = [
     "CONFIG_FILE",
     "METADATA_FILE",

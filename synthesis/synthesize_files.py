@@ -37,6 +37,7 @@ from synthesis.canvas.builder import CanvasBuilder
 from synthesis.canvas.grid import provenance_colors, render_table, save_image
 from synthesis.pipeline import SynthesisPipeline
 from synthesis.remote import bank_identity
+from synthesis.worker.reply import wire_segments
 from synthesis.worker.runtime import load_networks, synthesize
 from synthesis.worker.settings import WorkerSettings
 
@@ -84,18 +85,7 @@ class LocalSynthesizer:
 
     def __call__(self, layout: np.ndarray, options: SynthesizeOptions) -> Synthesized:
         out = synthesize(self.pipeline, layout, options)
-        segments = [
-            {
-                "segment_id": s.segment_id,
-                "image_id": s.image_id,
-                "component_id": s.component_id,
-                "class_id": s.class_id,
-                "class_name": self.classes.names[s.class_id],
-                "score": s.score,
-                "rank": s.rank,
-            }
-            for s in out.segments
-        ]
+        segments = [s.model_dump() for s in wire_segments(out.segments, self.classes)]  # as RemoteSynthesizer's
         timings = {key: round(v * 1000, 3) for key, v in out.timings.items()}
         return Synthesized(
             out.image, out.layout, out.canvas.canvas, out.provenance, segments, out.bank_version, timings
@@ -111,17 +101,9 @@ class RemoteSynthesizer:
         self.classes = bank_identity(client.bank())[0]
 
     def __call__(self, layout: np.ndarray, options: SynthesizeOptions) -> Synthesized:
-        r = self.client.synthesize(
-            layout,
-            seed=options.seed,
-            k=options.k,
-            coarse=options.coarse,
-            mode=options.mode,
-            elision_band=options.elision_band,
-            elision_rate=options.elision_rate,
-            extras=ALL_EXTRAS,
-            timeout=self.timeout,
-        )
+        # Every option but the reply's shape, which this asks for itself.
+        parameters = options.model_dump(exclude={"extras", "format"})
+        r = self.client.synthesize(layout, extras=ALL_EXTRAS, timeout=self.timeout, **parameters)
         return Synthesized(
             image=_png(r.image_png),
             layout=_png(r.layout_png) if r.layout_png else layout,

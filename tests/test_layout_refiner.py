@@ -25,13 +25,13 @@ from synthesis.networks.layout_refiner import (
     refine_layout,
 )
 from synthesis.training.layout_refiner import (
-    RefineRunConfig,
-    evaluate_refiner,
+    LayoutRefinerRunConfig,
+    evaluate_layout_refiner,
     layout_confusion,
     make_batch,
     refine_loss,
     score_confusion,
-    train_refiner,
+    train_layout_refiner,
     train_step,
 )
 
@@ -191,22 +191,23 @@ def test_make_batch_is_a_function_of_seed_and_step() -> None:
 
 
 def test_tiny_run_resumes_and_scores(val_bank: Bank, tmp_path: Path) -> None:
-    cfg = RefineRunConfig.load(REPO / "configs" / "layout-refiner" / "tiny.json").with_train(steps=2, batch_size=2)
+    cfg = LayoutRefinerRunConfig.load(REPO / "configs" / "layout-refiner" / "tiny.json")
+    cfg = cfg.with_overrides(**{"train.steps": 2, "train.batch_size": 2})
     out = tmp_path / "run"
-    first = train_refiner(val_bank, out, cfg, progress=False)
+    first = train_layout_refiner(val_bank, out, cfg, progress=False)
     assert first.step == 2 and len(first.losses) == 2
-    second = train_refiner(val_bank, out, cfg.with_train(steps=3), resume=True, progress=False)
+    second = train_layout_refiner(val_bank, out, cfg.with_overrides(**{"train.steps": 3}), resume=True, progress=False)
     assert second.step == 3 and second.losses[:2] == first.losses
     model = from_pretrained(out)
     fines = list(np.asarray(val_bank.labels[:2]))
-    scores = evaluate_refiner(model, fines, cfg.coarsen, keep_thresholds=(0.0, 2.0))
+    scores = evaluate_layout_refiner(model, fines, cfg.coarsen, keep_thresholds=(0.0, 2.0))
     coarse, filled = scores["coarse"], scores["refined"][0.0]
     # Filling only the unlabelled pixels can only add correct pixels.
     assert filled["pixel_accuracy"] >= coarse["pixel_accuracy"]
     assert 0 < scores["coverage"] < 1
     with pytest.raises(ValueError):
-        train_refiner(
-            val_bank, out, RefineRunConfig.from_dict({"model": {"widths": [4, 4]}}), resume=True, progress=False
+        train_layout_refiner(
+            val_bank, out, LayoutRefinerRunConfig.from_dict({"model": {"widths": [4, 4]}}), resume=True, progress=False
         )
 
 

@@ -23,15 +23,15 @@ from synthesis.networks.ordering import (
     boxes_of,
     neighbour_pairs,
     order_from_pairs,
-    pair_windows,
     reduce_boxed,
     reduce_components,
     reduce_masks,
     sample_pairs,
     window_coords,
 )
-from synthesis.networks.transform import sample, window_theta
+from synthesis.networks.transform import sample, window_boxes, window_theta
 from synthesis.training.ordering import (
+    OrderingRunConfig,
     OrderingTrainConfig,
     accuracy,
     benchmark_ordering,
@@ -178,7 +178,7 @@ def test_sample_pairs_equals_sampling_each_pair_from_its_masks() -> None:
     pairs = torch.as_tensor(neighbour_pairs(masks, config.adjacency))
     got = sample_pairs(labels, reduced, boxes, torch.as_tensor(classes), pairs, frame, config)
     # The reference: every pair's masks copied out of the stack and sampled on its window.
-    g = window_theta(pair_windows(boxes[pairs[:, 0]], boxes[pairs[:, 1]], config), frame)
+    g = window_theta(window_boxes(boxes[pairs[:, 0]], boxes[pairs[:, 1]], config), frame)
     for side, index in ((got.mask_a, pairs[:, 0]), (got.mask_b, pairs[:, 1])):
         assert torch.equal(side, sample(reduced[index], g, config.input_size, config.supersample))
     assert got.mask_a.shape == (len(pairs), 1, *config.input_size) and (got.mask_a > 0).any()
@@ -306,7 +306,8 @@ def test_accuracy_counts_ties_as_half() -> None:
 
 def test_training_and_benchmark_smoke(val_bank: Bank, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    summary = train_ordering(val_bank, out, TINY, OrderingTrainConfig(epochs=1, batch_size=32), progress=False)
+    config = OrderingRunConfig(TINY, OrderingTrainConfig(epochs=1, batch_size=32))
+    summary = train_ordering(val_bank, out, config, progress=False).scores
     assert summary["epochs"] == 1 and summary["train_pairs"] > 50 and summary["val_pairs"] == 0
     assert math.isfinite(summary["train_loss"]) and 0.0 <= summary["train_accuracy"] <= 1.0
     assert {"checkpoints", "latest.json", "train_log.jsonl"} <= {p.name for p in out.iterdir()}
@@ -329,8 +330,6 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ordering" / "camvid.
 
 
 def test_shipped_weights_match_their_config_and_order_a_street() -> None:
-    from synthesis.training.ordering import OrderingRunConfig
-
     model = from_pretrained(WEIGHTS)
     config = model.config
     assert config == OrderingRunConfig.load(CONFIG).model

@@ -70,7 +70,7 @@ def test_blend_training_resumes_exactly(tiny_vgg: Path, cache: Path, tmp_path: P
     straight = train_synthesis(config, tmp_path / "a", progress=False)
     train_synthesis(config.with_overrides(**{"train.steps": 2}), tmp_path / "b", progress=False)
     resumed = train_synthesis(config, tmp_path / "b", resume=True, progress=False)
-    assert resumed.loss_history == straight.loss_history and resumed.step == 4
+    assert resumed.losses == straight.losses and resumed.step == 4
     a, b = from_pretrained(straight.checkpoint), from_pretrained(resumed.checkpoint)
     assert a.config.canvas_blend and all(
         torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)

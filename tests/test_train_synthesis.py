@@ -139,14 +139,14 @@ def test_train_writes_checkpoints_and_samples(
     config: TrainSynthesisConfig, dataset: BlockCanvasDataset, tmp_path: Path
 ) -> None:
     result = train_synthesis(config, tmp_path / "run", dataset=dataset, progress=False)
-    assert result.step == 4 and result.steps_run == 4 and len(result.loss_history) == 4
+    assert result.step == 4 and result.steps_run == 4 and len(result.losses) == 4
     run = tmp_path / "run"
     assert json.loads((run / "train_config.json").read_text()) == config.to_dict()
     ckpt = latest_checkpoint(run)
     assert ckpt == result.checkpoint and ckpt is not None and ckpt.name == "step-00000004"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
     meta = read_metadata(ckpt)
-    assert meta["step"] == 4 and meta["loss_history"] == result.loss_history and not meta["parametric"]
+    assert meta["step"] == 4 and meta["loss_history"] == result.losses and not meta["parametric"]
     assert meta["vgg"]["arch"] == "vgg16" and meta["vgg"]["sha256"] == result.vgg.sha256
     assert meta["vgg"]["convention"] == "caffe-bgr"
     assert meta["data"]["kind"] == "blocks" and meta["data"]["bank_version"] == dataset.provenance["bank_version"]
@@ -168,7 +168,7 @@ def test_resume_continues_exactly(config: TrainSynthesisConfig, dataset: BlockCa
     train_synthesis(half, tmp_path / "b", dataset=dataset, progress=False)
     resumed = train_synthesis(config, tmp_path / "b", dataset=dataset, resume=True, progress=False)
     assert resumed.steps_run == 3 and resumed.step == 6
-    assert resumed.loss_history == straight.loss_history
+    assert resumed.losses == straight.losses
     a = from_pretrained(straight.checkpoint).state_dict()
     b = from_pretrained(resumed.checkpoint).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -24,7 +24,7 @@ from synthesis.training.harness import (
     latest_checkpoint,
     run_training,
 )
-from synthesis.training.layout_refiner import RefineRunConfig
+from synthesis.training.layout_refiner import LayoutRefinerRunConfig
 from synthesis.training.ordering import OrderingRunConfig
 from synthesis.training.segmenter import SegmenterRunConfig
 from synthesis.training.synthesis import TrainSynthesisConfig
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_CONFIGS = {
     "transform": TransformRunConfig,
     "ordering": OrderingRunConfig,
-    "layout-refiner": RefineRunConfig,
+    "layout-refiner": LayoutRefinerRunConfig,
     "segmenter": SegmenterRunConfig,
     "synthesis": TrainSynthesisConfig,
 }

@@ -36,10 +36,11 @@ from synthesis.networks.transform import (
     window_theta,
     window_to_frame,
 )
+from synthesis.training.harness import warmup_cosine_by_progress
 from synthesis.training.transform import (
     PerturbConfig,
+    TransformRunConfig,
     TransformTrainConfig,
-    learning_rate,
     random_perturbation,
     train_transform,
 )
@@ -187,11 +188,11 @@ def test_mask_iou_and_box() -> None:
 
 
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
-    assert learning_rate(1.0, 0.0) == pytest.approx(0.1)
-    assert learning_rate(1.0, 0.05) == pytest.approx(1.0)
-    assert learning_rate(1.0, 1.0) == pytest.approx(0.0, abs=1e-12)
-    assert learning_rate(1.0, 2.0) == pytest.approx(0.0, abs=1e-12)
-    assert learning_rate(1.0, 0.525) == pytest.approx(0.5)
+    assert warmup_cosine_by_progress(1.0, 0.0) == pytest.approx(0.1)
+    assert warmup_cosine_by_progress(1.0, 0.05) == pytest.approx(1.0)
+    assert warmup_cosine_by_progress(1.0, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine_by_progress(1.0, 2.0) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine_by_progress(1.0, 0.525) == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------- the aligner
@@ -448,8 +449,9 @@ def test_align_many_checks_its_inputs() -> None:
 def test_training_smoke(val_bank: Bank, tmp_path: Path) -> None:
     cfg = TransformTrainConfig(steps=4, batch_size=3, val_samples=6, log_every=2, checkpoint_every=2, min_area=64)
     out = tmp_path / "run"
-    summary = train_transform(val_bank, out, TINY, cfg, progress=False)
-    assert summary["steps"] == 4 and math.isfinite(summary["val_loss"])
+    result = train_transform(val_bank, out, TransformRunConfig(TINY, cfg), progress=False)
+    summary = result.scores
+    assert result.step == 4 and math.isfinite(summary["val_loss"])
     assert 0.0 <= summary["val_iou_perturbed"] <= 1.0 and 0.0 <= summary["val_iou_t"] <= 1.0
     assert {"checkpoints", "latest.json", "train_log.jsonl"} <= {p.name for p in out.iterdir()}
     model = from_pretrained(out)
@@ -457,8 +459,8 @@ def test_training_smoke(val_bank: Bank, tmp_path: Path) -> None:
     assert config == TINY
     assert all(v.dtype == torch.float32 for v in model.state_dict().values())
     # A finished run resumes to the same step and does nothing more.
-    again = train_transform(val_bank, out, TINY, cfg, resume=True, progress=False)
-    assert again["steps"] == 4
+    again = train_transform(val_bank, out, TransformRunConfig(TINY, cfg), resume=True, progress=False)
+    assert again.step == 4
     aligner = TransformAligner(model, config)
     layout = np.asarray(val_bank.labels[0])
     seg = val_bank.segment(0)
@@ -476,8 +478,6 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "transform" / "camvid
 
 def test_shipped_weights_match_their_config_and_are_float16() -> None:
     from safetensors.torch import load_file
-
-    from synthesis.training.transform import TransformRunConfig
 
     assert from_pretrained(WEIGHTS).config == TransformRunConfig.load(CONFIG).model
     assert all(v.dtype == torch.float16 for v in load_file(str(WEIGHTS / "model.safetensors")).values())

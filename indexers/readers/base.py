@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -116,18 +116,23 @@ def identity_lut(num_classes: int, ignore: Sequence[int] = (IGNORE,), size: int 
 
 
 def paired_files(
-    image_dir: Path, label_dir: Path, split: str, image_glob: str, label_name: callable
+    image_dir: Path,
+    label_dir: Path,
+    split: str,
+    images: str | Callable[[Path], Iterable[Path]],
+    label_name: Callable[[Path], Path],
 ) -> list[SampleRef]:
-    """Pair every image matching ``image_glob`` with ``label_dir / label_name(image_rel_path)``.
+    """Pair every image with ``label_dir / label_name(image_rel_path)``.
 
-    Raises :class:`DatasetError` if an image has no label, naming the first few.
+    ``images`` is a glob pattern in ``image_dir``, or a function listing the images of ``image_dir`` (and
+    refusing what it must). Raises :class:`DatasetError` if an image has no label, naming the first few.
     """
     if not image_dir.is_dir():
         raise DatasetError(f"missing directory {image_dir} (split {split!r})")
     if not label_dir.is_dir():
         raise DatasetError(f"missing label directory {label_dir} (split {split!r})")
     refs, missing = [], []
-    for img in sorted(image_dir.glob(image_glob)):
+    for img in sorted(image_dir.glob(images)) if isinstance(images, str) else images(image_dir):
         lab = label_dir / label_name(img.relative_to(image_dir))
         if lab.is_file():
             refs.append(SampleRef(img, lab, split))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from indexers.readers.base import DatasetReader, SampleRef, identity_lut
+from indexers.readers.base import DatasetReader, SampleRef, identity_lut, paired_files
 from memory_bank import ClassTable, DatasetError
 from memory_bank.classes import IGNORE, ClassInfo, default_palette
 
@@ -61,27 +61,18 @@ class FolderReader(DatasetReader):
 
 def _pair_stems(image_dir: Path, label_dir: Path, split: str) -> list[SampleRef]:
     """Pair each photo in ``image_dir`` with ``label_dir/<stem>.png``."""
-    if not image_dir.is_dir():
-        raise DatasetError(f"missing directory {image_dir} (split {split!r})")
-    if not label_dir.is_dir():
-        raise DatasetError(f"missing label directory {label_dir} (split {split!r})")
-    refs: list[SampleRef] = []
-    missing: list[str] = []
+    return paired_files(image_dir, label_dir, split, _photos, lambda rel: rel.with_suffix(".png"))
+
+
+def _photos(image_dir: Path) -> list[Path]:
+    """The photos in ``image_dir``, sorted; two with one stem are refused (one label map cannot tell them)."""
+    photos = [p for p in sorted(image_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     seen: dict[str, Path] = {}
-    for img in sorted(image_dir.iterdir()):
-        if not img.is_file() or img.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
+    for img in photos:
         if img.stem in seen:
             raise DatasetError(f"{seen[img.stem]} and {img} share the stem {img.stem!r}, so one label map cannot tell")
         seen[img.stem] = img
-        lab = label_dir / f"{img.stem}.png"
-        if lab.is_file():
-            refs.append(SampleRef(img, lab, split))
-        else:
-            missing.append(str(lab))
-    if missing:
-        raise DatasetError(f"{len(missing)} images have no label map, e.g. {missing[:3]}")
-    return refs
+    return photos
 
 
 def load_class_file(root: Path) -> tuple[ClassTable, tuple[int, ...]]:

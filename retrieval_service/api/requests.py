@@ -16,8 +16,39 @@ from starlette.exceptions import HTTPException
 
 from memory_bank.png import png_from_base64
 from retrieval_service.http_errors import ApiError
+from retrieval_service.http_models import ErrorResponse
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+#: The documented errors of reading a layout request.
+_LAYOUT_REQUEST_ERRORS = {
+    400: "A multipart body that cannot be parsed.",
+    413: "Body or layout larger than the limits.",
+    415: "Neither JSON nor multipart.",
+    422: "Bad options, not a PNG label map, wrong size, unknown class ids.",
+}
+
+
+def layout_request_errors(route_errors: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """``responses`` of a route that reads a layout request: its errors, then the route's own."""
+    errors = {**_LAYOUT_REQUEST_ERRORS, **route_errors}
+    return {status: {"model": ErrorResponse, "description": text} for status, text in errors.items()}
+
+
+def layout_request_body(json_model: type[BaseModel], upload_model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring the two body shapes :func:`read_layout_request` reads.
+
+    The routes read their bodies themselves (JSON or multipart), so FastAPI cannot infer the schemas.
+    """
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_model.model_json_schema()},
+                "multipart/form-data": {"schema": upload_model.model_json_schema()},
+            },
+        }
+    }
 
 
 async def read_layout_request(

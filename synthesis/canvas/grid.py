@@ -17,6 +17,7 @@ from synthesis.canvas.simulate import ColorDonors, simulate_canvas
 
 COLUMNS = ("layout", "simulated canvas", "test-time canvas", "photo")
 _HEADER = 22  # pixels
+_GAP = 2  # white pixels between tiles
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,8 @@ def render_grid(rows: Sequence[GridRow], classes: ClassTable, scale: float = 0.5
     """
     if not rows:
         raise ValueError("a grid needs at least one row")
-    if not 0 < scale <= 4:
-        raise ValueError(f"scale must be in (0, 4], got {scale}")
     h, w = rows[0].layout.shape
-    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
-    gap = 2
+    th, tw = _tile_size((h, w), scale)
     palette = classes.palette()
     lines = []
     for r in rows:
@@ -49,16 +47,8 @@ def render_grid(rows: Sequence[GridRow], classes: ClassTable, scale: float = 0.5
             raise ValueError("every tile of a grid must have the same (H, W)")
         tiles = [palette[resize_label(r.layout, (th, tw))]]
         tiles += [resize_photo(a, (th, tw)) for a in (r.simulated, r.test_time, r.photo)]
-        lines.append(_hstack(tiles, gap))
-    body = _vstack(lines, gap)
-    if not header:
-        return body
-    top = np.full((_HEADER, body.shape[1], 3), 255, np.uint8)
-    for i, name in enumerate(COLUMNS):
-        cv2.putText(
-            top, name, (i * (tw + gap) + 4, _HEADER - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
-        )
-    return np.concatenate([top, body], axis=0)
+        lines.append(_hstack(tiles))
+    return _assemble(lines, COLUMNS, tw, header)
 
 
 def render_table(
@@ -71,25 +61,14 @@ def render_table(
     """
     if not rows:
         raise ValueError("a grid needs at least one row")
-    if not 0 < scale <= 4:
-        raise ValueError(f"scale must be in (0, 4], got {scale}")
     h, w = rows[0][0].shape[:2]
-    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
-    gap = 2
+    th, tw = _tile_size((h, w), scale)
     lines = []
     for row in rows:
         if len(row) != len(columns) or any(t.shape != (h, w, 3) or t.dtype != np.uint8 for t in row):
             raise ValueError(f"every row needs {len(columns)} (H, W, 3) uint8 tiles of one size")
-        lines.append(_hstack([resize_photo(t, (th, tw)) for t in row], gap))
-    body = _vstack(lines, gap)
-    if not header:
-        return body
-    top = np.full((_HEADER, body.shape[1], 3), 255, np.uint8)
-    for i, name in enumerate(columns):
-        cv2.putText(
-            top, name, (i * (tw + gap) + 4, _HEADER - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
-        )
-    return np.concatenate([top, body], axis=0)
+        lines.append(_hstack([resize_photo(t, (th, tw)) for t in row]))
+    return _assemble(lines, columns, tw, header)
 
 
 def provenance_colors(provenance: np.ndarray) -> np.ndarray:
@@ -103,14 +82,33 @@ def provenance_colors(provenance: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _hstack(tiles: list[np.ndarray], gap: int) -> np.ndarray:
-    sep = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
+def _tile_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(h, w) of a tile of an (H, W) image scaled by ``scale``."""
+    if not 0 < scale <= 4:
+        raise ValueError(f"scale must be in (0, 4], got {scale}")
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _assemble(lines: list[np.ndarray], columns: Sequence[str], tile_width: int, header: bool) -> np.ndarray:
+    """The rows of tiles one under another, under a header naming the ``columns`` unless ``header`` is False."""
+    body = _vstack(lines)
+    if not header:
+        return body
+    top = np.full((_HEADER, body.shape[1], 3), 255, np.uint8)
+    for i, name in enumerate(columns):
+        x = i * (tile_width + _GAP) + 4
+        cv2.putText(top, name, (x, _HEADER - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([top, body], axis=0)
+
+
+def _hstack(tiles: list[np.ndarray]) -> np.ndarray:
+    sep = np.full((tiles[0].shape[0], _GAP, 3), 255, np.uint8)
     parts = [p for t in tiles for p in (t, sep)][:-1]
     return np.concatenate(parts, axis=1)
 
 
-def _vstack(lines: list[np.ndarray], gap: int) -> np.ndarray:
-    sep = np.full((gap, lines[0].shape[1], 3), 255, np.uint8)
+def _vstack(lines: list[np.ndarray]) -> np.ndarray:
+    sep = np.full((_GAP, lines[0].shape[1], 3), 255, np.uint8)
     parts = [p for t in lines for p in (t, sep)][:-1]
     return np.concatenate(parts, axis=0)
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from memory_bank import Bank
+from memory_bank.atomic import atomic_file, write_json_atomic
 from memory_bank.images import resize_label, resize_photo
 from synthesis.canvas.builder import ELISION_STREAM, Canvas, CanvasBuilder, CanvasOptions, PlacedSegment, component_mask
 from synthesis.canvas.compose import NO_SEGMENT, composite
@@ -285,23 +284,6 @@ def variant_seed(seed: int, image_id: int, variant: int) -> int:
     return int(np.random.SeedSequence([seed, image_id, variant]).generate_state(1)[0])
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_canvas_cache(
     bank: Bank,
     out_dir: str | Path,
@@ -352,7 +334,7 @@ def write_canvas_cache(
         old = CacheInfo.from_dict(json.loads(manifest.read_text()))
         if not old.same_recipe(info):
             raise ValueError(f"{out} holds a canvas cache made with other settings; use another directory")
-    _write_json_atomic(manifest, info.to_dict())
+    write_json_atomic(manifest, info.to_dict())
     builder = CanvasBuilder.from_bank(bank, options=options)
     # One shallow copy per band: they share the retriever and the segment cache.
     builders = [builder]
@@ -376,11 +358,10 @@ def write_canvas_cache(
         )
         layout, img, missing, photo = resize_sample(arrays.label, canvas.canvas, canvas.missing, arrays.photo, frame)
         code = resize_label(canvas.elision, frame)
-        _save_npz_atomic(
-            out / sample_name(image_id, v), layout=layout, canvas=img, missing=missing, photo=photo, elision=code
-        )
+        with atomic_file(out / sample_name(image_id, v), "wb") as f:
+            np.savez_compressed(f, layout=layout, canvas=img, missing=missing, photo=photo, elision=code)
     info = CacheInfo(**{**asdict(info), "complete": True})
-    _write_json_atomic(manifest, info.to_dict())
+    write_json_atomic(manifest, info.to_dict())
     return info
 
 

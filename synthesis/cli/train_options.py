@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from memory_bank.errors import SimsError
+
+if TYPE_CHECKING:
+    from synthesis.training.harness import TrainResult
 
 #: The repository's config folders (``configs/<network>/<name>.json``), the commands' defaults.
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -40,8 +43,17 @@ ExportOpt = Annotated[
 ]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Override train.steps.")]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Override train.batch_size.")]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override train.seed.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="Override train.threads (torch CPU threads).")]
+#: The option of each ``train`` key a command may override (``BankTrainerSpec.overrides``).
+TRAIN_OVERRIDE_OPTIONS: dict[str, object] = {
+    "steps": StepsOpt,
+    "batch_size": BatchSizeOpt,
+    "epochs": EpochsOpt,
+    "seed": SeedOpt,
+    "threads": ThreadsOpt,
+}
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 
 
@@ -54,3 +66,13 @@ def one_line_errors() -> Iterator[None]:
         raise
     except (ValueError, FileNotFoundError) as e:
         raise SimsError(str(e)) from e
+
+
+def echo_result(result: TrainResult, out: Path, export: Path | None, exported: str = "float16 weights") -> None:
+    """Print a run's summary lines, then, with ``--export``, write its float16 weights and say where."""
+    from synthesis.model_directory import export_float16
+
+    for line in result.lines:
+        typer.echo(line)
+    if export is not None:
+        typer.echo(f"{exported} in {export_float16(out, export)}")

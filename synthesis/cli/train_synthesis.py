@@ -17,6 +17,7 @@ from synthesis.cli.train_options import (
     StepsOpt,
     ThreadsOpt,
     TimeLimitOpt,
+    echo_result,
     one_line_errors,
 )
 
@@ -51,7 +52,6 @@ def synthesis(
     progress: ProgressOpt = True,
 ) -> None:
     """Train the synthesis network on simulated canvases with the perceptual loss."""
-    from synthesis.model_directory import export_float16
     from synthesis.training.synthesis import TrainSynthesisConfig, train_synthesis
 
     with one_line_errors():
@@ -70,11 +70,4 @@ def synthesis(
             }
         )
         result = train_synthesis(cfg, out, resume=resume, progress=progress, time_limit_minutes=time_limit_minutes)
-    last = f"{result.loss_history[-1]:.4f}" if result.loss_history else "n/a"
-    typer.echo(
-        f"{'parametric baseline' if cfg.parametric else 'SIMS'}: step {result.step} "
-        f"({result.steps_run} this run, {result.seconds_per_step:.2f} s/step), loss {last}; "
-        f"checkpoint {result.checkpoint}"
-    )
-    if export is not None:
-        typer.echo(f"float16 weights in {export_float16(out, export)}")
+    echo_result(result, out, export)

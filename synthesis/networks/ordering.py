@@ -29,7 +29,7 @@ from torch import nn
 from memory_bank.errors import LayoutError
 from synthesis.model_directory import NetworkConfig, PretrainedNetwork, resolve
 from synthesis.networks.conv_block import conv_block
-from synthesis.networks.transform import avg_pool, sample_layout, window_theta
+from synthesis.networks.transform import avg_pool, sample_layout, window_boxes, window_theta
 from synthesis.tensors import one_hot
 
 PRIOR_NAME = "class_prior.json"
@@ -154,22 +154,6 @@ class OrderingNet(PretrainedNetwork, config_class=OrderingConfig, kind="ordering
 # ---------------------------------------------------------------- windows
 
 
-def pair_windows(boxes_a: torch.Tensor, boxes_b: torch.Tensor, config: OrderingConfig) -> torch.Tensor:
-    """(B, 4) ``[cy, cx, h, w]`` windows around the union of two (B, 4) ``[y0, x0, y1, x1)`` boxes."""
-    y0 = torch.minimum(boxes_a[:, 0], boxes_b[:, 0])
-    x0 = torch.minimum(boxes_a[:, 1], boxes_b[:, 1])
-    y1 = torch.maximum(boxes_a[:, 2], boxes_b[:, 2])
-    x1 = torch.maximum(boxes_a[:, 3], boxes_b[:, 3])
-    aspect = config.input_size[0] / config.input_size[1]
-    h = (y1 - y0).clamp(min=1.0) * config.window_margin
-    w = (x1 - x0).clamp(min=1.0) * config.window_margin
-    h, w = torch.maximum(h, w * aspect), torch.maximum(w, h / aspect)
-    h = torch.maximum(h, torch.full_like(h, float(config.min_window[0])))
-    w = torch.maximum(w, torch.full_like(w, float(config.min_window[1])))
-    h, w = torch.maximum(h, w * aspect), torch.maximum(w, h / aspect)
-    return torch.stack([(y0 + y1) / 2, (x0 + x1) / 2, h, w], dim=1)
-
-
 def window_coords(windows: torch.Tensor, frame: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """(B, 2, h, w) frame coordinates (normalised to [-1, 1], y then x) of the window pixel centres."""
     fh, fw = frame
@@ -219,7 +203,7 @@ def sample_pairs(
     in full-resolution pixels and ``frame`` is the full resolution.
     """
     a, b = pairs[:, 0], pairs[:, 1]
-    windows = pair_windows(boxes[a], boxes[b], config)
+    windows = window_boxes(boxes[a], boxes[b], config)
     g = window_theta(windows, frame)
     size, ss = config.input_size, config.supersample
     lay = sample_layout(labels.unsqueeze(0), g, size, config.num_classes)

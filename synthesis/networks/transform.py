@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -156,20 +157,28 @@ def invert(theta: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(to_3x3(theta))[:, :2]
 
 
-def window_boxes(
-    target_box: torch.Tensor,
-    segment_box: torch.Tensor,
-    config: TransformConfig,
-) -> torch.Tensor:
-    """Windows T sees: (B, 4) ``[cy, cx, h, w]`` in frame pixels, from two (B, 4) ``[y0, x0, y1, x1)`` boxes.
+class WindowShape(Protocol):
+    """What :func:`window_boxes` reads of a network's config (:class:`TransformConfig`, ``OrderingConfig``)."""
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+    @property
+    def window_margin(self) -> float: ...
+    @property
+    def min_window(self) -> tuple[int, int]: ...
+
+
+def window_boxes(boxes_a: torch.Tensor, boxes_b: torch.Tensor, config: WindowShape) -> torch.Tensor:
+    """Windows a network sees: (B, 4) ``[cy, cx, h, w]`` in frame pixels, from two (B, 4) ``[y0, x0, y1, x1)`` boxes.
 
     The union of both boxes, enlarged by ``window_margin``, widened to the aspect of ``input_size`` and to at
-    least ``min_window``. Windows may reach past the frame; what lies there reads as empty.
+    least ``min_window``. Windows may reach past the frame; what lies there reads as empty. T windows a target
+    and a retrieved segment; the ordering network two neighbouring segments.
     """
-    y0 = torch.minimum(target_box[:, 0], segment_box[:, 0])
-    x0 = torch.minimum(target_box[:, 1], segment_box[:, 1])
-    y1 = torch.maximum(target_box[:, 2], segment_box[:, 2])
-    x1 = torch.maximum(target_box[:, 3], segment_box[:, 3])
+    y0 = torch.minimum(boxes_a[:, 0], boxes_b[:, 0])
+    x0 = torch.minimum(boxes_a[:, 1], boxes_b[:, 1])
+    y1 = torch.maximum(boxes_a[:, 2], boxes_b[:, 2])
+    x1 = torch.maximum(boxes_a[:, 3], boxes_b[:, 3])
     aspect = config.input_size[0] / config.input_size[1]
     h = (y1 - y0).clamp(min=1.0) * config.window_margin
     w = (x1 - x0).clamp(min=1.0) * config.window_margin

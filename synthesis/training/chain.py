@@ -29,14 +29,15 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from memory_bank import Bank, open_bank
 from synthesis.configs import ConfigError, JsonConfig, load_config_file
 from synthesis.model_directory import CONFIG_FILE, export_float16
-from synthesis.training.layout_refiner import RefineRunConfig
+from synthesis.training.layout_refiner import LayoutRefinerRunConfig
 from synthesis.training.ordering import OrderingRunConfig
+from synthesis.training.registry import BANK_TRAINERS
 from synthesis.training.segmenter import SegmenterRunConfig
 from synthesis.training.synthesis import TrainSynthesisConfig
 from synthesis.training.transform import TransformRunConfig
@@ -89,7 +90,7 @@ class Chain:
     ordering: OrderingRunConfig
     canvas: CanvasRecipe
     synthesis: TrainSynthesisConfig
-    layout_refiner: RefineRunConfig
+    layout_refiner: LayoutRefinerRunConfig
     segmenter: SegmenterRunConfig
 
     @classmethod
@@ -98,19 +99,20 @@ class Chain:
         path = Path(path)
         files = ConfigSet.load(path)
         base = path.parent
-        return cls(
-            transform=load_config_file(TransformRunConfig, base / files.transform),
-            ordering=load_config_file(OrderingRunConfig, base / files.ordering),
-            canvas=files.canvas,
-            synthesis=load_config_file(TrainSynthesisConfig, base / files.synthesis),
-            layout_refiner=load_config_file(RefineRunConfig, base / files.layout_refiner),
-            segmenter=load_config_file(SegmenterRunConfig, base / files.segmenter),
-        )
+        networks = {
+            spec.key: load_config_file(spec.load().run_config, base / getattr(files, spec.key))
+            for spec in BANK_TRAINERS.values()
+        }
+        synthesis = load_config_file(TrainSynthesisConfig, base / files.synthesis)
+        return cls(**networks, canvas=files.canvas, synthesis=synthesis)
+
+    def network(self, name: str) -> JsonConfig:
+        """The run config of the bank-trained network ``name`` (a key of :data:`BANK_TRAINERS`)."""
+        return getattr(self, BANK_TRAINERS[name].key)
 
     def for_bank(self, bank: Bank, bank_path: str, cache_dir: Path, vgg_weights: str | None) -> Chain:
         """The configs with the bank's class count, the synthesis data set to the chain's canvas cache."""
-        n = len(bank.classes)
-        classes = {"model.num_classes": n}
+        classes = {"model.num_classes": len(bank.classes)}
         synthesis = self.synthesis.with_overrides(
             **classes,
             **{"data.kind": "simulated", "data.cache_dir": str(cache_dir), "data.bank": bank_path},
@@ -118,14 +120,12 @@ class Chain:
         )
         if synthesis.vgg.path is None:
             raise ConfigError("synthesis needs the VGG of its loss: pass --vgg-weights or set SIMS_VGG_WEIGHTS")
-        return Chain(
-            transform=self.transform.with_overrides(**classes),
-            ordering=self.ordering.with_overrides(**classes),
-            canvas=self.canvas,
-            synthesis=synthesis,
-            layout_refiner=self.layout_refiner.with_overrides(**classes),
-            segmenter=self.segmenter,
-        )
+        # A run config with a model section takes the bank's class count (the segmenter's classes are the bank's).
+        networks: dict[str, JsonConfig] = {}
+        for spec in BANK_TRAINERS.values():
+            config = self.network(spec.name)
+            networks[spec.key] = config.with_overrides(**classes) if hasattr(config, "model") else config
+        return replace(self, **networks, synthesis=synthesis)
 
 
 @dataclass
@@ -161,31 +161,26 @@ def train_chain(
     """
     from synthesis.canvas.builder import CanvasOptions
     from synthesis.canvas.simulate import CACHE_MANIFEST, write_canvas_cache
-    from synthesis.training.layout_refiner import train_refiner
-    from synthesis.training.ordering import train_ordering
-    from synthesis.training.segmenter import train_segmenter
     from synthesis.training.synthesis import train_synthesis
-    from synthesis.training.transform import train_transform
 
     out = Path(out_dir)
     train_bank = open_bank(bank)
     val = open_bank(val_bank) if val_bank is not None else None
     cache_dir = out / CACHE_DIR
     chain = chain.for_bank(train_bank, str(bank), cache_dir, vgg_weights)
-    runs, options = out / RUNS_DIR, {"resume": True, "progress": progress, "time_limit_minutes": time_limit_minutes}
+    runs = out / RUNS_DIR
+    options = {"resume": True, "progress": progress, "time_limit_minutes": time_limit_minutes}
     n, classes = train_bank.num_images, len(train_bank.classes)
     log.info("train all: bank %s (%d images, %d classes) -> %s", bank, n, classes, out)
 
-    # Each stage trains (or resumes) and returns how far it got: (done, total).
-    def transform() -> tuple[float, float]:
-        c = chain.transform
-        summary = train_transform(train_bank, runs / "transform", c.model, c.train, val_bank=val, **options)
-        return summary["steps"], c.train.steps
+    # Each stage trains (or resumes) and returns how far it got: (done, total) steps.
+    def network(name: str) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
+            train = BANK_TRAINERS[name].load()
+            result = train(train_bank, runs / name, chain.network(name), val_bank=val, **options)
+            return result.step, result.steps
 
-    def ordering() -> tuple[float, float]:
-        c = chain.ordering
-        summary = train_ordering(train_bank, runs / "ordering", c.model, c.train, val_bank=val, **options)
-        return summary["epochs"], c.train.epochs
+        return run
 
     def canvas() -> tuple[float, float]:
         r = chain.canvas
@@ -206,18 +201,10 @@ def train_chain(
         name = "synthesis-parametric" if parametric else "synthesis"
 
         def run() -> tuple[float, float]:
-            config = chain.synthesis.with_overrides(parametric=parametric)
-            return train_synthesis(config, runs / name, **options).step, config.train.steps
+            result = train_synthesis(chain.synthesis.with_overrides(parametric=parametric), runs / name, **options)
+            return result.step, result.steps
 
         return run
-
-    def layout_refiner() -> tuple[float, float]:
-        c = chain.layout_refiner
-        return train_refiner(train_bank, runs / "layout-refiner", c, val_bank=val, **options).step, c.train.steps
-
-    def segmenter() -> tuple[float, float]:
-        c = chain.segmenter.train
-        return train_segmenter(train_bank, runs / "segmenter", c, val_bank=val, **options).step, c.steps
 
     def finished(name: str) -> Path | None:
         """Where a finished stage's output is (None: not finished)."""
@@ -228,13 +215,10 @@ def train_chain(
         return weights if (weights / CONFIG_FILE).is_file() else None
 
     stages: dict[str, Callable[[], tuple[float, float]]] = {
-        "transform": transform,
-        "ordering": ordering,
+        **{name: network(name) for name in BANK_TRAINERS},
         "canvas": canvas,
         "synthesis": synthesis(parametric=False),
         "synthesis-parametric": synthesis(parametric=True),
-        "layout-refiner": layout_refiner,
-        "segmenter": segmenter,
     }
     outcome: dict[str, str] = {}
     for number, name in enumerate(STAGES, 1):

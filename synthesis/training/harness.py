@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from memory_bank.atomic import write_json_atomic
 from memory_bank.errors import SimsError
 from synthesis.model_directory import (
     LATEST_FILE,
@@ -51,8 +53,10 @@ from synthesis.model_directory import (
     read_config,
     read_metadata,
     save_pretrained,
-    write_json_atomic,
 )
+
+if TYPE_CHECKING:
+    from memory_bank import Bank
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,38 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """What every config ``train`` section holds (a base of each trainer's settings).
+
+    Attributes:
+        seed: of torch, numpy and Python's generators before the trainer is built (:func:`train_network`).
+        threads: torch CPU threads (None: torch's default).
+        keep_checkpoints: how many recent checkpoints to keep.
+    """
+
+    seed: int = 0
+    threads: int | None = None
+    keep_checkpoints: int = 2
+
+
+class ScheduledSettings(RunSettings):
+    """Base of a ``train`` section counted in steps: ``steps``, ``checkpoint_every``, ``log_every`` and, where
+    the section has them, ``eval_every`` and ``sample_every`` (absent, 0 or None: never)."""
+
+    def schedule(self) -> Schedule:
+        """The harness's cadence of these settings."""
+        s: Any = self  # the subclass's fields
+        return Schedule(
+            s.steps,
+            s.checkpoint_every,
+            s.log_every,
+            eval_every=getattr(s, "eval_every", None) or None,
+            sample_every=getattr(s, "sample_every", None) or None,
+            keep_checkpoints=s.keep_checkpoints,
+        )
+
+
+@dataclass(frozen=True)
 class Progress:
     """Where a run is when a step starts: ``step`` steps done of ``steps``, ``seconds`` of training."""
 
@@ -119,6 +155,8 @@ class Trainer:
     """
 
     model: nn.Module
+    #: The run directory's file of the final scores (``{"step", "seconds", **scores}``), written when there are any.
+    scores_file: str | None = None
 
     def training_step(self, progress: Progress) -> float:
         """One optimizer step; returns its loss."""
@@ -154,19 +192,166 @@ class Trainer:
         """A uint8 (H, W, 3) sample grid, every ``sample_every`` steps."""
         return None
 
+    def schedule(self) -> Schedule:
+        """The run's cadence (what :func:`train_network` passes to :func:`run_training`)."""
+        raise NotImplementedError
 
-@dataclass
-class RunResult:
-    """What :func:`run_training` did. ``seconds`` counts every session of the run, ``seconds_this_run`` this one."""
+    def finish(self, result: TrainResult, progress: bool) -> TrainResult:
+        """The run's final scores and summary lines (:meth:`TrainResult.summarised`), once the loop is over."""
+        return result
+
+    def close(self) -> None:
+        """Release what the trainer holds besides memory (e.g. a batch thread)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run did, whatever the network: :func:`run_training` fills the run's part, the trainer the rest.
+
+    Attributes:
+        out_dir: the run directory; ``checkpoint`` its newest checkpoint.
+        step: steps done by every session of the run; ``steps`` the run's total.
+        steps_run: steps done by this session.
+        seconds: training seconds of every session; ``seconds_this_run`` this session's.
+        losses: every step's loss, every session.
+        scores: what the run measured, JSON-ready: the newest scores of the log, then the trainer's final
+            scores and the counts they are over (also in the run directory's results file).
+        lines: the summary ``sims train <network>`` prints, one line each.
+    """
 
     out_dir: Path
     checkpoint: Path
     step: int
+    steps: int
     steps_run: int
-    losses: list[float]
     seconds: float
     seconds_this_run: float
-    evaluation: dict[str, float] = field(default_factory=dict)
+    losses: list[float]
+    scores: dict[str, Any] = field(default_factory=dict)
+    lines: tuple[str, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run reached its last step (False: a time limit stopped it first)."""
+        return self.step >= self.steps
+
+    def summarised(self, scores: Mapping[str, Any], lines: Sequence[str]) -> TrainResult:
+        """This result with the trainer's final ``scores`` (over the log's) and its summary ``lines``."""
+        return replace(self, scores={**self.scores, **scores}, lines=tuple(lines))
+
+
+class RunConfig(Protocol):
+    """What :func:`train_network` needs of a run config: a ``train`` section with ``seed`` and ``threads``."""
+
+    @property
+    def train(self) -> Any: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def train_network(
+    build: Callable[[], Trainer],
+    out_dir: str | Path,
+    config: RunConfig,
+    *,
+    name: str,
+    resume: bool = False,
+    progress: bool = True,
+    time_limit_minutes: float | None = None,
+) -> TrainResult:
+    """Every trainer's entry: threads and seeds, ``build()`` the trainer, run it, then its final scores.
+
+    Seeding comes before ``build`` so the initial weights and data order follow ``config.train.seed``.
+    """
+    set_threads(config.train.threads)
+    seed_everything(config.train.seed)
+    trainer = build()
+    try:
+        result = run_training(
+            trainer,
+            out_dir,
+            trainer.schedule(),
+            config.to_dict(),
+            resume=resume,
+            time_limit_minutes=time_limit_minutes,
+            progress=progress,
+            name=name,
+        )
+        result = trainer.finish(result, progress)
+    finally:
+        trainer.close()
+    if trainer.scores_file and result.scores:
+        record = {"step": result.step, "seconds": round(result.seconds, 1), **result.scores}
+        write_json_atomic(result.out_dir / trainer.scores_file, record)
+    return result
+
+
+@dataclass(frozen=True)
+class BankTraining:
+    """A network trained on a bank (transform, ordering, layout refiner, segmenter): the one entry shape.
+
+    Calling it trains (or, with ``resume``, continues) a run: ``train_x(bank, out, config, *, val_bank=None,
+    resume=False, progress=True, time_limit_minutes=None) -> TrainResult``, where ``config`` is a
+    ``run_config`` (``configs/<name>/*.json``) and ``val_bank``, when given, is scored as the run goes
+    and at its end.
+
+    Attributes:
+        name: the network's name: its ``sims train`` command, ``configs/`` folder and ``weights/`` folder.
+        run_config: its run config class.
+        trainer: builds its :class:`Trainer` from ``(bank, config, val_bank, progress)``.
+    """
+
+    name: str
+    run_config: type[Any]
+    trainer: Callable[[Bank, Any, Bank | None, bool], Trainer]
+
+    def __call__(
+        self,
+        bank: Bank,
+        out: str | Path,
+        config: Any,
+        *,
+        val_bank: Bank | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        time_limit_minutes: float | None = None,
+    ) -> TrainResult:
+        if not isinstance(config, self.run_config):
+            raise TypeError(f"train {self.name} takes a {self.run_config.__name__}, got {type(config).__name__}")
+        return train_network(
+            lambda: self.trainer(bank, config, val_bank, progress),
+            out,
+            config,
+            name=f"train {self.name}",
+            resume=resume,
+            progress=progress,
+            time_limit_minutes=time_limit_minutes,
+        )
+
+
+class WarmupCosine(Protocol):
+    """A ``train`` section scheduled by steps: peak ``lr``, ``warmup_steps``, ``steps``."""
+
+    lr: float
+    warmup_steps: int
+    steps: int
+
+
+def warmup_cosine(step: int, config: WarmupCosine) -> float:
+    """The learning rate at ``step``: linear warm-up, then cosine decay to 1% of ``lr`` at ``steps``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def warmup_cosine_by_progress(peak: float, progress: float, warmup: float = 0.05) -> float:
+    """The learning rate at ``progress`` (0..1 of steps or time, whichever is further): linear warm-up
+    over the first ``warmup`` of the run, then cosine decay to zero at 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return peak * (0.1 + 0.9 * progress / warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
 
 
 def seed_everything(seed: int) -> None:
@@ -205,7 +390,7 @@ def run_training(
     time_limit_minutes: float | None = None,
     progress: bool = True,
     name: str = "train",
-) -> RunResult:
+) -> TrainResult:
     """Train ``trainer`` into the run directory ``out_dir`` (fresh, or resumed from its newest checkpoint).
 
     ``config`` (JSON-able) is the run's config: the snapshot of a fresh run, and part of every
@@ -253,15 +438,16 @@ def run_training(
         )
     if checkpoint is None:  # nothing to train (steps == 0): still leave a loadable checkpoint
         checkpoint = run.save()
-    return RunResult(
+    return TrainResult(
         out_dir=out_dir,
         checkpoint=checkpoint,
         step=run.step,
+        steps=schedule.steps,
         steps_run=run.step - start_step,
         losses=list(run.losses),
         seconds=run.seconds(),
         seconds_this_run=run.seconds() - run.before,
-        evaluation=run.evaluation,
+        scores=dict(run.evaluation),
     )
 
 
@@ -396,13 +582,18 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 __all__ = [
+    "BankTraining",
     "Progress",
+    "RunConfig",
     "RunDirectoryError",
-    "RunResult",
+    "RunSettings",
     "Schedule",
+    "ScheduledSettings",
+    "TrainResult",
     "Trainer",
     "latest_checkpoint",
     "run_training",
     "seed_everything",
     "set_threads",
+    "train_network",
 ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the torch convention)
 from tqdm import tqdm
 
-from memory_bank import Bank, open_bank
+from memory_bank import Bank
 from memory_bank.classes import IGNORE
 from memory_bank.images import resize_label
 from synthesis.coarsen import CoarsenConfig, coarsen_layout
@@ -43,15 +42,21 @@ from synthesis.networks.layout_refiner import (
     refine_layout,
 )
 from synthesis.tensors import label_tensor
-from synthesis.training.harness import Progress, Schedule, Trainer, run_training, seed_everything, set_threads
+from synthesis.training.harness import (
+    BankTraining,
+    Progress,
+    Schedule,
+    ScheduledSettings,
+    Trainer,
+    TrainResult,
+    warmup_cosine,
+)
 
 log = logging.getLogger(__name__)
 
-SCORES_FILE = "val_scores.json"
-
 
 @dataclass(frozen=True)
-class RefineTrainConfig:
+class LayoutRefinerTrainConfig(ScheduledSettings):
     """Optimisation settings of a refiner run.
 
     Attributes:
@@ -72,10 +77,8 @@ class RefineTrainConfig:
     warmup_steps: int = 30
     flip: bool = True
     checkpoint_every: int = 50
-    keep_checkpoints: int = 2
     log_every: int = 25
-    seed: int = 0
-    threads: int | None = 1
+    threads: int | None = 1  # the batch thread coarsens beside it
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
@@ -83,33 +86,14 @@ class RefineTrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
-    def schedule(self) -> Schedule:
-        """The harness's cadence of these settings."""
-        return Schedule(self.steps, self.checkpoint_every, self.log_every, keep_checkpoints=self.keep_checkpoints)
-
 
 @dataclass(frozen=True)
-class RefineRunConfig(JsonConfig):
+class LayoutRefinerRunConfig(JsonConfig):
     """A whole run (``configs/layout-refiner/``): network, coarsening and optimisation."""
 
     model: LayoutRefinerConfig = field(default_factory=LayoutRefinerConfig)
     coarsen: CoarsenConfig = field(default_factory=CoarsenConfig)
-    train: RefineTrainConfig = field(default_factory=RefineTrainConfig)
-
-    def with_train(self, **overrides: Any) -> RefineRunConfig:
-        """A copy with the given train settings replaced (None values are ignored)."""
-        return self.with_overrides(**{f"train.{k}": v for k, v in overrides.items()})
-
-
-@dataclass
-class RefineTrainResult:
-    """What a run did: final step, loss trace, wall time, and val scores when a val bank was given."""
-
-    out_dir: Path
-    step: int
-    seconds: float
-    losses: list[float] = field(default_factory=list)
-    val: dict[str, Any] | None = None
+    train: LayoutRefinerTrainConfig = field(default_factory=LayoutRefinerTrainConfig)
 
 
 # ---------------------------------------------------------------- data
@@ -127,14 +111,6 @@ def make_batch(
     fine = np.ascontiguousarray(fine)
     coarse = np.stack([coarsen_layout(f, coarsen, int(s)) for f, s in zip(fine, seeds, strict=True)])
     return coarse, fine
-
-
-def learning_rate(step: int, config: RefineTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 1% of ``lr`` at ``steps``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
 def refine_loss(model: LayoutRefiner, coarse: np.ndarray, fine: np.ndarray) -> torch.Tensor:
@@ -180,7 +156,7 @@ def score_confusion(confusion: np.ndarray) -> dict[str, Any]:
     }
 
 
-def evaluate_refiner(
+def evaluate_layout_refiner(
     model: LayoutRefiner,
     fines: Sequence[np.ndarray],
     coarsen: CoarsenConfig,
@@ -215,16 +191,33 @@ def evaluate_refiner(
 # ---------------------------------------------------------------- the run
 
 
-class RefinerTrainer(Trainer):
+class LayoutRefinerTrainer(Trainer):
     """The refiner, its optimizer and the fine label maps; the next batch is coarsened while this one trains."""
 
-    def __init__(self, labels: np.ndarray, config: RefineRunConfig, data: str) -> None:
-        self.labels, self.config, self.data = labels, config, data
+    scores_file = "val_scores.json"
+
+    def __init__(self, bank: Bank, config: LayoutRefinerRunConfig, val_bank: Bank | None, progress: bool) -> None:
+        self.labels = np.asarray(bank.labels[:])
+        if len(self.labels) == 0:
+            raise ValueError(f"{bank.path} holds no label maps")
+        if len(bank.classes) != config.model.num_classes:
+            raise ValueError(
+                f"the bank has {len(bank.classes)} classes but the model {config.model.num_classes}; fix the config"
+            )
+        self.config, self.data, self.val_bank = config, str(bank.path), val_bank
         self.model = LayoutRefiner.from_config(config.model)
         tc = config.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._pending: tuple[int, Future[tuple[np.ndarray, np.ndarray]]] | None = None
+        log.info(
+            "layout refiner: %d layouts, %d params, resolution %s, batch %d, %d steps",
+            len(self.labels),
+            sum(p.numel() for p in self.model.parameters()),
+            config.model.resolution,
+            tc.batch_size,
+            tc.steps,
+        )
 
     def _fetch(self, step: int) -> Future[tuple[np.ndarray, np.ndarray]]:
         tc = self.config.train
@@ -236,8 +229,29 @@ class RefinerTrainer(Trainer):
         self._pending = (step + 1, self._fetch(step + 1)) if step + 1 < progress.steps else None
         coarse, fine = pending.result()
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(step, tc)
+            group["lr"] = warmup_cosine(step, tc)
         return train_step(self.model, self.optimizer, coarse, fine)
+
+    def schedule(self) -> Schedule:
+        return self.config.train.schedule()
+
+    def finish(self, result: TrainResult, progress: bool) -> TrainResult:
+        """The last 50 steps' loss; with a val bank, coarse and refined val layouts scored (``val_scores.json``)."""
+        recent = result.losses[-50:]
+        lines = [
+            f"trained to step {result.step} in {result.seconds / 60:.1f} min, "
+            f"loss {f'{sum(recent) / len(recent):.4f}' if recent else 'n/a'}; run in {result.out_dir}"
+        ]
+        if self.val_bank is None:
+            return result.summarised({}, lines)
+        fines = list(np.asarray(self.val_bank.labels[:]))
+        val = evaluate_layout_refiner(self.model.eval(), fines, self.config.coarsen, progress=progress)
+        lines.append(json.dumps({k: val[k] for k in ("coverage", "coarse_labelled_accuracy")}))
+        c = val["coarse"]
+        lines.append(f"coarse  vs fine: pixel accuracy {c['pixel_accuracy']:.4f}, mIoU {c['miou']:.4f}")
+        for t, r in val["refined"].items():
+            lines.append(f"refined vs fine (keep {t}): pixel accuracy {r['pixel_accuracy']:.4f}, mIoU {r['miou']:.4f}")
+        return result.summarised(val, lines)
 
     def close(self) -> None:
         """Stop the batch thread."""
@@ -258,77 +272,22 @@ class RefinerTrainer(Trainer):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def train_refiner(
-    bank: str | Path | Bank,
-    out_dir: str | Path,
-    config: RefineRunConfig = RefineRunConfig(),
-    *,
-    val_bank: str | Path | Bank | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    time_limit_minutes: float | None = None,
-) -> RefineTrainResult:
-    """Train (or, with ``resume``, continue) the layout refiner on ``bank``'s label maps into ``out_dir``.
-
-    With ``val_bank`` the coarse and refined val layouts are scored at the end (``val_scores.json``).
-    """
-    # 1. Data
-    tc = config.train
-    set_threads(tc.threads)
-    seed_everything(tc.seed)
-    train_bank = bank if isinstance(bank, Bank) else open_bank(bank)
-    labels = np.asarray(train_bank.labels[:])
-    if len(labels) == 0:
-        raise ValueError(f"{bank} holds no label maps")
-    if len(train_bank.classes) != config.model.num_classes:
-        raise ValueError(
-            f"the bank has {len(train_bank.classes)} classes but the model {config.model.num_classes}; fix the config"
-        )
-    # 2. The trainer, run by the harness
-    trainer = RefinerTrainer(labels, config, str(getattr(train_bank, "path", bank)))
-    log.info(
-        "layout refiner: %d layouts, %d params, resolution %s, batch %d, %d steps",
-        len(labels),
-        sum(p.numel() for p in trainer.model.parameters()),
-        config.model.resolution,
-        tc.batch_size,
-        tc.steps,
-    )
-    try:
-        run = run_training(
-            trainer,
-            out_dir,
-            tc.schedule(),
-            config.to_dict(),
-            resume=resume,
-            time_limit_minutes=time_limit_minutes,
-            progress=progress,
-            name="train layout-refiner",
-        )
-    finally:
-        trainer.close()
-    # 3. Validation: coarse input and refined output against the fine val maps
-    result = RefineTrainResult(out_dir=run.out_dir, step=run.step, seconds=run.seconds, losses=run.losses)
-    if val_bank is not None:
-        vb = val_bank if isinstance(val_bank, Bank) else open_bank(val_bank)
-        model = trainer.model.eval()
-        result.val = evaluate_refiner(model, list(np.asarray(vb.labels[:])), config.coarsen, progress=progress)
-        scores = {"step": run.step, "seconds": run.seconds, **result.val}
-        (run.out_dir / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n")
-    return result
+#: ``train_layout_refiner(bank, out, config, *, val_bank=None, resume=False, progress=True,
+#: time_limit_minutes=None)``: the layout refiner on ``bank``'s label maps into the run directory ``out``
+#: (:class:`~synthesis.training.harness.BankTraining`). With ``val_bank`` the coarse and refined val
+#: layouts are scored at the end (``val_scores.json``).
+train_layout_refiner = BankTraining("layout-refiner", LayoutRefinerRunConfig, LayoutRefinerTrainer)
 
 
 __all__ = [
-    "RefineRunConfig",
-    "RefineTrainConfig",
-    "RefineTrainResult",
-    "RefinerTrainer",
-    "evaluate_refiner",
+    "LayoutRefinerRunConfig",
+    "LayoutRefinerTrainConfig",
+    "LayoutRefinerTrainer",
+    "evaluate_layout_refiner",
     "layout_confusion",
-    "learning_rate",
     "make_batch",
     "refine_loss",
     "score_confusion",
-    "train_refiner",
+    "train_layout_refiner",
     "train_step",
 ]

@@ -9,7 +9,6 @@ pairs.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -34,22 +33,27 @@ from synthesis.networks.ordering import (
     PairInputs,
     boxes_of,
     neighbour_pairs,
-    pair_windows,
     reduce_components,
     sample_pairs,
     window_coords,
 )
+from synthesis.networks.transform import window_boxes
 from synthesis.tensors import one_hot
-from synthesis.training.harness import Progress, Schedule, Trainer, run_training, seed_everything, set_threads
-from synthesis.training.transform import learning_rate
+from synthesis.training.harness import (
+    BankTraining,
+    Progress,
+    RunSettings,
+    Schedule,
+    Trainer,
+    TrainResult,
+    warmup_cosine_by_progress,
+)
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "train_summary.json"
-
 
 @dataclass(frozen=True)
-class OrderingTrainConfig:
+class OrderingTrainConfig(RunSettings):
     """Hyper-parameters of ``sims train ordering`` (the ``train`` section of ``configs/ordering/*.json``).
 
     The run is counted in epochs over the training pairs; a checkpoint and a log record (with the
@@ -61,9 +65,6 @@ class OrderingTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     flip: bool = True
-    keep_checkpoints: int = 2
-    seed: int = 0
-    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def build_pairs(
             inputs.layout.sum(1) > 0, inputs.layout.argmax(1), torch.full_like(inputs.layout[:, 0], IGNORE)
         )
         parts["layout"].append(lab.to(torch.uint8))
-        parts["windows"].append(pair_windows(boxes[pair_t[:, 0]], boxes[pair_t[:, 1]], config))
+        parts["windows"].append(window_boxes(boxes[pair_t[:, 0]], boxes[pair_t[:, 1]], config))
         parts["classes"].append(torch.from_numpy(classes)[pair_t])
         parts["y"].append(torch.from_numpy((labels[keep] > 0).astype(np.float32)))
         parts["image"].append(np.full(int(keep.sum()), i))
@@ -192,9 +193,10 @@ def accuracy(prob: np.ndarray, y: np.ndarray) -> float:
 class OrderingTrainer(Trainer):
     """The pairwise network, its optimizer and the rule-labelled pairs of one bank (plus val pairs)."""
 
-    def __init__(
-        self, bank: Bank, config: OrderingConfig, cfg: OrderingTrainConfig, val_bank: Bank | None, progress: bool = True
-    ) -> None:
+    scores_file = "train_summary.json"
+
+    def __init__(self, bank: Bank, run_config: OrderingRunConfig, val_bank: Bank | None, progress: bool) -> None:
+        config, cfg = run_config.model, run_config.train
         self.names = bank.classes.names
         if len(self.names) != config.num_classes:
             raise ValueError(f"model has {config.num_classes} classes, the bank {len(self.names)}")
@@ -227,7 +229,9 @@ class OrderingTrainer(Trainer):
         if index == 0 or self.order is None:
             self.order = torch.randperm(len(self.pairs), generator=self.generator)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg.lr, progress.fraction)  # by steps or time, whichever is further
+            group["lr"] = warmup_cosine_by_progress(
+                self.cfg.lr, progress.fraction
+            )  # by steps or time, whichever is further
         self.model.train()
         idx = self.order[index * self.cfg.batch_size : (index + 1) * self.cfg.batch_size]
         inputs = self.pairs.inputs(idx, self.config.num_classes, self.config.input_size)
@@ -249,6 +253,21 @@ class OrderingTrainer(Trainer):
             scores["val_class_prior"] = accuracy(prior, y)
         return scores
 
+    def finish(self, result: TrainResult, progress: bool) -> TrainResult:
+        """Epochs, pair counts, the last epoch's loss and the accuracies (``train_summary.json``)."""
+        epoch = self.steps_per_epoch
+        scores: dict[str, Any] = {
+            "epochs": round(result.step / epoch, 3),
+            "train_pairs": len(self.pairs),
+            "val_pairs": len(self.val) if self.val else 0,
+            "train_loss": float(np.mean(result.losses[-epoch:])) if result.losses else float("nan"),
+            **(result.scores or self.evaluate()),
+        }
+        line = f"trained {scores['epochs']} epochs on {scores['train_pairs']} pairs in {result.seconds / 60:.1f} min"
+        if "val_accuracy" in scores:
+            line += f"; val accuracy {scores['val_accuracy']:.4f} (class prior {scores['val_class_prior']:.4f})"
+        return result.summarised(scores, [line])
+
     def extra_files(self) -> dict[str, str | bytes]:
         return {PRIOR_NAME: self.prior.to_json(self.names)}
 
@@ -264,46 +283,12 @@ class OrderingTrainer(Trainer):
         self.order = state.get("order")
 
 
-def train_ordering(
-    bank: Bank,
-    out: str | Path,
-    config: OrderingConfig,
-    cfg: OrderingTrainConfig,
-    val_bank: Bank | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    time_limit_minutes: float | None = None,
-) -> dict[str, Any]:
-    """Train the pairwise network on ``bank``'s rule-labelled pairs into the run directory ``out``.
-
-    Every checkpoint also holds the class-prior baseline fitted on the same pairs
-    (``class_prior.json``). The learning rate decays over whichever of steps and time runs out
-    first. Returns the summary, also written to ``train_summary.json``.
-    """
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    trainer = OrderingTrainer(bank, config, cfg, val_bank, progress)
-    result = run_training(
-        trainer,
-        out,
-        trainer.schedule(),
-        OrderingRunConfig(config, cfg).to_dict(),
-        resume=resume,
-        time_limit_minutes=time_limit_minutes,
-        progress=progress,
-        name="train ordering",
-    )
-    epoch = trainer.steps_per_epoch
-    summary: dict[str, Any] = {
-        "epochs": round(result.step / epoch, 3),
-        "train_pairs": len(trainer.pairs),
-        "val_pairs": len(trainer.val) if trainer.val else 0,
-        "train_loss": float(np.mean(result.losses[-epoch:])) if result.losses else float("nan"),
-        **(result.evaluation or trainer.evaluate()),
-        "wall_s": round(result.seconds, 1),
-    }
-    (result.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+#: ``train_ordering(bank, out, config, *, val_bank=None, resume=False, progress=True, time_limit_minutes=None)``:
+#: the pairwise network on ``bank``'s rule-labelled pairs into the run directory ``out``
+#: (:class:`~synthesis.training.harness.BankTraining`). Every checkpoint also holds the class-prior
+#: baseline fitted on the same pairs (``class_prior.json``). The learning rate decays over whichever
+#: of steps and time runs out first.
+train_ordering = BankTraining("ordering", OrderingRunConfig, OrderingTrainer)
 
 
 def _head(pairs: PairSet, n: int) -> PairSet:

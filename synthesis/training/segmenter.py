@@ -11,12 +11,9 @@ The run directory, checkpoints, resume and time limit are the harness's
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,21 +21,27 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the torch convention)
 from tqdm import tqdm
 
-from memory_bank import Bank, open_bank
+from memory_bank import Bank
 from memory_bank.classes import IGNORE
 from memory_bank.images import resize_label, resize_photo
 from synthesis.configs import JsonConfig
 from synthesis.evaluation.metrics import SegmentationScores, confusion_matrix
 from synthesis.networks.segmenter import SegmentationNet, SegmenterConfig
-from synthesis.training.harness import Progress, Schedule, Trainer, run_training, seed_everything, set_threads
+from synthesis.training.harness import (
+    BankTraining,
+    Progress,
+    Schedule,
+    ScheduledSettings,
+    Trainer,
+    TrainResult,
+    warmup_cosine,
+)
 
 log = logging.getLogger(__name__)
 
-SCORES_FILE = "val_scores.json"
-
 
 @dataclass(frozen=True)
-class SegmenterTrainConfig:
+class SegmenterTrainConfig(ScheduledSettings):
     """Everything a segmenter run depends on (the ``train`` section of ``configs/segmenter/*.json``).
 
     The network is the U-Net of ``widths`` at ``resolution``; its classes are the bank's.
@@ -56,11 +59,8 @@ class SegmenterTrainConfig:
     low_res_prob: float = 0.0
     class_balance: float = 0.5
     checkpoint_every: int = 100
-    keep_checkpoints: int = 2
     log_every: int = 50
     eval_every: int = 250
-    seed: int = 0
-    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -72,33 +72,12 @@ class SegmenterTrainConfig:
         if not 0.0 <= self.jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
 
-    def schedule(self) -> Schedule:
-        """The harness's cadence: val scores every ``eval_every`` steps (0: only at the end)."""
-        return Schedule(
-            self.steps,
-            self.checkpoint_every,
-            self.log_every,
-            eval_every=self.eval_every or None,
-            keep_checkpoints=self.keep_checkpoints,
-        )
-
 
 @dataclass(frozen=True)
 class SegmenterRunConfig(JsonConfig):
     """A run of ``sims train segmenter``: ``{"train": {...}}`` (``configs/segmenter/``)."""
 
     train: SegmenterTrainConfig = field(default_factory=SegmenterTrainConfig)
-
-
-@dataclass
-class TrainResult:
-    """What a run did: final step, loss trace, wall time and (if a val bank was given) val scores."""
-
-    out_dir: Path
-    step: int
-    seconds: float
-    losses: list[float] = field(default_factory=list)
-    val_scores: SegmentationScores | None = None
 
 
 class TrainingImages:
@@ -172,14 +151,6 @@ def class_weights(frequencies: np.ndarray, balance: float) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def learning_rate(step: int, config: SegmenterTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 1% of ``lr`` at ``steps``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
 def train_step(
     model: SegmentationNet,
     optimizer: torch.optim.Optimizer,
@@ -217,26 +188,35 @@ def evaluate(
 class SegmenterTrainer(Trainer):
     """The U-Net, its optimizer and the augmented crops of a bank's photos; val scores on another bank's."""
 
-    def __init__(
-        self,
-        data: TrainingImages,
-        config: SegmenterTrainConfig,
-        class_names: tuple[str, ...],
-        val: TrainingImages | None,
-    ) -> None:
-        self.data, self.config, self.val = data, config, val
+    scores_file = "val_scores.json"
+
+    def __init__(self, bank: Bank, run_config: SegmenterRunConfig, val_bank: Bank | None, progress: bool) -> None:
+        config = run_config.train
+        class_names = tuple(bank.classes.names)
+        self.data, self.config = TrainingImages.from_bank(bank), config
+        self.val = TrainingImages.from_bank(val_bank) if val_bank is not None else None
         self.model = SegmentationNet(
             num_classes=len(class_names), widths=config.widths, resolution=config.resolution, class_names=class_names
         )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.rng = np.random.default_rng(config.seed)
-        frequencies = data.class_frequencies(len(class_names))
+        frequencies = self.data.class_frequencies(len(class_names))
         self.class_weights = torch.from_numpy(class_weights(frequencies, config.class_balance))
+        log.info(
+            "segmenter: %d images, %d params, resolution %s, class weights %s",
+            len(self.data),
+            sum(p.numel() for p in self.model.parameters()),
+            config.resolution,
+            [round(float(w), 2) for w in self.class_weights],
+        )
+
+    def schedule(self) -> Schedule:
+        return self.config.schedule()
 
     def training_step(self, progress: Progress) -> float:
         c = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(progress.step, c)
+            group["lr"] = warmup_cosine(progress.step, c)
         images, labels = self.data.sample(self.rng, c.batch_size, c.resolution, c.max_zoom, c.jitter, c.low_res_prob)
         return train_step(self.model, self.optimizer, images, labels, self.class_weights)
 
@@ -246,6 +226,16 @@ class SegmenterTrainer(Trainer):
         s = evaluate(self.model, self.val.photos, self.val.labels)
         return {"val_miou": s.miou, "val_pixel_accuracy": s.pixel_accuracy}
 
+    def finish(self, result: TrainResult, progress: bool) -> TrainResult:
+        """With a val bank, the final network scored on its photos (``val_scores.json``)."""
+        lines = [f"trained to step {result.step} in {result.seconds / 60:.1f} min; run in {result.out_dir}"]
+        if self.val is None:
+            return result.summarised({}, lines)
+        s = evaluate(self.model, self.val.photos, self.val.labels, progress=progress)
+        lines.append(f"val mIoU {s.miou:.4f}, pixel accuracy {s.pixel_accuracy:.4f}")
+        log.info("val mIoU %.4f, pixel accuracy %.4f", s.miou, s.pixel_accuracy)
+        return result.summarised(s.to_dict(self.model.config.class_names), lines)
+
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "numpy_generator": self.rng.bit_generator.state}
 
@@ -254,66 +244,20 @@ class SegmenterTrainer(Trainer):
         self.rng.bit_generator.state = state["numpy_generator"]
 
 
-def train_segmenter(
-    bank: str | Path | Bank,
-    out_dir: str | Path,
-    config: SegmenterTrainConfig = SegmenterTrainConfig(),
-    val_bank: str | Path | Bank | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    time_limit_minutes: float | None = None,
-) -> TrainResult:
-    """Train (or, with ``resume``, continue) a segmenter on ``bank``'s photos into the run directory ``out_dir``.
-
-    With ``val_bank`` the final network is scored on its photos (``val_scores.json``).
-    """
-    # 1. Data
-    set_threads(config.threads)
-    seed_everything(config.seed)
-    train_bank = bank if isinstance(bank, Bank) else open_bank(bank)
-    data = TrainingImages.from_bank(train_bank)
-    val = None
-    if val_bank is not None:
-        val = TrainingImages.from_bank(val_bank if isinstance(val_bank, Bank) else open_bank(val_bank))
-    # 2. The trainer, run by the harness
-    trainer = SegmenterTrainer(data, config, tuple(train_bank.classes.names), val)
-    log.info(
-        "segmenter: %d images, %d params, resolution %s, class weights %s",
-        len(data),
-        sum(p.numel() for p in trainer.model.parameters()),
-        config.resolution,
-        [round(float(w), 2) for w in trainer.class_weights],
-    )
-    run = run_training(
-        trainer,
-        out_dir,
-        config.schedule(),
-        SegmenterRunConfig(config).to_dict(),
-        resume=resume,
-        time_limit_minutes=time_limit_minutes,
-        progress=progress,
-        name="train segmenter",
-    )
-    # 3. Final validation
-    result = TrainResult(out_dir=run.out_dir, step=run.step, seconds=run.seconds, losses=run.losses)
-    if val is not None:
-        model = trainer.model
-        result.val_scores = evaluate(model, val.photos, val.labels, progress=progress)
-        scores = {"step": run.step, "seconds": run.seconds, **result.val_scores.to_dict(model.config.class_names)}
-        (run.out_dir / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n")
-        log.info("val mIoU %.4f, pixel accuracy %.4f", result.val_scores.miou, result.val_scores.pixel_accuracy)
-    return result
+#: ``train_segmenter(bank, out, config, *, val_bank=None, resume=False, progress=True, time_limit_minutes=None)``:
+#: a segmenter on ``bank``'s photos into the run directory ``out``
+#: (:class:`~synthesis.training.harness.BankTraining`). With ``val_bank`` it is scored on its photos every
+#: ``eval_every`` steps and at the end (``val_scores.json``).
+train_segmenter = BankTraining("segmenter", SegmenterRunConfig, SegmenterTrainer)
 
 
 __all__ = [
     "SegmenterRunConfig",
     "SegmenterTrainConfig",
     "SegmenterTrainer",
-    "TrainResult",
     "TrainingImages",
     "class_weights",
     "evaluate",
-    "learning_rate",
     "train_segmenter",
     "train_step",
 ]

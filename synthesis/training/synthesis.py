@@ -15,9 +15,9 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -34,13 +34,13 @@ from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementC
 from synthesis.networks.vgg import VggIdentity, VggSpec, load_vgg
 from synthesis.tensors import image_array, one_hot
 from synthesis.training.data import DataConfig, build_dataset, check_sample, collate, empty_canvas
-from synthesis.training.harness import Progress, Schedule, Trainer, run_training, seed_everything, set_threads
+from synthesis.training.harness import Progress, Schedule, ScheduledSettings, Trainer, TrainResult, train_network
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(ScheduledSettings):
     """Optimisation and bookkeeping settings.
 
     Attributes:
@@ -63,15 +63,12 @@ class TrainSettings:
     batch_size: int = 1
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    seed: int = 0
-    threads: int | None = None
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     checkpoint_every: int = 500
     sample_every: int = 500
     log_every: int = 50
-    keep_checkpoints: int = 2
     sample_count: int = 4
     blend_lr_scale: float = 1.0
 
@@ -89,16 +86,6 @@ class TrainSettings:
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-
-    def schedule(self) -> Schedule:
-        """The harness's cadence of these settings."""
-        return Schedule(
-            self.steps,
-            self.checkpoint_every,
-            self.log_every,
-            sample_every=self.sample_every,
-            keep_checkpoints=self.keep_checkpoints,
-        )
 
 
 @dataclass(frozen=True)
@@ -145,20 +132,15 @@ class TrainSynthesisConfig(JsonConfig):
 
 
 @dataclass(frozen=True)
-class TrainResult:
-    """What a call to :func:`train_synthesis` did."""
+class SynthesisTrainResult(TrainResult):
+    """What :func:`train_synthesis` did: the harness's :class:`TrainResult` plus the loss's VGG."""
 
-    out_dir: Path
-    checkpoint: Path
-    step: int
-    steps_run: int
-    loss_history: list[float]
-    seconds: float
-    vgg: VggIdentity
+    vgg: VggIdentity | None = None
 
     @property
     def seconds_per_step(self) -> float:
-        return self.seconds / max(1, self.steps_run)
+        """Seconds per step of this session."""
+        return self.seconds_this_run / max(1, self.steps_run)
 
 
 class EpochSampler:
@@ -391,6 +373,19 @@ class SynthesisTrainer(Trainer):
         return sample_grid(full, blended.image, palette)
 
     # The harness's hooks (synthesis.training.harness)
+    def schedule(self) -> Schedule:
+        return self.config.train.schedule()
+
+    def finish(self, result: TrainResult, progress: bool) -> SynthesisTrainResult:
+        """The result with the loss's VGG and one summary line: mode, steps, speed, last loss, checkpoint."""
+        r = SynthesisTrainResult(**{f.name: getattr(result, f.name) for f in fields(result)}, vgg=self.vgg_identity)
+        line = (
+            f"{'parametric baseline' if self.config.parametric else 'SIMS'}: step {r.step} "
+            f"({r.steps_run} this run, {r.seconds_per_step:.2f} s/step), "
+            f"loss {f'{r.losses[-1]:.4f}' if r.losses else 'n/a'}; checkpoint {r.checkpoint}"
+        )
+        return replace(r, lines=(line,))
+
     def training_step(self, progress: Progress) -> float:
         """One step on the next batch of the seeded order."""
         return self.train_step(self.next_batch())
@@ -477,17 +472,34 @@ def train_synthesis(
     resume: bool = False,
     progress: bool = True,
     time_limit_minutes: float | None = None,
-) -> TrainResult:
+) -> SynthesisTrainResult:
     """Train (or, with ``resume``, continue) the synthesis network into the run directory ``out_dir``.
 
     The dataset is, in order of preference: ``dataset``, ``dataset_factory(config)``, or the one
-    ``config.data`` names (:func:`synthesis.training.data.build_dataset`).
+    ``config.data`` names (:func:`synthesis.training.data.build_dataset`). Unlike the networks trained
+    on a bank (:class:`~synthesis.training.harness.BankTraining`), synthesis trains on a canvas cache
+    its config names (the bank is optional), so ``config`` comes first; the options and the result
+    are the same.
     """
+    result = train_network(  # SynthesisTrainer.finish makes it a SynthesisTrainResult
+        lambda: _synthesis_trainer(config, dataset, dataset_factory),
+        out_dir,
+        config,
+        name="train parametric" if config.parametric else "train synthesis",
+        resume=resume,
+        progress=progress,
+        time_limit_minutes=time_limit_minutes,
+    )
+    return cast(SynthesisTrainResult, result)
+
+
+def _synthesis_trainer(
+    config: TrainSynthesisConfig,
+    dataset: Dataset | None,
+    dataset_factory: Callable[[TrainSynthesisConfig], Dataset] | None,
+) -> SynthesisTrainer:
+    """The data, checked against the contract once, and the trainer with its fixed sample batch."""
     t = config.train
-    # 1. Environment: threads, seeds.
-    set_threads(t.threads)
-    seed_everything(t.seed)
-    # 2. Data, checked against the contract once.
     size = config.model.resolution
     if dataset is None:
         dataset = dataset_factory(config) if dataset_factory is not None else build_dataset(config.data, size)
@@ -500,7 +512,6 @@ def train_synthesis(
     # Grid samples spread over the dataset (caches hold several variants of one image side by side).
     spread = np.unique(np.linspace(0, len(dataset) - 1, min(t.sample_count, len(dataset))).round().astype(int))  # type: ignore[arg-type]
     fixed = collate([dataset[int(i)] for i in spread])
-    # 3. The trainer, run by the harness.
     trainer = SynthesisTrainer(config, dataset)
     trainer.sample_batch = fixed
     log.info(
@@ -515,23 +526,4 @@ def train_synthesis(
         trainer.device,
         t.precision,
     )
-    name = "train parametric" if config.parametric else "train synthesis"
-    result = run_training(
-        trainer,
-        out_dir,
-        t.schedule(),
-        config.to_dict(),
-        resume=resume,
-        time_limit_minutes=time_limit_minutes,
-        progress=progress,
-        name=name,
-    )
-    return TrainResult(
-        out_dir=result.out_dir,
-        checkpoint=result.checkpoint,
-        step=result.step,
-        steps_run=result.steps_run,
-        loss_history=result.losses,
-        seconds=result.seconds_this_run,
-        vgg=trainer.vgg_identity,
-    )
+    return trainer

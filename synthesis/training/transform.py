@@ -10,11 +10,9 @@ perturbed frame is ever materialised.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,9 +32,15 @@ from synthesis.networks.transform import (
     window_inputs,
     window_theta,
 )
-from synthesis.training.harness import Progress, Schedule, Trainer, run_training, seed_everything, set_threads
-
-SUMMARY_FILE = "train_summary.json"
+from synthesis.training.harness import (
+    BankTraining,
+    Progress,
+    Schedule,
+    ScheduledSettings,
+    Trainer,
+    TrainResult,
+    warmup_cosine_by_progress,
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class PerturbConfig:
 
 
 @dataclass(frozen=True)
-class TransformTrainConfig:
+class TransformTrainConfig(ScheduledSettings):
     """Hyper-parameters of ``sims train transform`` (the ``train`` section of ``configs/transform/*.json``)."""
 
     steps: int = 3000
@@ -75,15 +79,10 @@ class TransformTrainConfig:
     val_samples: int = 256
     log_every: int = 50
     checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    seed: int = 0
-    threads: int | None = None
 
     def schedule(self) -> Schedule:
         """The harness's cadence: the fixed val examples are scored at every checkpoint."""
-        return Schedule(
-            self.steps, self.checkpoint_every, self.log_every, self.checkpoint_every, None, self.keep_checkpoints
-        )
+        return replace(super().schedule(), eval_every=self.checkpoint_every)
 
 
 @dataclass(frozen=True)
@@ -292,20 +291,13 @@ class ValSet:
         }
 
 
-def learning_rate(peak: float, progress: float, warmup: float = 0.05) -> float:
-    """Linear warm-up over the first ``warmup`` of the run, then cosine decay to zero at ``progress`` 1."""
-    progress = min(max(progress, 0.0), 1.0)
-    if progress < warmup:
-        return peak * (0.1 + 0.9 * progress / warmup)
-    return peak * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
-
-
 class TransformTrainer(Trainer):
     """T, its optimizer and its data: perturbed segments of one bank, scored on fixed perturbed val examples."""
 
-    def __init__(
-        self, bank: Bank, model_cfg: TransformConfig, cfg: TransformTrainConfig, val_bank: Bank | None = None
-    ) -> None:
+    scores_file = "train_summary.json"
+
+    def __init__(self, bank: Bank, config: TransformRunConfig, val_bank: Bank | None, progress: bool) -> None:
+        model_cfg, cfg = config.model, config.train
         if len(bank.classes.names) != model_cfg.num_classes:
             raise ValueError(f"model has {model_cfg.num_classes} classes, the bank {len(bank.classes.names)}")
         self.model_cfg, self.cfg = model_cfg, cfg
@@ -319,7 +311,7 @@ class TransformTrainer(Trainer):
 
     def training_step(self, progress: Progress) -> float:
         # Warm-up, then cosine decay over the run's progress (by steps or by time, whichever is further).
-        lr = learning_rate(self.cfg.lr, progress.fraction)
+        lr = warmup_cosine_by_progress(self.cfg.lr, progress.fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -332,8 +324,20 @@ class TransformTrainer(Trainer):
         self.optimizer.step()
         return parts["loss"]
 
+    def schedule(self) -> Schedule:
+        return self.cfg.schedule()
+
     def evaluate(self) -> dict[str, float]:
         return self.val.evaluate(self.model, self.model_cfg, self.cfg)
+
+    def finish(self, result: TrainResult, progress: bool) -> TrainResult:
+        """The final val scores (``train_summary.json``): mean loss, window IoU without and with T."""
+        s = self.evaluate()
+        line = (
+            f"trained to step {result.step} in {result.seconds / 60:.1f} min; perturbed val IoU "
+            f"{s['val_iou_perturbed']:.4f} -> {s['val_iou_t']:.4f} with T; run in {result.out_dir}"
+        )
+        return result.summarised(s, [line])
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -348,35 +352,9 @@ class TransformTrainer(Trainer):
         self.rng.bit_generator.state = state["numpy_generator"]
 
 
-def train_transform(
-    bank: Bank,
-    out: str | Path,
-    model_cfg: TransformConfig,
-    cfg: TransformTrainConfig,
-    val_bank: Bank | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    time_limit_minutes: float | None = None,
-) -> dict[str, Any]:
-    """Train T on ``bank`` into the run directory ``out`` (see :mod:`synthesis.training.harness`).
-
-    ``val_bank`` (else ``bank``) provides the fixed perturbed examples the log scores at every
-    checkpoint. The learning rate decays over whichever of steps and time runs out first, so a
-    time-limited run still ends annealed. Returns the summary, also written to ``train_summary.json``.
-    """
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    trainer = TransformTrainer(bank, model_cfg, cfg, val_bank)
-    result = run_training(
-        trainer,
-        out,
-        cfg.schedule(),
-        TransformRunConfig(model_cfg, cfg).to_dict(),
-        resume=resume,
-        time_limit_minutes=time_limit_minutes,
-        progress=progress,
-        name="train transform",
-    )
-    summary = {"steps": result.step, "wall_s": round(result.seconds, 1), **trainer.evaluate()}
-    (result.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+#: ``train_transform(bank, out, config, *, val_bank=None, resume=False, progress=True, time_limit_minutes=None)``:
+#: T on ``bank`` into the run directory ``out`` (:class:`~synthesis.training.harness.BankTraining`).
+#: ``val_bank`` (else ``bank``) gives the fixed perturbed examples scored at every checkpoint. The
+#: learning rate decays over whichever of steps and time runs out first, so a time-limited run still
+#: ends annealed.
+train_transform = BankTraining("transform", TransformRunConfig, TransformTrainer)

@@ -8,13 +8,16 @@ Headers on every format: ``X-SIMS-Bank-Version`` (segment ids refer to it), ``X-
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 import uuid
+from collections.abc import Sequence
 
 from memory_bank import ClassTable
 from memory_bank.png import encode_layout_png, encode_provenance_png, encode_rgb_png
 from retrieval_service.http_models import SynthesisSegment, SynthesizeResponse, UnfilledComponent
 from retrieval_service.types import SynthesisReply, SynthesizeOptions
+from synthesis.canvas.builder import PlacedSegment
 from synthesis.pipeline import SynthesisOutput
 
 #: zlib level of the image and canvas PNGs: 1 is several times faster than PIL's 6, for ~15% larger files.
@@ -39,7 +42,6 @@ def encode_reply(
         pngs["provenance"] = encode_provenance_png(output.provenance)
     if "layout" in extras:
         pngs["layout"] = encode_layout_png(output.layout)
-    names = classes.names
     h, w = output.image.shape[:2]
     meta = SynthesizeResponse(
         bank_version=output.bank_version,
@@ -51,20 +53,7 @@ def encode_reply(
         network_resolution=list(network_resolution),
         elision_band=None if output.elision is None else output.elision.band,
         elision_rate=None if output.elision is None else output.elision.white_fraction,
-        segments=[
-            SynthesisSegment(
-                segment_id=s.segment_id,
-                image_id=s.image_id,
-                component_id=s.component_id,
-                class_id=s.class_id,
-                class_name=names[s.class_id],
-                score=s.score,
-                rank=s.rank,
-            )
-            for s in output.segments
-        ]
-        if "segments" in extras
-        else None,
+        segments=wire_segments(output.segments, classes) if "segments" in extras else None,
         unfilled=[UnfilledComponent(component_id=c, status=st) for c, st in output.canvas.unfilled]  # type: ignore[arg-type]
         if "segments" in extras
         else None,
@@ -88,6 +77,11 @@ def encode_reply(
         "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timings.items()),
     }
     return SynthesisReply(content, media_type, headers)
+
+
+def wire_segments(segments: Sequence[PlacedSegment], classes: ClassTable) -> list[SynthesisSegment]:
+    """The painted segments as a reply lists them: each :class:`PlacedSegment` with its class's name."""
+    return [SynthesisSegment(**dataclasses.asdict(s), class_name=classes.names[s.class_id]) for s in segments]
 
 
 def multipart(pngs: dict[str, bytes], meta: SynthesizeResponse) -> tuple[bytes, str]:
@@ -122,4 +116,4 @@ def parse_multipart(content: bytes, content_type: str) -> dict[str, bytes]:
     return parts
 
 
-__all__ = ["encode_reply", "multipart", "parse_multipart"]
+__all__ = ["encode_reply", "multipart", "parse_multipart", "wire_segments"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
@@ -11,14 +11,18 @@ from fastapi import APIRouter, Request, Response
 from memory_bank.png import decode_layout_png
 from retrieval_service.api.deps import LimiterDep, MetricsDep, SettingsDep, StateDep
 from retrieval_service.api.metrics import ServiceMetrics
-from retrieval_service.api.requests import read_layout_request, split_list
+from retrieval_service.api.requests import (
+    layout_request_body,
+    layout_request_errors,
+    read_layout_request,
+    split_list,
+)
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankState
 from retrieval_service.http_errors import ApiError
 from retrieval_service.http_models import (
     Candidate,
     Component,
-    ErrorResponse,
     RetrieveRequest,
     RetrieveResponse,
     RetrieveUpload,
@@ -29,31 +33,12 @@ router = APIRouter(tags=["retrieval"])
 
 _OPTION_FIELDS = ("k", "mode", "seed", "min_area")
 
-# The route reads its body itself (JSON or multipart), so the two schemas are declared here.
-_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": RetrieveRequest.model_json_schema()},
-            "multipart/form-data": {"schema": RetrieveUpload.model_json_schema()},
-        },
-    }
-}
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "A multipart body that cannot be parsed."},
-    413: {"model": ErrorResponse, "description": "Body or layout larger than the limits."},
-    415: {"model": ErrorResponse, "description": "Neither JSON nor multipart."},
-    422: {"model": ErrorResponse, "description": "Bad options, not a PNG label map, wrong size, unknown class ids."},
-    503: {"model": ErrorResponse, "description": "No bank loaded yet."},
-}
-
 
 @router.post(
     "/retrieve",
     response_model=RetrieveResponse,
-    responses=_ERRORS,
-    openapi_extra=_REQUEST_BODY,
+    responses=layout_request_errors({503: "No bank loaded yet."}),
+    openapi_extra=layout_request_body(RetrieveRequest, RetrieveUpload),
     summary="Retrieve bank segments for a layout",
 )
 async def retrieve(
@@ -123,16 +108,7 @@ def _to_response(state: BankState, result: RetrievalResult, options: RetrievalOp
             area=c.area,
             status=str(c.status),  # type: ignore[arg-type]
             choice=c.choice,
-            candidates=[
-                Candidate(
-                    segment_id=m.segment_id,
-                    image_id=m.image_id,
-                    score=m.score,
-                    mask_iou=m.mask_iou,
-                    context_iou=m.context_iou,
-                )
-                for m in c.matches
-            ],
+            candidates=[Candidate(**dataclasses.asdict(m)) for m in c.matches],  # a Match on the wire
         )
         for c in result.components
     ]

@@ -18,23 +18,18 @@ from fastapi import APIRouter, Request, Response
 from memory_bank.errors import UnavailableError
 from memory_bank.png import decode_layout_png
 from retrieval_service.api.deps import SettingsDep, get_holder
-from retrieval_service.api.requests import read_layout_request, split_list
-from retrieval_service.http_models import ErrorResponse, SynthesizeRequest, SynthesizeResponse, SynthesizeUpload
+from retrieval_service.api.requests import (
+    layout_request_body,
+    layout_request_errors,
+    read_layout_request,
+    split_list,
+)
+from retrieval_service.http_models import SynthesizeRequest, SynthesizeResponse, SynthesizeUpload
 from retrieval_service.types import SynthesizeOptions
 
 router = APIRouter(tags=["synthesis"])
 
 _OPTION_FIELDS = ("k", "seed", "mode", "coarse", "elision_band", "elision_rate", "format")
-
-_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": SynthesizeRequest.model_json_schema()},
-            "multipart/form-data": {"schema": SynthesizeUpload.model_json_schema()},
-        },
-    }
-}
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -44,13 +39,13 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "`image/png` (format `png`, the default without extras), `application/json` (`json`) or "
         "`multipart/mixed` (`multipart`: parts `image`, the extras and `meta`, the JSON without base64 fields).",
     },
-    400: {"model": ErrorResponse, "description": "A multipart body that cannot be parsed."},
-    413: {"model": ErrorResponse, "description": "Body or layout larger than the limits."},
-    415: {"model": ErrorResponse, "description": "Neither JSON nor multipart."},
-    422: {"model": ErrorResponse, "description": "Bad options, not a PNG label map, wrong size, unknown class ids."},
-    502: {"model": ErrorResponse, "description": "The synthesis worker failed."},
-    503: {"model": ErrorResponse, "description": "No synthesis worker is configured or up, or no bank is loaded."},
-    504: {"model": ErrorResponse, "description": "The synthesis worker did not answer in time."},
+    **layout_request_errors(
+        {
+            502: "The synthesis worker failed.",
+            503: "No synthesis worker is configured or up, or no bank is loaded.",
+            504: "The synthesis worker did not answer in time.",
+        }
+    ),
 }
 
 
@@ -58,7 +53,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     "/synthesize",
     response_class=Response,
     responses=_RESPONSES,
-    openapi_extra=_REQUEST_BODY,
+    openapi_extra=layout_request_body(SynthesizeRequest, SynthesizeUpload),
     summary="Synthesize a photo from a layout",
 )
 async def synthesize(request: Request, settings: SettingsDep) -> Response:

@@ -1,0 +1,48 @@
+"""Files that appear whole or not at all: written beside their place, then renamed over it.
+
+One writer for the bank's ``CURRENT`` and manifest, the canvas cache, model directories and training
+runs, so that a process killed mid-write never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w", *, fsync: bool = False) -> Iterator[IO[Any]]:
+    """A file open for writing that replaces ``path`` when the block ends without an error.
+
+    The temporary file ``.<name>.<random>.tmp`` sits in the same directory (a rename is atomic only
+    within one filesystem) and is removed if the block raises. ``fsync`` flushes it to disk before
+    the rename, for files whose loss after a crash matters (the bank's ``CURRENT``). The file gets
+    the usual permissions (``open``'s, with the umask), not ``mkstemp``'s owner-only ones.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, mode.replace("w", "x")) as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` to ``path`` as indented JSON with a final newline, through :func:`atomic_file`."""
+    with atomic_file(path) as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+__all__ = ["atomic_file", "write_json_atomic"]
