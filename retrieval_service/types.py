@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Annotated, Literal, Protocol, runtime_checkabl
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from memory_bank import Bank
-    from retrieval_service.engine import RetrievalEngine
 
 # 1. Modes and statuses
 
@@ -215,6 +216,17 @@ class SynthesisBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class Retriever(Protocol):
+    """Anything that retrieves bank segments for every component of a layout: the in-process
+    :class:`~retrieval_service.engine.RetrievalEngine`, or :class:`~synthesis.remote.RemoteRetriever`
+    over HTTP."""
+
+    def retrieve(self, layout: np.ndarray, options: RetrievalOptions | None = None) -> RetrievalResult:
+        """Top-k matches per component of an (H, W) uint8 layout at the bank's resolution."""
+        ...
+
+
 class ServedBank(Protocol):
     """One bank version a service answers with, and its engine."""
 
@@ -222,7 +234,7 @@ class ServedBank(Protocol):
     def bank(self) -> Bank: ...
 
     @property
-    def engine(self) -> RetrievalEngine: ...
+    def engine(self) -> Retriever: ...
 
     @property
     def version(self) -> str: ...

@@ -8,7 +8,7 @@ import torch
 
 from memory_bank import IGNORE, Bank, LayoutError
 from retrieval_service.engine import RetrievalEngine
-from retrieval_service.types import ComponentResult, RetrievalOptions, RetrievalResult, Status
+from retrieval_service.types import ComponentResult, RetrievalOptions, RetrievalResult, Retriever, Status
 from synthesis.canvas.builder import Canvas, CanvasBuilder, CanvasOptions
 from synthesis.canvas.elision import BLACK, WHITE, ElisionConfig, inside_band
 from synthesis.canvas.order_rule import LayoutOrderer
@@ -17,7 +17,6 @@ from synthesis.canvas.protocols import (
     BatchAligner,
     IdentityAligner,
     Orderer,
-    Retriever,
     SegmentSource,
 )
 from synthesis.canvas.segment_cache import CachedSegments

@@ -18,11 +18,18 @@ import numpy as np
 from memory_bank import Bank, ClassTable, LayoutError, SegmentConfig, Segments, extract_segments
 from memory_bank.segments import check_label_map
 from retrieval_service.query import prepare_query
-from retrieval_service.types import DEFAULT_CANDIDATES, ComponentResult, Mode, RetrievalOptions, RetrievalResult
+from retrieval_service.types import (
+    DEFAULT_CANDIDATES,
+    ComponentResult,
+    Mode,
+    RetrievalOptions,
+    RetrievalResult,
+    Retriever,
+)
 from synthesis.canvas.compose import NO_SEGMENT, composite
 from synthesis.canvas.elision import ElisionConfig, elide, kept_pixels
 from synthesis.canvas.order_rule import DepthTiers, LayoutOrderer, Tier
-from synthesis.canvas.protocols import Aligner, IdentityAligner, Orderer, Retriever, SegmentSource
+from synthesis.canvas.protocols import Aligner, IdentityAligner, Orderer, SegmentSource
 from synthesis.canvas.segment_cache import CachedSegments
 
 #: Stream of the seed's random generator used for elision (retrieval uses the seed itself).

@@ -1,6 +1,7 @@
 """What the canvas builder plugs together, as protocols, with the default implementations.
 
-- :class:`Retriever`: ``retrieve(layout, options) -> RetrievalResult``. The in-process
+- :class:`~retrieval_service.types.Retriever` (defined with the retrieval types):
+  ``retrieve(layout, options) -> RetrievalResult``. The in-process
   :class:`~retrieval_service.engine.RetrievalEngine` is one, :class:`~synthesis.remote.RemoteRetriever` another.
 - :class:`SegmentSource`: ``segment(id) -> memory_bank.Segment``. A :class:`~memory_bank.Bank`
   is one; :class:`~synthesis.canvas.segment_cache.CachedSegments` wraps a bank with a per-image
@@ -21,16 +22,6 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from memory_bank import Segment
-from retrieval_service.types import RetrievalOptions, RetrievalResult
-
-
-@runtime_checkable
-class Retriever(Protocol):
-    """Anything that retrieves bank segments for every component of a layout."""
-
-    def retrieve(self, layout: np.ndarray, options: RetrievalOptions | None = None) -> RetrievalResult:
-        """Top-k matches per component of an (H, W) uint8 layout at the bank's resolution."""
-        ...
 
 
 @runtime_checkable
