@@ -145,7 +145,7 @@ def _run(
         bar = tqdm(records, total=len(refs), desc=f"indexing {reader.name}", unit="img", disable=not progress)
         for record, checksums in bar:
             writer.add(record, checksums)
-        source = SourceInfo(reader.name, str(reader.root), tuple(reader.splits), len(refs))
+        source = SourceInfo(reader.name, str(reader.root), tuple(reader.splits), len(refs), reader.unlabelled_ids)
         manifest = writer.finish([source])
         # 3. FAISS indexes of coarse codes, inside the staged version.
         coarse = np.asarray(zarr.open_array(writer.path / ARRAYS_DIR / "codes" / "coarse", mode="r")[:])

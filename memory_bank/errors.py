@@ -44,6 +44,10 @@ class LayoutError(SimsError, ValueError):
     """A label map (a query layout or a dataset label) is not usable as given."""
 
 
+class OptionError(SimsError, ValueError):
+    """A request's option cannot be honoured for its layout (e.g. a pin to a segment of another class)."""
+
+
 class LayoutTooLargeError(LayoutError):
     """A layout has more pixels than a service accepts (refused before it is decoded)."""
 

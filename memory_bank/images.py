@@ -77,6 +77,13 @@ def resize_photo(photo: np.ndarray, size: Grid) -> np.ndarray:
     return cv2.resize(photo, (cols, rows), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def resize_longest_side(photo: np.ndarray, longest: int) -> np.ndarray:
+    """:func:`resize_photo` to ``longest`` pixels on the longer side, keeping the aspect ratio (thumbnails)."""
+    h, w = photo.shape[:2]
+    scale = longest / max(h, w)
+    return resize_photo(photo, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+
 def resize_label(label: np.ndarray, size: Grid) -> np.ndarray:
     """Resize an (H, W) label map (or mask, of any dtype) to ``size`` = (rows, cols) by nearest neighbour.
 

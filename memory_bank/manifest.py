@@ -24,18 +24,25 @@ class SourceInfo:
     root: str
     splits: tuple[str, ...]
     images: int
+    #: The dataset's own label values that mean unlabelled and are not class ids (CamVid's 11), recorded
+    #: so that layouts in raw dataset ids can be read (optional: banks built before it record none).
+    unlabelled_ids: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "dataset": self.dataset,
             "root": self.root,
             "splits": list(self.splits),
             "images": self.images,
         }
+        if self.unlabelled_ids:
+            d["unlabelled_ids"] = list(self.unlabelled_ids)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SourceInfo:
-        return cls(str(d["dataset"]), str(d["root"]), tuple(d["splits"]), int(d["images"]))
+        ids = tuple(int(i) for i in d.get("unlabelled_ids", ()))
+        return cls(str(d["dataset"]), str(d["root"]), tuple(d["splits"]), int(d["images"]), ids)
 
 
 @dataclass(frozen=True)

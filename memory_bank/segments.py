@@ -89,13 +89,16 @@ def check_label_map(label: np.ndarray, num_classes: int, resolution: tuple[int, 
     return np.ascontiguousarray(label)
 
 
-def check_layout_size(shape: tuple[int, ...], resolution: tuple[int, int]) -> None:
-    """A :class:`LayoutError` of kind ``wrong_layout_size`` unless a layout of ``shape`` (H, W) has ``resolution``."""
+def check_layout_size(
+    shape: tuple[int, ...], resolution: tuple[int, int], hint: str = "resize it with nearest-neighbour sampling first"
+) -> None:
+    """A :class:`LayoutError` of kind ``wrong_layout_size`` unless a layout of ``shape`` (H, W) has ``resolution``.
+
+    ``hint`` ends the message: what the caller can do about it."""
     (h, w), (rows, cols) = shape[:2], resolution
     if (h, w) != (rows, cols):
         raise LayoutError(
-            f"the layout is {w}x{h} (WxH) but the bank's working resolution is {cols}x{rows}; "
-            "resize it with nearest-neighbour sampling first",
+            f"the layout is {w}x{h} (WxH) but the bank's working resolution is {cols}x{rows}; {hint}",
             kind="wrong_layout_size",
         )
 

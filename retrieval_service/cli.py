@@ -52,6 +52,13 @@ def serve(
     synthesis_timeout: Annotated[
         float | None, typer.Option(help="Seconds before /synthesize answers 504 (env SIMS_SYNTHESIS_TIMEOUT, 60).")
     ] = None,
+    cors_origins: Annotated[
+        str | None,
+        typer.Option(
+            help="Origins allowed to call the API from pages served elsewhere, comma-separated, `*` for any "
+            "(env SIMS_CORS_ORIGINS; default: off)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a bank over HTTP. The admin key comes from SIMS_API_KEY only (never a flag: argv is public)."""
     from retrieval_service.api.server import serve as run
@@ -73,5 +80,6 @@ def serve(
         "synthesis_weights": weights,
         "synthesis_url": synthesis_url,
         "synthesis_timeout": synthesis_timeout,
+        "cors_origins": cors_origins,
     }
     run(Settings(**{k: v for k, v in flags.items() if v is not None}))

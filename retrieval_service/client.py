@@ -9,6 +9,7 @@ Errors come back as :class:`ServiceError` carrying the service's status, kind an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self, TypedDict, TypeVar, Unpack
@@ -24,10 +25,11 @@ from retrieval_service.http_models import (
     Readiness,
     ReloadResponse,
     RetrieveResponse,
+    SegmentBatchResponse,
     SegmentMeta,
     SynthesizeResponse,
 )
-from retrieval_service.types import Extra, Mode, SynthesizeOptions
+from retrieval_service.types import LAYOUT_FIELDS, Extra, Mode, SynthesizeOptions
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,6 +49,11 @@ class SynthesisParameters(TypedDict, total=False):
     coarse: bool
     elision_band: float | None
     elision_rate: float | None
+    pins: dict[str, int]
+    candidates: int
+    layout_resize: bool
+    layout_colors: bool
+    dataset_ids: bool
     timeout: float | None
 
 
@@ -104,14 +111,23 @@ class RetrievalClient:
         seed: int | None = None,
         exclude_images: Sequence[int] = (),
         min_area: int = 0,
+        choose_from: int | None = None,
+        pins: dict[str, int] | None = None,
     ) -> RetrieveResponse:
-        """Top-k candidates for every component of ``layout`` (an (H, W) uint8 label map or PNG bytes)."""
+        """Top-k candidates for every component of ``layout`` (an (H, W) uint8 label map or PNG bytes).
+
+        ``choose_from`` and ``pins`` are those of :class:`~retrieval_service.types.RetrievalOptions`.
+        """
         png = layout if isinstance(layout, bytes) else encode_layout_png(layout)
         data: dict[str, Any] = {"k": str(k), "mode": mode, "min_area": str(min_area)}
         if seed is not None:
             data["seed"] = str(seed)
         if len(exclude_images):
             data["exclude_images"] = ",".join(str(int(i)) for i in exclude_images)
+        if choose_from is not None:
+            data["choose_from"] = str(choose_from)
+        if pins:
+            data["pins"] = json.dumps({str(c): int(s) for c, s in pins.items()})
         r = self._http.post("/retrieve", files={"layout": ("layout.png", png, "image/png")}, data=data)
         return self._parse(r, RetrieveResponse)
 
@@ -148,6 +164,13 @@ class RetrievalClient:
         for name in ("elision_band", "elision_rate"):
             if (value := getattr(o, name)) is not None:
                 data[name] = repr(float(value))
+        for name in LAYOUT_FIELDS:
+            if getattr(o, name):
+                data[name] = "true"
+        if o.pins:
+            data["pins"] = json.dumps({str(c): int(s) for c, s in o.pins.items()})
+        if o.candidates:
+            data["candidates"] = str(o.candidates)
         data |= {"extras": ",".join(extras), "format": reply_format}
         files = {"layout": ("layout.png", png, "image/png")}
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
@@ -163,6 +186,13 @@ class RetrievalClient:
     def segment_rgba(self, segment_id: int, *, version: str | None = None) -> np.ndarray:
         """The crop of a segment as an (h, w, 4) uint8 array; alpha is 255 on the mask."""
         return decode_rgba_png(self.segment_png(segment_id, version=version))
+
+    def segments(self, segment_ids: Sequence[int], *, version: str | None = None) -> SegmentBatchResponse:
+        """Many segments' metadata and RGBA crops in one request (``POST /segments/batch``)."""
+        body = {"ids": [int(i) for i in segment_ids]}
+        return self._parse(
+            self._http.post("/segments/batch", json=body, params=_version(version)), SegmentBatchResponse
+        )
 
     def segment_meta(self, segment_id: int, *, version: str | None = None) -> SegmentMeta:
         """A segment's row of the bank's segment table."""

@@ -28,6 +28,7 @@ import torch
 from memory_bank import Bank
 from memory_bank.candidate_index import CandidateConfig
 from memory_bank.classes import IGNORE
+from memory_bank.errors import OptionError
 from retrieval_service.candidates import search, shard_candidate_index
 from retrieval_service.full_resolution import SEEDS, PixelFrames, rank_on_pixels
 from retrieval_service.index import (
@@ -104,6 +105,8 @@ class RetrievalEngine:
         self.bank = bank
         self._frames: PixelFrames | None = None
         self._frames_lock = threading.Lock()
+        self._rows: tuple[np.ndarray, np.ndarray] | None = None  # segment id -> (class, shard row), for pins
+        self._names: list[str] | None = None  # image id -> source file, from the bank
         if cpu_threads is not None and index.device.type == "cpu":
             torch.set_num_threads(cpu_threads)
             faiss.omp_set_num_threads(cpu_threads)
@@ -184,16 +187,86 @@ class RetrievalEngine:
                 matches = found[j]
                 status = Status.OK if matches else Status.NO_CANDIDATES
                 results[i] = self._empty(query, i, status, matches)
+        pins = self._check_pins(results, options.pins)
         rng = np.random.default_rng(options.seed) if options.seed is not None else None
         ordered = []
         for i in range(len(seg)):
             r = results[i]
             if r.matches:
-                choice = int(rng.integers(len(r.matches))) if rng is not None else 0
+                # Every component draws, pinned or not, so that a pin leaves the others' picks as they were.
+                n = len(r.matches) if options.choose_from is None else min(len(r.matches), options.choose_from)
+                choice = int(rng.integers(n)) if rng is not None else 0
                 r = ComponentResult(r.component_id, r.class_id, r.bbox, r.area, r.status, r.matches, choice)
+            if i in pins:
+                r = self._pin(query, all_rows, at[i], r, pins[i])
             ordered.append(r)
         timings = {"retrieve": time.perf_counter() - t0}
-        return RetrievalResult(tuple(ordered), self.index.version, options.mode, timings, scored)
+        names = self._image_names({m.image_id for r in ordered for m in r.matches})
+        return RetrievalResult(tuple(ordered), self.index.version, options.mode, timings, scored, names)
+
+    # 1b. Pins: a component painted with a given segment
+    def _check_pins(self, results: dict[int, ComponentResult], pins: dict[str, int]) -> dict[int, int]:
+        """Pins as {component: segment}; an :class:`OptionError` for one that cannot be honoured."""
+        if not pins:
+            return {}
+        if self._rows is None:
+            ids = [s.segment_ids for s in self.index.shards.values()]
+            size = int(max((int(a.max()) + 1 for a in ids if a.size), default=0))
+            klass, row = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
+            for c, shard in self.index.shards.items():
+                klass[shard.segment_ids], row[shard.segment_ids] = c, np.arange(shard.segment_ids.size)
+            self._rows = klass, row
+        klass, _ = self._rows
+        out = {}
+        for key, segment_id in pins.items():
+            i = int(key)
+            if i >= len(results):
+                raise OptionError(
+                    f"pin for component {i}: the layout has {len(results)} components (0..{len(results) - 1})",
+                    kind="invalid_pin",
+                )
+            if segment_id >= klass.size or klass[segment_id] < 0:
+                raise OptionError(
+                    f"pin for component {i}: segment {segment_id} is not in bank version {self.index.version}",
+                    kind="unknown_segment",
+                )
+            comp = results[i]
+            if comp.status == Status.BELOW_MIN_AREA:
+                raise OptionError(
+                    f"pin for component {i}: it is smaller than the minimum area and gets no segment",
+                    kind="invalid_pin",
+                )
+            if int(klass[segment_id]) != comp.class_id:
+                raise OptionError(
+                    f"pin for component {i}: segment {segment_id} is of class {int(klass[segment_id])}, "
+                    f"the component of class {comp.class_id}",
+                    kind="pin_class_mismatch",
+                )
+            out[i] = int(segment_id)
+        return out
+
+    def _pin(
+        self, query: Query, all_rows: _QueryRows | None, position: int, r: ComponentResult, segment_id: int
+    ) -> ComponentResult:
+        """``r`` with the pinned segment as its choice: found among its matches, else scored and appended."""
+        for j, m in enumerate(r.matches):
+            if m.segment_id == segment_id:
+                return ComponentResult(r.component_id, r.class_id, r.bbox, r.area, Status.OK, r.matches, j)
+        shard = self.index.shards[r.class_id]
+        pos = np.array([self._rows[1][segment_id]], np.int64)  # type: ignore[index]
+        rows = all_rows.take([position])  # type: ignore[union-attr]
+        score, miou, ciou = self._score(shard, rows, 0, pos)
+        match = Match(segment_id, int(shard.image_ids[pos[0]]), float(score[0]), float(miou[0]), float(ciou[0]))
+        matches = (*r.matches, match)
+        return ComponentResult(r.component_id, r.class_id, r.bbox, r.area, Status.OK, matches, len(matches) - 1)
+
+    def _image_names(self, image_ids: set[int]) -> dict[int, str]:
+        """Source file of each image (empty without a bank)."""
+        if self.bank is None:
+            return {}
+        if self._names is None:
+            self._names = [str(n) for n in self.bank.images["source_file"].to_pylist()]
+        return {i: self._names[i] for i in sorted(image_ids) if i < len(self._names)}
 
     @staticmethod
     def _empty(query: Query, i: int, status: Status, matches: tuple[Match, ...] = ()) -> ComponentResult:

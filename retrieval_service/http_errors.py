@@ -25,6 +25,7 @@ from memory_bank.errors import (
     DatasetError,
     LayoutError,
     LayoutTooLargeError,
+    OptionError,
     SimsError,
     TimedOutError,
     UnavailableError,
@@ -49,6 +50,7 @@ class ApiError(Exception):
 SIMS_ERROR_STATUS: tuple[tuple[type[SimsError], int, str], ...] = (
     (LayoutTooLargeError, 413, "layout_too_large"),
     (LayoutError, 422, "invalid_layout"),
+    (OptionError, 422, "invalid_option"),
     (BankNotFoundError, 404, "bank_not_found"),
     (BankBusyError, 409, "bank_busy"),
     (DatasetError, 400, "dataset_error"),

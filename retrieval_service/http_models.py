@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval_service.types import (
     DEFAULT_CANDIDATES,
+    MAX_K,
+    LayoutFields,
     MinArea,
     Mode,
     ReplyFormat,
@@ -41,7 +43,7 @@ class _Model(BaseModel):
 # Requests
 
 
-class RetrieveRequest(RetrievalOptions):
+class RetrieveRequest(RetrievalOptions, LayoutFields):
     """JSON form of ``POST /retrieve``: the layout as a base64-encoded PNG label map."""
 
     #: Not a field: the service always retrieves with the default.
@@ -50,7 +52,7 @@ class RetrieveRequest(RetrievalOptions):
         ...,
         min_length=1,
         description="Base64 (standard alphabet) of a single-channel PNG whose pixel values are class ids; "
-        "255 = unlabelled. Same size as the bank's working resolution.",
+        "255 = unlabelled. Same size as the bank's working resolution (unless `layout_resize`).",
     )
 
 
@@ -63,6 +65,11 @@ class RetrieveUpload(_Model):
     seed: Seed | None = None
     exclude_images: str = Field("", description="Comma-separated bank image ids, e.g. `3,17`.")
     min_area: MinArea = 0
+    choose_from: TopK | None = None
+    pins: str = Field("", description='JSON object of pins, e.g. `{"3": 1207}` (see the JSON form).')
+    layout_resize: bool = False
+    layout_colors: bool = False
+    dataset_ids: bool = False
 
 
 class SynthesizeRequest(SynthesizeOptions):
@@ -71,7 +78,8 @@ class SynthesizeRequest(SynthesizeOptions):
     layout_png: str = Field(
         ...,
         min_length=1,
-        description="Base64 of a single-channel PNG of class ids (255 = unlabelled) at the bank's resolution.",
+        description="Base64 of a single-channel PNG of class ids (255 = unlabelled) at the bank's resolution "
+        "(see `layout_resize`, `layout_colors`, `dataset_ids` for other layouts).",
     )
 
 
@@ -85,6 +93,11 @@ class SynthesizeUpload(_Model):
     coarse: bool = False
     extras: str = Field("", description="Comma-separated extras, e.g. `canvas,provenance,segments`.")
     format: ReplyFormat | None = None
+    pins: str = Field("", description='JSON object of pins, e.g. `{"3": 1207}` (see the JSON form).')
+    candidates: Annotated[int, Field(ge=0, le=MAX_K)] = 0
+    layout_resize: bool = False
+    layout_colors: bool = False
+    dataset_ids: bool = False
 
 
 # Responses
@@ -98,6 +111,7 @@ class Candidate(_Model):
     score: float = Field(..., description="mask_iou + context_iou, in [0, 2].")
     mask_iou: float
     context_iou: float
+    image_name: str | None = Field(None, description="File name of the segment's source photo in the bank.")
 
 
 class Component(_Model):
@@ -177,6 +191,11 @@ class BankInfo(_Model):
     grids: BankGrids
     loaded_at: str
     available_versions: list[str]
+    dataset_unlabelled_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description="The source datasets' own unlabelled ids (decimal string -> dataset), which `dataset_ids=true` "
+        "maps to 255; empty for banks built before they were recorded.",
+    )
 
 
 class ReloadResponse(_Model):
@@ -218,6 +237,30 @@ class UnfilledComponent(_Model):
     status: StatusName
 
 
+class ComponentCandidate(_Model):
+    """A bank segment that could fill a component, with its score."""
+
+    segment_id: int
+    image_id: int
+    image_name: str | None = None
+    score: float
+    mask_iou: float
+    context_iou: float
+
+
+class SynthesisComponent(_Model):
+    """One component of a synthesized layout: where it is, what fills it, and its alternatives."""
+
+    index: int = Field(..., description="Its key in `pins` and its value - 1 in the `components` extra.")
+    class_id: int
+    bbox: BBox = Field(..., description="[y0, x0, y1, x1), pixels at the layout's own size.")
+    area: int = Field(..., description="Pixels at the bank's resolution.")
+    status: StatusName
+    segment_id: int | None = Field(None, description="The bank segment painted for it; null if unfilled.")
+    pinned: bool = False
+    candidates: list[ComponentCandidate] = Field(default_factory=list, description="Top `candidates` matches.")
+
+
 class SynthesizeResponse(_Model):
     """JSON form of a synthesis: the image and the requested extras as base64 PNGs."""
 
@@ -242,8 +285,14 @@ class SynthesizeResponse(_Model):
         "0 where the canvas shows no bank pixel.",
     )
     layout_png: str | None = Field(None, description="Base64 PNG label map the image was synthesized from.")
+    components_png: str | None = Field(
+        None, description="Base64 16-bit greyscale PNG: component index + 1 per pixel (0 = unlabelled/none)."
+    )
     segments: list[SynthesisSegment] | None = None
     unfilled: list[UnfilledComponent] | None = None
+    components: list[SynthesisComponent] | None = Field(
+        None, description="Every component of the layout, in index order (the keys of `pins`)."
+    )
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
 
@@ -253,3 +302,36 @@ class ErrorResponse(_Model):
     error: str = Field(..., description="Machine-readable kind, e.g. `invalid_layout`, `payload_too_large`.")
     message: str = Field(..., description="What went wrong, for a person.")
     details: list[dict] | None = Field(None, description="Per-field problems of a request that failed validation.")
+
+
+class ImageEntry(_Model):
+    """One bank image."""
+
+    image_id: int
+    name: str = Field(..., description="Its source file, relative to the dataset root.")
+
+
+class ImageList(_Model):
+    """A page of the bank's images whose name matches the query."""
+
+    total: int = Field(..., description="Images that match, over all pages.")
+    images: list[ImageEntry]
+
+
+class SegmentBatchRequest(_Model):
+    """``POST /segments/batch``: the segments to read, in one request."""
+
+    ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(..., max_length=4096)
+
+
+class SegmentPixelsOut(SegmentMeta):
+    """A segment's metadata and its RGBA crop (base64 PNG, alpha = mask)."""
+
+    crop_png: str
+
+
+class SegmentBatchResponse(_Model):
+    """The requested segments, in request order."""
+
+    bank_version: str
+    segments: list[SegmentPixelsOut]

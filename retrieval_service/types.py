@@ -21,12 +21,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 if TYPE_CHECKING:
     import numpy as np
 
     from memory_bank import Bank
+    from memory_bank.png import LayoutOptions
 
 # 1. Modes and statuses
 
@@ -87,6 +88,8 @@ class RetrievalResult:
     mode: Mode
     timings: dict[str, float] = field(default_factory=dict)
     scored: int = 0  # segments scored exactly, over all components
+    #: Source file name of every bank image in ``matches`` (empty when the retriever has no bank).
+    image_names: dict[int, str] = field(default_factory=dict)
 
 
 # 3. Options
@@ -104,7 +107,20 @@ DEFAULT_CANDIDATES = 512
 TopK = Annotated[int, Field(ge=1, le=MAX_K)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 MinArea = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Extra = Literal["canvas", "provenance", "segments", "layout"]
+Extra = Literal["canvas", "provenance", "segments", "layout", "components"]
+#: Most pins one request may carry, and the largest component index a pin may name.
+MAX_PINS = 1000
+MAX_COMPONENT = 65_534
+PinKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}$")]
+Pins = Annotated[
+    dict[PinKey, Annotated[int, Field(ge=0, le=2**63 - 1)]],
+    Field(
+        max_length=MAX_PINS,
+        description="Component index (decimal string, the order of the response's `components`) -> bank segment "
+        "id. A pinned component is painted with that segment whatever the seed; the others are picked as usual. "
+        "422 `invalid_pin` for an index out of range, `unknown_segment`, `pin_class_mismatch`.",
+    ),
+]
 ReplyFormat = Literal["png", "json", "multipart"]
 
 _MODE_HELP = (
@@ -117,6 +133,41 @@ class _Options(BaseModel):
     """Base of the option and HTTP models: unknown fields are errors, values never change."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LayoutFields(_Options):
+    """How a layout PNG is read (``POST /retrieve``, ``POST /synthesize``, the worker, ``sims synthesize``).
+
+    Strict by default: each option accepts one kind of layout the strict reading refuses, and
+    the refusal names the option. :func:`memory_bank.png.decode_layout` applies them.
+    """
+
+    layout_resize: bool = Field(
+        False,
+        description="Accept a layout of any size: it is resized to the bank's resolution (nearest neighbour); "
+        "`/synthesize` answers at the layout's own size (image and canvas resized area/linear, provenance, "
+        "components and layout nearest).",
+    )
+    layout_colors: bool = Field(
+        False,
+        description="Accept an RGB, RGBA or palette PNG drawn in the bank's class colours (`GET /bank`); black "
+        "and fully transparent pixels are unlabelled. A colour not in the table is a 422 naming it.",
+    )
+    dataset_ids: bool = Field(
+        False,
+        description="Map the source datasets' own unlabelled ids, recorded in the bank's manifest "
+        "(`GET /bank` `dataset_unlabelled_ids`, e.g. CamVid's 11), to 255.",
+    )
+
+    def layout_options(self) -> LayoutOptions:
+        """These fields as the decoder's :class:`memory_bank.png.LayoutOptions`."""
+        from memory_bank.png import LayoutOptions
+
+        return LayoutOptions(resize=self.layout_resize, colors=self.layout_colors, dataset_ids=self.dataset_ids)
+
+
+#: The names of :class:`LayoutFields`' fields.
+LAYOUT_FIELDS = ("layout_resize", "layout_colors", "dataset_ids")
 
 
 class RetrievalOptions(_Options):
@@ -140,9 +191,13 @@ class RetrievalOptions(_Options):
         0, description="Components smaller than this (pixels) get no candidates; never below the bank's minimum."
     )
     candidates: int = Field(DEFAULT_CANDIDATES, ge=1, description="FAISS candidates per component in `fast` mode.")
+    choose_from: TopK | None = Field(
+        None, description="The seeded `choice` is among the first `choose_from` matches (default: all `k`)."
+    )
+    pins: Pins = Field(default_factory=dict)
 
 
-class SynthesizeOptions(_Options):
+class SynthesizeOptions(LayoutFields):
     """Options of one synthesis (``POST /synthesize``, the worker, ``sims synthesize``).
 
     ``k``, ``seed`` and ``mode`` go to retrieval as in :class:`RetrievalOptions`, except that
@@ -169,9 +224,14 @@ class SynthesizeOptions(_Options):
     )
     extras: list[Extra] = Field(
         default_factory=list,
-        max_length=4,
+        max_length=5,
         description="Also return: `canvas` (RGB PNG), `provenance` (segment ids per pixel, RGB PNG, see below), "
-        "`segments` (the painted bank segments), `layout` (the layout synthesized from; the refined one if coarse).",
+        "`segments` (the painted bank segments), `layout` (the layout synthesized from; the refined one if coarse), "
+        "`components` (16-bit greyscale PNG: component index + 1 per pixel, 0 = none).",
+    )
+    pins: Pins = Field(default_factory=dict)
+    candidates: int = Field(
+        0, ge=0, le=MAX_K, description="List each component's top `candidates` matches in the JSON `components`."
     )
     format: ReplyFormat | None = Field(
         None,

@@ -21,7 +21,7 @@ is assembled: ``networks.pipeline(builder)``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -216,12 +216,16 @@ class SynthesisPipeline:
         coarse: bool = False,
         mode: Mode | None = None,
         elision: ElisionConfig | None = None,
+        pins: Mapping[int, int] | None = None,
+        candidates: int = 0,
     ) -> SynthesisOutput:
         """Synthesize a photo for an (H, W) uint8 layout at the bank's resolution (255 = unlabelled).
 
         ``k``: candidates per component the seed picks among; ``mode``: retrieval mode;
-        ``elision``: boundary elision of the canvas (all three default to the builder's options).
-        The same layout, options, seed and bank version give the same image.
+        ``elision``: boundary elision of the canvas (all three default to the builder's options);
+        ``pins``: component index -> the bank segment that fills it; ``candidates``: matches per
+        component kept in ``output.canvas.retrieval`` (see :class:`~synthesis.canvas.builder.CanvasBuilder`).
+        The same layout, options, seed, pins and bank version give the same image.
         """
         start = time.perf_counter()
         timings: dict[str, float] = {}
@@ -237,7 +241,7 @@ class SynthesisPipeline:
             timings["refine"] = time.perf_counter() - t
         # 3. Canvas: retrieve, align, order, paste, elide.
         builder = self._builder(k, mode, elision)
-        canvas = builder(layout, seed=seed)
+        canvas = builder(layout, seed=seed, pins=pins, candidates=candidates)
         timings["retrieve"] = canvas.timings["retrieve"]
         timings["canvas"] = canvas.timings["total"] - canvas.timings["retrieve"]
         # 4. The network, at its resolution; the output at the layout's.

@@ -12,19 +12,20 @@ calling thread, and the segment reads that follow in that thread ask for that ve
 reload of the service between the two never mixes versions. Segments are fetched once and kept in
 a small LRU cache keyed by (version, id). When the segment source shares its pin with the
 retriever (:func:`remote_builder`), its first read after a retrieval fetches all the chosen
-segments, a few requests at a time, before the canvas reads them one by one.
+segments in one ``POST /segments/batch``, before the canvas reads them one by one.
 """
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from memory_bank import IGNORE, ClassInfo, ClassTable, Segment, SegmentConfig
+from memory_bank.png import LayoutSpec, decode_rgba_png
 from retrieval_service.client import RetrievalClient
 from retrieval_service.http_models import BankInfo, RetrieveRequest, RetrieveResponse
 from retrieval_service.types import ComponentResult, Match, RetrievalOptions, RetrievalResult, Status
@@ -48,6 +49,12 @@ def bank_identity(info: BankInfo) -> tuple[ClassTable, SegmentConfig, tuple[int,
     return classes, config, (info.resolution[0], info.resolution[1])
 
 
+def layout_spec(info: BankInfo) -> LayoutSpec:
+    """What the bank a ``GET /bank`` describes accepts as a layout (for the layout options)."""
+    classes, _, resolution = bank_identity(info)
+    return LayoutSpec(resolution, classes, {int(i): name for i, name in info.dataset_unlabelled_ids.items()})
+
+
 def to_result(response: RetrieveResponse) -> RetrievalResult:
     """The engine's :class:`RetrievalResult` for a ``POST /retrieve`` response (timings in seconds)."""
     components = tuple(
@@ -63,7 +70,8 @@ def to_result(response: RetrieveResponse) -> RetrievalResult:
         for c in response.components
     )
     timings = {k: v / 1000.0 for k, v in response.timings_ms.items()}
-    return RetrievalResult(components, response.bank_version, response.mode, timings)
+    names = {m.image_id: m.image_name for c in response.components for m in c.candidates if m.image_name is not None}
+    return RetrievalResult(components, response.bank_version, response.mode, timings, image_names=names)
 
 
 class _VersionPin(threading.local):
@@ -96,6 +104,8 @@ class RemoteRetriever:
             seed=options.seed,
             exclude_images=[int(i) for i in options.exclude_images],
             min_area=options.min_area,
+            choose_from=options.choose_from,
+            pins=dict(options.pins),
         )
         result = to_result(response)
         self.pin.version = response.bank_version
@@ -104,7 +114,7 @@ class RemoteRetriever:
 
 
 class RemoteSegments:
-    """:class:`~synthesis.canvas.protocols.SegmentSource` over ``GET /segments/{id}`` and ``/meta``.
+    """:class:`~synthesis.canvas.protocols.SegmentSource` over ``POST /segments/batch``.
 
     Reads ask for the bank version the calling thread's last retrieval pinned (the served one if
     none). ``segment()`` has no context map: the service does not serve label maps, so
@@ -117,31 +127,57 @@ class RemoteSegments:
         resolution: tuple[int, int],
         pin: _VersionPin | None = None,
         max_segments: int = 512,
-        workers: int = 4,
     ) -> None:
-        if max_segments < 0 or workers < 1:
-            raise ValueError(f"max_segments must be >= 0 and workers >= 1, got {max_segments}, {workers}")
+        if max_segments < 0:
+            raise ValueError(f"max_segments must be >= 0, got {max_segments}")
         self.client = client
-        self.workers = workers
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="segments") if workers > 1 else None
         self.resolution = (int(resolution[0]), int(resolution[1]))
         self.pin = pin or _VersionPin()
         self.max_segments = max_segments
         self._cache: OrderedDict[tuple[str | None, int], tuple[Segment, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def prefetch(self, segment_ids: Sequence[int], version: str | None) -> None:
-        """Fetch segments of ``version`` into the cache, ``workers`` requests at a time."""
+    def prefetch(self, segment_ids: Sequence[int], version: str | None) -> dict[int, tuple[Segment, np.ndarray]]:
+        """Fetch the segments of ``version`` not cached yet, in one request; returns those it fetched."""
         with self._lock:
             todo = sorted({int(i) for i in segment_ids} - {i for v, i in self._cache if v == version})
-        if len(todo) > 1 and self.workers > 1:
-            list(self._pool.map(lambda i: self._fetch(i, version), todo))  # type: ignore[union-attr]
+        if not todo:
+            return {}
+        got = {}
+        for item in self.client.segments(todo, version=version).segments:
+            rgba = decode_rgba_png(base64.b64decode(item.crop_png))
+            y0, x0, y1, x1 = item.bbox
+            if rgba.shape[:2] != (y1 - y0, x1 - x0):
+                raise ValueError(f"segment {item.segment_id}: crop is {rgba.shape[:2]} but its box is {item.bbox}")
+            crop_mask = rgba[..., 3] > 127
+            crop = np.where(crop_mask[..., None], rgba[..., :3], 0).astype(np.uint8)
+            mask = np.zeros(self.resolution, bool)
+            mask[y0:y1, x0:x1] = crop_mask
+            seg = Segment(
+                segment_id=item.segment_id,
+                image_id=item.image_id,
+                class_id=item.class_id,
+                bbox=(y0, x0, y1, x1),
+                context_box=tuple(item.context_box),  # type: ignore[arg-type]
+                area=item.area,
+                crop=crop,
+                mask=mask,
+                context=np.full(self.resolution, IGNORE, np.uint8),
+            )
+            got[item.segment_id] = (seg, crop)
+        with self._lock:
+            if self.max_segments:
+                for sid, value in got.items():
+                    self._cache[(version, sid)] = value
+                while len(self._cache) > self.max_segments:
+                    self._cache.popitem(last=False)
+        return got
 
     def _fetch(self, segment_id: int, version: str | None = None) -> tuple[Segment, np.ndarray]:
         """(segment with an empty context, (h, w, 3) crop) for ``version`` (default: pinned; cached)."""
         if version is None and self.pin.pending:
             # The first read after a retrieval: the canvas reads its chosen segments next, one by
-            # one, so fetch them all now, several requests at a time.
+            # one, so fetch them all now, in one request.
             pending, self.pin.pending = self.pin.pending, ()
             self.prefetch(pending, self.pin.version)
         version = version or self.pin.version
@@ -151,32 +187,7 @@ class RemoteSegments:
             if got is not None:
                 self._cache.move_to_end(key)
                 return got
-        meta = self.client.segment_meta(segment_id, version=version)
-        rgba = self.client.segment_rgba(segment_id, version=version)
-        y0, x0, y1, x1 = meta.bbox
-        if rgba.shape[:2] != (y1 - y0, x1 - x0):
-            raise ValueError(f"segment {segment_id}: crop is {rgba.shape[:2]} but its box is {meta.bbox}")
-        crop_mask = rgba[..., 3] > 127
-        crop = np.where(crop_mask[..., None], rgba[..., :3], 0).astype(np.uint8)
-        mask = np.zeros(self.resolution, bool)
-        mask[y0:y1, x0:x1] = crop_mask
-        seg = Segment(
-            segment_id=meta.segment_id,
-            image_id=meta.image_id,
-            class_id=meta.class_id,
-            bbox=(y0, x0, y1, x1),
-            context_box=tuple(meta.context_box),  # type: ignore[arg-type]
-            area=meta.area,
-            crop=crop,
-            mask=mask,
-            context=np.full(self.resolution, IGNORE, np.uint8),
-        )
-        with self._lock:
-            if self.max_segments:
-                self._cache[key] = (seg, crop)
-                while len(self._cache) > self.max_segments:
-                    self._cache.popitem(last=False)
-        return seg, crop
+        return self.prefetch([segment_id], version)[int(segment_id)]
 
     def segment(self, segment_id: int) -> Segment:
         """The segment's crop, full-frame mask and boxes (context all unlabelled; see the class)."""

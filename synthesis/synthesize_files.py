@@ -1,7 +1,9 @@
 """Layout files in, image files out: what ``sims synthesize`` does, in-process or against a service.
 
-Two :class:`Synthesizer` s give the same :class:`Synthesized` result for the same
-:class:`~retrieval_service.types.SynthesizeOptions`:
+Two :class:`Synthesizer` s give the same :class:`Synthesized` result for the same layout PNG and
+:class:`~retrieval_service.types.SynthesizeOptions` (the layout options among them: a layout of
+another size, in colours or in raw dataset ids is read by :func:`memory_bank.png.decode_layout`,
+as the services read it, and the result comes at the layout's size):
 
 - :class:`LocalSynthesizer`: the pipeline in this process, on a bank (``--bank``), with the same
   networks a worker loads (:func:`~synthesis.worker.runtime.load_networks`);
@@ -27,18 +29,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from memory_bank import IGNORE, ClassTable, LayoutError, open_bank
-from memory_bank.images import read_label
-from memory_bank.png import decode_provenance_png
-from memory_bank.segments import check_label_map
+from memory_bank import IGNORE, LayoutError, open_bank
+from memory_bank.images import read_label, resize_label
+from memory_bank.png import LayoutSpec, decode_layout, decode_provenance_png, encode_layout_png
 from retrieval_service.client import RetrievalClient
 from retrieval_service.types import SynthesizeOptions
 from synthesis.canvas.builder import CanvasBuilder
 from synthesis.canvas.grid import provenance_colors, render_table, save_image
 from synthesis.pipeline import SynthesisPipeline
-from synthesis.remote import bank_identity
-from synthesis.worker.reply import wire_segments
-from synthesis.worker.runtime import load_networks, synthesize
+from synthesis.remote import layout_spec
+from synthesis.worker.reply import arrays_at, wire_segments
+from synthesis.worker.runtime import MAX_LAYOUT_PIXELS, load_networks, synthesize
 from synthesis.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -60,35 +61,39 @@ class Synthesized:
 
 
 class Synthesizer(Protocol):
-    """``synth(layout, options) -> Synthesized`` for an (H, W) uint8 layout, with the bank's ``classes``.
+    """``synth(png, options) -> Synthesized`` for a layout PNG, with the bank's layout ``spec``.
 
     Every :class:`Synthesized` carries the canvas, provenance and segments: ``options.extras``
     and ``options.format`` (the shape of an HTTP reply) do not apply.
     """
 
-    classes: ClassTable
+    spec: LayoutSpec
 
-    def __call__(self, layout: np.ndarray, options: SynthesizeOptions) -> Synthesized: ...
+    def __call__(self, png: bytes, options: SynthesizeOptions) -> Synthesized: ...
 
 
 class LocalSynthesizer:
     """The pipeline in this process, on a bank."""
 
-    def __init__(self, pipeline: SynthesisPipeline) -> None:
+    def __init__(self, pipeline: SynthesisPipeline, spec: LayoutSpec) -> None:
         self.pipeline = pipeline
-        self.classes = pipeline.builder.classes
+        self.spec = spec
 
     @classmethod
     def from_bank(cls, bank: str | Path, settings: WorkerSettings) -> LocalSynthesizer:
         """Open the bank and load the networks ``settings`` names (as ``sims worker`` does)."""
-        return cls(load_networks(settings).pipeline(CanvasBuilder.from_bank(open_bank(bank))))
+        opened = open_bank(bank)
+        pipeline = load_networks(settings).pipeline(CanvasBuilder.from_bank(opened))
+        return cls(pipeline, LayoutSpec.from_manifest(opened.manifest))
 
-    def __call__(self, layout: np.ndarray, options: SynthesizeOptions) -> Synthesized:
-        out = synthesize(self.pipeline, layout, options)
-        segments = [s.model_dump() for s in wire_segments(out.segments, self.classes)]  # as RemoteSynthesizer's
+    def __call__(self, png: bytes, options: SynthesizeOptions) -> Synthesized:
+        layout = decode_layout(png, self.spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options())
+        out = synthesize(self.pipeline, layout.label, options)
+        arrays = arrays_at(out, layout.size)  # at the layout's own size, as a service answers
+        segments = [s.model_dump() for s in wire_segments(out.segments, self.spec.classes)]  # as RemoteSynthesizer's
         timings = {key: round(v * 1000, 3) for key, v in out.timings.items()}
         return Synthesized(
-            out.image, out.layout, out.canvas.canvas, out.provenance, segments, out.bank_version, timings
+            arrays.image, arrays.layout, arrays.canvas, arrays.provenance, segments, out.bank_version, timings
         )
 
 
@@ -98,15 +103,15 @@ class RemoteSynthesizer:
     def __init__(self, client: RetrievalClient, timeout: float = 120.0) -> None:
         self.client = client
         self.timeout = timeout
-        self.classes = bank_identity(client.bank())[0]
+        self.spec = layout_spec(client.bank())
 
-    def __call__(self, layout: np.ndarray, options: SynthesizeOptions) -> Synthesized:
+    def __call__(self, png: bytes, options: SynthesizeOptions) -> Synthesized:
         # Every option but the reply's shape, which this asks for itself.
         parameters = options.model_dump(exclude={"extras", "format"})
-        r = self.client.synthesize(layout, extras=ALL_EXTRAS, timeout=self.timeout, **parameters)
+        r = self.client.synthesize(png, extras=ALL_EXTRAS, timeout=self.timeout, **parameters)
         return Synthesized(
             image=_png(r.image_png),
-            layout=_png(r.layout_png) if r.layout_png else layout,
+            layout=_png(r.layout_png),
             canvas=_png(r.canvas_png) if r.canvas_png else None,
             provenance=decode_provenance_png(base64.b64decode(r.provenance_png)) if r.provenance_png else None,
             segments=[s.model_dump() for s in r.segments or []],
@@ -122,15 +127,25 @@ def _png(b64: str | None) -> np.ndarray:
         return np.asarray(img)
 
 
-def read_layout(path: str | Path, num_classes: int, unlabelled: Sequence[int] = ()) -> np.ndarray:
-    """A layout file as (H, W) uint8 class ids below ``num_classes``; values in ``unlabelled`` become 255."""
-    label = read_label(Path(path))
-    if unlabelled:
-        label = np.where(np.isin(label, list(unlabelled)), IGNORE, label)
+def read_layout(
+    path: str | Path, spec: LayoutSpec, options: SynthesizeOptions, unlabelled: Sequence[int] = ()
+) -> tuple[bytes, np.ndarray]:
+    """A layout file's PNG bytes (values in ``unlabelled`` made 255 first) and its class ids at its own size.
+
+    Read as the services read it (:func:`~memory_bank.png.decode_layout` with the layout options);
+    errors name the file.
+    """
     try:
-        return check_label_map(label, num_classes)
+        png = Path(path).read_bytes()
+        if unlabelled:
+            label = read_label(png)
+            if label.max(initial=0) > IGNORE:
+                raise LayoutError(f"label values up to {label.max()} do not fit a layout (0..{IGNORE})")
+            png = encode_layout_png(np.where(np.isin(label, list(unlabelled)), IGNORE, label).astype(np.uint8))
+        layout = decode_layout(png, spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options())
     except LayoutError as e:
         raise LayoutError(f"{path}: {e}", kind=e.kind) from None
+    return png, resize_label(layout.label, layout.size)
 
 
 def output_names(layouts: Sequence[Path], out: Path, seeds: Sequence[int]) -> list[list[Path]]:
@@ -171,12 +186,12 @@ def synthesize_files(
     paths = [Path(p) for p in layouts]
     seeds = list(range(options.seed, options.seed + n))
     names = output_names(paths, Path(out), seeds)
-    palette = synth.classes.palette()
+    palette = synth.spec.classes.palette()
     written, rows = [], []
     jobs = [(p, s, name) for p, row in zip(paths, names, strict=True) for s, name in zip(seeds, row, strict=True)]
     for path, s, name in tqdm(jobs, desc="synthesizing", unit="image", disable=not progress):
-        layout = read_layout(path, len(synth.classes), unlabelled)
-        result = synth(layout, options.model_copy(update={"seed": s}))
+        png, layout = read_layout(path, synth.spec, options, unlabelled)
+        result = synth(png, options.model_copy(update={"seed": s}))
         save_image(name, result.image)
         written.append(name)
         log.debug("%s (seed %d) -> %s, %s", path, s, name, _timing_text(result.timings_ms))

@@ -75,10 +75,15 @@ def test_operation_conforms(api_schema: schemathesis.BaseSchema, method: str, pa
 
 
 def test_every_operation_is_covered() -> None:
-    assert len(OPERATIONS) == 9
+    assert len(OPERATIONS) == 14
     assert {(m, p) for m, p, g in CASES if g is GenerationMode.NEGATIVE} == {
         ("POST", "/retrieve"),
         ("POST", "/synthesize"),
         ("GET", "/segments/{segment_id}"),
         ("GET", "/segments/{segment_id}/meta"),
+        ("POST", "/segments/batch"),
+        ("GET", "/segments/{segment_id}/thumbnail"),
+        ("GET", "/images"),
+        ("GET", "/images/{image_id}/layout"),
+        ("GET", "/images/{image_id}/photo"),
     }

@@ -92,6 +92,12 @@ class DatasetReader:
         source, label_file = ref.relative_to(self.root)
         return Sample(image, label, ref, source, label_file)
 
+    @property
+    def unlabelled_ids(self) -> tuple[int, ...]:
+        """Raw label values that mean unlabelled and are not class ids (CamVid's 11); the manifest records them."""
+        values = np.flatnonzero(self.lut == IGNORE)
+        return tuple(int(v) for v in values if len(self.classes) <= v < IGNORE)
+
     def map_label(self, raw: np.ndarray, path: Path | str = "label map") -> np.ndarray:
         """Apply ``lut``; raise :class:`DatasetError` on values outside the class table."""
         if raw.size and (raw.min() < 0 or raw.max() >= len(self.lut)):

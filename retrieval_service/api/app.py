@@ -15,14 +15,17 @@ from collections.abc import AsyncIterator
 import faiss
 from anyio import CapacityLimiter
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from retrieval_service.api.limits import BodySizeLimitMiddleware
 from retrieval_service.api.metrics import MetricsMiddleware, ServiceMetrics
-from retrieval_service.api.routes import admin, bank, health, retrieve, segments, synthesize
+from retrieval_service.api.pages import install_offline_docs, install_studio
+from retrieval_service.api.routes import admin, bank, health, images, retrieve, segments, synthesize
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankHolder
 from retrieval_service.api.synthesis import load_backend
 from retrieval_service.http_errors import install_error_handlers
+from retrieval_service.http_models import API_KEY_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,8 @@ Retrieval of real photo segments for semantic layouts (SIMS, Qi et al. CVPR 2018
 
 Post a layout (a PNG label map at the bank's resolution) to `/retrieve`; fetch the pixels of
 any candidate with `/segments/{id}`; post it to `/synthesize` for a photograph (needs a synthesis
-worker). Every error is a JSON body `{error, message, details}`.
+worker). Every error is a JSON body `{error, message, details}`. SIMS Studio, a page to paint
+layouts and choose their segments, is served at `/`.
 """
 
 
@@ -81,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=API_VERSION,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        # Served from local assets by install_offline_docs: the defaults load Swagger UI from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -89,8 +96,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last = outermost: metrics also see the 413s the size limit answers itself.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for module in (retrieve, segments, bank, synthesize, admin, health):
+    if settings.cors_origin_list:
+        # Outermost, so that every answer, the size limit's 413 included, carries the CORS headers.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", API_KEY_HEADER],
+            expose_headers=["X-SIMS-Bank-Version", "X-SIMS-Seed", "Server-Timing"],
+        )
+    for module in (retrieve, segments, images, bank, synthesize, admin, health):
         app.include_router(module.router)
+    install_offline_docs(app)
+    install_studio(app)
     return app
 
 

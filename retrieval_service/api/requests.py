@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException
 from memory_bank.png import png_from_base64
 from retrieval_service.http_errors import ApiError
 from retrieval_service.http_models import ErrorResponse
+from retrieval_service.types import LAYOUT_FIELDS, LayoutFields
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
@@ -25,7 +27,8 @@ _LAYOUT_REQUEST_ERRORS = {
     400: "A multipart body that cannot be parsed.",
     413: "Body or layout larger than the limits.",
     415: "Neither JSON nor multipart.",
-    422: "Bad options, not a PNG label map, wrong size, unknown class ids.",
+    422: "Bad options, not a PNG label map, wrong size, unknown class ids or colours (the message names the "
+    "layout option that would accept it), pins that cannot be honoured.",
 }
 
 
@@ -57,13 +60,14 @@ async def read_layout_request(
     json_model: type[BaseModel],
     options_model: type[OptionsT],
     fields: tuple[str, ...],
-    list_fields: dict[str, Callable[[str], list[Any]]] | None = None,
-) -> tuple[bytes, OptionsT]:
-    """The PNG bytes and the validated options of a JSON or multipart request.
+    list_fields: dict[str, Callable[[str], Any]] | None = None,
+) -> tuple[bytes, OptionsT, LayoutFields]:
+    """The PNG bytes, the validated options and the layout options of a JSON or multipart request.
 
     JSON bodies validate against ``json_model`` (its ``layout_png`` holds the base64 PNG); multipart
-    bodies carry the PNG as file field ``layout``, the plain option ``fields`` as strings, and each
-    of ``list_fields`` as one comma-separated string turned into a list by its parser.
+    bodies carry the PNG as file field ``layout``, the plain option ``fields`` and the
+    :data:`~retrieval_service.types.LAYOUT_FIELDS` as strings, and each of ``list_fields`` as one
+    string turned into a value by its parser (a comma-separated list, a JSON object).
     """
     list_fields = list_fields or {}
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -73,11 +77,13 @@ async def read_layout_request(
             req = json_model.model_validate_json(body)
         except ValidationError as e:
             raise RequestValidationError(_located(e, "body")) from None
-        options = options_model.model_validate(req.model_dump(exclude={"layout_png"}))
-        return png_from_base64(req.layout_png), options  # type: ignore[attr-defined]
+        data = req.model_dump(exclude={"layout_png"})
+        options, layout = _split(options_model, data)
+        return png_from_base64(req.layout_png), options, layout  # type: ignore[attr-defined]
     if content_type == "multipart/form-data":
         try:
-            form = await request.form(max_files=1, max_fields=len(fields) + len(list_fields) + 2)
+            limit = len(fields) + len(LAYOUT_FIELDS) + len(list_fields) + 2
+            form = await request.form(max_files=1, max_fields=limit)
         except HTTPException as e:
             if e.status_code != 400:  # e.g. the 413 of the body size limit
                 raise
@@ -85,21 +91,40 @@ async def read_layout_request(
         upload = form.get("layout")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "invalid_request", "multipart body needs a file field named 'layout' (the PNG)")
-        values: dict[str, Any] = {k: v for k in fields if isinstance(v := form.get(k), str) and v.strip()}
+        names = (*fields, *LAYOUT_FIELDS)
+        values: dict[str, Any] = {k: v for k in names if isinstance(v := form.get(k), str) and v.strip()}
         for name, parse in list_fields.items():
             text = form.get(name)
             if isinstance(text, str) and text.strip():
                 values[name] = parse(text)
         try:
-            options = options_model.model_validate(values)
+            options, layout = _split(options_model, values)
         except ValidationError as e:
             raise RequestValidationError(_located(e, "form")) from None
-        return await upload.read(), options
+        return await upload.read(), options, layout
     raise ApiError(
         415,
         "unsupported_media_type",
         f"send the layout as application/json or multipart/form-data, not {content_type or 'no content type'}",
     )
+
+
+def _split(options_model: type[OptionsT], values: dict[str, Any]) -> tuple[OptionsT, LayoutFields]:
+    """The options model's fields and the layout fields of one request's values (a ValidationError if bad)."""
+    options = options_model.model_validate({k: v for k, v in values.items() if k in options_model.model_fields})
+    layout = LayoutFields.model_validate({k: v for k, v in values.items() if k in LAYOUT_FIELDS})
+    return options, layout
+
+
+def parse_pins(text: str) -> dict[str, Any]:
+    """The multipart ``pins`` field: a JSON object, e.g. ``{"3": 1207}`` (its values are validated by the model)."""
+    try:
+        pins = json.loads(text)
+    except ValueError:
+        pins = None
+    if not isinstance(pins, dict):
+        raise ApiError(422, "invalid_request", f'pins must be a JSON object like {{"3": 1207}}, got {text[:80]!r}')
+    return pins
 
 
 def split_list(text: str) -> list[str]:

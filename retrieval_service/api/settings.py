@@ -61,11 +61,21 @@ class Settings(BaseSettings):
         60.0, gt=0.0, description="Seconds a synthesis may take before /synthesize answers 504."
     )
     log_level: str = Field("info", description="uvicorn and service log level.")
+    cors_origins: str | None = Field(
+        None,
+        description="Origins allowed to call the API from a browser page served elsewhere, comma-separated "
+        "(e.g. `http://localhost:5173`; `*` for any); unset = no CORS headers (the page at `/` needs none).",
+    )
 
     @property
     def synthesis_urls(self) -> list[str]:
         """The configured worker URLs (without trailing slashes)."""
         return [u.strip().rstrip("/") for u in (self.synthesis_url or "").split(",") if u.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """The configured CORS origins (without trailing slashes); empty = CORS off."""
+        return [o.strip().rstrip("/") for o in (self.cors_origins or "").split(",") if o.strip()]
 
     @property
     def retrieve_concurrency(self) -> int:

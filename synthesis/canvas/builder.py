@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -63,6 +63,9 @@ class Canvas:
         unfilled: ``(component_id, status)`` of the components that got no segment.
         timings: seconds per step.
         bank_version: the bank version the retrieval answered from (segment ids refer to it).
+        components: the layout's components (every one, in the retrieval's order: the index pins use).
+        retrieval: the retrieval result, each component's matches and choice (pins applied).
+        pinned: the components a pin chose the segment of.
     """
 
     canvas: np.ndarray
@@ -73,6 +76,9 @@ class Canvas:
     unfilled: tuple[tuple[int, str], ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     bank_version: str = ""
+    components: Segments | None = None
+    retrieval: RetrievalResult | None = None
+    pinned: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         for a in (self.canvas, self.missing, self.provenance, self.elision):
@@ -102,15 +108,25 @@ class CanvasOptions:
     def __post_init__(self) -> None:
         self.retrieval(None, ())  # bad values fail here, not at the first canvas
 
-    def retrieval(self, seed: int | None, exclude_images: Sequence[int]) -> RetrievalOptions:
-        """The retrieval options of one canvas."""
+    def retrieval(
+        self, seed: int | None, exclude_images: Sequence[int], pins: Mapping[int, int] | None = None, listed: int = 0
+    ) -> RetrievalOptions:
+        """The retrieval options of one canvas.
+
+        ``pins`` (component -> segment id) fix some choices; ``listed`` asks for that many matches
+        per component while the seed still picks among the first ``k`` (so listing more candidates
+        never changes the canvas).
+        """
+        k = max(self.k, listed)
         return RetrievalOptions(
-            k=self.k,
+            k=k,
             mode=self.mode,
             seed=seed,
             exclude_images=tuple(int(i) for i in exclude_images),
             min_area=self.min_area,
             candidates=self.candidates,
+            choose_from=self.k if k > self.k else None,
+            pins={str(int(c)): int(s) for c, s in (pins or {}).items()},
         )
 
 
@@ -191,10 +207,15 @@ class CanvasBuilder:
         return got
 
     def query(
-        self, layout: np.ndarray, seed: int | None, exclude_images: Sequence[int]
+        self,
+        layout: np.ndarray,
+        seed: int | None,
+        exclude_images: Sequence[int],
+        pins: Mapping[int, int] | None = None,
+        listed: int = 0,
     ) -> tuple[Segments, RetrievalResult]:
-        """The layout's components (as the engine cuts them) and the retrieval result."""
-        options = self.options.retrieval(seed, exclude_images)
+        """The layout's components (as the engine cuts them) and the retrieval result (the retriever applies pins)."""
+        options = self.options.retrieval(seed, exclude_images, pins, listed)
         retrieve_query = getattr(self.retriever, "retrieve_query", None)
         if retrieve_query is not None:
             # In-process engine: cut and code the layout once and share the components.
@@ -213,11 +234,22 @@ class CanvasBuilder:
             )
         return segments, result
 
-    def __call__(self, layout: np.ndarray, *, seed: int = 0, exclude_images: Sequence[int] = ()) -> Canvas:
+    def __call__(
+        self,
+        layout: np.ndarray,
+        *,
+        seed: int = 0,
+        exclude_images: Sequence[int] = (),
+        pins: Mapping[int, int] | None = None,
+        candidates: int = 0,
+    ) -> Canvas:
         """Build the canvas of an (H, W) label map at the bank's resolution (255 = unlabelled).
 
-        The same layout, seed and exclusions give the same canvas. Components whose class the
-        bank lacks, that are too small, or that get no match leave missing pixels.
+        The same layout, seed, exclusions and pins give the same canvas. ``pins`` maps component
+        indices to the bank segments that must fill them (the rest follow the seed); ``candidates``
+        keeps that many matches per component in ``Canvas.retrieval`` without changing the canvas.
+        Components whose class the bank lacks, that are too small, or that get no match leave
+        missing pixels.
         """
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -232,7 +264,7 @@ class CanvasBuilder:
         # 1. Check the layout.
         layout = self.check_layout(layout)
         # 2. Components and retrieval (seeded pick among the top-k).
-        components, result = self.query(layout, seed, exclude_images)
+        components, result = self.query(layout, seed, exclude_images, pins, candidates)
         lap("retrieve")
         # 3. Read the chosen segments and place them in the frame.
         chosen: list[tuple[ComponentResult, int, int, float]] = []
@@ -286,6 +318,9 @@ class CanvasBuilder:
             unfilled=tuple(unfilled),
             timings=timings,
             bank_version=result.bank_version,
+            components=components,
+            retrieval=result,
+            pinned=frozenset(int(c) for c in (pins or {})),
         )
 
     def align(

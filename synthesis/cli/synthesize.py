@@ -55,6 +55,16 @@ def synthesize(
     unlabelled: Annotated[
         str | None, typer.Option(help="Comma-separated label values to treat as unlabelled (e.g. 11 for CamVid).")
     ] = None,
+    layout_resize: Annotated[
+        bool, typer.Option("--layout-resize", help="Accept layouts of any size (nearest neighbour to the bank's).")
+    ] = False,
+    layout_colors: Annotated[
+        bool, typer.Option("--layout-colors", help="Accept RGB/palette layouts drawn in the bank's class colours.")
+    ] = False,
+    dataset_ids: Annotated[
+        bool,
+        typer.Option("--dataset-ids", help="Map the source datasets' unlabelled ids (the bank's manifest) to 255."),
+    ] = False,
     extras: Annotated[
         bool, typer.Option("--extras", help="Also write <name>.canvas.png, .provenance.png, .layout.png, .json.")
     ] = False,
@@ -94,6 +104,9 @@ def synthesize(
         coarse=coarse,
         elision_band=elision_band,
         elision_rate=elision_rate,
+        layout_resize=layout_resize,
+        layout_colors=layout_colors,
+        dataset_ids=dataset_ids,
     )
     with contextlib.ExitStack() as stack:
         synth: Synthesizer

@@ -30,15 +30,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from memory_bank import ClassTable
 from memory_bank.errors import TimedOutError, UnavailableError, UpstreamError
-from memory_bank.png import png_from_base64
+from memory_bank.png import LayoutSpec, png_from_base64
 from retrieval_service.client import RetrievalClient, ServiceError
 from retrieval_service.http_errors import install_error_handlers
 from retrieval_service.http_models import Liveness, Readiness, SynthesizeRequest
 from retrieval_service.types import SynthesizeOptions
 from synthesis.pipeline import Networks, SynthesisPipeline
-from synthesis.remote import remote_builder
+from synthesis.remote import layout_spec, remote_builder
 from synthesis.worker.runtime import load_networks, synthesize_reply
 from synthesis.worker.settings import WorkerSettings
 
@@ -54,7 +53,7 @@ class WorkerState:
 
     networks: Networks | None = None
     pipeline: SynthesisPipeline | None = None
-    classes: ClassTable | None = None
+    spec: LayoutSpec | None = None  # what the service's bank accepts as a layout
     version: str | None = None  # the bank version the service described at startup
     error: str | None = None  # why it is not ready, if it failed
 
@@ -110,8 +109,8 @@ def create_worker_app(
     @app.post("/synthesize", response_class=Response)
     async def synthesize(request: Request) -> Response:
         """Synthesize one layout (internal: the retrieval service's ``/synthesize`` calls this)."""
-        pipeline, classes = state.pipeline, state.classes
-        if pipeline is None or classes is None:
+        pipeline, spec = state.pipeline, state.spec
+        if pipeline is None or spec is None:
             why = state.error or "the worker is still starting"
             raise UnavailableError(why, kind="worker_not_ready", retry_after=1)
         try:
@@ -122,7 +121,7 @@ def create_worker_app(
         png = png_from_base64(req.layout_png)
         try:
             reply = await to_thread.run_sync(
-                synthesize_reply, pipeline, png, options, classes, limiter=request.app.state.limiter
+                synthesize_reply, pipeline, png, options, spec, limiter=request.app.state.limiter
             )
         except ServiceError as e:
             # The retrieval service refused: its 4xx (and 503, 504) are passed on, its other failures are a 502.
@@ -158,8 +157,8 @@ async def _prepare(
             state.error = f"the networks do not fit the service's bank: {e}"
             log.error("%s", state.error)
             return
-        state.classes, state.version, state.pipeline, state.error = (
-            pipeline.builder.classes,
+        state.spec, state.version, state.pipeline, state.error = (
+            layout_spec(info),
             info.version,
             pipeline,
             None,

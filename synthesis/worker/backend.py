@@ -17,6 +17,7 @@ from pathlib import Path
 from anyio import CapacityLimiter, fail_after, to_thread
 
 from memory_bank.errors import TimedOutError, UnavailableError
+from memory_bank.png import LayoutSpec
 from retrieval_service.types import BackendSettings, BankSource, ServedBank, SynthesisReply, SynthesizeOptions
 from synthesis.canvas.builder import CanvasBuilder
 from synthesis.pipeline import Networks, SynthesisPipeline
@@ -83,7 +84,7 @@ class InProcessBackend:
                     pipeline,
                     layout_png,
                     options,
-                    served.bank.classes,
+                    LayoutSpec.from_manifest(served.bank.manifest),
                     limiter=self._limiter,
                     abandon_on_cancel=True,
                 )

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memory_bank import ClassTable
-from memory_bank.png import decode_layout_png
+from memory_bank.png import LayoutSpec, decode_layout
 from retrieval_service.types import SynthesisReply, SynthesizeOptions
 from synthesis.canvas.elision import ElisionConfig
 from synthesis.pipeline import Networks, SynthesisOutput, SynthesisPipeline
@@ -61,21 +60,31 @@ def load_networks(settings: WorkerSettings, weights: Path | None = None) -> Netw
 def synthesize(pipeline: SynthesisPipeline, layout: np.ndarray, options: SynthesizeOptions) -> SynthesisOutput:
     """Run the pipeline on an (H, W) uint8 layout with a request's options (the elision defaults to the pipeline's)."""
     elision = pipeline.builder.options.elision.with_overrides(options.elision_band, options.elision_rate)
-    return pipeline(layout, k=options.k, seed=options.seed, coarse=options.coarse, mode=options.mode, elision=elision)
+    return pipeline(
+        layout,
+        k=options.k,
+        seed=options.seed,
+        coarse=options.coarse,
+        mode=options.mode,
+        elision=elision,
+        pins={int(c): s for c, s in options.pins.items()},
+        candidates=options.candidates,
+    )
 
 
 def synthesize_reply(
-    pipeline: SynthesisPipeline, png: bytes, options: SynthesizeOptions, classes: ClassTable
+    pipeline: SynthesisPipeline, png: bytes, options: SynthesizeOptions, spec: LayoutSpec
 ) -> SynthesisReply:
-    """Decode a layout PNG, synthesize and encode the reply (blocking; run it in a worker thread).
+    """Decode a layout PNG, synthesize and encode the reply at the layout's size (blocking; run it in a worker thread).
 
-    Raises :class:`~memory_bank.errors.LayoutError` (422, 413 when too large) for a layout that
-    does not fit the bank.
+    ``spec`` is the bank's (resolution, class colours, dataset ids), which the request's layout
+    options read the layout against. Raises :class:`~memory_bank.errors.LayoutError` (422, 413
+    when too large) for a layout that does not fit the bank.
     """
     start = time.perf_counter()
-    layout = decode_layout_png(
-        png, resolution=pipeline.builder.resolution, num_classes=len(classes), max_pixels=MAX_LAYOUT_PIXELS
-    )
+    layout = decode_layout(png, spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options())
     decoded = time.perf_counter() - start
-    output = synthesize(pipeline, layout, options)
-    return encode_reply(output, options, classes, pipeline.generator.resolution, decode_seconds=decoded)
+    output = synthesize(pipeline, layout.label, options)
+    return encode_reply(
+        output, options, spec.classes, pipeline.generator.resolution, decode_seconds=decoded, size=layout.size
+    )

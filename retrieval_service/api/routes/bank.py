@@ -5,6 +5,7 @@ from __future__ import annotations
 from anyio import to_thread
 from fastapi import APIRouter
 
+from memory_bank.png import LayoutSpec
 from retrieval_service.api.deps import HolderDep, StateDep
 from retrieval_service.http_models import BankCounts, BankGrids, BankInfo, ClassOut, ErrorResponse
 
@@ -37,4 +38,5 @@ async def bank_info(state: StateDep, holder: HolderDep) -> BankInfo:
         grids=BankGrids(fine_grid=list(cfg.fine_grid), coarse_grids=[list(g) for g in cfg.coarse_grids]),
         loaded_at=state.loaded_at.isoformat(timespec="seconds"),
         available_versions=versions,
+        dataset_unlabelled_ids={str(i): name for i, name in LayoutSpec.from_manifest(m).dataset_ids.items()},
     )

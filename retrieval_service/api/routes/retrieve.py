@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 
-from memory_bank.png import decode_layout_png
+from memory_bank.png import LayoutOptions, LayoutSpec, decode_layout
 from retrieval_service.api.deps import LimiterDep, MetricsDep, SettingsDep, StateDep
 from retrieval_service.api.metrics import ServiceMetrics
 from retrieval_service.api.requests import (
     layout_request_body,
     layout_request_errors,
+    parse_pins,
     read_layout_request,
     split_list,
 )
@@ -31,7 +33,7 @@ from retrieval_service.types import RetrievalOptions, RetrievalResult
 
 router = APIRouter(tags=["retrieval"])
 
-_OPTION_FIELDS = ("k", "mode", "seed", "min_area")
+_OPTION_FIELDS = ("k", "mode", "seed", "min_area", "choose_from")
 
 
 @router.post(
@@ -52,17 +54,19 @@ async def retrieve(
     """Every connected component of the layout with its top-k candidates, best first.
 
     Send the layout either as JSON (`layout_png`: base64 of a PNG) or as a multipart upload
-    (file field `layout`). The layout must have the bank's working resolution (`GET /bank`).
-    Every response names the bank version that answered it.
+    (file field `layout`). The layout must have the bank's working resolution (`GET /bank`)
+    unless `layout_resize`; boxes are at the bank's resolution. Every response names the bank
+    version that answered it.
     """
-    png, options = await read_layout_request(
+    png, options, layout = await read_layout_request(
         request,
         json_model=RetrieveRequest,
         options_model=RetrievalOptions,
         fields=_OPTION_FIELDS,
-        list_fields={"exclude_images": _parse_ids},
+        list_fields={"exclude_images": _parse_ids, "pins": parse_pins},
     )
-    result = await to_thread.run_sync(_run, state, settings, png, options, limiter=limiter)
+    run = _run(state, settings, png, options, layout.layout_options())
+    result = await to_thread.run_sync(run, limiter=limiter)
     _record(metrics, result)
     response.headers["X-SIMS-Bank-Version"] = result.bank_version
     return _to_response(state, result, options)
@@ -77,17 +81,21 @@ def _parse_ids(text: str) -> list[int]:
         ) from None
 
 
-def _run(state: BankState, settings: Settings, png: bytes, options: RetrievalOptions) -> RetrievalResult:
-    """Decode, validate and retrieve (in a worker thread: all of it is CPU-bound)."""
-    start = time.perf_counter()
-    bank = state.bank
-    layout = decode_layout_png(
-        png, resolution=bank.resolution, num_classes=len(bank.classes), max_pixels=settings.max_layout_pixels
-    )
-    decoded = time.perf_counter() - start
-    result = state.engine.retrieve(layout, options)
-    result.timings["decode"] = decoded
-    return result
+def _run(
+    state: BankState, settings: Settings, png: bytes, options: RetrievalOptions, layout: LayoutOptions
+) -> Callable[[], RetrievalResult]:
+    """Decode, validate and retrieve (to run in a worker thread: all of it is CPU-bound)."""
+
+    def run() -> RetrievalResult:
+        start = time.perf_counter()
+        spec = LayoutSpec.from_manifest(state.bank.manifest)
+        label = decode_layout(png, spec, max_pixels=settings.max_layout_pixels, options=layout).label
+        decoded = time.perf_counter() - start
+        result = state.engine.retrieve(label, options)
+        result.timings["decode"] = decoded
+        return result
+
+    return run
 
 
 def _record(metrics: ServiceMetrics, result: RetrievalResult) -> None:
@@ -108,7 +116,9 @@ def _to_response(state: BankState, result: RetrievalResult, options: RetrievalOp
             area=c.area,
             status=str(c.status),  # type: ignore[arg-type]
             choice=c.choice,
-            candidates=[Candidate(**dataclasses.asdict(m)) for m in c.matches],  # a Match on the wire
+            candidates=[  # a Match on the wire
+                Candidate(**dataclasses.asdict(m), image_name=result.image_names.get(m.image_id)) for m in c.matches
+            ],
         )
         for c in result.components
     ]

@@ -1,17 +1,27 @@
-"""``GET /segments/{id}`` (RGBA crop) and ``GET /segments/{id}/meta``."""
+"""``GET /segments/{id}`` (RGBA crop), ``/meta``, ``/thumbnail``, and ``POST /segments/batch`` (many at once)."""
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any
 
+import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, Path, Query, Response
 
 from memory_bank import Bank
+from memory_bank.images import resize_longest_side
 from memory_bank.png import encode_rgba_png
 from retrieval_service.api.deps import HolderDep
+from retrieval_service.api.routes import binary_response
 from retrieval_service.http_errors import ApiError
-from retrieval_service.http_models import ErrorResponse, SegmentMeta
+from retrieval_service.http_models import (
+    ErrorResponse,
+    SegmentBatchRequest,
+    SegmentBatchResponse,
+    SegmentMeta,
+    SegmentPixelsOut,
+)
 
 router = APIRouter(prefix="/segments", tags=["segments"])
 
@@ -46,14 +56,111 @@ def _crop_png(bank: Bank, segment_id: int) -> bytes:
     return encode_rgba_png(seg.crop, seg.crop_mask)
 
 
+def _crops(bank: Bank, segment_ids: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(crop, crop mask) of each segment; each image's photo and component map decoded once."""
+    image_of, local, bbox = bank.column("image_id"), bank.column("local_index"), bank.column("bbox")
+    decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for sid in segment_ids:
+        image_id = int(image_of[sid])
+        if image_id not in decoded:
+            decoded[image_id] = (np.asarray(bank.photos[image_id]), np.asarray(bank.components[image_id]))
+        photo, components = decoded[image_id]
+        y0, x0, y1, x1 = (int(v) for v in bbox[sid])
+        mask = components[y0:y1, x0:x1] == local[sid] + 1
+        out.append((np.where(mask[..., None], photo[y0:y1, x0:x1], 0).astype(np.uint8), mask))
+    return out
+
+
+def _meta(bank: Bank, segment_id: int) -> SegmentMeta:
+    row = bank.segments.slice(segment_id, 1).to_pylist()[0]
+    return SegmentMeta(
+        segment_id=row["segment_id"],
+        image_id=row["image_id"],
+        class_id=row["class_id"],
+        class_name=bank.classes.names[row["class_id"]],
+        local_index=row["local_index"],
+        bbox=list(row["bbox"]),
+        context_box=list(row["context_box"]),
+        area=row["area"],
+        centroid=list(row["centroid"]),
+        source_file=row["source_file"],
+        split=row["split"],
+        bank_version=bank.version,
+    )
+
+
+def _batch(bank: Bank, segment_ids: list[int]) -> SegmentBatchResponse:
+    for sid in segment_ids:
+        _check_id(bank, sid)
+    segments = [
+        SegmentPixelsOut(
+            **_meta(bank, sid).model_dump(), crop_png=base64.b64encode(encode_rgba_png(crop, mask)).decode("ascii")
+        )
+        for sid, (crop, mask) in zip(segment_ids, _crops(bank, segment_ids), strict=True)
+    ]
+    return SegmentBatchResponse(bank_version=bank.version, segments=segments)
+
+
+def _thumbnail_png(bank: Bank, segment_id: int, size: int) -> bytes:
+    ((crop, mask),) = _crops(bank, [segment_id])
+    rgba = np.concatenate([crop, mask[..., None].astype(np.uint8) * 255], axis=2)
+    small = resize_longest_side(rgba, size)
+    return encode_rgba_png(small[..., :3], small[..., 3])
+
+
+#: Longest side of a thumbnail, in pixels.
+ThumbSize = Annotated[int, Query(ge=16, le=1024, description="Longest side of the thumbnail, pixels.")]
+
+
+@router.post(
+    "/batch",
+    response_model=SegmentBatchResponse,
+    responses={
+        400: {"model": ErrorResponse, "description": "A body that is not JSON."},
+        413: {"model": ErrorResponse, "description": "Body larger than the limit."},
+        **_ERRORS,
+    },
+    summary="Many segments' pixels and metadata in one request",
+)
+async def segments_batch(
+    body: SegmentBatchRequest, holder: HolderDep, version: VersionQuery = None
+) -> SegmentBatchResponse:
+    """Metadata and RGBA crop (base64 PNG, alpha = mask) of every id, in request order.
+
+    What a synthesis worker reads a layout's chosen segments with: one request instead of two
+    per segment, each source image decoded once. 404 if any id is not in the version.
+    """
+    bank = await to_thread.run_sync(holder.bank_for, version)
+    return await to_thread.run_sync(_batch, bank, body.ids)
+
+
+@router.get(
+    "/{segment_id}/thumbnail",
+    response_class=Response,
+    responses={
+        200: binary_response("image/png", "RGBA PNG: the crop scaled to `size` on its longest side, alpha = mask."),
+        **_ERRORS,
+    },
+    summary="A segment's thumbnail",
+)
+async def segment_thumbnail(
+    segment_id: SegmentId, holder: HolderDep, size: ThumbSize = 96, version: VersionQuery = None
+) -> Response:
+    """The segment's bounding-box crop of its source photo, alpha = mask, longest side `size`."""
+    bank = await to_thread.run_sync(holder.bank_for, version)
+    _check_id(bank, segment_id)
+    png = await to_thread.run_sync(_thumbnail_png, bank, segment_id, size)
+    return Response(png, media_type="image/png", headers={"X-SIMS-Bank-Version": bank.version})
+
+
 @router.get(
     "/{segment_id}",
     response_class=Response,
     responses={
-        200: {
-            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "The segment's bounding-box crop as RGBA; alpha is 255 on the mask, 0 elsewhere.",
-        },
+        200: binary_response(
+            "image/png", "The segment's bounding-box crop as RGBA; alpha is 255 on the mask, 0 elsewhere."
+        ),
         **_ERRORS,
     },
     summary="A segment's pixels",
@@ -71,18 +178,4 @@ async def segment_meta(segment_id: SegmentId, holder: HolderDep, version: Versio
     """What the bank's segment table records about a segment."""
     bank = await to_thread.run_sync(holder.bank_for, version)
     _check_id(bank, segment_id)
-    row = bank.segments.slice(segment_id, 1).to_pylist()[0]
-    return SegmentMeta(
-        segment_id=row["segment_id"],
-        image_id=row["image_id"],
-        class_id=row["class_id"],
-        class_name=bank.classes.names[row["class_id"]],
-        local_index=row["local_index"],
-        bbox=list(row["bbox"]),
-        context_box=list(row["context_box"]),
-        area=row["area"],
-        centroid=list(row["centroid"]),
-        source_file=row["source_file"],
-        split=row["split"],
-        bank_version=bank.version,
-    )
+    return _meta(bank, segment_id)

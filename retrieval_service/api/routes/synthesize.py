@@ -16,11 +16,12 @@ from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 
 from memory_bank.errors import UnavailableError
-from memory_bank.png import decode_layout_png
+from memory_bank.png import LayoutSpec, decode_layout
 from retrieval_service.api.deps import SettingsDep, get_holder
 from retrieval_service.api.requests import (
     layout_request_body,
     layout_request_errors,
+    parse_pins,
     read_layout_request,
     split_list,
 )
@@ -29,7 +30,7 @@ from retrieval_service.types import SynthesizeOptions
 
 router = APIRouter(tags=["synthesis"])
 
-_OPTION_FIELDS = ("k", "seed", "mode", "coarse", "elision_band", "elision_rate", "format")
+_OPTION_FIELDS = ("k", "seed", "mode", "coarse", "elision_band", "elision_rate", "format", "candidates")
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -61,9 +62,14 @@ async def synthesize(request: Request, settings: SettingsDep) -> Response:
 
     Send the layout like to `/retrieve` (JSON `layout_png`, or a multipart file `layout`) with
     `seed` (diversity: it picks among the top-`k` segments), `coarse` (refine a coarse layout
-    first) and `extras` (`canvas`, `provenance`, `segments`, `layout`). The answer is a PNG, or
-    JSON with base64 PNGs, or multipart (`format`). Headers: `X-SIMS-Bank-Version`, `X-SIMS-Seed`,
-    and `Server-Timing` with the time of each step (`retrieve`, `canvas`, `network`, ...).
+    first) and `extras` (`canvas`, `provenance`, `segments`, `layout`, `components`). The answer is
+    a PNG, or JSON with base64 PNGs, or multipart (`format`). Headers: `X-SIMS-Bank-Version`,
+    `X-SIMS-Seed`, and `Server-Timing` with the time of each step (`retrieve`, `canvas`, `network`, ...).
+
+    `pins` paints chosen components with chosen bank segments (the others still follow the seed),
+    `candidates` lists each component's top matches in the JSON `components`, and the layout
+    options (`layout_resize`, `layout_colors`, `dataset_ids`) accept other layouts. The same
+    layout, options, seed, pins and bank version give the same image bytes.
     """
     start = time.perf_counter()
     backend = getattr(request.app.state, "synthesis", None)
@@ -73,18 +79,16 @@ async def synthesize(request: Request, settings: SettingsDep) -> Response:
             "or run `sims serve --with-worker`",
             kind="synthesis_unavailable",
         )
-    png, options = await read_layout_request(
+    png, options, _ = await read_layout_request(
         request,
         json_model=SynthesizeRequest,
         options_model=SynthesizeOptions,
         fields=_OPTION_FIELDS,
-        list_fields={"extras": split_list},
+        list_fields={"extras": split_list, "pins": parse_pins},
     )
-    bank = get_holder(request).require().bank
+    spec = LayoutSpec.from_manifest(get_holder(request).require().bank.manifest)
     await to_thread.run_sync(
-        lambda: decode_layout_png(
-            png, resolution=bank.resolution, num_classes=len(bank.classes), max_pixels=settings.max_layout_pixels
-        )
+        lambda: decode_layout(png, spec, max_pixels=settings.max_layout_pixels, options=options.layout_options())
     )
     reply = await backend.synthesize(png, options)
     headers = {k.lower(): v for k, v in reply.headers.items()}
