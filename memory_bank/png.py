@@ -206,7 +206,10 @@ def _map_colors(rgba: np.ndarray, classes: ClassTable) -> np.ndarray:
 
 def _dataset_hint(label: np.ndarray, spec: LayoutSpec, options: LayoutOptions) -> str:
     """``; 11 is camvid's unlabelled id: pass dataset_ids=true`` when that would help."""
-    if options.dataset_ids or not spec.dataset_ids:
+    if not spec.dataset_ids:
+        # Banks built before the manifest recorded the datasets' unlabelled ids cannot map them.
+        return "; if they are the dataset's own unlabelled ids, this bank does not record them: rebuild it"
+    if options.dataset_ids:
         return ""
     present = [i for i in spec.dataset_ids if np.any(label == i)]
     if not present:
