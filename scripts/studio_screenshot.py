@@ -75,7 +75,7 @@ def main() -> None:
 def shoot(url: str, search: str, out: Path) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1360, "height": 1010})
+        page = browser.new_page(viewport={"width": 1600, "height": 960})
         page.goto(url)
         page.wait_for_selector("body[data-ready=true]")
         page.fill("#image-search", search)

@@ -261,7 +261,6 @@ function showResult(result) {
   $("#output-empty").hidden = true;
   drawProvenance($("#provenance"), result);
   $("#provenance-canvas").src = result.body.canvas_png ? `data:image/png;base64,${result.body.canvas_png}` : "";
-  showProvenanceView();
   renderProvenanceList($("#provenance-list"), result, state.classes, { onSelect: selectComponent, onHover: hoverComponent });
   const timing = Object.entries(result.body.timings_ms || {})
     .filter(([k]) => ["retrieve", "canvas", "network"].includes(k))
@@ -276,12 +275,6 @@ function showResult(result) {
   drawOverlay($("#output-overlay"), result, state.selected, null);
   setStatus(`done in ${(result.ms / 1000).toFixed(2)} s`);
   updateButtons();
-}
-
-function showProvenanceView() {
-  const view = $("#provenance-view").value;
-  $("#provenance").hidden = view !== "map";
-  $("#provenance-canvas").hidden = view !== "canvas";
 }
 
 // ---------------------------------------------------------------- regions, candidates, pins
@@ -583,6 +576,7 @@ async function start() {
   $("#paint-stage").style.aspectRatio = `${w} / ${h}`;
   $("#output-stage").style.aspectRatio = `${w} / ${h}`;
   $("#provenance-stage").style.aspectRatio = `${w} / ${h}`;
+  $("#canvas-stage").style.aspectRatio = `${w} / ${h}`;
   buildPalette();
   selectTool("brush");
   setBrushSize(Number($("#brush-size").value));
@@ -590,6 +584,7 @@ async function start() {
   bindKeys();
   bindResultPanel($("#output-stage"));
   bindResultPanel($("#provenance-stage"));
+  bindResultPanel($("#canvas-stage"));
 
   for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => selectTool(b.dataset.tool));
   $("#brush-size").addEventListener("input", (e) => setBrushSize(Number(e.target.value)));
@@ -613,7 +608,6 @@ async function start() {
     e.target.value = "";
     if (file) await uploadLayout(file);
   });
-  $("#provenance-view").addEventListener("change", showProvenanceView);
   let searchTimer = 0;
   $("#image-search").addEventListener("input", () => {
     clearTimeout(searchTimer);
