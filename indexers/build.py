@@ -8,9 +8,14 @@ deterministic and a failure at any point publishes nothing.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -225,7 +230,9 @@ class _executor:  # noqa: N801 - used like a function in a with-statement
         if self.workers <= 1:
             return (lambda fn, items: map(fn, items)), False
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        self._pool = ProcessPoolExecutor(
+            self.workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
+        )
         self._pool.submit(int).result()  # with fork, this starts every worker now
         return (lambda fn, items: _ordered(self._pool.submit, fn, items, 4 * self.workers)), True
 
@@ -234,6 +241,32 @@ class _executor:  # noqa: N801 - used like a function in a with-statement
             self._pool.shutdown(cancel_futures=True)
         if self._client is not None:
             self._client.close()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: end this worker when the build process dies, even by ``kill -9``.
+
+    Without it, orphaned workers live on under init, holding memory and the caller's stdout.
+    Linux delivers SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); elsewhere, and for a
+    parent that died before that was set, a daemon thread polls the parent pid.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # no libc prctl: the thread below still watches
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sims-parent-watch", daemon=True).start()
+
+
+#: prctl option: the signal this process gets when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+_PARENT_POLL_SECONDS = 1.0
 
 
 def _ordered(submit: Callable, fn: Callable, items: Sequence, window: int, **kw: object) -> Iterator:

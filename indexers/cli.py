@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from memory_bank import SegmentConfig, list_versions, open_bank
+from memory_bank import SegmentConfig, current_version, list_versions, open_bank
 from memory_bank.config import format_grids, parse_grids, parse_size
 
 app = typer.Typer(help="Build and inspect memory banks.", no_args_is_help=True)
@@ -16,7 +16,8 @@ app = typer.Typer(help="Build and inspect memory banks.", no_args_is_help=True)
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="camvid, cityscapes, ade20k, cocostuff or folder.")]
 RootOpt = Annotated[Path, typer.Option("--root", "-r", help="Dataset root directory.")]
 SplitsOpt = Annotated[
-    str | None, typer.Option("--splits", help="Comma-separated splits, e.g. train,val (default: the dataset's).")
+    str | None,
+    typer.Option("--splits", help="Comma-separated splits, e.g. train,val (default: the training split only)."),
 ]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", "-j", help="Local processes (default: all cores).")]
 SchedulerOpt = Annotated[
@@ -125,6 +126,24 @@ def verify(bank: BankArg, version: Annotated[str | None, typer.Option()] = None)
     if problems:
         raise typer.Exit(1)
     typer.echo(f"{b.version}: all {len(b.manifest.checksums)} files match their checksums")
+
+
+@app.command()
+def gc(
+    bank: BankArg,
+    keep: Annotated[int, typer.Option(help="How many of the newest versions to keep (at least 1).")] = 3,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+) -> None:
+    """Delete old versions: keep the KEEP newest, and always the served (CURRENT) one."""
+    from memory_bank.store import gc_versions
+
+    if keep < 1:
+        raise typer.BadParameter(f"--keep must be at least 1, not {keep}")
+    deleted = gc_versions(bank, keep, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {len(deleted)} version(s)" + (": " + ", ".join(deleted) if deleted else ""))
+    kept = len(list_versions(bank)) - (len(deleted) if dry_run else 0)
+    typer.echo(f"{'would keep' if dry_run else 'kept'} {kept}, serving {current_version(bank)}")
 
 
 def describe(bank_path: Path, version: str | None = None) -> str:

@@ -76,7 +76,9 @@ def list_versions(root: Path) -> list[str]:
     vdir = Path(root) / VERSIONS_DIR
     if not vdir.is_dir():
         return []
-    return sorted(p.name for p in vdir.iterdir() if (p / MANIFEST_FILE).is_file())
+    manifests = [p / MANIFEST_FILE for p in vdir.iterdir() if (p / MANIFEST_FILE).is_file()]
+    # Ids sort by their creation second; within one second, the manifest written first is older.
+    return [m.parent.name for m in sorted(manifests, key=lambda m: (m.parent.name[:16], m.stat().st_mtime_ns))]
 
 
 def _fsync_tree(path: Path, skip: set[str] = frozenset()) -> None:
@@ -153,14 +155,8 @@ class Staging:
         self.root = Path(root)
         self.version = version or new_version_id()
         staging = self.root / STAGING_DIR
-        staging.mkdir(parents=True, exist_ok=True)
         # One writer per bank: two builds publishing from the same parent would lose one's images.
-        self._lock_fd = os.open(staging / WRITER_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise BankBusyError(f"another build is writing to bank {self.root}; wait for it to finish") from None
+        self._lock_fd = _lock_writer(self.root)
         self.removed_leftovers = _remove_abandoned(staging)
         self.path = staging / self.version
         self.path.mkdir()
@@ -192,6 +188,49 @@ class Staging:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _lock_writer(root: Path) -> int:
+    """Take the bank's writer lock (non-blocking); returns its file descriptor, to ``os.close``."""
+    staging = root / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    fd = os.open(staging / WRITER_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BankBusyError(f"another build is writing to bank {root}; wait for it to finish") from None
+    return fd
+
+
+def gc_versions(root: Path, keep: int, *, dry_run: bool = False) -> list[str]:
+    """Delete all but the ``keep`` newest published versions; returns the ones deleted (or, dry, to delete).
+
+    The served version (``CURRENT``) is never deleted: after a rollback to an older version it is
+    kept beside the ``keep`` newest. Later versions hard-link their parent's
+    chunks, so deleting a parent leaves its children whole. Each version is first renamed into
+    ``staging/`` (atomic), so a gc killed half-way never leaves a partial version visible; the next
+    build removes what it left there. Runs under the writer lock, so never beside a build.
+    """
+    if keep < 1:
+        raise ValueError(f"--keep must be at least 1, not {keep}")
+    root = Path(root)
+    served = current_version(root)
+    fd = _lock_writer(root)
+    try:
+        doomed = [v for v in list_versions(root)[:-keep] if v != served]
+        if dry_run:
+            return doomed
+        for version in doomed:
+            trash = root / STAGING_DIR / f"{version}.deleted"
+            os.rename(root / VERSIONS_DIR / version, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        if doomed:
+            _fsync_dir(root / VERSIONS_DIR)
+            log.info("deleted %d old versions of %s: %s", len(doomed), root, ", ".join(doomed))
+        return doomed
+    finally:
+        os.close(fd)
 
 
 def _remove_abandoned(staging: Path) -> list[str]:

@@ -52,6 +52,16 @@ def serve(
     synthesis_timeout: Annotated[
         float | None, typer.Option(help="Seconds before /synthesize answers 504 (env SIMS_SYNTHESIS_TIMEOUT, 60).")
     ] = None,
+    rate_limit: Annotated[
+        str | None,
+        typer.Option(help="Per-client rate limit, e.g. `20/second;600/minute` (env SIMS_RATE_LIMIT; default: off)."),
+    ] = None,
+    limit_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Connections a worker serves at once, 503 above; 0 = unbounded (env SIMS_LIMIT_CONCURRENCY, 256)."
+        ),
+    ] = None,
     cors_origins: Annotated[
         str | None,
         typer.Option(
@@ -60,7 +70,7 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve a bank over HTTP. The admin key comes from SIMS_API_KEY only (never a flag: argv is public)."""
+    """Serve a bank over HTTP. Keys come from SIMS_API_KEY / SIMS_API_KEYS only (never a flag: argv is public)."""
     from retrieval_service.api.server import serve as run
     from retrieval_service.api.settings import Settings
 
@@ -81,5 +91,7 @@ def serve(
         "synthesis_url": synthesis_url,
         "synthesis_timeout": synthesis_timeout,
         "cors_origins": cors_origins,
+        "rate_limit": rate_limit,
+        "limit_concurrency": limit_concurrency,
     }
     run(Settings(**{k: v for k, v in flags.items() if v is not None}))

@@ -4,12 +4,16 @@
         result = client.retrieve(layout, k=5, seed=0)  # layout: (H, W) uint8 label map
         rgba = client.segment_rgba(result.components[0].candidates[0].segment_id, version=result.bank_version)
 
-Errors come back as :class:`ServiceError` carrying the service's status, kind and message.
+Errors come back as :class:`ServiceError` carrying the service's status, kind and message. A 429
+or 503 with ``Retry-After`` (a full synthesis queue, a rate limit, a bank still loading) is asked
+again after that many seconds, at most ``retries`` times and never after a wait longer than
+``max_retry_wait``: then its error is raised like any other.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self, TypedDict, TypeVar, Unpack
@@ -32,6 +36,8 @@ from retrieval_service.http_models import (
 from retrieval_service.types import LAYOUT_FIELDS, Extra, Mode, SynthesizeOptions
 
 M = TypeVar("M", bound=BaseModel)
+#: Statuses whose ``Retry-After`` the client honours.
+RETRY_STATUSES = (429, 503)
 
 
 class SynthesisParameters(TypedDict, total=False):
@@ -76,6 +82,8 @@ class RetrievalClient:
         timeout: seconds per request.
         http: an ``httpx.Client`` to use instead of a new one (e.g. FastAPI's ``TestClient``);
             its base URL is then used and it is not closed by :meth:`close`.
+        retries: times a 429 or 503 with ``Retry-After`` is asked again (0: never).
+        max_retry_wait: the longest ``Retry-After`` waited for, in seconds; a longer one is raised at once.
     """
 
     def __init__(
@@ -85,7 +93,11 @@ class RetrievalClient:
         api_key: str | None = None,
         timeout: float = 30.0,
         http: httpx.Client | None = None,
+        retries: int = 2,
+        max_retry_wait: float = 30.0,
     ) -> None:
+        self.retries = retries
+        self.max_retry_wait = max_retry_wait
         self._owns = http is None
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
         self._headers = {API_KEY_HEADER: api_key} if api_key else {}
@@ -128,7 +140,7 @@ class RetrievalClient:
             data["choose_from"] = str(choose_from)
         if pins:
             data["pins"] = json.dumps({str(c): int(s) for c, s in pins.items()})
-        r = self._http.post("/retrieve", files={"layout": ("layout.png", png, "image/png")}, data=data)
+        r = self._send("POST", "/retrieve", files={"layout": ("layout.png", png, "image/png")}, data=data)
         return self._parse(r, RetrieveResponse)
 
     # Synthesis
@@ -174,12 +186,12 @@ class RetrievalClient:
         data |= {"extras": ",".join(extras), "format": reply_format}
         files = {"layout": ("layout.png", png, "image/png")}
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        return self._http.post("/synthesize", files=files, data=data, **extra)
+        return self._send("POST", "/synthesize", files=files, data=data, **extra)
 
     # Segments
     def segment_png(self, segment_id: int, *, version: str | None = None) -> bytes:
         """The RGBA PNG crop of a segment (alpha = mask)."""
-        r = self._http.get(f"/segments/{int(segment_id)}", params=_version(version))
+        r = self._send("GET", f"/segments/{int(segment_id)}", params=_version(version))
         self._check(r)
         return r.content
 
@@ -191,21 +203,22 @@ class RetrievalClient:
         """Many segments' metadata and RGBA crops in one request (``POST /segments/batch``)."""
         body = {"ids": [int(i) for i in segment_ids]}
         return self._parse(
-            self._http.post("/segments/batch", json=body, params=_version(version)), SegmentBatchResponse
+            self._send("POST", "/segments/batch", json=body, params=_version(version)), SegmentBatchResponse
         )
 
     def segment_meta(self, segment_id: int, *, version: str | None = None) -> SegmentMeta:
         """A segment's row of the bank's segment table."""
-        return self._parse(self._http.get(f"/segments/{int(segment_id)}/meta", params=_version(version)), SegmentMeta)
+        r = self._send("GET", f"/segments/{int(segment_id)}/meta", params=_version(version))
+        return self._parse(r, SegmentMeta)
 
     # Service
     def bank(self) -> BankInfo:
         """The bank version served, its classes, counts and grids."""
-        return self._parse(self._http.get("/bank"), BankInfo)
+        return self._parse(self._send("GET", "/bank"), BankInfo)
 
     def reload(self) -> ReloadResponse:
         """Ask the service to serve the bank's newest published version (needs the API key)."""
-        return self._parse(self._http.post("/admin/reload", headers=self._headers), ReloadResponse)
+        return self._parse(self._send("POST", "/admin/reload", headers=self._headers), ReloadResponse)
 
     def live(self) -> bool:
         """True if the service answers ``/livez``."""
@@ -223,11 +236,22 @@ class RetrievalClient:
 
     def metrics(self) -> str:
         """The Prometheus exposition text."""
-        r = self._http.get("/metrics")
+        r = self._send("GET", "/metrics")
         self._check(r)
         return r.text
 
     # Helpers
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request, asked again after its ``Retry-After`` on 429 and 503 (at most ``retries`` times)."""
+        for _ in range(self.retries):
+            r = self._http.request(method, url, **kwargs)
+            wait = retry_after_seconds(r) if r.status_code in RETRY_STATUSES else None
+            if wait is None or wait > self.max_retry_wait:
+                return r
+            r.close()
+            time.sleep(wait)
+        return self._http.request(method, url, **kwargs)
+
     @staticmethod
     def _check(r: httpx.Response) -> None:
         if r.is_success:
@@ -242,6 +266,14 @@ class RetrievalClient:
     def _parse(self, r: httpx.Response, model: type[M]) -> M:
         self._check(r)
         return model.model_validate_json(r.content)
+
+
+def retry_after_seconds(r: httpx.Response) -> float | None:
+    """The seconds of a response's ``Retry-After`` (None when absent, or an HTTP date: not waited for)."""
+    try:
+        return max(0.0, float(r.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def _version(version: str | None) -> dict[str, str]:

@@ -12,6 +12,7 @@ types, missing segments); only a bug gives a 500. Both apps install the same han
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -69,17 +70,28 @@ _HTTP_KINDS = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    429: "rate_limited",
     503: "unavailable",
 }
 
 
+#: ``<function f at 0x7f...>``: a repr's memory address, which tells a caller nothing and an attacker a little.
+_OBJECT_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def scrub(text: str) -> str:
+    """``text`` without Python object addresses."""
+    return _OBJECT_ADDRESS.sub("", text)
+
+
 def error_body(error: str, message: str, details: list[dict] | None = None) -> dict:
-    """The JSON body of an error response."""
-    return {"error": error, "message": message, "details": details}
+    """The JSON body of an error response (messages scrubbed of object addresses)."""
+    return {"error": error, "message": scrub(message), "details": details}
 
 
 def sims_error_status(exc: SimsError) -> tuple[int, str]:
@@ -101,7 +113,11 @@ def _jsonable_details(errors: list[dict]) -> list[dict]:
     """Validation errors without the raw input (it may be a multi-megabyte upload) or exceptions."""
     out = []
     for e in errors:
-        item = {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        item = {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": scrub(str(e.get("msg", ""))),
+            "type": str(e.get("type", "")),
+        }
         out.append(item)
     return out
 

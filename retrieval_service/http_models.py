@@ -27,6 +27,8 @@ from retrieval_service.types import (
 
 #: Header of the admin key (``POST /admin/reload``).
 API_KEY_HEADER = "X-API-Key"
+#: Header of the seconds a caller of a synthesis worker waits (the worker stops its work by then).
+TIMEOUT_HEADER = "X-SIMS-Timeout"
 
 # Fixed-length arrays are lists with a length, not tuples: OpenAPI 3.1 tools (and older
 # clients) handle `items` + `minItems`/`maxItems` better than JSON Schema's `prefixItems`.

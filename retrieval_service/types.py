@@ -107,6 +107,8 @@ DEFAULT_CANDIDATES = 512
 TopK = Annotated[int, Field(ge=1, le=MAX_K)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 MinArea = Annotated[int, Field(ge=0, le=2**31 - 1)]
+#: A bank image id (an int64 in the index: a larger one is a 422, not an OverflowError).
+ImageId = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Extra = Literal["canvas", "provenance", "segments", "layout", "components"]
 #: Most pins one request may carry, and the largest component index a pin may name.
 MAX_PINS = 1000
@@ -182,7 +184,7 @@ class RetrievalOptions(_Options):
     seed: Seed | None = Field(
         None, description="With a seed, `choice` is a reproducible random pick among the top-k; without, the best."
     )
-    exclude_images: tuple[int, ...] = Field(
+    exclude_images: tuple[ImageId, ...] = Field(
         default_factory=tuple,
         max_length=MAX_EXCLUDE,
         description="Bank image ids whose segments must not be returned.",

@@ -2,8 +2,9 @@
 
 Each package registers its own group under the ``sims.commands`` entry point (see
 pyproject.toml), so this root never imports the packages that build on memory_bank.
-A :class:`~memory_bank.errors.SimsError` prints as one line; set ``SIMS_DEBUG=1`` for the
-traceback.
+No error prints a traceback unless ``SIMS_DEBUG=1``: a :class:`~memory_bank.errors.SimsError` or a
+bad input (an unreadable file, a value of the wrong type) prints one line and exits 2; anything
+else prints one line and exits 1.
 """
 
 from __future__ import annotations
@@ -11,13 +12,28 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
+from typing import Annotated
 
 import typer
 
 from memory_bank.errors import SimsError
 
 ENTRY_POINT_GROUP = "sims.commands"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sims {package_version()}")
+        raise typer.Exit()
+
+
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
+    ] = False,
+) -> None:
+    """SIMS: semi-parametric image synthesis from a memory bank of real photo segments."""
 
 
 def build_app() -> typer.Typer:
@@ -29,9 +45,19 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+    app.callback()(_root)
+
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         app.add_typer(ep.load(), name=ep.name)
     return app
+
+
+def package_version() -> str:
+    """The installed ``sims`` distribution's version (``unknown`` when run from a bare checkout)."""
+    try:
+        return version("sims")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,12 +77,24 @@ def main(argv: list[str] | None = None) -> int:
         command.main(args=argv, prog_name="sims", standalone_mode=True)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except SimsError as e:
+    except (SimsError, OSError, ValueError, TypeError) as e:
+        # Known errors and bad inputs (a missing file, a config value of the wrong type): one line.
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug: still one line, with where to get the traceback
+        if debug:
+            raise
+        print(f"error: {type(e).__name__}: {_one_line(e)} (set SIMS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (OSErrors without one say their errno and file)."""
+    text = str(e) or type(e).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

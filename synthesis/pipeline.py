@@ -6,6 +6,10 @@
 paste, elide: :class:`~synthesis.canvas.builder.CanvasBuilder`); 4. synthesize the photo at the
 layout's resolution.
 
+A :class:`Deadline` passed as ``stop`` is checked between these steps (a cooperative cancel):
+once it is past or cancelled, the pipeline raises :class:`SynthesisStoppedError` before the next step
+instead of running it, so a timed-out request's work really ends within one step.
+
 The network works at its own resolution (``config.json``'s ``resolution``, e.g. 192x256): the
 layout, canvas and missing mask are resized to it exactly as the training data was
 (:func:`~synthesis.canvas.simulate.resize_inputs`). Its output comes back at the layout's size
@@ -20,6 +24,7 @@ is assembled: ``networks.pipeline(builder)``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 
 from memory_bank import Bank, LayoutError
+from memory_bank.errors import TimedOutError
 from retrieval_service.types import Mode
 from synthesis.canvas.builder import Canvas, CanvasBuilder, CanvasOptions, PlacedSegment
 from synthesis.canvas.elision import TEST_ELISION, ElisionConfig
@@ -43,6 +49,37 @@ from synthesis.tensors import image_array, image_tensor, input_tensors, mask_ten
 SEAM_FEATHER = False
 #: Where ``sims worker`` and ``sims synthesize`` look for the synthesis network by default.
 DEFAULT_WEIGHTS = Path("weights/synthesis")
+
+
+class SynthesisStoppedError(TimedOutError):
+    """A synthesis stopped between two steps because its :class:`Deadline` passed or was cancelled (504)."""
+
+
+class Deadline:
+    """A cooperative cancel for one synthesis: its time (``time.monotonic()``) and a cancel flag.
+
+    The pipeline calls :meth:`check` between its steps; the thread that runs the synthesis stops
+    there. Python cannot interrupt a thread, so this is how a timed-out request's work ends.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop at the next check (e.g. the caller gave up or went away)."""
+        self._cancelled.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._cancelled.is_set() or time.monotonic() >= self.at
+
+    def check(self, step: str) -> None:
+        """Raise :class:`SynthesisStoppedError` if the synthesis should not go on to ``step``."""
+        if self.stopped:
+            why = "was cancelled" if self._cancelled.is_set() else f"took longer than {self.seconds:g} s"
+            raise SynthesisStoppedError(f"synthesis {why} (stopped before {step})", kind="synthesis_timeout")
 
 
 @dataclass(frozen=True)
@@ -218,6 +255,7 @@ class SynthesisPipeline:
         elision: ElisionConfig | None = None,
         pins: Mapping[int, int] | None = None,
         candidates: int = 0,
+        stop: Deadline | None = None,
     ) -> SynthesisOutput:
         """Synthesize a photo for an (H, W) uint8 layout at the bank's resolution (255 = unlabelled).
 
@@ -225,14 +263,17 @@ class SynthesisPipeline:
         ``elision``: boundary elision of the canvas (all three default to the builder's options);
         ``pins``: component index -> the bank segment that fills it; ``candidates``: matches per
         component kept in ``output.canvas.retrieval`` (see :class:`~synthesis.canvas.builder.CanvasBuilder`).
-        The same layout, options, seed, pins and bank version give the same image.
+        The same layout, options, seed, pins and bank version give the same image. ``stop`` is
+        checked before each step (:class:`Deadline`).
         """
         start = time.perf_counter()
         timings: dict[str, float] = {}
+        check = stop.check if stop is not None else lambda step: None
         # 1. Check the layout.
         layout = self.builder.check_layout(layout)
         # 2. Refine a coarse layout into a dense one.
         if coarse:
+            check("refine")
             if self.refiner is None:
                 raise LayoutError("coarse=True needs a layout refiner, and this pipeline has none")
             t = time.perf_counter()
@@ -241,10 +282,12 @@ class SynthesisPipeline:
             timings["refine"] = time.perf_counter() - t
         # 3. Canvas: retrieve, align, order, paste, elide.
         builder = self._builder(k, mode, elision)
+        check("retrieve")
         canvas = builder(layout, seed=seed, pins=pins, candidates=candidates)
         timings["retrieve"] = canvas.timings["retrieve"]
         timings["canvas"] = canvas.timings["total"] - canvas.timings["retrieve"]
         # 4. The network, at its resolution; the output at the layout's.
+        check("network")
         t = time.perf_counter()
         generated = self.generator.generate(
             layout, canvas.canvas, canvas.missing, canvas.kept, canvas.provenance, builder.options.elision

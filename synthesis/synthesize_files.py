@@ -136,7 +136,10 @@ def read_layout(
     errors name the file.
     """
     try:
-        png = Path(path).read_bytes()
+        try:
+            png = Path(path).read_bytes()
+        except OSError as e:
+            raise LayoutError(f"cannot read it ({e.strerror or e})") from None
         if unlabelled:
             label = read_label(png)
             if label.max(initial=0) > IGNORE:
@@ -148,15 +151,25 @@ def read_layout(
     return png, resize_label(layout.label, layout.size)
 
 
+#: Suffixes that make ``--out`` an image file (PNG, or JPEG at quality 90) rather than a directory.
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Image suffixes SIMS does not write: refused rather than taken as a directory name.
+UNWRITTEN_SUFFIXES = (".gif", ".webp", ".bmp", ".tif", ".tiff")
+
+
 def output_names(layouts: Sequence[Path], out: Path, seeds: Sequence[int]) -> list[list[Path]]:
     """Where each layout's images go: ``out`` itself for one layout and seed, else
-    ``<out stem>-seed<S>.png`` beside it (one layout), or ``<out>/<layout stem>[-seed<S>].png``."""
+    ``<out stem>-seed<S><suffix>`` beside it (one layout), or ``<out>/<layout stem>[-seed<S>].png``.
+    ``out`` is a file when it ends in one of :data:`OUTPUT_SUFFIXES`."""
     many_seeds = len(seeds) > 1
-    if len(layouts) == 1 and out.suffix.lower() == ".png":
+    if out.suffix.lower() in UNWRITTEN_SUFFIXES:  # surely meant as a file, which would become a directory
+        raise ValueError(f"--out {out}: photos are written as {', '.join(OUTPUT_SUFFIXES)}, not {out.suffix}")
+    is_file = out.suffix.lower() in OUTPUT_SUFFIXES
+    if len(layouts) == 1 and is_file:
         if not many_seeds:
             return [[out]]
-        return [[out.with_name(f"{out.stem}-seed{s}.png") for s in seeds]]
-    if out.suffix.lower() == ".png":
+        return [[out.with_name(f"{out.stem}-seed{s}{out.suffix}") for s in seeds]]
+    if is_file:
         raise ValueError(f"{len(layouts)} layouts need --out to be a directory, not {out}")
     return [[out / (f"{p.stem}-seed{s}.png" if many_seeds else f"{p.stem}.png") for s in seeds] for p in layouts]
 

@@ -61,7 +61,7 @@ def cityscapes(tmp_path: Path) -> Path:
 
 
 def test_cityscapes_reads_pairs_and_maps_label_ids_to_train_ids(cityscapes: Path) -> None:
-    reader = CityscapesReader(cityscapes)
+    reader = CityscapesReader(cityscapes, splits=["train", "val"])
     assert len(reader) == 3
     assert [r.split for r in reader.refs] == ["train", "train", "val"]
     assert [r.image_path.parent.name for r in reader.refs] == ["aachen", "bremen", "frankfurt"]
@@ -136,7 +136,7 @@ def ade(tmp_path: Path) -> Path:
 
 
 def test_ade20k_reads_pairs_and_shifts_ids(ade: Path) -> None:
-    reader = ADE20KReader(ade)
+    reader = ADE20KReader(ade, splits=["training", "validation"])
     assert len(reader) == 3
     assert reader.splits == ("training", "validation")
     assert [r.image_path.name for r in reader.refs] == [
@@ -186,7 +186,7 @@ def test_ade20k_errors(ade: Path, tmp_path_factory: pytest.TempPathFactory) -> N
         ADE20KReader(ade / "missing")
     photo(ade / "images/validation/ADE_val_00000002.jpg")
     with pytest.raises(DatasetError, match="ADE_val_00000002.png"):
-        ADE20KReader(ade)
+        ADE20KReader(ade, splits=["training", "validation"])
     empty = tmp_path_factory.mktemp("ade_empty")
     (empty / "images").mkdir()
     (empty / "annotations").mkdir()
@@ -211,7 +211,7 @@ def cocostuff(tmp_path: Path) -> Path:
 
 
 def test_cocostuff_reads_pairs(cocostuff: Path) -> None:
-    reader = create_reader("cocostuff", cocostuff)
+    reader = create_reader("cocostuff", cocostuff, ["train", "val"])
     assert isinstance(reader, CocoStuffReader)
     assert len(reader) == 3
     assert [(r.image_path.name, r.split) for r in reader.refs] == [
@@ -248,7 +248,7 @@ def test_cocostuff_errors(cocostuff: Path, tmp_path_factory: pytest.TempPathFact
         CocoStuffReader(cocostuff / "missing")
     photo(cocostuff / "val_img/000000000285.jpg")
     with pytest.raises(DatasetError, match="000000000285.png"):
-        CocoStuffReader(cocostuff)
+        CocoStuffReader(cocostuff, splits=["train", "val"])
     empty = tmp_path_factory.mktemp("coco_empty")
     for d in ("train_img", "train_label", "val_img", "val_label"):
         (empty / d).mkdir()
@@ -258,7 +258,7 @@ def test_cocostuff_errors(cocostuff: Path, tmp_path_factory: pytest.TempPathFact
     (cocostuff / "val_label/000000000139.png").unlink()
     (cocostuff / "val_label").rmdir()
     with pytest.raises(DatasetError, match="missing label directory .*val_label"):
-        CocoStuffReader(cocostuff)
+        CocoStuffReader(cocostuff, splits=["train", "val"])
 
 
 # --- Generic folder --------------------------------------------------------------------------------
@@ -305,8 +305,9 @@ def test_folder_with_classes_csv_and_split_dirs(tmp_path: Path) -> None:
     photo(tmp_path / "images/val/z.jpg")
     label(tmp_path / "labels/val/z.png", stripes(0, 1))
     (tmp_path / "classes.csv").write_text("id,name,r,g,b\n0,sky,70,130,180\n1,tree,107,142,35\n")
-    reader = FolderReader(tmp_path)
+    reader = FolderReader(tmp_path, splits=["train", "val"])
     assert reader.splits == ("train", "val")
+    assert FolderReader(tmp_path).splits == ("train",)  # val only when asked for
     assert [(r.image_path.name, r.split) for r in reader.refs] == [
         ("a.png", "train"),
         ("b.jpg", "train"),
@@ -385,7 +386,7 @@ def test_camvid(tmp_path: Path) -> None:
     label(tmp_path / "trainannot/x.png", stripes(0, 3, 10, 11))
     photo(tmp_path / "val/y.png", seed=1)
     label(tmp_path / "valannot/y.png", stripes(8, 12))
-    reader = create_reader("camvid", tmp_path)
+    reader = create_reader("camvid", tmp_path, ["train", "val"])
     assert isinstance(reader, CamVidReader)
     assert len(reader) == 2
     sample = reader.load(reader.refs[0])

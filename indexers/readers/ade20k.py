@@ -83,7 +83,7 @@ class ADE20KReader(DatasetReader):
 
     name = "ade20k"
     classes = ADE20K_CLASSES
-    default_splits = ("training", "validation")
+    default_splits = ("training",)
     lut = _ade20k_lut()
 
     def find_pairs(self) -> list[SampleRef]:

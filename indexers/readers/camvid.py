@@ -28,7 +28,7 @@ class CamVidReader(DatasetReader):
 
     name = "camvid"
     classes = CAMVID_CLASSES
-    default_splits = ("train", "val")
+    default_splits = ("train",)
     lut = identity_lut(11, ignore=(11, 255))
 
     def find_pairs(self) -> list[SampleRef]:

@@ -111,7 +111,7 @@ class CityscapesReader(DatasetReader):
 
     name = "cityscapes"
     classes = CITYSCAPES_CLASSES
-    default_splits = ("train", "val")
+    default_splits = ("train",)
     lut = _cityscapes_lut()
 
     def find_pairs(self) -> list[SampleRef]:

@@ -46,7 +46,7 @@ class CocoStuffReader(DatasetReader):
 
     name = "cocostuff"
     classes = COCOSTUFF_CLASSES
-    default_splits = ("train", "val")
+    default_splits = ("train",)
     lut = identity_lut(len(COCOSTUFF_NAMES), ignore=(255,))
 
     def find_pairs(self) -> list[SampleRef]:

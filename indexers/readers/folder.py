@@ -22,7 +22,8 @@ class FolderReader(DatasetReader):
     Photos (``.png``, ``.jpg``, ``.jpeg``) pair with ``labels/<stem>.png``, whose values are
     class ids ``0..C-1`` or an ignore value. If ``images/`` holds split folders
     (``images/train/``, ``labels/train/``, ...) each is a split; the default split ``"all"``
-    then means every split folder. Otherwise ``images/`` is read flat as the split ``"all"``.
+    then means ``train`` if there is one (val is indexed only when asked for), else every split
+    folder. Otherwise ``images/`` is read flat as the split ``"all"``.
 
     The class table comes from ``classes.json`` (preferred) or ``classes.csv``:
 
@@ -52,7 +53,8 @@ class FolderReader(DatasetReader):
         if not split_dirs and self.splits == ("all",):
             return _pair_stems(images, labels, "all")
         if self.splits == ("all",):
-            self.splits = tuple(split_dirs)
+            # Like the other readers, a bank indexes the training photos unless asked for more.
+            self.splits = ("train",) if "train" in split_dirs else tuple(split_dirs)
         refs: list[SampleRef] = []
         for split in self.splits:
             refs += _pair_stems(images / split, labels / split, split)

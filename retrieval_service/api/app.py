@@ -17,7 +17,7 @@ from anyio import CapacityLimiter
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from retrieval_service.api.limits import BodySizeLimitMiddleware
+from retrieval_service.api.limits import BodyLimitsMiddleware, RateLimitMiddleware
 from retrieval_service.api.metrics import MetricsMiddleware, ServiceMetrics
 from retrieval_service.api.pages import install_offline_docs, install_studio
 from retrieval_service.api.routes import admin, bank, health, images, retrieve, segments, synthesize
@@ -93,8 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.holder = holder
     install_error_handlers(app)
-    # Added last = outermost: metrics also see the 413s the size limit answers itself.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # Added last = outermost: metrics also see the 413s and 429s the limits answer themselves.
+    app.add_middleware(BodyLimitsMiddleware, max_bytes=settings.max_upload_bytes, chunk_timeout=settings.body_timeout)
+    if settings.rate_limit:
+        # Outside the body limits: a client over its rate is refused before any of its body is read.
+        app.add_middleware(RateLimitMiddleware, rate=settings.rate_limit, storage_uri=settings.rate_limit_storage)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origin_list:
         # Outermost, so that every answer, the size limit's 413 included, carries the CORS headers.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Annotated
 
 from anyio import CapacityLimiter
@@ -11,14 +12,21 @@ from fastapi.security import APIKeyHeader
 
 from memory_bank.errors import UnavailableError
 from retrieval_service.api.metrics import ServiceMetrics
-from retrieval_service.api.settings import Settings
+from retrieval_service.api.settings import RouteClass, Settings
 from retrieval_service.api.state import BankHolder, BankState
 from retrieval_service.http_errors import ApiError
 from retrieval_service.http_models import API_KEY_HEADER
 
 _api_key_header = APIKeyHeader(
-    name=API_KEY_HEADER, auto_error=False, description="Admin key, from the service's SIMS_API_KEY."
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="Key of a route class (SIMS_API_KEYS; admin also SIMS_API_KEY): needed by /admin/* and, when the "
+    "service configures keys for them, by /synthesize and mode=full retrieval.",
 )
+
+
+#: The X-API-Key header, if sent (documented in the spec as the ``APIKeyHeader`` scheme).
+ApiKeyDep = Annotated[str | None, Security(_api_key_header)]
 
 
 def get_settings(request: Request) -> Settings:
@@ -46,19 +54,36 @@ def current_state(holder: Annotated[BankHolder, Depends(get_holder)]) -> BankSta
     return holder.require()
 
 
-def require_api_key(
-    settings: Annotated[Settings, Depends(get_settings)],
-    key: Annotated[str | None, Security(_api_key_header)],
-) -> None:
-    """401 without a key, 403 with a wrong one, 403 when the service has no key configured."""
-    if settings.api_key is None or not settings.api_key.get_secret_value():
-        raise ApiError(403, "admin_disabled", "the admin API is disabled: the service has no SIMS_API_KEY")
+def check_route_key(settings: Settings, route_class: RouteClass, key: str | None) -> None:
+    """Let the request through if ``route_class`` needs no key or ``key`` is one of its keys.
+
+    401 without a key, 403 with a wrong one; the admin class without any key configured is disabled (403).
+    """
+    keys = settings.route_keys(route_class)
+    if not keys:
+        if route_class == "admin":
+            raise ApiError(403, "admin_disabled", "the admin API is disabled: the service has no SIMS_API_KEY")
+        return
     if not key:
         raise ApiError(
-            401, "unauthorized", f"missing {API_KEY_HEADER} header", headers={"WWW-Authenticate": API_KEY_HEADER}
+            401,
+            "unauthorized",
+            f"missing {API_KEY_HEADER} header ({route_class} needs a key)",
+            headers={"WWW-Authenticate": API_KEY_HEADER},
         )
-    if not secrets.compare_digest(key.encode(), settings.api_key.get_secret_value().encode()):
-        raise ApiError(403, "forbidden", f"wrong {API_KEY_HEADER}")
+    # Compare with every key (no early exit), in constant time per key.
+    matches = [secrets.compare_digest(key.encode(), k.encode()) for k in sorted(keys)]
+    if not any(matches):
+        raise ApiError(403, "forbidden", f"wrong {API_KEY_HEADER} for {route_class}")
+
+
+def route_key_dependency(route_class: RouteClass) -> Callable[..., None]:
+    """A dependency that checks the key of ``route_class`` (see :func:`check_route_key`)."""
+
+    def require(settings: Annotated[Settings, Depends(get_settings)], key: ApiKeyDep) -> None:
+        check_route_key(settings, route_class, key)
+
+    return require
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -66,4 +91,5 @@ HolderDep = Annotated[BankHolder, Depends(get_holder)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 LimiterDep = Annotated[CapacityLimiter | None, Depends(get_limiter)]
 StateDep = Annotated[BankState, Depends(current_state)]
-AdminDep = Annotated[None, Depends(require_api_key)]
+AdminDep = Annotated[None, Depends(route_key_dependency("admin"))]
+SynthesizeKeyDep = Annotated[None, Depends(route_key_dependency("synthesize"))]

@@ -1,13 +1,27 @@
-"""Request body size limit, enforced while the body streams in (not after it is buffered)."""
+"""Admission limits of the service: request body size and read time, and a per-client rate limit.
+
+The body limits hold while the body streams in (not after it is buffered); the rate limit answers
+before any of the request is read. Connection-level limits (concurrency, idle and header timeouts)
+belong to the HTTP server: see :mod:`retrieval_service.api.server`.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import time
 
+import anyio
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval_service.http_errors import error_body
+
+#: Paths the rate limit never counts: probes and scrapes must get through a busy service.
+RATE_LIMIT_EXEMPT = frozenset({"/livez", "/readyz", "/metrics"})
 
 
 class BodyTooLarge(HTTPException):
@@ -17,13 +31,23 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body is larger than the limit of {limit} bytes")
 
 
-class BodySizeLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` with 413: at once from ``Content-Length`` when the
-    client sends one, otherwise as soon as the streamed body passes the limit."""
+class BodyTimedOut(HTTPException):
+    """The client stopped sending its body (answered 408)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"the request body did not arrive: nothing received for {seconds:g} s")
+
+
+class BodyLimitsMiddleware:
+    """Refuses bodies over ``max_bytes`` with 413: at once from ``Content-Length`` when the
+    client sends one, otherwise as soon as the streamed body passes the limit. A body whose next
+    chunk takes more than ``chunk_timeout`` seconds is answered 408 (a slow client holds no slot
+    for ever)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, chunk_timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.chunk_timeout = chunk_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,15 +64,24 @@ class BodySizeLimitMiddleware:
                 await _reply(send, 413, "payload_too_large", BodyTooLarge(self.max_bytes).detail)
                 return
         received = 0
+        body_done = False
         started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # e.g. waiting for http.disconnect while streaming a response: no deadline
+                return await receive()
+            with anyio.move_on_after(self.chunk_timeout) as scope_:
+                message = await receive()
+            if scope_.cancelled_caught:
+                raise BodyTimedOut(self.chunk_timeout)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -59,15 +92,46 @@ class BodySizeLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge as e:
+        except (BodyTooLarge, BodyTimedOut) as e:
             # Raised where no handler caught it (e.g. while a form was being parsed).
             if started:
                 raise
-            await _reply(send, 413, "payload_too_large", e.detail)
+            kind = "payload_too_large" if isinstance(e, BodyTooLarge) else "request_timeout"
+            await _reply(send, e.status_code, kind, e.detail)
 
 
-async def _reply(send: Send, status: int, error: str, message: str) -> None:
+class RateLimitMiddleware:
+    """A per-client rate limit (client = the peer address, as uvicorn's proxy headers set it):
+    above any of ``rate``'s limits a request is answered 429 with ``Retry-After``.
+
+    ``rate`` is in the ``limits`` notation (``"20/second;600/minute"``); the moving window counts
+    the last full window, so a burst cannot double the rate at a window edge. Counters live in
+    ``storage_uri`` (``memory://``: per process).
+    """
+
+    def __init__(self, app: ASGIApp, rate: str, storage_uri: str = "memory://") -> None:
+        self.app = app
+        self.items: list[RateLimitItem] = parse_many(rate)
+        self.limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in RATE_LIMIT_EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("unknown", 0))[0]
+        for item in self.items:
+            if not self.limiter.hit(item, "sims", client):
+                reset = self.limiter.get_window_stats(item, "sims", client).reset_time
+                retry_after = max(1, math.ceil(reset - time.time()))
+                message = f"rate limit of {item} per client exceeded; retry in {retry_after} s"
+                await _reply(send, 429, "rate_limited", message, {"retry-after": str(retry_after)})
+                return
+        await self.app(scope, receive, send)
+
+
+async def _reply(send: Send, status: int, error: str, message: str, extra: dict[str, str] | None = None) -> None:
     body = json.dumps(error_body(error, message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -19,6 +19,10 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+#: Methods counted by name; any other (a client can send any token) is counted as ``other``, and any
+#: path no route matches as ``unmatched``, so the number of series stays bounded.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class ServiceMetrics:
     """The service's counters, gauges and histograms."""
@@ -61,7 +65,7 @@ class ServiceMetrics:
 
 
 class MetricsMiddleware:
-    """Counts and times every HTTP request by route template (not raw path, to bound label values)."""
+    """Counts and times every HTTP request by route template and known method (bounded label values)."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
@@ -87,5 +91,6 @@ class MetricsMiddleware:
             self.metrics.in_flight.dec()
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], name, str(status)).inc()
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.requests.labels(method, name, str(status)).inc()
             self.metrics.latency.labels(name).observe(time.perf_counter() - start)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from memory_bank.png import png_from_base64
@@ -92,6 +92,7 @@ async def read_layout_request(
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "invalid_request", "multipart body needs a file field named 'layout' (the PNG)")
         names = (*fields, *LAYOUT_FIELDS)
+        _reject_unknown_fields(form, {*names, *list_fields})
         values: dict[str, Any] = {k: v for k in names if isinstance(v := form.get(k), str) and v.strip()}
         for name, parse in list_fields.items():
             text = form.get(name)
@@ -107,6 +108,20 @@ async def read_layout_request(
         "unsupported_media_type",
         f"send the layout as application/json or multipart/form-data, not {content_type or 'no content type'}",
     )
+
+
+def _reject_unknown_fields(form: FormData, option_names: set[str]) -> None:
+    """A misspelled or unknown multipart field is a 422, as an unknown JSON key is (``extra_forbidden``).
+
+    (A second file is already a 400: the form is parsed with ``max_files=1``.)
+    """
+    problems = [
+        {"loc": ("form", name), "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
+        for name in dict.fromkeys(form.keys())
+        if name != "layout" and name not in option_names
+    ]
+    if problems:
+        raise RequestValidationError(problems)
 
 
 def _split(options_model: type[OptionsT], values: dict[str, Any]) -> tuple[OptionsT, LayoutFields]:

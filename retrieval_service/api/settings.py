@@ -9,24 +9,80 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
-from pydantic import Field, SecretStr
+import limits
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SIMS_"
+
+#: The route classes a key can open: what costs seconds of CPU, and what changes the service.
+RouteClass = Literal["synthesize", "full", "admin"]
+ROUTE_CLASSES: tuple[RouteClass, ...] = get_args(RouteClass)
+
+
+def parse_route_keys(text: str) -> dict[RouteClass, frozenset[str]]:
+    """``"synthesize:k1,*:k2"`` -> the keys of each route class (``*`` = every class); ValueError if malformed."""
+    keys: dict[RouteClass, set[str]] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        route_class, sep, key = entry.partition(":")
+        if not sep or not key or route_class not in (*ROUTE_CLASSES, "*"):
+            raise ValueError(
+                # The entry itself is not quoted: it may be a key.
+                f"SIMS_API_KEYS entries are class:key with class one of {', '.join(ROUTE_CLASSES)} or *"
+            )
+        for c in ROUTE_CLASSES if route_class == "*" else (route_class,):
+            keys.setdefault(c, set()).add(key)
+    return {c: frozenset(k) for c, k in keys.items()}
 
 
 class Settings(BaseSettings):
     """Everything the retrieval service can be configured with (env ``SIMS_<NAME>``)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # hide_input_in_errors: a malformed key setting must not print the keys.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True)
 
     bank: Path | None = Field(None, description="Bank root directory to serve (its CURRENT version).")
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
     workers: int = Field(1, ge=1, description="uvicorn worker processes; each holds its own copy of the index.")
     api_key: SecretStr | None = Field(
-        None, description="Key required in X-API-Key by /admin/*; without one the admin API is disabled."
+        None,
+        description="Key required in X-API-Key by /admin/* (as an `admin:` entry of api_keys); without an admin "
+        "key the admin API is disabled.",
+    )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Keys per route class, comma-separated `class:key` entries; classes `synthesize` (/synthesize), "
+        "`full` (mode=full retrieval), `admin` (/admin/*) and `*` (all three), e.g. `synthesize:k1,full:k1,admin:k2`. "
+        "A class with a key needs one in X-API-Key; one without stays open (admin: disabled). Other retrieval is "
+        "always open.",
+    )
+    rate_limit: str | None = Field(
+        None,
+        description="Per-client rate limit of the API (not /livez, /readyz, /metrics), in the `limits` notation, "
+        "e.g. `20/second;600/minute`; unset = off. 429 with Retry-After above it.",
+    )
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="Where the rate-limit counters live: `memory://` (per worker process) or a shared store such "
+        "as `redis://host:6379`.",
+    )
+    limit_concurrency: int = Field(
+        256,
+        ge=0,
+        description="Connections (and requests) a worker process serves at once; above it uvicorn answers 503 "
+        "(0 = unbounded).",
+    )
+    timeout_keep_alive: float = Field(5.0, gt=0.0, description="Seconds an idle keep-alive connection stays open.")
+    header_timeout: float = Field(
+        10.0, gt=0.0, description="Seconds a connection may take to send a complete request head (then closed)."
+    )
+    body_timeout: float = Field(
+        30.0, gt=0.0, description="Seconds the service waits for each chunk of a request body (then 408)."
     )
     watch_interval: float = Field(
         0.0, ge=0.0, description="Poll the bank's CURRENT every this many seconds and reload on change (0 = off)."
@@ -76,6 +132,28 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         """The configured CORS origins (without trailing slashes); empty = CORS off."""
         return [o.strip().rstrip("/") for o in (self.cors_origins or "").split(",") if o.strip()]
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_route_keys(value.get_secret_value())  # fail at startup, not on the first request
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str | None) -> str | None:
+        if value:
+            limits.parse_many(value)  # a ValueError names what it could not parse
+        return value or None
+
+    def route_keys(self, route_class: RouteClass) -> frozenset[str]:
+        """The keys that open ``route_class`` (empty: none configured)."""
+        keys = parse_route_keys(self.api_keys.get_secret_value()) if self.api_keys else {}
+        found = keys.get(route_class, frozenset())
+        if route_class == "admin" and self.api_key is not None and self.api_key.get_secret_value():
+            found |= {self.api_key.get_secret_value()}
+        return found
 
     @property
     def retrieve_concurrency(self) -> int:

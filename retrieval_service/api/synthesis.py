@@ -8,7 +8,10 @@ never the reverse. So the service knows synthesis only through the small
   comma-separated ``SIMS_SYNTHESIS_URL``, trying them in turn (round robin): a worker that refuses
   the connection or answers 503 passes the request on to the next; when none is up the answer is
   503 ``synthesis_unavailable``; a worker that does not answer within ``SIMS_SYNTHESIS_TIMEOUT``
-  gives 504 ``synthesis_timeout``.
+  gives 504 ``synthesis_timeout``. The timeout goes to the worker as ``X-SIMS-Timeout``, so its
+  work stops by then too. A worker whose slots and queue are full answers 503 ``synthesis_busy``
+  with ``Retry-After``: the next worker is tried, and when all are busy the caller gets 503
+  ``synthesis_busy`` with the soonest ``Retry-After``.
 - a plugin named by ``SIMS_SYNTHESIS_BACKEND`` and loaded from the ``sims.synthesis_backends``
   entry point group: ``in_process`` (``synthesis.worker.backend:create_backend``) runs the
   pipeline inside the service on its own bank and engine, with no HTTP hop
@@ -23,6 +26,7 @@ from __future__ import annotations
 import base64
 import itertools
 import logging
+import math
 from importlib.metadata import entry_points
 
 import httpx
@@ -30,7 +34,8 @@ import httpx
 from memory_bank.errors import TimedOutError, UnavailableError, UpstreamError
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankHolder
-from retrieval_service.http_models import SynthesizeRequest
+from retrieval_service.client import retry_after_seconds
+from retrieval_service.http_models import TIMEOUT_HEADER, SynthesizeRequest
 from retrieval_service.types import BackendFactory, SynthesisBackend, SynthesisReply, SynthesizeOptions
 
 log = logging.getLogger(__name__)
@@ -97,11 +102,13 @@ class HttpSynthesisBackend:
             **options.model_dump(), layout_png=base64.b64encode(layout_png).decode("ascii")
         ).model_dump_json()
         first = next(self._turn) % len(self.urls)
+        headers = {"content-type": "application/json", TIMEOUT_HEADER: f"{self.timeout:g}"}
         down: list[str] = []
+        busy: list[int] = []  # the Retry-After of each busy worker
         for i in range(len(self.urls)):
             url = self.urls[(first + i) % len(self.urls)]
             try:
-                r = await client.post(f"{url}/synthesize", content=body, headers={"content-type": "application/json"})
+                r = await client.post(f"{url}/synthesize", content=body, headers=headers)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
                 down.append(f"{url}: {type(e).__name__}")
                 continue
@@ -113,6 +120,8 @@ class HttpSynthesisBackend:
                 down.append(f"{url}: {type(e).__name__}: {e}")
                 continue
             if r.status_code == 503:
+                if _kind(r) == "synthesis_busy":
+                    busy.append(max(1, math.ceil(retry_after_seconds(r) or 1)))
                 down.append(f"{url}: not ready ({_message(r)})")
                 continue
             if r.is_success:
@@ -121,6 +130,10 @@ class HttpSynthesisBackend:
             if r.status_code < 500 or r.status_code == 504:  # the caller's error, or a timeout: passed on
                 raise UpstreamError(_message(r), kind=_kind(r), status=r.status_code)
             raise UpstreamError(f"the synthesis worker at {url} failed: {_message(r)}", kind="synthesis_failed")
+        if len(busy) == len(self.urls):
+            raise UnavailableError(
+                f"every synthesis worker is busy ({'; '.join(down)})", kind="synthesis_busy", retry_after=min(busy)
+            )
         log.warning("no synthesis worker is up: %s", "; ".join(down))
         raise UnavailableError(
             f"no synthesis worker is up ({'; '.join(down)})", kind="synthesis_unavailable", retry_after=1

@@ -45,7 +45,9 @@ def evaluate(
     ] = None,
     dataset: Annotated[str, typer.Option(help="Dataset reader for --root.")] = "camvid",
     split: Annotated[str, typer.Option(help="Split for --root.")] = "val",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path("docs/eval"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory (outputs/ is git-ignored).")] = Path(
+        "outputs/eval"
+    ),
     paste: Annotated[
         str | None,
         typer.Option(

@@ -13,7 +13,12 @@ app = typer.Typer(help="Synthesize photos from layout PNGs (against a service, o
 
 
 def _ints(text: str | None) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()] if text else []
+    try:
+        return [int(v) for v in text.split(",") if v.strip()] if text else []
+    except ValueError:
+        raise typer.BadParameter(
+            f"--unlabelled takes comma-separated integers such as 11 or 0,11, not {text!r}"
+        ) from None
 
 
 @app.callback(invoke_without_command=True)

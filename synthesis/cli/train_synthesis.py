@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from memory_bank.errors import SimsError
 from synthesis.cli.train_options import (
     BatchSizeOpt,
     ExportOpt,
@@ -71,3 +72,22 @@ def synthesis(
         )
         result = train_synthesis(cfg, out, resume=resume, progress=progress, time_limit_minutes=time_limit_minutes)
     echo_result(result, out, export)
+
+
+@app.command("fetch-vgg")
+def fetch_vgg(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to keep the weights file.")] = Path(".sims/vgg"),
+) -> None:
+    """Download torchvision's ImageNet VGG-19 (548 MB, the SIMS paper's loss network) and print its path."""
+    from synthesis.networks.vgg import fetch_imagenet_vgg19
+
+    with one_line_errors():
+        try:
+            path = fetch_imagenet_vgg19(directory)
+        except OSError as e:  # urllib's errors are OSErrors: offline, proxy, disk full
+            raise SimsError(f"cannot download the VGG-19 weights: {e}") from e
+    typer.echo(str(path))
+    typer.echo(
+        f'use it: --vgg-weights {path} (or {VGG_ENV}), with "vgg": {{"arch": "vgg19", "convention": "imagenet"}} '
+        "in the run config"
+    )

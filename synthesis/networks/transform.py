@@ -621,7 +621,9 @@ class TransformAligner:
         for t, p, m in zip(targets, pixels, masks, strict=True):
             _check(layout, t, p, m)
         out: list[tuple[np.ndarray, np.ndarray]] = [(p, m) for p, m in zip(pixels, masks, strict=True)]
-        self.last_batch = [None] * len(masks)
+        # A list of this call's own: concurrent syntheses share the aligner (a 500 under load otherwise).
+        batch: list[Alignment | None] = [None] * len(masks)
+        self.last_batch = batch
         active = [i for i in range(len(masks)) if masks[i].any() and targets[i].any()]
         if not active:
             return out
@@ -643,9 +645,7 @@ class TransformAligner:
             after = box_iou(new_mask, new_box, targets[i], target_boxes[j])
             fell_back = self.fallback and after < before
             self.fallbacks += int(fell_back)
-            self.last = self.last_batch[i] = Alignment(
-                before, after, fell_back, tuple(float(v) for v in thetas[j].ravel())
-            )
+            self.last = batch[i] = Alignment(before, after, fell_back, tuple(float(v) for v in thetas[j].ravel()))
             if not fell_back:
                 out[i] = (new_pixels, new_mask)
         return out

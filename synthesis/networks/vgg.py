@@ -32,6 +32,12 @@ WIDTHS = (64, 128, 256, 512, 512)
 
 #: torchvision's URL of the ImageNet VGG-19 weights (the SIMS paper's choice); see :func:`fetch_imagenet_vgg19`.
 VGG19_IMAGENET_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+#: What to tell a user who has no VGG weights: the one command that fetches them, and how to use them.
+VGG_HOW_TO = (
+    "get torchvision's ImageNet VGG-19 with `sims train fetch-vgg` (downloads 548 MB), then pass the path it "
+    'prints as --vgg-weights (or SIMS_VGG_WEIGHTS) with "vgg": {"arch": "vgg19", "convention": "imagenet"} '
+    "in the config"
+)
 
 
 def conv_feature_indices(arch: Arch) -> dict[str, int]:
@@ -241,11 +247,12 @@ def load_vgg(spec: VggSpec, layers: Iterable[str]) -> tuple[VggFeatures, VggIden
     """Build a frozen :class:`VggFeatures` from the state dict at ``spec.path`` and say which it is."""
     if not spec.path:
         raise ValueError(
-            "no VGG weights configured: set vgg.path in the config (or pass --vgg-weights / SIMS_VGG_WEIGHTS)"
+            "no VGG weights configured: set vgg.path in the config (or pass --vgg-weights / SIMS_VGG_WEIGHTS); "
+            + VGG_HOW_TO
         )
     path = Path(spec.path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"VGG weights not found: {path}")
+        raise FileNotFoundError(f"VGG weights not found: {path}; {VGG_HOW_TO}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")

@@ -35,6 +35,7 @@ from pathlib import Path
 from memory_bank import Bank, open_bank
 from synthesis.configs import ConfigError, JsonConfig, load_config_file
 from synthesis.model_directory import CONFIG_FILE, export_float16
+from synthesis.networks.vgg import VGG_HOW_TO
 from synthesis.training.layout_refiner import LayoutRefinerRunConfig
 from synthesis.training.ordering import OrderingRunConfig
 from synthesis.training.registry import BANK_TRAINERS
@@ -119,7 +120,9 @@ class Chain:
             **{"vgg.path": vgg_weights},
         )
         if synthesis.vgg.path is None:
-            raise ConfigError("synthesis needs the VGG of its loss: pass --vgg-weights or set SIMS_VGG_WEIGHTS")
+            raise ConfigError(
+                f"synthesis needs the VGG of its loss: pass --vgg-weights or set SIMS_VGG_WEIGHTS; {VGG_HOW_TO}"
+            )
         # A run config with a model section takes the bank's class count (the segmenter's classes are the bank's).
         networks: dict[str, JsonConfig] = {}
         for spec in BANK_TRAINERS.values():

@@ -3,7 +3,10 @@
 Internal API, called by the retrieval service's ``POST /synthesize``:
 
 - ``POST /synthesize``: JSON :class:`~retrieval_service.http_models.SynthesizeRequest` in; the
-  PNG, JSON or multipart reply of :mod:`synthesis.worker.reply` out.
+  PNG, JSON or multipart reply of :mod:`synthesis.worker.reply` out. Admitted by a
+  :class:`~synthesis.worker.runtime.SynthesisSlots` (503 ``synthesis_busy`` with ``Retry-After``
+  when every slot and the queue are taken); the deadline is the worker's ``timeout``, or the
+  caller's ``X-SIMS-Timeout`` when shorter.
 - ``GET /livez``: the process answers. ``GET /readyz``: 200 once the networks are loaded and the
   retrieval service has described its bank; 503 (with the reason) before.
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 import httpx
 import torch
-from anyio import CapacityLimiter, to_thread
+from anyio import to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -34,11 +37,11 @@ from memory_bank.errors import TimedOutError, UnavailableError, UpstreamError
 from memory_bank.png import LayoutSpec, png_from_base64
 from retrieval_service.client import RetrievalClient, ServiceError
 from retrieval_service.http_errors import install_error_handlers
-from retrieval_service.http_models import Liveness, Readiness, SynthesizeRequest
+from retrieval_service.http_models import TIMEOUT_HEADER, Liveness, Readiness, SynthesizeRequest
 from retrieval_service.types import SynthesizeOptions
 from synthesis.pipeline import Networks, SynthesisPipeline
 from synthesis.remote import layout_spec, remote_builder
-from synthesis.worker.runtime import load_networks, synthesize_reply
+from synthesis.worker.runtime import SynthesisSlots, load_networks, synthesize_reply
 from synthesis.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,7 @@ def create_worker_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        app.state.limiter = CapacityLimiter(settings.concurrency)
+        app.state.slots = SynthesisSlots(settings.concurrency, settings.queue)
         service = client or RetrievalClient(settings.service_url, timeout=settings.service_timeout)
         task = asyncio.create_task(_prepare(state, settings, service, networks))
         try:
@@ -85,6 +88,7 @@ def create_worker_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+            app.state.slots.close()
             if client is None:
                 service.close()
 
@@ -113,6 +117,7 @@ def create_worker_app(
         if pipeline is None or spec is None:
             why = state.error or "the worker is still starting"
             raise UnavailableError(why, kind="worker_not_ready", retry_after=1)
+        request.app.state.slots.check_capacity()  # shed before the body is parsed
         try:
             req = SynthesizeRequest.model_validate_json(await request.body())
         except ValidationError as e:
@@ -120,8 +125,8 @@ def create_worker_app(
         options = SynthesizeOptions.model_validate(req.model_dump(exclude={"layout_png"}))
         png = png_from_base64(req.layout_png)
         try:
-            reply = await to_thread.run_sync(
-                synthesize_reply, pipeline, png, options, spec, limiter=request.app.state.limiter
+            reply = await request.app.state.slots.run(
+                synthesize_reply, pipeline, png, options, spec, timeout=_timeout(request, settings.timeout)
             )
         except ServiceError as e:
             # The retrieval service refused: its 4xx (and 503, 504) are passed on, its other failures are a 502.
@@ -133,6 +138,15 @@ def create_worker_app(
         return Response(reply.content, media_type=reply.media_type, headers=reply.headers)
 
     return app
+
+
+def _timeout(request: Request, default: float) -> float:
+    """The worker's timeout, or the caller's (``X-SIMS-Timeout``) when that is shorter and valid."""
+    try:
+        asked = float(request.headers.get(TIMEOUT_HEADER, "inf"))
+    except ValueError:
+        return default
+    return min(default, asked) if asked > 0 else default
 
 
 async def _prepare(

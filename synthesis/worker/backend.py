@@ -6,7 +6,9 @@
 :mod:`retrieval_service.types`). Retrieval goes straight to the service's engine and segments are
 read from its bank through a per-version :class:`~synthesis.canvas.segment_cache.CachedSegments`:
 no HTTP hop. Replies are made by the same :func:`~synthesis.worker.runtime.synthesize_reply` as the
-HTTP worker's.
+HTTP worker's, admitted by the same :class:`~synthesis.worker.runtime.SynthesisSlots` (503 with
+``Retry-After`` when full; a 504 after the service's ``synthesis_timeout``, the work stopping at
+the next pipeline step).
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from anyio import CapacityLimiter, fail_after, to_thread
+from anyio import to_thread
 
-from memory_bank.errors import TimedOutError, UnavailableError
+from memory_bank.errors import UnavailableError
 from memory_bank.png import LayoutSpec
 from retrieval_service.types import BackendSettings, BankSource, ServedBank, SynthesisReply, SynthesizeOptions
 from synthesis.canvas.builder import CanvasBuilder
 from synthesis.pipeline import Networks, SynthesisPipeline
-from synthesis.worker.runtime import load_networks, synthesize_reply
+from synthesis.worker.runtime import SynthesisSlots, load_networks, synthesize_reply
 from synthesis.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class InProcessBackend:
         self.timeout = timeout
         self.networks = networks
         self._pipeline: tuple[str, SynthesisPipeline] | None = None
-        self._limiter = CapacityLimiter(worker.concurrency)
+        self.slots = SynthesisSlots(worker.concurrency, worker.queue)
 
     async def start(self) -> None:
         if self.networks is None:
@@ -59,6 +61,7 @@ class InProcessBackend:
 
     async def close(self) -> None:
         self._pipeline = None
+        self.slots.close()
 
     def pipeline_for(self, served: ServedBank) -> SynthesisPipeline:
         """The pipeline over a bank version's engine and segments (built once per version)."""
@@ -71,25 +74,23 @@ class InProcessBackend:
         self._pipeline = (served.version, pipeline)
         return pipeline
 
+    def check_capacity(self) -> None:
+        """503 ``synthesis_busy`` now when every slot and the queue are taken (the route sheds before reading)."""
+        self.slots.check_capacity()
+
     async def synthesize(self, layout_png: bytes, options: SynthesizeOptions) -> SynthesisReply:
         if self.bank is None:
             raise UnavailableError("no bank configured: pass --bank or set SIMS_BANK", kind="not_ready")
         served = self.bank.require()
         pipeline = self.pipeline_for(served)
-        try:
-            with fail_after(self.timeout):
-                # Abandoned on timeout: the thread finishes its work, the client gets its 504 now.
-                return await to_thread.run_sync(
-                    synthesize_reply,
-                    pipeline,
-                    layout_png,
-                    options,
-                    LayoutSpec.from_manifest(served.bank.manifest),
-                    limiter=self._limiter,
-                    abandon_on_cancel=True,
-                )
-        except TimeoutError:
-            raise TimedOutError(f"synthesis took longer than {self.timeout:g} s", kind="synthesis_timeout") from None
+        return await self.slots.run(
+            synthesize_reply,
+            pipeline,
+            layout_png,
+            options,
+            LayoutSpec.from_manifest(served.bank.manifest),
+            timeout=self.timeout,
+        )
 
 
 def create_backend(settings: BackendSettings, bank: BankSource | None) -> InProcessBackend:

@@ -5,20 +5,32 @@ The HTTP worker (:mod:`synthesis.worker.app`) and the in-process backend
 load :class:`~synthesis.pipeline.Networks` with :func:`load_networks`, assemble their pipeline
 with :meth:`~synthesis.pipeline.Networks.pipeline` and answer through :func:`synthesize_reply`,
 so the same request gives the same bytes either way.
+
+Both also admit work through one :class:`SynthesisSlots`: at most ``concurrency`` syntheses run
+and at most ``queue`` wait; the rest are refused at once with 503 ``synthesis_busy`` and a
+``Retry-After``. A request past its deadline gets its 504 at once, and its synthesis stops at the
+pipeline's next step (:class:`~synthesis.pipeline.Deadline`). Its slot is free again only then, so
+timed-out work never piles up behind the limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from memory_bank.errors import TimedOutError, UnavailableError
 from memory_bank.png import LayoutSpec, decode_layout
 from retrieval_service.types import SynthesisReply, SynthesizeOptions
 from synthesis.canvas.elision import ElisionConfig
-from synthesis.pipeline import Networks, SynthesisOutput, SynthesisPipeline
+from synthesis.pipeline import Deadline, Networks, SynthesisOutput, SynthesisPipeline
 from synthesis.worker.reply import encode_reply
 from synthesis.worker.settings import WorkerSettings
 
@@ -57,7 +69,9 @@ def load_networks(settings: WorkerSettings, weights: Path | None = None) -> Netw
     return networks
 
 
-def synthesize(pipeline: SynthesisPipeline, layout: np.ndarray, options: SynthesizeOptions) -> SynthesisOutput:
+def synthesize(
+    pipeline: SynthesisPipeline, layout: np.ndarray, options: SynthesizeOptions, stop: Deadline | None = None
+) -> SynthesisOutput:
     """Run the pipeline on an (H, W) uint8 layout with a request's options (the elision defaults to the pipeline's)."""
     elision = pipeline.builder.options.elision.with_overrides(options.elision_band, options.elision_rate)
     return pipeline(
@@ -69,22 +83,119 @@ def synthesize(pipeline: SynthesisPipeline, layout: np.ndarray, options: Synthes
         elision=elision,
         pins={int(c): s for c, s in options.pins.items()},
         candidates=options.candidates,
+        stop=stop,
     )
 
 
 def synthesize_reply(
-    pipeline: SynthesisPipeline, png: bytes, options: SynthesizeOptions, spec: LayoutSpec
+    pipeline: SynthesisPipeline,
+    png: bytes,
+    options: SynthesizeOptions,
+    spec: LayoutSpec,
+    stop: Deadline | None = None,
 ) -> SynthesisReply:
     """Decode a layout PNG, synthesize and encode the reply at the layout's size (blocking; run it in a worker thread).
 
     ``spec`` is the bank's (resolution, class colours, dataset ids), which the request's layout
     options read the layout against. Raises :class:`~memory_bank.errors.LayoutError` (422, 413
-    when too large) for a layout that does not fit the bank.
+    when too large) for a layout that does not fit the bank, and
+    :class:`~synthesis.pipeline.SynthesisStoppedError` (504) once ``stop`` says so.
     """
     start = time.perf_counter()
     layout = decode_layout(png, spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options())
     decoded = time.perf_counter() - start
-    output = synthesize(pipeline, layout.label, options)
+    output = synthesize(pipeline, layout.label, options, stop)
+    if stop is not None:
+        stop.check("encode")
     return encode_reply(
         output, options, spec.classes, pipeline.generator.resolution, decode_seconds=decoded, size=layout.size
     )
+
+
+class SynthesisSlots:
+    """Admission control of syntheses: ``concurrency`` run at once on threads of their own, ``queue`` wait.
+
+    A request that finds every slot and the queue taken is refused with 503 ``synthesis_busy``
+    and a ``Retry-After`` estimated from recent synthesis times (a server-wide limit, not the
+    caller's fault: so 503, not 429). A synthesis counts against the limit until its thread
+    returns, including after its caller timed out: a timed-out request cancels its
+    :class:`~synthesis.pipeline.Deadline`, gets its 504 at once, and its work stops at the next
+    pipeline step.
+    """
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        if concurrency < 1 or queue < 0:
+            raise ValueError(f"need concurrency >= 1 and queue >= 0, got {concurrency} and {queue}")
+        self.concurrency = concurrency
+        self.queue = queue
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="synthesis")
+        self._lock = threading.Lock()
+        self._admitted = 0  # waiting + running, including work whose caller has timed out
+        self.running = 0
+        self.peak_running = 0  # the most syntheses that ever ran at once (benchmarks, tests)
+        self._seconds: float | None = None  # moving average of a synthesis's wall time
+
+    @property
+    def admitted(self) -> int:
+        """Syntheses waiting or running, including those whose caller timed out (still stopping)."""
+        return self._admitted
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: the queue ahead, at the recent time per synthesis (1 to 60)."""
+        per = self._seconds or 1.0
+        return max(1, min(60, math.ceil(per * (self._admitted - self.concurrency + 1) / self.concurrency)))
+
+    def check_capacity(self) -> None:
+        """Raise the 503 ``synthesis_busy`` now if a request would be refused (to shed it before its body is read)."""
+        if self._admitted >= self.concurrency + self.queue:
+            raise UnavailableError(
+                f"all {self.concurrency} synthesis slots and the queue of {self.queue} are taken",
+                kind="synthesis_busy",
+                retry_after=self.retry_after(),
+            )
+
+    async def run(self, fn: Callable[..., SynthesisReply], *args: object, timeout: float) -> SynthesisReply:
+        """``fn(*args, stop=deadline)`` on a synthesis thread; 503 when full, 504 after ``timeout`` seconds."""
+        with self._lock:
+            self.check_capacity()
+            self._admitted += 1
+        deadline = Deadline(timeout)
+        try:
+            job = self._executor.submit(self._call, fn, args, deadline)
+        except RuntimeError:  # shut down
+            self._release(None)
+            raise UnavailableError("synthesis is shutting down", kind="synthesis_unavailable", retry_after=1) from None
+        job.add_done_callback(self._release)
+        try:
+            # No shield: cancelling the wait cancels a job that has not started yet.
+            return await asyncio.wait_for(asyncio.wrap_future(job), timeout)
+        except TimeoutError:
+            deadline.cancel()
+            raise TimedOutError(f"synthesis took longer than {timeout:g} s", kind="synthesis_timeout") from None
+        except asyncio.CancelledError:  # the client went away
+            deadline.cancel()
+            raise
+
+    def _call(self, fn: Callable[..., SynthesisReply], args: tuple[object, ...], deadline: Deadline) -> SynthesisReply:
+        deadline.check("decode")  # waited in the queue past its deadline: do nothing
+        with self._lock:
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+        start = time.perf_counter()
+        try:
+            reply = fn(*args, stop=deadline)
+        finally:
+            with self._lock:
+                self.running -= 1
+        took = time.perf_counter() - start
+        self._seconds = took if self._seconds is None else 0.8 * self._seconds + 0.2 * took
+        return reply
+
+    def _release(self, _: Future[SynthesisReply] | None) -> None:
+        """The slot of a job that is done (returned, raised or cancelled before it started)."""
+        with self._lock:
+            self._admitted -= 1
+
+    def close(self) -> None:
+        """Cancel the waiting jobs and stop the threads once the running ones return (does not wait)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -10,7 +10,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 
 from memory_bank.png import LayoutOptions, LayoutSpec, decode_layout
-from retrieval_service.api.deps import LimiterDep, MetricsDep, SettingsDep, StateDep
+from retrieval_service.api.deps import ApiKeyDep, LimiterDep, MetricsDep, SettingsDep, StateDep, check_route_key
 from retrieval_service.api.metrics import ServiceMetrics
 from retrieval_service.api.requests import (
     layout_request_body,
@@ -39,7 +39,13 @@ _OPTION_FIELDS = ("k", "mode", "seed", "min_area", "choose_from")
 @router.post(
     "/retrieve",
     response_model=RetrieveResponse,
-    responses=layout_request_errors({503: "No bank loaded yet."}),
+    responses=layout_request_errors(
+        {
+            401: "mode=full without X-API-Key, when the service has keys for `full`.",
+            403: "mode=full with a wrong key.",
+            503: "No bank loaded yet.",
+        }
+    ),
     openapi_extra=layout_request_body(RetrieveRequest, RetrieveUpload),
     summary="Retrieve bank segments for a layout",
 )
@@ -50,13 +56,14 @@ async def retrieve(
     settings: SettingsDep,
     limiter: LimiterDep,
     metrics: MetricsDep,
+    api_key: ApiKeyDep,
 ) -> RetrieveResponse:
     """Every connected component of the layout with its top-k candidates, best first.
 
     Send the layout either as JSON (`layout_png`: base64 of a PNG) or as a multipart upload
     (file field `layout`). The layout must have the bank's working resolution (`GET /bank`)
     unless `layout_resize`; boxes are at the bank's resolution. Every response names the bank
-    version that answered it.
+    version that answered it. `mode=full` needs an `X-API-Key` when the service has keys for it.
     """
     png, options, layout = await read_layout_request(
         request,
@@ -65,6 +72,8 @@ async def retrieve(
         fields=_OPTION_FIELDS,
         list_fields={"exclude_images": _parse_ids, "pins": parse_pins},
     )
+    if options.mode == "full":  # seconds of CPU per layout: the one retrieval mode a key can guard
+        check_route_key(settings, "full", api_key)
     run = _run(state, settings, png, options, layout.layout_options())
     result = await to_thread.run_sync(run, limiter=limiter)
     _record(metrics, result)

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request, Response
 
 from memory_bank.errors import UnavailableError
 from memory_bank.png import LayoutSpec, decode_layout
-from retrieval_service.api.deps import SettingsDep, get_holder
+from retrieval_service.api.deps import SettingsDep, SynthesizeKeyDep, get_holder
 from retrieval_service.api.requests import (
     layout_request_body,
     layout_request_errors,
@@ -42,8 +42,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     **layout_request_errors(
         {
+            401: "No X-API-Key, when the service has keys for `synthesize`.",
+            403: "A wrong key.",
             502: "The synthesis worker failed.",
-            503: "No synthesis worker is configured or up, or no bank is loaded.",
+            503: "No synthesis worker is configured or up, or no bank is loaded, or every synthesis slot and "
+            "the queue are taken (`synthesis_busy`, with `Retry-After`).",
             504: "The synthesis worker did not answer in time.",
         }
     ),
@@ -57,7 +60,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     openapi_extra=layout_request_body(SynthesizeRequest, SynthesizeUpload),
     summary="Synthesize a photo from a layout",
 )
-async def synthesize(request: Request, settings: SettingsDep) -> Response:
+async def synthesize(request: Request, settings: SettingsDep, _: SynthesizeKeyDep) -> Response:
     """A photograph for a layout, at the layout's size.
 
     Send the layout like to `/retrieve` (JSON `layout_png`, or a multipart file `layout`) with
@@ -79,6 +82,10 @@ async def synthesize(request: Request, settings: SettingsDep) -> Response:
             "or run `sims serve --with-worker`",
             kind="synthesis_unavailable",
         )
+    # Shed load first: a backend that knows it is full (the in-process one) refuses before the body
+    # is parsed and decoded, so refused requests cost the admitted ones little CPU.
+    if (check_capacity := getattr(backend, "check_capacity", None)) is not None:
+        check_capacity()
     png, options, _ = await read_layout_request(
         request,
         json_model=SynthesizeRequest,
