@@ -16,18 +16,13 @@ import io
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 from scipy import ndimage
@@ -35,6 +30,7 @@ from scipy import ndimage
 from retrieval_service.api.app import create_app
 from retrieval_service.api.pages import STUDIO_DIR
 from retrieval_service.api.settings import Settings
+from tests.servers import serving
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -91,26 +87,6 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its URL (with a slash)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def studio_url(val_bank_path: Path) -> Iterator[str]:
     """`sims serve --with-worker` on the sample val bank: the in-process worker."""
@@ -121,7 +97,7 @@ def studio_url(val_bank_path: Path) -> Iterator[str]:
         for k, v in WORKER_ENV.items():
             mp.setenv(k, v)
         with serving(create_app(settings)) as url:
-            yield url
+            yield url + "/"
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +118,7 @@ def worker_studio_url(val_bank_path: Path) -> Iterator[str]:
         with serving(worker) as worker_url:
             front = Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=worker_url)
             with serving(create_app(front)) as url:
-                yield url
+                yield url + "/"
 
 
 def open_page(browser: Any, url: str) -> Iterator[Any]:

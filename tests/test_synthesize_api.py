@@ -11,15 +11,12 @@ import base64
 import io
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
@@ -36,6 +33,7 @@ from synthesis.worker.app import create_worker_app
 from synthesis.worker.reply import parse_multipart
 from synthesis.worker.runtime import load_networks
 from synthesis.worker.settings import WorkerSettings
+from tests.servers import serving
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -81,28 +79,6 @@ def assert_error(response: object, status: int, error: str, *fragments: str) -> 
 def png_array(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img)
-
-
-@contextmanager
-def running(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def free_port() -> int:
@@ -241,7 +217,7 @@ def _fake_worker(delay: float = 0.0, status: int = 200) -> FastAPI:
 
 
 def test_worker_timeout_is_504(val_bank_path: Path, layout: np.ndarray) -> None:
-    with running(_fake_worker(delay=3.0)) as url:
+    with serving(_fake_worker(delay=3.0)) as url:
         settings = Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=url, synthesis_timeout=0.3)
         with TestClient(create_app(settings)) as c:
             start = time.monotonic()
@@ -251,7 +227,7 @@ def test_worker_timeout_is_504(val_bank_path: Path, layout: np.ndarray) -> None:
 
 def test_worker_failures_are_relayed(val_bank_path: Path, layout: np.ndarray) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    with running(_fake_worker(status=500)) as broken, running(_fake_worker(status=409)) as refusing:
+    with serving(_fake_worker(status=500)) as broken, serving(_fake_worker(status=409)) as refusing:
         with TestClient(create_app(Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=broken))) as c:
             assert_error(post(c, encode_layout_png(layout)), 502, "synthesis_failed", "the fake worker failed")
         with TestClient(create_app(Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=refusing))) as c:
@@ -271,9 +247,9 @@ def test_http_worker_and_in_process_give_identical_images(
     )
     networks = load_networks(settings)
     retrieval = create_app(Settings(bank=val_bank_path, wait_for_bank=True))
-    with running(retrieval) as retrieval_url:
+    with serving(retrieval) as retrieval_url:
         worker = create_worker_app(settings.model_copy(update={"service_url": retrieval_url}), networks=networks)
-        with running(worker) as worker_url:
+        with serving(worker) as worker_url:
             client = RetrievalClient(worker_url)
             deadline = time.monotonic() + 30
             while not client.ready().ready:
