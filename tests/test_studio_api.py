@@ -18,7 +18,7 @@ import pytest
 import test_synthesize_api
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_synthesize_api import WORKER_ENV, assert_error, png_array, running
+from test_synthesize_api import WORKER_ENV, assert_error, png_array
 from typer.testing import CliRunner
 
 from memory_bank import IGNORE, Bank
@@ -32,6 +32,7 @@ from synthesis.remote import remote_builder
 from synthesis.worker.app import create_worker_app
 from synthesis.worker.runtime import load_networks
 from synthesis.worker.settings import WorkerSettings
+from tests.servers import serving
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 #: The service with the in-process backend (what `sims serve --with-worker` runs), as in test_synthesize_api.
@@ -44,9 +45,9 @@ def separate(val_bank_path: Path, tiny_weights: Path) -> Iterator[TestClient]:
     env = {k.removeprefix("SIMS_WORKER_").lower(): v for k, v in WORKER_ENV.items()}
     settings = WorkerSettings(weights=tiny_weights, **env)
     networks = load_networks(settings)
-    with running(create_app(Settings(bank=val_bank_path, wait_for_bank=True))) as retrieval_url:
+    with serving(create_app(Settings(bank=val_bank_path, wait_for_bank=True))) as retrieval_url:
         worker = create_worker_app(settings.model_copy(update={"service_url": retrieval_url}), networks=networks)
-        with running(worker) as worker_url:
+        with serving(worker) as worker_url:
             probe = RetrievalClient(worker_url)
             deadline = time.monotonic() + 30
             while not probe.ready().ready:
