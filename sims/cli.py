@@ -17,6 +17,9 @@ from typing import Annotated
 
 import typer
 
+# typer >= 0.20 vendors click and exports only some of its exception types: these two it does not.
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
 from memory_bank.errors import SimsError
 
 ENTRY_POINT_GROUP = "sims.commands"
@@ -72,9 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     command = typer.main.get_command(build_app())
     try:
-        # Standalone mode: the CLI library prints usage errors itself and exits with its code
-        # (typer >= 0.20 vendors click, so its exception types are not click's).
-        command.main(args=argv, prog_name="sims", standalone_mode=True)
+        # Not standalone: usage errors come back here, to be printed on one line.
+        code = command.main(args=argv, prog_name="sims", standalone_mode=False)
+    except NoArgsIsHelpError as e:  # `sims` or `sims index` alone: the help
+        e.show()
+        return e.exit_code
+    except ClickException as e:  # a usage error (unknown option, bad value) or an unreadable file argument
+        ctx = getattr(e, "ctx", None)
+        print(
+            f"error: {_one_line_text(e.format_message())} (see '{ctx.command_path if ctx else 'sims'} --help')",
+            file=sys.stderr,
+        )
+        return e.exit_code
+    except typer.Abort:  # Ctrl-C at a prompt
+        print("aborted", file=sys.stderr)
+        return 1
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except (SimsError, OSError, ValueError, TypeError) as e:
@@ -88,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {type(e).__name__}: {_one_line(e)} (set SIMS_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def _one_line(e: BaseException) -> str:
     """An exception's message on one line (OSErrors without one say their errno and file)."""
-    text = str(e) or type(e).__name__
+    return _one_line_text(str(e) or type(e).__name__)
+
+
+def _one_line_text(text: str) -> str:
     return " ".join(text.split())
 
 

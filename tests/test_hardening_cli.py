@@ -51,6 +51,27 @@ def test_config_value_of_the_wrong_type_is_one_line(tmp_path: Path, capsys: pyte
     assert "steps" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["index", "build", "--bogus"], "No such option: --bogus"),
+        (["synthesize", "--k", "ten", "-l", "x.png", "-o", "y.png"], "'--k'"),
+        (["index", "frobnicate"], "frobnicate"),
+        (["serve", "--port"], "--port"),
+    ],
+)
+def test_usage_errors_are_one_line(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert says in line and "--help'" in line
+    assert capsys.readouterr().out == ""
+
+
+def test_help_still_prints_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["index", "--help"]) == 0
+    assert "build" in capsys.readouterr().out
+
+
 def test_unexpected_errors_are_one_line_too(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
