@@ -261,7 +261,11 @@ class SynthesisReply:
 
 @runtime_checkable
 class SynthesisBackend(Protocol):
-    """What the retrieval service needs from synthesis."""
+    """What the retrieval service needs from synthesis.
+
+    A backend may also have ``check_capacity() -> None``, raising the 503 ``synthesis_busy`` when
+    it is full: ``/synthesize`` calls it before reading the upload, to shed load cheaply.
+    """
 
     name: str
 

@@ -228,6 +228,35 @@ def test_http_backend_relays_busy_workers_and_sends_its_timeout() -> None:
     assert seen == ["2.5", "2.5"]
 
 
+def test_http_backend_bounds_the_requests_in_flight() -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def slow(request: httpx.Request) -> httpx.Response:
+            await release.wait()
+            return httpx.Response(200, content=b"PNG", headers={"content-type": "image/png"})
+
+        backend = HttpSynthesisBackend(["http://a:1"], 5.0, max_in_flight=2, transport=httpx.MockTransport(slow))
+        backend.check_capacity()
+        jobs = [asyncio.create_task(backend.synthesize(b"png", SynthesizeOptions())) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert backend.in_flight == 2
+        with pytest.raises(UnavailableError) as e:
+            backend.check_capacity()
+        assert e.value.kind == "synthesis_busy" and e.value.retry_after == 1
+        with pytest.raises(UnavailableError):
+            await backend.synthesize(b"png", SynthesizeOptions())
+        release.set()
+        assert [r.content for r in await asyncio.gather(*jobs)] == [b"PNG", b"PNG"]
+        assert backend.in_flight == 0
+        backend.check_capacity()
+        await backend.close()
+
+    asyncio.run(scenario())
+    # The default: four per worker (a worker's two slots and queue of two).
+    assert HttpSynthesisBackend(["http://a:1", "http://b:2"], 1.0).max_in_flight == 8
+
+
 def client_over(replies: list[httpx.Response], **kwargs: Any) -> tuple[RetrievalClient, list[int]]:
     calls: list[int] = []
 

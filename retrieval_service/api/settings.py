@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     synthesis_timeout: float = Field(
         60.0, gt=0.0, description="Seconds a synthesis may take before /synthesize answers 504."
     )
+    synthesis_max_in_flight: int = Field(
+        0,
+        ge=0,
+        description="Syntheses forwarded to the workers at once (0 = 4 per worker URL); more get 503 "
+        "synthesis_busy with Retry-After before their upload is read.",
+    )
     log_level: str = Field("info", description="uvicorn and service log level.")
     cors_origins: str | None = Field(
         None,

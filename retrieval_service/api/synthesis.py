@@ -11,7 +11,8 @@ never the reverse. So the service knows synthesis only through the small
   gives 504 ``synthesis_timeout``. The timeout goes to the worker as ``X-SIMS-Timeout``, so its
   work stops by then too. A worker whose slots and queue are full answers 503 ``synthesis_busy``
   with ``Retry-After``: the next worker is tried, and when all are busy the caller gets 503
-  ``synthesis_busy`` with the soonest ``Retry-After``.
+  ``synthesis_busy`` with the soonest ``Retry-After``. At most ``SIMS_SYNTHESIS_MAX_IN_FLIGHT``
+  requests are with the workers at once; more are refused before their upload is read.
 - a plugin named by ``SIMS_SYNTHESIS_BACKEND`` and loaded from the ``sims.synthesis_backends``
   entry point group: ``in_process`` (``synthesis.worker.backend:create_backend``) runs the
   pipeline inside the service on its own bank and engine, with no HTTP hop
@@ -58,7 +59,9 @@ def load_backend(settings: Settings, holder: BankHolder | None) -> SynthesisBack
         factory: BackendFactory = ep.load()
         return factory(settings, holder)
     if settings.synthesis_urls:
-        return HttpSynthesisBackend(settings.synthesis_urls, settings.synthesis_timeout)
+        return HttpSynthesisBackend(
+            settings.synthesis_urls, settings.synthesis_timeout, max_in_flight=settings.synthesis_max_in_flight
+        )
     return None
 
 
@@ -68,16 +71,27 @@ class HttpSynthesisBackend:
     Args:
         urls: worker base URLs.
         timeout: seconds a worker may take to answer (504 after); connecting gets at most 5 s.
+        max_in_flight: requests forwarded at once, over all workers (0 = 4 per worker: a worker's
+            default two slots and queue of two). More are refused by :meth:`check_capacity`
+            before their upload is read, so a burst costs the service little memory or CPU.
         transport: an httpx transport to use instead of the network (tests).
     """
 
     name = "http"
 
-    def __init__(self, urls: list[str], timeout: float, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        timeout: float,
+        max_in_flight: int = 0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("HttpSynthesisBackend needs at least one worker URL")
         self.urls = list(urls)
         self.timeout = timeout
+        self.max_in_flight = max_in_flight or 4 * len(self.urls)
+        self.in_flight = 0  # one event loop: no lock needed
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._turn = itertools.count()
@@ -96,7 +110,25 @@ class HttpSynthesisBackend:
             await self._client.aclose()
             self._client = None
 
+    def check_capacity(self) -> None:
+        """Raise the 503 ``synthesis_busy`` now if ``max_in_flight`` requests are already with the workers."""
+        if self.in_flight >= self.max_in_flight:
+            raise UnavailableError(
+                f"{self.in_flight} syntheses are already with the workers (the service forwards at most "
+                f"{self.max_in_flight} at once)",
+                kind="synthesis_busy",
+                retry_after=1,
+            )
+
     async def synthesize(self, layout_png: bytes, options: SynthesizeOptions) -> SynthesisReply:
+        self.check_capacity()
+        self.in_flight += 1
+        try:
+            return await self._forward(layout_png, options)
+        finally:
+            self.in_flight -= 1
+
+    async def _forward(self, layout_png: bytes, options: SynthesizeOptions) -> SynthesisReply:
         client = await self._ensure_client()
         body = SynthesizeRequest(
             **options.model_dump(), layout_png=base64.b64encode(layout_png).decode("ascii")
