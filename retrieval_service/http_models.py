@@ -7,9 +7,10 @@ imports no engine and no web framework.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from retrieval_service.types import (
     DEFAULT_CANDIDATES,
@@ -20,6 +21,7 @@ from retrieval_service.types import (
     ReplyFormat,
     RetrievalOptions,
     Seed,
+    SegmentId,
     StatusName,
     SynthesizeOptions,
     TopK,
@@ -40,6 +42,15 @@ LayoutFile = Annotated[bytes, Field(json_schema_extra={"format": "binary"}, desc
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+#: A multipart field that may be left out: typed ``X | SkipJsonSchema[None]`` with this default, its
+#: schema is X's alone, since a form can leave a field out but cannot send a null.
+OMITTED = Field(None, json_schema_extra=_no_default)
 
 
 # Requests
@@ -64,10 +75,10 @@ class RetrieveUpload(_Model):
     layout: LayoutFile
     k: TopK = 5
     mode: Mode = "fast"
-    seed: Seed | None = None
+    seed: Seed | SkipJsonSchema[None] = OMITTED
     exclude_images: str = Field("", description="Comma-separated bank image ids, e.g. `3,17`.")
     min_area: MinArea = 0
-    choose_from: TopK | None = None
+    choose_from: TopK | SkipJsonSchema[None] = OMITTED
     pins: str = Field("", description='JSON object of pins, e.g. `{"3": 1207}` (see the JSON form).')
     layout_resize: bool = False
     layout_colors: bool = False
@@ -94,7 +105,7 @@ class SynthesizeUpload(_Model):
     mode: Mode = "fast"
     coarse: bool = False
     extras: str = Field("", description="Comma-separated extras, e.g. `canvas,provenance,segments`.")
-    format: ReplyFormat | None = None
+    format: ReplyFormat | SkipJsonSchema[None] = OMITTED
     pins: str = Field("", description='JSON object of pins, e.g. `{"3": 1207}` (see the JSON form).')
     candidates: Annotated[int, Field(ge=0, le=MAX_K)] = 0
     layout_resize: bool = False
@@ -323,7 +334,7 @@ class ImageList(_Model):
 class SegmentBatchRequest(_Model):
     """``POST /segments/batch``: the segments to read, in one request."""
 
-    ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(..., max_length=4096)
+    ids: list[SegmentId] = Field(..., max_length=4096)
 
 
 class SegmentPixelsOut(SegmentMeta):

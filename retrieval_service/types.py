@@ -107,15 +107,20 @@ DEFAULT_CANDIDATES = 512
 TopK = Annotated[int, Field(ge=1, le=MAX_K)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 MinArea = Annotated[int, Field(ge=0, le=2**31 - 1)]
-#: A bank image id (an int64 in the index: a larger one is a 422, not an OverflowError).
-ImageId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: The largest image or segment id the API takes: ids are int64 in the index, and JSON numbers are
+#: exact only to 2^53 (I-JSON, RFC 7493; JavaScript's safe integers), so a larger one is a 422.
+MAX_ID = 2**53 - 1
+#: A bank image id.
+ImageId = Annotated[int, Field(ge=0, le=MAX_ID)]
+#: A bank segment id.
+SegmentId = Annotated[int, Field(ge=0, le=MAX_ID)]
 Extra = Literal["canvas", "provenance", "segments", "layout", "components"]
 #: Most pins one request may carry, and the largest component index a pin may name.
 MAX_PINS = 1000
 MAX_COMPONENT = 65_534
 PinKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}$")]
 Pins = Annotated[
-    dict[PinKey, Annotated[int, Field(ge=0, le=2**63 - 1)]],
+    dict[PinKey, SegmentId],
     Field(
         max_length=MAX_PINS,
         description="Component index (decimal string, the order of the response's `components`) -> bank segment "

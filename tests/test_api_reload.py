@@ -163,7 +163,7 @@ def test_failed_reload_keeps_serving(served: TestClient, bank_copy: Path) -> Non
     current = bank_copy / CURRENT_FILE
     current.write_text("v-missing\n")
     r = served.post("/admin/reload", headers=ADMIN)
-    assert r.status_code == 500
+    assert r.status_code == 409
     body = r.json()
     assert body["error"] == "reload_failed" and f"still serving {v1}" in body["message"]
     assert "v-missing" in body["message"]

@@ -47,13 +47,19 @@ def upload(client: TestClient, png: bytes, headers: dict[str, str] | None = None
 # Item 3: bad inputs are 422s
 
 
-def test_huge_image_id_is_a_422_not_an_overflow(client: TestClient, png: bytes) -> None:
-    huge = 2**63
+@pytest.mark.parametrize("huge", [2**53, 2**63, 2**64])
+def test_huge_ids_are_422s_not_overflows(client: TestClient, png: bytes, huge: int) -> None:
     r = upload(client, png, exclude_images=str(huge))
     assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
-    r = client.post("/retrieve", json={"layout_png": base64.b64encode(png).decode(), "exclude_images": [huge]})
+    layout_png = base64.b64encode(png).decode()
+    r = client.post("/retrieve", json={"layout_png": layout_png, "exclude_images": [huge]})
     assert r.status_code == 422, r.text
-    assert upload(client, png, exclude_images=str(huge - 1)).status_code == 200
+    assert client.post("/segments/batch", json={"ids": [huge]}).status_code == 422
+    assert client.post("/retrieve", json={"layout_png": layout_png, "pins": {"0": huge}}).status_code == 422
+    assert client.get(f"/segments/{huge}/meta").status_code == 422
+    # The largest id JSON carries exactly (2^53 - 1) is taken: excluded, or not found.
+    assert upload(client, png, exclude_images=str(2**53 - 1)).status_code == 200
+    assert client.get(f"/segments/{2**53 - 1}/meta").status_code == 404
 
 
 def test_misspelled_multipart_field_is_rejected_like_json(client: TestClient, png: bytes) -> None:
@@ -150,6 +156,28 @@ def test_rate_limit_is_off_by_default_and_checked(client: TestClient) -> None:
     assert all(client.get("/bank").status_code == 200 for _ in range(50))
     with pytest.raises(ValidationError):
         Settings(rate_limit="lots")
+
+
+def test_segments_batch_takes_only_post(client: TestClient) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        r = client.request(method, "/segments/batch")
+        assert r.status_code == 405 and r.headers["allow"] == "POST", (method, r.text)
+        assert r.json()["error"] == "method_not_allowed"
+    assert client.get("/segments/abc/meta").status_code == 422  # other ids are still checked as ids
+
+
+def test_the_spec_documents_the_limits_answers(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    error = {"$ref": "#/components/schemas/ErrorResponse"}
+    retrieve = paths["/retrieve"]["post"]["responses"]
+    for status in ("408", "413", "429"):
+        assert retrieve[status]["content"]["application/json"]["schema"] == error, status
+    assert "401" in retrieve  # the route's own are kept
+    assert "429" in paths["/bank"]["get"]["responses"] and "408" not in paths["/bank"]["get"]["responses"]
+    assert not {"408", "413", "429"} & set(paths["/livez"]["get"]["responses"])  # exempt, no body
+    # No 5xx documented but the unavailable and upstream ones.
+    statuses = {s for ops in paths.values() for op in ops.values() for s in op["responses"]}
+    assert {s for s in statuses if s.startswith("5")} <= {"502", "503", "504"}
 
 
 # Item 6: connection limits and timeouts

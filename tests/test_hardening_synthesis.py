@@ -129,6 +129,9 @@ def test_full_queue_is_503_with_retry_after_and_never_more_than_the_limit_run(
     # The timed-out work stops within a step, and only then is its slot free.
     wait_until(lambda: slots.admitted == 0, timeout=2 * slow.step + 1)
     assert slow.running == 0 and slots.peak_running == 1
+    metrics = in_process.get("/metrics").text
+    assert "sims_synthesis_peak_running 1.0" in metrics and "sims_synthesis_admitted 0.0" in metrics
+    assert "sims_synthesis_running 0.0" in metrics
 
 
 def test_timed_out_work_stops_and_holds_its_slot_until_then(
@@ -253,7 +256,7 @@ def test_http_backend_bounds_the_requests_in_flight() -> None:
         await backend.close()
 
     asyncio.run(scenario())
-    # The default: four per worker (a worker's two slots and queue of two).
+    # The default: four per worker (one above a worker's two slots and queue of one).
     assert HttpSynthesisBackend(["http://a:1", "http://b:2"], 1.0).max_in_flight == 8
 
 

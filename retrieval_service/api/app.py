@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import faiss
 from anyio import CapacityLimiter
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from retrieval_service.api.limits import BodyLimitsMiddleware, RateLimitMiddleware
+from retrieval_service.api.limits import BodyLimitsMiddleware, RateLimitMiddleware, document_limits
 from retrieval_service.api.metrics import MetricsMiddleware, ServiceMetrics
 from retrieval_service.api.pages import install_offline_docs, install_studio
 from retrieval_service.api.routes import admin, bank, health, images, retrieve, segments, synthesize
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if backend is not None:
             await backend.start()
         app.state.synthesis = backend
+        if backend is not None:
+            metrics.watch_synthesis(backend)
         if holder is None:
             log.error("no bank configured: pass --bank or set SIMS_BANK; /readyz will stay 503")
         else:
@@ -110,6 +113,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     for module in (retrieve, segments, images, bank, synthesize, admin, health):
         app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # built once, with the middleware's answers added
+            app.openapi_schema = document_limits(FastAPI.openapi(app), {"$ref": "#/components/schemas/ErrorResponse"})
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     install_offline_docs(app)
     install_studio(app)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from typing import Any
 
 import anyio
 from limits import RateLimitItem, parse_many
@@ -22,6 +23,35 @@ from retrieval_service.http_errors import error_body
 
 #: Paths the rate limit never counts: probes and scrapes must get through a busy service.
 RATE_LIMIT_EXEMPT = frozenset({"/livez", "/readyz", "/metrics"})
+
+
+#: The answers of these limits, documented on every operation they apply to (see :func:`document_limits`).
+_LIMIT_RESPONSES = {
+    "429": "Over the per-client rate limit (only when SIMS_RATE_LIMIT is set); `Retry-After` says when to retry.",
+}
+_BODY_LIMIT_RESPONSES = {
+    "408": "The request body stopped arriving (nothing for SIMS_BODY_TIMEOUT seconds).",
+    "413": "Body larger than the limit (SIMS_MAX_UPLOAD_BYTES).",
+}
+
+
+def document_limits(openapi: dict[str, Any], error_schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the limits' answers (429 everywhere it can happen, 408/413 where a body is read) to a spec.
+
+    The middleware answers these itself, outside any route, so FastAPI cannot see them; a route's
+    own description of the same status is kept.
+    """
+    for path, operations in openapi.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            limits = {} if path in RATE_LIMIT_EXEMPT else dict(_LIMIT_RESPONSES)
+            if "requestBody" in operation:
+                limits |= _BODY_LIMIT_RESPONSES
+            for status, text in limits.items():
+                responses.setdefault(
+                    status, {"description": text, "content": {"application/json": {"schema": error_schema}}}
+                )
+    return openapi
 
 
 class BodyTooLarge(HTTPException):

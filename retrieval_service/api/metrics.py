@@ -50,6 +50,17 @@ class ServiceMetrics:
         self.bank_segments = Gauge("sims_bank_segments", "Segments in the bank served.", registry=r)
         self.bank_load_seconds = Gauge("sims_bank_load_seconds", "Time the served version took to load.", registry=r)
         self.ready = Gauge("sims_ready", "1 once a bank is loaded.", registry=r)
+        # Read from the synthesis backend (watch_synthesis); 0 without one.
+        self.synthesis_running = Gauge("sims_synthesis_running", "Syntheses running now.", registry=r)
+        self.synthesis_admitted = Gauge(
+            "sims_synthesis_admitted", "Syntheses running or queued (timed-out ones until they stop).", registry=r
+        )
+        self.synthesis_peak_running = Gauge(
+            "sims_synthesis_peak_running", "The most syntheses that ever ran at once.", registry=r
+        )
+        self.synthesis_forwarded = Gauge(
+            "sims_synthesis_forwarded", "Syntheses forwarded to HTTP workers, not yet answered.", registry=r
+        )
 
     def bank_loaded(self, state: BankState) -> None:
         """Point the bank gauges at a newly served state."""
@@ -58,6 +69,16 @@ class ServiceMetrics:
         self.bank_segments.set(state.bank.num_segments)
         self.bank_load_seconds.set(state.load_seconds)
         self.ready.set(1)
+
+    def watch_synthesis(self, backend: object) -> None:
+        """Read the synthesis gauges from a backend at each scrape: running, admitted and peak syntheses
+        from one with ``slots`` (the in-process one), forwarded requests from one with ``in_flight``."""
+        if (slots := getattr(backend, "slots", None)) is not None:
+            self.synthesis_running.set_function(lambda: slots.running)
+            self.synthesis_admitted.set_function(lambda: slots.admitted)
+            self.synthesis_peak_running.set_function(lambda: slots.peak_running)
+        if hasattr(backend, "in_flight"):
+            self.synthesis_forwarded.set_function(lambda: backend.in_flight)  # type: ignore[attr-defined]
 
     def render(self) -> bytes:
         """The exposition text."""

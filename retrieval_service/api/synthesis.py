@@ -72,7 +72,7 @@ class HttpSynthesisBackend:
         urls: worker base URLs.
         timeout: seconds a worker may take to answer (504 after); connecting gets at most 5 s.
         max_in_flight: requests forwarded at once, over all workers (0 = 4 per worker: a worker's
-            default two slots and queue of two). More are refused by :meth:`check_capacity`
+            default two slots and queue of one, plus one). More are refused by :meth:`check_capacity`
             before their upload is read, so a burst costs the service little memory or CPU.
         transport: an httpx transport to use instead of the network (tests).
     """

@@ -59,7 +59,7 @@ class WorkerSettings(BaseSettings):
     port: int = Field(8001, ge=0, le=65535, description="TCP port.")
     concurrency: int = Field(2, ge=1, description="Syntheses run at once; others queue.")
     queue: int = Field(
-        2, ge=0, description="Syntheses that may wait for a slot; more are refused with 503 and Retry-After."
+        1, ge=0, description="Syntheses that may wait for a slot; more are refused with 503 and Retry-After."
     )
     timeout: float = Field(
         60.0, gt=0, description="Seconds a synthesis may take (504 after; its work stops at the next step)."

@@ -21,7 +21,10 @@ router = APIRouter(prefix="/admin", tags=["admin"])
     responses={
         401: {"model": ErrorResponse, "description": "No X-API-Key header."},
         403: {"model": ErrorResponse, "description": "Wrong key, or no key configured (admin API disabled)."},
-        500: {"model": ErrorResponse, "description": "The new version failed to load; the old one still serves."},
+        409: {
+            "model": ErrorResponse,
+            "description": "The published version failed to load (e.g. damaged); the old one still serves.",
+        },
         503: {"model": ErrorResponse, "description": "No bank configured."},
     },
     summary="Serve the newest published bank version",
@@ -40,7 +43,7 @@ async def reload(_: AdminDep, holder: HolderDep, metrics: MetricsDep) -> ReloadR
         metrics.reloads.labels("failed").inc()
         still = f"; still serving {before.version}" if before else ""
         log.error("reload failed: %s", e)
-        raise ApiError(500, "reload_failed", f"reload failed: {e}{still}") from None
+        raise ApiError(409, "reload_failed", f"reload failed: {e}{still}") from None
     metrics.reloads.labels("switched" if outcome.reloaded else "unchanged").inc()
     if outcome.reloaded:
         message = f"now serving {outcome.version} (was {outcome.previous_version})"

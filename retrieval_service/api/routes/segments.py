@@ -22,10 +22,11 @@ from retrieval_service.http_models import (
     SegmentMeta,
     SegmentPixelsOut,
 )
+from retrieval_service.types import MAX_ID
 
 router = APIRouter(prefix="/segments", tags=["segments"])
 
-SegmentId = Annotated[int, Path(ge=0, le=2**63 - 1, description="Segment id in the bank version.")]
+SegmentIdPath = Annotated[int, Path(ge=0, le=MAX_ID, description="Segment id in the bank version.")]
 VersionQuery = Annotated[
     str | None,
     Query(
@@ -135,6 +136,13 @@ async def segments_batch(
     return await to_thread.run_sync(_batch, bank, body.ids)
 
 
+# Before `/{segment_id}`: otherwise `GET /segments/batch` would be a segment id that is not a number.
+@router.api_route("/batch", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def segments_batch_other_methods() -> None:
+    """``/segments/batch`` takes only POST: 405 with ``Allow``."""
+    raise ApiError(405, "method_not_allowed", "/segments/batch takes only POST", headers={"Allow": "POST"})
+
+
 @router.get(
     "/{segment_id}/thumbnail",
     response_class=Response,
@@ -145,7 +153,7 @@ async def segments_batch(
     summary="A segment's thumbnail",
 )
 async def segment_thumbnail(
-    segment_id: SegmentId, holder: HolderDep, size: ThumbSize = 96, version: VersionQuery = None
+    segment_id: SegmentIdPath, holder: HolderDep, size: ThumbSize = 96, version: VersionQuery = None
 ) -> Response:
     """The segment's bounding-box crop of its source photo, alpha = mask, longest side `size`."""
     bank = await to_thread.run_sync(holder.bank_for, version)
@@ -165,7 +173,7 @@ async def segment_thumbnail(
     },
     summary="A segment's pixels",
 )
-async def segment_png(segment_id: SegmentId, holder: HolderDep, version: VersionQuery = None) -> Response:
+async def segment_png(segment_id: SegmentIdPath, holder: HolderDep, version: VersionQuery = None) -> Response:
     """The colour crop of a segment over its bounding box, with alpha = its mask."""
     bank = await to_thread.run_sync(holder.bank_for, version)
     _check_id(bank, segment_id)
@@ -174,7 +182,7 @@ async def segment_png(segment_id: SegmentId, holder: HolderDep, version: Version
 
 
 @router.get("/{segment_id}/meta", response_model=SegmentMeta, responses=_ERRORS, summary="A segment's metadata")
-async def segment_meta(segment_id: SegmentId, holder: HolderDep, version: VersionQuery = None) -> SegmentMeta:
+async def segment_meta(segment_id: SegmentIdPath, holder: HolderDep, version: VersionQuery = None) -> SegmentMeta:
     """What the bank's segment table records about a segment."""
     bank = await to_thread.run_sync(holder.bank_for, version)
     _check_id(bank, segment_id)
