@@ -247,7 +247,7 @@ def evaluate_grid(bank, layouts: list[QueryLayout], full: list[list[np.ndarray]]
     """Grid ranking of every query with the reference scorer, compared with the full-resolution scores."""
     num_classes = len(bank.classes)
     mask = np.asarray(bank.codes["mask"][:])
-    context = np.asarray(bank.codes["context"][:])
+    context = bank.context_rows()
     class_rows = [bank.segment_ids(c) for c in range(num_classes)]
     class_codes = [(mask[r], context[r]) for r in class_rows]
     rows = []

@@ -369,7 +369,7 @@ def code_bank_from_bank(bank: str | Path | Bank) -> CodeBank:
         "area": bank.column("area").astype(np.int32),
         "bbox": bank.column("bbox").astype(np.int32).reshape(-1, 4),
         "mask": np.asarray(bank.codes["mask"][:], np.uint8),
-        "context": np.asarray(bank.codes["context"][:], np.uint8),
+        "context": bank.context_rows(),
         "coarse": np.asarray(bank.codes["coarse"][:], np.uint8),
         "mask_popcount": bank.column("mask_popcount").astype(np.int32),
         "context_popcount": bank.column("context_popcount").astype(np.int32),

@@ -28,7 +28,7 @@ import zarr
 from tqdm import tqdm
 
 from indexers.readers import DatasetReader, SampleRef
-from memory_bank import BankWriter, DatasetError, Manifest, SegmentConfig, SourceInfo, open_bank
+from memory_bank import FORMAT_VERSION, BankWriter, DatasetError, Manifest, SegmentConfig, SourceInfo, open_bank
 from memory_bank.candidate_index import write_class_indexes
 from memory_bank.config import Grid
 from memory_bank.images import image_size
@@ -151,12 +151,9 @@ def _run(
         for record, checksums in bar:
             writer.add(record, checksums)
         source = SourceInfo(reader.name, str(reader.root), tuple(reader.splits), len(refs), reader.unlabelled_ids)
-        manifest = writer.finish([source])
-        # 3. FAISS indexes of coarse codes, inside the staged version.
-        coarse = np.asarray(zarr.open_array(writer.path / ARRAYS_DIR / "codes" / "coarse", mode="r")[:])
-        class_id, mask_popcount = _segment_columns(writer.path, "class_id", "mask_popcount")
-        write_class_indexes(writer.path, coarse, class_id, mask_popcount, len(writer_args["classes"]))
-        # 4. Publish atomically.
+        writer.finish([source])
+        # 3. FAISS indexes of coarse codes, inside the staged version; 4. publish atomically.
+        _write_candidate_indexes(writer, len(writer_args["classes"]))
         manifest = writer.publish()
     seconds = time.perf_counter() - start
     version_dir = root / "versions" / manifest.bank_version
@@ -174,6 +171,39 @@ def _run(
         size / 1e6,
     )
     return report
+
+
+def migrate_bank(bank_root: str | Path) -> Manifest | None:
+    """Publish the current version of an older-format bank again in today's format, as a new version.
+
+    Same images, segments, ids and codes; image chunks are hard-linked; published atomically like
+    a build (a crash leaves the old version current). Returns the new manifest, or None when the
+    bank is already in today's format (nothing is written).
+    """
+    base = open_bank(bank_root)
+    if base.format_version >= FORMAT_VERSION:
+        return None
+    m = base.manifest
+    args = {"classes": m.classes, "resolution": m.resolution, "config": m.segment_config}
+    with BankWriter(Path(bank_root), capacity=0, base=base, **args) as writer:
+        writer.finish([])
+        _write_candidate_indexes(writer, len(m.classes))
+        manifest = writer.publish()
+    log.info(
+        "migrated %s (format %d) to %s (format %d)",
+        base.version,
+        m.format_version,
+        manifest.bank_version,
+        FORMAT_VERSION,
+    )
+    return manifest
+
+
+def _write_candidate_indexes(writer: BankWriter, num_classes: int) -> None:
+    """The FAISS indexes of the staged version's coarse codes, written into it."""
+    coarse = np.asarray(zarr.open_array(writer.path / ARRAYS_DIR / "codes" / "coarse", mode="r")[:])
+    class_id, mask_popcount = _segment_columns(writer.path, "class_id", "mask_popcount")
+    write_class_indexes(writer.path, coarse, class_id, mask_popcount, num_classes)
 
 
 def _segment_columns(version_dir: Path, *names: str) -> list[np.ndarray]:

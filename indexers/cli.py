@@ -104,6 +104,22 @@ def add(
 
 
 @app.command()
+def migrate(bank: BankArg) -> None:
+    """Rewrite an older-format bank's current version in today's format, as a new version (atomic)."""
+    from indexers.build import migrate_bank
+
+    before = open_bank(bank)
+    manifest = migrate_bank(bank)
+    if manifest is None:
+        typer.echo(f"{before.version} is already format {before.format_version}: nothing to do")
+        return
+    typer.echo(
+        f"published {manifest.bank_version}: format {before.format_version} -> {manifest.format_version}, "
+        f"{manifest.counts.segments} segments of {manifest.counts.images} images (parent {before.version})"
+    )
+
+
+@app.command()
 def info(
     bank: BankArg,
     version: Annotated[str | None, typer.Option(help="A published version (default: current).")] = None,

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from memory_bank.atomic import write_json_atomic
 from memory_bank.classes import IGNORE, ClassTable
 from memory_bank.config import Grid, SegmentConfig
 from memory_bank.errors import BankFormatError
 
-FORMAT_VERSION: Literal[1] = 1
+#: The format new versions are written in; :data:`READABLE_FORMATS` are read.
+FORMAT_VERSION = 2
+#: 1: contexts as dense rows (``codes/context``); 2: contexts inside their grid boxes
+#: (``codes/context_box`` + ``codes/context_cells``, see memory_bank/context_codes.py).
+READABLE_FORMATS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 
 
@@ -85,10 +89,18 @@ class Manifest:
     checksums: dict[str, str] = field(default_factory=dict)
     parent_version: str | None = None
     ignore_value: int = IGNORE
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         cfg = self.segment_config
+        codes: dict[str, Any] = {
+            "fine_mask_bits": cfg.fine_grid[0] * cfg.fine_grid[1],
+            "coarse_bits": sum(g[0] * g[1] for g in cfg.coarse_grids),
+            "bit_order": "big",
+            "row_padding_bytes": 8,
+        }
+        if self.format_version >= 2:
+            codes["context_layout"] = "boxed"
         return {
             "format_version": self.format_version,
             "bank_version": self.bank_version,
@@ -98,12 +110,7 @@ class Manifest:
             "ignore_value": self.ignore_value,
             "resolution": list(self.resolution),
             "segments": cfg.to_dict(),
-            "codes": {
-                "fine_mask_bits": cfg.fine_grid[0] * cfg.fine_grid[1],
-                "coarse_bits": sum(g[0] * g[1] for g in cfg.coarse_grids),
-                "bit_order": "big",
-                "row_padding_bytes": 8,
-            },
+            "codes": codes,
             "counts": self.counts.to_dict(),
             "sources": [s.to_dict() for s in self.sources],
             "checksums": dict(sorted(self.checksums.items())),
@@ -112,13 +119,12 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BankFormatError(
-                f"bank format version {version!r} is not supported (this SIMS reads {FORMAT_VERSION})"
-            )
+        if version not in READABLE_FORMATS or isinstance(version, bool):
+            readable = " and ".join(str(v) for v in READABLE_FORMATS)
+            raise BankFormatError(f"bank format version {version!r} is not supported (this SIMS reads {readable})")
         if d.get("ignore_value", IGNORE) != IGNORE:
             raise BankFormatError(
-                f"manifest ignore_value {d['ignore_value']!r} is not {IGNORE}, the only one v1 allows"
+                f"manifest ignore_value {d['ignore_value']!r} is not {IGNORE}, the only one the format allows"
             )
         try:
             return cls(
@@ -132,6 +138,7 @@ class Manifest:
                 counts=Counts.from_dict(d["counts"]),
                 sources=tuple(SourceInfo.from_dict(s) for s in d["sources"]),
                 checksums=dict(d.get("checksums", {})),
+                format_version=int(version),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BankFormatError(f"manifest is malformed: {e!r}") from e

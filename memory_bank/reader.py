@@ -19,6 +19,7 @@ import zarr
 
 from memory_bank.classes import IGNORE, ClassTable
 from memory_bank.config import SegmentConfig
+from memory_bank.context_codes import BoxedContexts, offsets_of
 from memory_bank.errors import BankFormatError
 from memory_bank.manifest import Manifest
 from memory_bank.segments import segment_context
@@ -117,9 +118,54 @@ class Bank:
         return self._group["components"]
 
     @property
+    def format_version(self) -> int:
+        """1 (dense contexts) or 2 (boxed contexts); docs/bank-format.md §9."""
+        return self.manifest.format_version
+
+    @property
     def codes(self) -> zarr.Group:
-        """Group with ``mask`` (S, fine bytes), ``context`` (S, cells) and ``coarse`` (S, bytes)."""
+        """Group with ``mask`` (S, fine bytes) and ``coarse`` (S, bytes), and the contexts:
+        ``context_box`` (S, 4) + ``context_cells`` (format 2) or ``context`` (S, cells) (format 1).
+        Read contexts with :meth:`context_rows` or :meth:`context_codes`, which hide the difference."""
         return self._group["codes"]
+
+    def context_codes(self) -> BoxedContexts:
+        """Every segment's context code, boxed (as stored in format 2; boxed in chunks from format 1)."""
+        grid = self.config.fine_grid
+        if self.format_version >= 2:
+            return BoxedContexts(
+                np.asarray(self._code_array("context_box")[:], np.int16),
+                np.asarray(self._code_array("context_cells")[:]),
+                grid,
+            )
+        dense = self._code_array("context")
+        step = _BOX_CHUNK_ROWS
+        parts = [
+            BoxedContexts.from_rows(np.asarray(dense[i : i + step]), grid) for i in range(0, self.num_segments, step)
+        ]
+        return BoxedContexts.concat(parts, grid)
+
+    def context_rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Dense (n, gh * gw) uint8 context codes of segments ``start..stop`` (all by default)."""
+        stop = self.num_segments if stop is None else min(stop, self.num_segments)
+        if self.format_version < 2:
+            return np.asarray(self._code_array("context")[start:stop])
+        boxes = np.asarray(self._code_array("context_box")[start:stop], np.int16)
+        offsets = self._context_offsets
+        cells = np.asarray(self._code_array("context_cells")[int(offsets[start]) : int(offsets[stop])])
+        return BoxedContexts(boxes, cells, self.config.fine_grid).rows()
+
+    @cached_property
+    def _context_offsets(self) -> np.ndarray:
+        return offsets_of(np.asarray(self._code_array("context_box")[:], np.int16))
+
+    def _code_array(self, name: str) -> zarr.Array:
+        try:
+            return self.codes[name]
+        except KeyError:
+            raise BankFormatError(
+                f"bank version {self.version} (format {self.format_version}) has no codes/{name} array"
+            ) from None
 
     @cached_property
     def _columns(self) -> dict[str, np.ndarray]:
@@ -194,6 +240,10 @@ class Bank:
         problems += [f"unexpected: {k}" for k in got if k not in want]
         problems += [f"changed: {k}" for k in want if k in got and got[k] != want[k]]
         return problems
+
+
+#: Rows of dense format-1 contexts boxed at once (177 MB at 45x60).
+_BOX_CHUNK_ROWS = 65536
 
 
 def _fixed_list(col: pa.ChunkedArray, width: int) -> np.ndarray:

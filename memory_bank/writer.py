@@ -20,6 +20,7 @@ from zarr.codecs import ZstdCodec
 from memory_bank.classes import ClassTable
 from memory_bank.codes import coarse_bits, code_bytes, fine_bits, popcount
 from memory_bank.config import Grid, SegmentConfig
+from memory_bank.context_codes import BoxedContexts
 from memory_bank.errors import BankFormatError
 from memory_bank.manifest import Counts, Manifest, SourceInfo
 from memory_bank.reader import Bank
@@ -35,8 +36,10 @@ from memory_bank.tables import (
 
 log = logging.getLogger(__name__)
 
-#: Rows per chunk of the code arrays (a context chunk at 45x60 is 11 MB before compression).
+#: Rows per chunk of the code arrays.
 CODE_CHUNK_ROWS = 4096
+#: Cells per chunk of ``codes/context_cells`` (4 MiB before compression).
+CONTEXT_CELL_CHUNK = 4 * 1024 * 1024
 IMAGE_ARRAYS = ("photos", "labels", "components")
 
 
@@ -122,21 +125,22 @@ class BankWriter:
             for name, (shape, chunks, dtype) in specs.items()
         }
         codes = group.require_group("codes")
-        widths = {
-            "mask": code_bytes(fine_bits(self.config)),
-            "context": self.config.fine_grid[0] * self.config.fine_grid[1],
-            "coarse": code_bytes(coarse_bits(self.config)),
+        row_codes = {
+            "mask": (code_bytes(fine_bits(self.config)), "uint8"),
+            "coarse": (code_bytes(coarse_bits(self.config)), "uint8"),
+            "context_box": (4, "int16"),
         }
         self._codes = {
-            name: codes.create_array(
-                name,
-                shape=(0, width),
-                chunks=(CODE_CHUNK_ROWS, width),
-                dtype="uint8",
-                fill_value=0,
-            )
-            for name, width in widths.items()
+            name: codes.create_array(name, shape=(0, width), chunks=(CODE_CHUNK_ROWS, width), dtype=dtype, fill_value=0)
+            for name, (width, dtype) in row_codes.items()
         }
+        # Format 2: each context's cells inside its grid box, concatenated (memory_bank/context_codes.py).
+        self._cells = codes.create_array(
+            "context_cells", shape=(0,), chunks=(CONTEXT_CELL_CHUNK,), dtype="uint8", fill_value=0
+        )
+        self._cell_buffer: list[np.ndarray] = []
+        self._cells_buffered = 0
+        self._cells_written = 0
         if self.base is not None:
             self._copy_base()
 
@@ -149,7 +153,8 @@ class BankWriter:
         codes = self.base.codes
         for start in range(0, self.base.num_segments, CODE_CHUNK_ROWS):
             stop = min(start + CODE_CHUNK_ROWS, self.base.num_segments)
-            self._buffer_codes({k: np.asarray(codes[k][start:stop]) for k in self._code_buffers})
+            rows = {k: np.asarray(codes[k][start:stop]) for k in ("mask", "coarse")}
+            self._buffer_codes({**rows, "context": self.base.context_rows(start, stop)})
         # Linked chunks hold the same bytes as in the base version: reuse their checksums.
         prefixes = tuple(f"{ARRAYS_DIR}/{name}/c/" for name in IMAGE_ARRAYS)
         self._known_checksums.update({k: v for k, v in self.base.manifest.checksums.items() if k.startswith(prefixes)})
@@ -257,17 +262,37 @@ class BankWriter:
 
     def _flush_codes(self, *, final: bool) -> None:
         if self._buffered == 0:
+            self._flush_cells(final=final)
             return
         merged = {k: np.concatenate(v) for k, v in self._code_buffers.items()}
         # Write whole chunks only, so no chunk is ever written twice.
         n = self._buffered if final else (self._buffered // CODE_CHUNK_ROWS) * CODE_CHUNK_ROWS
         start = self._codes_written
+        boxed = BoxedContexts.from_rows(merged["context"][:n], self.config.fine_grid)
+        rows = {"mask": merged["mask"][:n], "coarse": merged["coarse"][:n], "context_box": boxed.boxes}
         for k, arr in self._codes.items():
             arr.resize((start + n, arr.shape[1]))
-            arr[start : start + n] = merged[k][:n]
+            arr[start : start + n] = rows[k]
+        for k in self._code_buffers:
             self._code_buffers[k] = [merged[k][n:]]
         self._codes_written += n
         self._buffered -= n
+        self._cell_buffer.append(boxed.data)
+        self._cells_buffered += boxed.data.size
+        self._flush_cells(final=final)
+
+    def _flush_cells(self, *, final: bool) -> None:
+        """Append the buffered context cells to ``codes/context_cells``, in whole chunks until the last."""
+        n = self._cells_buffered if final else (self._cells_buffered // CONTEXT_CELL_CHUNK) * CONTEXT_CELL_CHUNK
+        if n == 0:
+            return
+        merged = np.concatenate(self._cell_buffer)
+        start = self._cells_written
+        self._cells.resize((start + n,))
+        self._cells[start : start + n] = merged[:n]
+        self._cell_buffer = [merged[n:]]
+        self._cells_written += n
+        self._cells_buffered -= n
 
     # 3. Tables, manifest and publication
     def finish(self, sources: Sequence[SourceInfo]) -> Manifest:

@@ -87,7 +87,7 @@ class SegmentIndex:
             class_id=bank.column("class_id"),
             image_id=bank.column("image_id"),
             mask=np.asarray(codes["mask"][:]),
-            context=np.asarray(codes["context"][:]),
+            context=bank.context_rows(),
             coarse=np.asarray(codes["coarse"][:]),
             config=bank.config,
             resolution=bank.resolution,

@@ -58,7 +58,7 @@ def test_round_trip_gives_identical_arrays(tmp_path: Path, sample_root: Path) ->
         np.testing.assert_array_equal(bank.components[i], r.segments.component_map)
         n = len(r.segments)
         np.testing.assert_array_equal(bank.codes["mask"][offset : offset + n], r.codes.mask)
-        np.testing.assert_array_equal(bank.codes["context"][offset : offset + n], r.codes.context)
+        np.testing.assert_array_equal(bank.context_rows(offset, offset + n), r.codes.context)
         np.testing.assert_array_equal(bank.codes["coarse"][offset : offset + n], r.codes.coarse)
         np.testing.assert_array_equal(bank.column("bbox")[offset : offset + n], r.segments.bbox)
         np.testing.assert_array_equal(bank.column("mask_popcount")[offset : offset + n], r.codes.mask_popcount)
@@ -142,9 +142,9 @@ def test_unknown_format_version_is_refused(tmp_path: Path, val_bank_path: Path) 
     shutil.copytree(val_bank_path, copy)
     vdir = copy / VERSIONS_DIR / current_version(copy)
     manifest = json.loads((vdir / "manifest.json").read_text())
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     (vdir / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BankFormatError, match="format version 2"):
+    with pytest.raises(BankFormatError, match="format version 3"):
         open_bank(copy)
 
 

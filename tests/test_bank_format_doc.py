@@ -36,7 +36,7 @@ class DocBank:
         version = (root / "CURRENT").read_text().strip()
         self.dir = root / "versions" / version
         self.manifest = json.loads((self.dir / "manifest.json").read_text())
-        assert self.manifest["format_version"] == 1
+        assert self.manifest["format_version"] == 2
         assert self.manifest["bank_version"] == version
         self.segments = pq.read_table(self.dir / "segments.parquet").to_pydict()
         self.images = pq.read_table(self.dir / "images.parquet").to_pydict()
@@ -54,6 +54,20 @@ class DocBank:
         context = np.full(label.shape, self.manifest["ignore_value"], np.uint8)
         context[cy0:cy1, cx0:cx1] = label[cy0:cy1, cx0:cx1]
         return mask, crop, context
+
+    def contexts(self) -> np.ndarray:
+        """Dense (S, gh * gw) context rows from the boxed arrays: each box's cells, row-major, in order."""
+        gh, gw = self.manifest["segments"]["fine_grid"]
+        boxes = np.asarray(self.arrays["codes/context_box"][:]).astype(np.int64)
+        cells = np.asarray(self.arrays["codes/context_cells"][:])
+        out = np.full((len(boxes), gh, gw), IGNORE, np.uint8)
+        at = 0
+        for i, (r0, c0, r1, c1) in enumerate(boxes):
+            n = (r1 - r0) * (c1 - c0)
+            out[i, r0:r1, c0:c1] = cells[at : at + n].reshape(r1 - r0, c1 - c0)
+            at += n
+        assert at == cells.size
+        return out.reshape(len(boxes), gh * gw)
 
     def image_rows(self, image_id: int) -> range:
         """Segment ids of one image: contiguous, images in id order."""
@@ -128,8 +142,16 @@ def test_codes_match_documented_definitions(bank_root: Path) -> None:
         "coarse_bits": coarse_bits,
         "bit_order": "big",
         "row_padding_bytes": 8,
+        "context_layout": "boxed",
     }
-    codes = {name: np.asarray(doc.arrays[f"codes/{name}"][:]) for name in ("mask", "context", "coarse")}
+    codes = {name: np.asarray(doc.arrays[f"codes/{name}"][:]) for name in ("mask", "coarse")}
+    codes["context"] = doc.contexts()
+    # Each box is the tightest around the cells that are not IGNORE.
+    boxes = np.asarray(doc.arrays["codes/context_box"][:])
+    present = codes["context"].reshape(-1, gh, gw) != IGNORE
+    for i in range(0, len(boxes), 7):
+        rows, cols = np.flatnonzero(present[i].any(axis=1)), np.flatnonzero(present[i].any(axis=0))
+        assert tuple(boxes[i]) == (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
     assert codes["mask"].shape[1] == -(-gh * gw // 64) * 8
     assert codes["coarse"].shape[1] == -(-coarse_bits // 64) * 8
     for image_id in range(len(doc.images["image_id"])):
@@ -198,7 +220,7 @@ def test_popcounts_and_iou_formulas(bank_root: Path) -> None:
     doc = DocBank(bank_root)
     s = doc.segments
     mask = np.asarray(doc.arrays["codes/mask"][:])
-    context = np.asarray(doc.arrays["codes/context"][:])
+    context = doc.contexts()
     coarse = np.asarray(doc.arrays["codes/coarse"][:])
     np.testing.assert_array_equal(np.bitwise_count(mask).sum(axis=1), s["mask_popcount"])
     np.testing.assert_array_equal((context != IGNORE).sum(axis=1), s["context_popcount"])

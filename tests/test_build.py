@@ -32,7 +32,7 @@ def copy_sample(src: Path, dst: Path, splits: dict[str, int]) -> Path:
 def tables_equal(a: Path, b: Path) -> None:
     ba, bb = open_bank(a), open_bank(b)
     assert ba.segments.equals(bb.segments)
-    for name in ("mask", "context", "coarse"):
+    for name in ("mask", "context_box", "context_cells", "coarse"):
         np.testing.assert_array_equal(ba.codes[name][:], bb.codes[name][:])
     np.testing.assert_array_equal(ba.photos[:], bb.photos[:])
 
@@ -45,7 +45,7 @@ def test_cli_build_and_info(tmp_path: Path, sample_root: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     assert "images    3 at 180x240" in out and "fine grid 18x24" in out and "8-connectivity" in out
     assert main(["index", "info", str(tmp_path / "bank"), "--json"]) == 0
-    assert '"format_version": 1' in capsys.readouterr().out
+    assert '"format_version": 2' in capsys.readouterr().out
     assert main(["index", "verify", str(tmp_path / "bank")]) == 0
 
 

@@ -83,7 +83,7 @@ def test_a_shard_of_other_segments_builds_its_own_index(val_bank: Bank) -> None:
         class_id=val_bank.column("class_id")[keep],
         image_id=val_bank.column("image_id")[keep],
         mask=np.asarray(codes["mask"][:])[keep],
-        context=np.asarray(codes["context"][:])[keep],
+        context=val_bank.context_rows()[keep],
         coarse=np.asarray(codes["coarse"][:])[keep],
         segment_ids=np.flatnonzero(keep),
         config=val_bank.config,

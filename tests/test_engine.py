@@ -91,7 +91,7 @@ def real_arrays(bank: Bank) -> dict:
         "class_id": bank.column("class_id"),
         "image_id": bank.column("image_id"),
         "mask": np.asarray(bank.codes["mask"][:]),
-        "context": np.asarray(bank.codes["context"][:]),
+        "context": bank.context_rows(),
         "coarse": np.asarray(bank.codes["coarse"][:]),
     }
 
