@@ -21,6 +21,9 @@ import numpy as np
 from memory_bank.classes import IGNORE
 from memory_bank.config import Grid
 
+#: Dense rows boxed at once (177 MB at 45x60).
+_CHUNK_ROWS = 65536
+
 
 def grid_boxes(cells: np.ndarray, grid: Grid) -> np.ndarray:
     """(4, n) int64 boxes ``[r0, c0, r1, c1)`` of the set cells of (n, gh * gw) bool rows; empty -> 0s."""
@@ -118,7 +121,10 @@ class BoxedContexts:
 
     @classmethod
     def from_rows(cls, rows: np.ndarray, grid: Grid) -> BoxedContexts:
-        """Box (n, gh * gw) uint8 dense context rows."""
+        """Box (n, gh * gw) uint8 dense context rows (read in chunks: they may be a memory map)."""
+        if len(rows) > _CHUNK_ROWS:
+            parts = [cls.from_rows(rows[i : i + _CHUNK_ROWS], grid) for i in range(0, len(rows), _CHUNK_ROWS)]
+            return cls.concat(parts, grid)
         rows = np.ascontiguousarray(rows, np.uint8).reshape(-1, grid[0] * grid[1])
         boxes = np.ascontiguousarray(grid_boxes(rows != IGNORE, grid).T.astype(np.int16))
         offsets = offsets_of(boxes)

@@ -139,7 +139,7 @@ class Bank:
                 grid,
             )
         dense = self._code_array("context")
-        step = _BOX_CHUNK_ROWS
+        step = 65536  # rows read and boxed at once (177 MB at 45x60)
         parts = [
             BoxedContexts.from_rows(np.asarray(dense[i : i + step]), grid) for i in range(0, self.num_segments, step)
         ]
@@ -240,10 +240,6 @@ class Bank:
         problems += [f"unexpected: {k}" for k in got if k not in want]
         problems += [f"changed: {k}" for k in want if k in got and got[k] != want[k]]
         return problems
-
-
-#: Rows of dense format-1 contexts boxed at once (177 MB at 45x60).
-_BOX_CHUNK_ROWS = 65536
 
 
 def _fixed_list(col: pa.ChunkedArray, width: int) -> np.ndarray:

@@ -48,6 +48,11 @@ from retrieval_service.types import ComponentResult, Match, RetrievalOptions, Re
 log = logging.getLogger(__name__)
 
 
+#: Fast mode scores a class of at most this many segments exactly: the compiled exact scan costs
+#: about what FAISS and the pool ranking do there, and recall is 1 (benchmarks/retrieval.py).
+EXACT_BELOW = 50_000
+
+
 @dataclass
 class _QueryRows:
     """Codes of the query components of one class, as the kernels want them."""
@@ -92,6 +97,7 @@ class RetrievalEngine:
         candidate_config: CandidateConfig | None = None,
         cpu_threads: int | None = 1,
         bank: Bank | None = None,
+        exact_below: int = EXACT_BELOW,
     ) -> None:
         """``cpu_threads`` sets torch's intra-op threads and FAISS's OpenMP threads on CPU
         (process-wide). One is the default: the kernels work on small batches, and concurrent
@@ -99,14 +105,19 @@ class RetrievalEngine:
         10x slower here. ``None`` leaves both settings alone.
 
         ``bank`` (the bank the index was made from) lends its stored FAISS indexes, and enables
-        ``full`` mode: its label and component maps are read into memory on the first such request."""
+        ``full`` mode: its label and component maps are read into memory on the first such request.
+        ``fast`` mode scores classes of at most ``exact_below`` segments exactly."""
         self.index = index
+        self.exact_below = exact_below
         self.candidate_config = candidate_config or CandidateConfig()
         self.bank = bank
         self._frames: PixelFrames | None = None
         self._frames_lock = threading.Lock()
         self._rows: tuple[np.ndarray, np.ndarray] | None = None  # segment id -> (class, shard row), for pins
         self._names: list[str] | None = None  # image id -> source file, from the bank
+        #: Rank with the compiled CPU kernels (pool_ranking.py); False runs the torch path, which
+        #: CUDA uses (tests run it on CPU too).
+        self.compiled = index.device.type == "cpu"
         if cpu_threads is not None and index.device.type == "cpu":
             torch.set_num_threads(cpu_threads)
             faiss.omp_set_num_threads(cpu_threads)
@@ -305,22 +316,12 @@ class RetrievalEngine:
 
     # 3. Exact scoring of one query component against candidate rows
     def _context_inter(self, shard: ClassShard, rows: _QueryRows, j: int, pos: np.ndarray) -> np.ndarray:
-        """Context intersections of query ``j`` with shard rows ``pos``.
-
-        Only the query's present cells can match, so for a small context it is cheaper to
-        gather just those bytes of each candidate than to compare whole rows.
-        """
-        device = shard.context.device
-        p = torch.from_numpy(pos).to(device)
-        cols = rows.present_cols[j]
-        width = shard.context.shape[1]
-        if cols.size * 4 < width:
-            c = torch.from_numpy(cols).to(device)
-            flat = (p[:, None] * width + c[None, :]).reshape(-1)
-            picked = shard.context.view(-1).index_select(0, flat).view(pos.size, cols.size)
-            return (picked == rows.context[j].index_select(0, c)).sum(dim=1, dtype=torch.int64).cpu().numpy()
-        # index_select: ~10x faster than advanced indexing for row gathers on CPU.
-        return count_equal(shard.context.index_select(0, p), rows.context[j]).cpu().numpy()
+        """Context intersections of query ``j`` with shard rows ``pos`` (torch: CUDA, and exact
+        mode's scoring in chunks): the rows are unboxed on the host, then compared whole."""
+        cells = self.index.config.fine_grid[0] * self.index.config.fine_grid[1]
+        dense = np.full((pos.size, padded_width(cells)), IGNORE, np.uint8)
+        dense[:, :cells] = shard.context.rows(pos)
+        return count_equal(torch.from_numpy(dense).to(rows.context.device), rows.context[j]).cpu().numpy()
 
     def _mask_inter(self, shard: ClassShard, rows: _QueryRows, j: int, pos: np.ndarray) -> np.ndarray:
         p = torch.from_numpy(pos).to(shard.mask.device)
@@ -371,10 +372,13 @@ class RetrievalEngine:
     def _fast(
         self, shard: ClassShard, rows: _QueryRows, k: int, count: int, excluded: np.ndarray
     ) -> tuple[list[tuple[Match, ...]], int]:
-        """Top-k within the FAISS candidate pool, found with the same staged bounds as exact."""
+        """Top-k within the FAISS candidate pool, found with the same staged bounds as exact; for a
+        class of at most ``exact_below`` segments, the exact top-k (as cheap there, and never wrong)."""
+        if len(shard) <= self.exact_below:
+            return self._exact(shard, rows, k, excluded)
         pools = self._candidates(shard, rows, max(count, k), excluded)
-        if shard.mask.device.type == "cpu":
-            return self._fast_compiled(shard, rows, k, pools)
+        if self.compiled:
+            return self._ranked(shard, rows, k, pools)
         out, scored = [], 0
         for j, pool in enumerate(pools):
             pos, scores = self._rank_pool(shard, rows, j, k, pool)
@@ -383,14 +387,15 @@ class RetrievalEngine:
         return out, scored
 
     @staticmethod
-    def _fast_compiled(
-        shard: ClassShard, rows: _QueryRows, k: int, pools: list[np.ndarray]
+    def _ranked(
+        shard: ClassShard, rows: _QueryRows, k: int, pools: list[np.ndarray], **window: np.ndarray | None
     ) -> tuple[list[tuple[Match, ...]], int]:
-        """The CPU path of :meth:`_fast`: one compiled call ranks every pool of the class."""
+        """The CPU path of fast and exact mode: one compiled call ranks every component of the class
+        (its pool; with ``mask_pop``, also every row BitBound does not rule out)."""
         ranked = rank_pools(
             mask=shard.mask.numpy(),
             summary=shard.summary,
-            context=shard.context.numpy(),
+            contexts=shard.context,
             blocks=shard.context_blocks,
             segment_ids=shard.segment_ids,
             pools=pools,
@@ -400,6 +405,7 @@ class RetrievalEngine:
             query_blocks=rows.context_blocks,
             query_cols=rows.present_cols,
             k=k,
+            **window,
         )
         out = []
         for pos, sc in zip(ranked.positions, ranked.scores, strict=True):
@@ -447,6 +453,10 @@ class RetrievalEngine:
         """Top-k over the whole class: FAISS seeds set a floor ``t`` on the k-th best score,
         then only segments whose upper bound reaches ``t`` are looked at any closer."""
         seeds = self._candidates(shard, rows, max(4 * k, 32), excluded)
+        if self.compiled:
+            # One compiled call: the seeds, then every row BitBound leaves, each dropped at its first bound below t.
+            allowed = ~np.isin(shard.image_ids, excluded) if excluded.size else None
+            return self._ranked(shard, rows, k, seeds, mask_pop=shard.mask_pop, allowed=allowed)
         out, scored = [], 0
         for j, seed in enumerate(seeds):
             seed_scores = self._score(shard, rows, j, seed)

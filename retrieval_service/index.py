@@ -2,8 +2,9 @@
 
 Each class shard keeps its segments sorted by mask popcount, so that the popcount bound
 (BitBound) turns into a contiguous window, plus the grid bounding boxes of each segment's
-mask cells and context cells, for spatial bounds. Code rows live in torch tensors on the
-chosen device (CUDA when available).
+mask cells and context cells, for spatial bounds. Mask rows live in a torch tensor on the
+chosen device (CUDA when available); contexts are kept inside their grid boxes
+(:class:`~memory_bank.context_codes.BoxedContexts`, about a tenth of the dense rows) on the host.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from memory_bank import Bank, SegmentConfig
 from memory_bank.candidate_index import shard_order
 from memory_bank.classes import IGNORE
-from retrieval_service.kernels import padded_width
+from memory_bank.context_codes import BoxedContexts, grid_boxes
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class ClassShard:
     mask_box: np.ndarray  # (4, n) int64 grid box [r0, c0, r1, c1) of the mask cells
     context_box: np.ndarray  # (4, n) int64 grid box of the present context cells
     mask: torch.Tensor  # (n, words) int64 packed mask bits
-    context: torch.Tensor  # (n, padded_width(cells)) uint8, padding = IGNORE
+    context: BoxedContexts  # boxes = context_box (transposed)
     coarse: np.ndarray  # (n, coarse bytes) uint8, for FAISS
     context_blocks: np.ndarray  # (n, blocks) uint8: present context cells per block of BLOCK_GRID
     summary: np.ndarray  # (n, 10) int32: pruning_summary() of the rows above, one cache line each
@@ -74,9 +75,10 @@ class SegmentIndex:
         """Bytes held by the index (codes and metadata)."""
         total = 0
         for s in self.shards.values():
-            total += s.mask.element_size() * s.mask.nelement() + s.context.element_size() * s.context.nelement()
+            total += s.mask.element_size() * s.mask.nelement() + s.context.nbytes
             total += sum(a.nbytes for a in (s.segment_ids, s.image_ids, s.mask_pop, s.context_pop))
             total += s.mask_box.nbytes + s.context_box.nbytes + s.coarse.nbytes + s.summary.nbytes
+            total += s.context_blocks.nbytes
         return total
 
     @classmethod
@@ -87,7 +89,7 @@ class SegmentIndex:
             class_id=bank.column("class_id"),
             image_id=bank.column("image_id"),
             mask=np.asarray(codes["mask"][:]),
-            context=bank.context_rows(),
+            contexts=bank.context_codes(),
             coarse=np.asarray(codes["coarse"][:]),
             config=bank.config,
             resolution=bank.resolution,
@@ -103,18 +105,24 @@ class SegmentIndex:
         class_id: np.ndarray,
         image_id: np.ndarray,
         mask: np.ndarray,
-        context: np.ndarray,
         coarse: np.ndarray,
         config: SegmentConfig,
         resolution: tuple[int, int],
         num_classes: int,
+        context: np.ndarray | None = None,
+        contexts: BoxedContexts | None = None,
         segment_ids: np.ndarray | None = None,
         device: torch.device | None = None,
         version: str = "",
     ) -> SegmentIndex:
-        """Build the index from code arrays (one row per segment, ids = row numbers by default)."""
+        """Build the index from code arrays (one row per segment, ids = row numbers by default);
+        contexts as dense (S, cells) rows (``context``) or boxed (``contexts``)."""
         start = time.perf_counter()
         device = device or default_device()
+        if contexts is None:
+            if context is None:
+                raise ValueError("pass the contexts, dense (context=) or boxed (contexts=)")
+            contexts = BoxedContexts.from_rows(context, config.fine_grid)
         if segment_ids is None:
             segment_ids = np.arange(len(class_id), dtype=np.int64)
         class_id = np.asarray(class_id)
@@ -122,7 +130,7 @@ class SegmentIndex:
         for c in np.unique(class_id):
             rows = np.flatnonzero(class_id == c)
             shards[int(c)] = _make_shard(
-                int(c), rows, segment_ids, image_id, mask, context, coarse, config.fine_grid, device
+                int(c), rows, segment_ids, image_id, mask, contexts, coarse, config.fine_grid, device
             )
         index = cls(config, tuple(resolution), num_classes, shards, device, version)
         index.build_seconds = time.perf_counter() - start
@@ -140,19 +148,6 @@ class SegmentIndex:
 def _chunks(n: int) -> Iterator[slice]:
     for start in range(0, n, _CHUNK):
         yield slice(start, min(n, start + _CHUNK))
-
-
-def grid_boxes(cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(4, n) boxes ``[r0, c0, r1, c1)`` of the set cells of (n, gh * gw) bool rows; empty -> 0s."""
-    gh, gw = grid
-    cells = cells.reshape(-1, gh, gw)
-    rows, cols = cells.any(axis=2), cells.any(axis=1)
-    has = rows.any(axis=1)
-    r0 = rows.argmax(axis=1)
-    r1 = gh - rows[:, ::-1].argmax(axis=1)
-    c0 = cols.argmax(axis=1)
-    c1 = gw - cols[:, ::-1].argmax(axis=1)
-    return np.where(has[None, :], np.stack([r0, c0, r1, c1]), 0).astype(np.int64)
 
 
 def block_grid_for(grid: tuple[int, int]) -> tuple[int, int]:
@@ -192,7 +187,7 @@ def _make_shard(
     segment_ids: np.ndarray,
     image_id: np.ndarray,
     mask: np.ndarray,
-    context: np.ndarray,
+    contexts: BoxedContexts,
     coarse: np.ndarray,
     grid: tuple[int, int],
     device: torch.device,
@@ -207,7 +202,7 @@ def _make_shard(
     blocks = np.empty((n, block_grid[0] * block_grid[1]), np.uint8)
     for sl in _chunks(n):
         m = np.asarray(mask[rows[sl]])
-        c = np.asarray(context[rows[sl]])
+        c = contexts.rows(rows[sl])
         bits = np.unpackbits(m, axis=1, count=cells).astype(bool)
         present = c != IGNORE
         mask_pop[sl] = bits.sum(axis=1)
@@ -217,8 +212,6 @@ def _make_shard(
         blocks[sl] = block_counts(present, grid, block_grid)
     order = shard_order(mask_pop)
     rows = rows[order]
-    ctx = np.full((n, padded_width(cells)), IGNORE, np.uint8)
-    ctx[:, :cells] = np.asarray(context[rows])
     return ClassShard(
         class_id=class_id,
         segment_ids=np.asarray(segment_ids)[rows].astype(np.int64),
@@ -228,7 +221,7 @@ def _make_shard(
         mask_box=mask_box[:, order],
         context_box=context_box[:, order],
         mask=torch.from_numpy(np.ascontiguousarray(np.asarray(mask[rows])).view(np.int64)).to(device),
-        context=torch.from_numpy(ctx).to(device),
+        context=contexts.take(rows),
         coarse=np.ascontiguousarray(np.asarray(coarse[rows])),
         context_blocks=blocks[order],
         summary=pruning_summary(mask_pop[order], context_pop[order], mask_box[:, order], context_box[:, order]),

@@ -1,15 +1,23 @@
-"""Compiled CPU ranking of candidate pools: every component of one class in one call.
+"""Compiled CPU ranking of candidates: every component of one class in one call.
 
-``fast`` mode hands each query component a pool of FAISS candidates (~500-2000 rows). Ranking
-one pool with numpy/torch costs ~20 small array calls, whose fixed overhead dominates at ~30
-components per layout. This numba kernel ranks all pools of a class in one call: first a
-grid-box bound for every candidate from one small summary row each, then one pass in pool
-order computing the exact mask IoU with a per-block bound on the context IoU, and the exact
-context IoU only for candidates whose bounds still reach the running k-th best score.
-Integers are counted exactly and divided in float64 by :func:`~retrieval_service.iou.iou_scalar`,
-so scores are bit-identical to the reference.
+``fast`` mode hands each query component a pool of FAISS candidates (~500-2000 rows); ``exact``
+mode hands it a few FAISS seeds plus a *window* of shard rows (a contiguous range, the
+popcount window of BitBound) that must all be considered. Ranking with numpy/torch costs ~20
+small array calls per component, whose fixed overhead dominates at ~30 components per layout, so
+this numba kernel ranks every component of a class in one call:
 
-Only the CPU uses it; on CUDA the torch path in the engine runs instead.
+1. a grid-box bound for every pool candidate from one small summary row each (popcounts and the
+   grid boxes of mask and context), in a tight loop so the random reads overlap;
+2. one pass over the pool in its order (FAISS's nearest first, so the floor ``t`` on the k-th
+   best rises early), then over the window in row order: a candidate whose summary bound is
+   below ``t`` is skipped; the rest get the exact mask IoU and a per-block bound on the context;
+   the exact context IoU is counted only where that still reaches ``t``.
+
+Contexts are boxed (:class:`~memory_bank.context_codes.BoxedContexts`): a candidate's cells are
+read only inside the overlap of its grid box with the query's, since every cell outside either
+box can never match. Integers are counted exactly and divided in float64 by
+:func:`~retrieval_service.iou.iou_scalar`, so scores are bit-identical to the reference. Only the
+CPU uses it; on CUDA the torch path in the engine runs instead.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from memory_bank.context_codes import BoxedContexts
 from retrieval_service.iou import iou_scalar
 
 _M1 = np.uint64(0x5555555555555555)
@@ -43,110 +52,183 @@ def _overlap(s: np.ndarray, qs: np.ndarray, at: int) -> int:
     return max(dy, 0) * max(dx, 0)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _summary_bound(s: np.ndarray, qs: np.ndarray) -> float:
+    """Upper bound of the score from two summary rows: each intersection is at most the smaller
+    set and the overlap of the two grid boxes."""
+    im = min(min(qs[0], s[0]), _overlap(s, qs, 2))
+    ic = min(min(qs[1], s[1]), _overlap(s, qs, 6))
+    return iou_scalar(float(im), float(qs[0]), float(s[0])) + iou_scalar(float(ic), float(qs[1]), float(s[1]))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _context_inter(
+    cells: np.ndarray, start: int, s: np.ndarray, q_context: np.ndarray, qs: np.ndarray, cols: np.ndarray, gw: int
+) -> int:
+    """Cells where a boxed bank context (its cells from ``start``, its box in summary columns 6-9)
+    equals the query's dense context row. Only the overlap of the two boxes can match; it is
+    walked row by row, or the query's present cells are looked up when those are fewer."""
+    r0, c0, r1, c1 = s[6], s[7], s[8], s[9]
+    y0, y1 = max(r0, qs[6]), min(r1, qs[8])
+    x0, x1 = max(c0, qs[7]), min(c1, qs[9])
+    if y1 <= y0 or x1 <= x0:
+        return 0
+    w = c1 - c0
+    inter = 0
+    if (y1 - y0) * (x1 - x0) <= 2 * cols.size:
+        for y in range(y0, y1):
+            base = start + (y - r0) * w - c0
+            row = y * gw
+            for x in range(x0, x1):
+                inter += cells[base + x] == q_context[row + x]
+    else:
+        for c in cols:
+            y = c // gw
+            x = c - y * gw
+            if r0 <= y < r1 and c0 <= x < c1 and cells[start + (y - r0) * w + (x - c0)] == q_context[c]:
+                inter += 1
+    return inter
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _consider(
+    r: int,
+    t: float,
+    filled: int,
+    k: int,
+    mask: np.ndarray,
+    summary: np.ndarray,
+    cells: np.ndarray,
+    offsets: np.ndarray,
+    blocks: np.ndarray,
+    seg_ids: np.ndarray,
+    q_mask: np.ndarray,
+    qs: np.ndarray,
+    q_context: np.ndarray,
+    q_blocks: np.ndarray,
+    cols: np.ndarray,
+    gw: int,
+    top_pos: np.ndarray,
+    top: np.ndarray,
+) -> tuple[float, int, int]:
+    """Score row ``r`` if its bounds reach ``t``, insert it into the top-k; returns (t, filled, scored)."""
+    s = summary[r]
+    a, b = float(qs[0]), float(s[0])
+    ca, cb = float(qs[1]), float(s[1])
+    inter = 0
+    for w in range(mask.shape[1]):
+        inter += _popcount(mask[r, w] & q_mask[w])
+    miou = iou_scalar(float(inter), a, b)
+    cap = 0
+    for blk in range(blocks.shape[1]):
+        cap += min(blocks[r, blk], q_blocks[blk])
+    if miou + iou_scalar(float(min(cap, min(qs[1], s[1]))), ca, cb) < t:
+        return t, filled, 0
+    ciou = iou_scalar(float(_context_inter(cells, offsets[r], s, q_context, qs, cols, gw)), ca, cb)
+    score = miou + ciou
+    # Insert into the top-k, ordered by score descending then segment id ascending.
+    slot = filled
+    while slot > 0:
+        p = slot - 1
+        ps = top[p, 0]
+        if ps > score or (ps == score and seg_ids[top_pos[p]] < seg_ids[r]):
+            break
+        slot -= 1
+    if slot >= k:
+        return t, filled, 1
+    for m in range(min(filled, k - 1), slot, -1):
+        top_pos[m] = top_pos[m - 1]
+        top[m, 0] = top[m - 1, 0]
+        top[m, 1] = top[m - 1, 1]
+        top[m, 2] = top[m - 1, 2]
+    top_pos[slot] = r
+    top[slot, 0] = score
+    top[slot, 1] = miou
+    top[slot, 2] = ciou
+    filled = min(filled + 1, k)
+    if filled == k:
+        t = top[k - 1, 0]
+    return t, filled, 1
+
+
 @numba.njit(cache=True, nogil=True)
-def _rank_pools(
+def _rank(
     mask: np.ndarray,  # (n, words) uint64
     summary: np.ndarray,  # (n, SUMMARY_WIDTH) int32
-    context: np.ndarray,  # (n, width) uint8
+    cells: np.ndarray,  # boxed context cells, concatenated
+    offsets: np.ndarray,  # (n + 1,) int64 start of each row's cells
     blocks: np.ndarray,  # (n, nb) uint8
     seg_ids: np.ndarray,  # (n,) int64
+    allowed: np.ndarray,  # (n,) bool, or empty = every row
     pools: np.ndarray,  # concatenated row positions
     starts: np.ndarray,  # (q + 1,) pool offsets
+    windows: np.ndarray,  # (q, 2) int64 row ranges [lo, hi) considered after the pool
+    mask_pop: np.ndarray,  # (n,) int64 ascending, for bitbound (else empty)
+    bitbound: bool,  # the window is BitBound's for the floor after the pool (windows ignored)
     q_mask: np.ndarray,  # (q, words) uint64
     q_summary: np.ndarray,  # (q, SUMMARY_WIDTH) int32
-    q_context: np.ndarray,  # (q, width) uint8
+    q_context: np.ndarray,  # (q, width) uint8, absent cells NO_MATCH
     q_blocks: np.ndarray,  # (q, nb) uint8
     q_cols: np.ndarray,  # concatenated present context cells
     col_starts: np.ndarray,  # (q + 1,)
+    gw: int,
     k: int,
     out_pos: np.ndarray,  # (q, k) int64, -1 = empty
     out: np.ndarray,  # (q, k, 3) float64: score, mask IoU, context IoU
 ) -> int:
     scored = 0
-    words = mask.shape[1]
-    width = context.shape[1]
-    nb = blocks.shape[1]
+    check_allowed = allowed.size > 0
     bound = np.empty(np.max(np.diff(starts)) if starts.size > 1 else 0)
     for j in range(starts.size - 1):
         pool = pools[starts[j] : starts[j + 1]]
         qs = q_summary[j]
-        a = float(qs[0])
-        ca = qs[1]
         cols = q_cols[col_starts[j] : col_starts[j + 1]]
-        dense = cols.size * 8 > width
         filled = 0
         t = -np.inf
-        top_pos = out_pos[j]
-        top = out[j]
-        # (1) A bound from each candidate's summary row alone: intersections are capped by the
-        # smaller set and by the overlap of the grid boxes. A tight loop with no early exits, so
-        # the random summary reads overlap (3x faster than checking them one by one below).
+        # (1) The pool: summary bounds in a tight loop first (the random reads overlap), then
+        # each candidate in pool order, dropped at its first bound below t.
         for i in range(pool.size):
-            s = summary[pool[i]]
-            b = float(s[0])
-            cb = s[1]
-            im = min(min(qs[0], s[0]), _overlap(s, qs, 2))
-            ic = min(min(ca, cb), _overlap(s, qs, 6))
-            bound[i] = iou_scalar(float(im), a, b) + iou_scalar(float(ic), float(ca), float(cb))
-        # (2) One pass in pool order (FAISS's nearest first, so the floor t rises early). Each
-        # candidate is dropped at the first bound below t, most of them before their 0.3-3 kB
-        # of codes are read.
+            bound[i] = _summary_bound(summary[pool[i]], qs)
         for i in range(pool.size):
             if bound[i] < t:
                 continue
-            r = pool[i]
-            b = float(summary[r, 0])
-            cb = summary[r, 1]
-            # (3) Exact mask IoU, then per-block caps on the context.
-            inter = 0
-            for w in range(words):
-                inter += _popcount(mask[r, w] & q_mask[j, w])
-            miou = iou_scalar(float(inter), a, b)
-            cap = 0
-            for blk in range(nb):
-                cap += min(blocks[r, blk], q_blocks[j, blk])
-            if miou + iou_scalar(float(min(cap, min(ca, cb))), float(ca), float(cb)) < t:
+            t, filled, n = _consider(
+                pool[i], t, filled, k, mask, summary, cells, offsets, blocks, seg_ids,
+                q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j], out[j],
+            )  # fmt: skip
+            scored += n
+        # (2) The window, in row order: sequential reads of the summary rows; the pool's rows
+        # are skipped (already considered), as are rows of excluded images.
+        lo, hi = windows[j, 0], windows[j, 1]
+        if bitbound:
+            lo, hi = 0, mask_pop.size
+            # Context IoU <= 1, so a row can reach t only if min(a, b) / max(a, b) >= t - 1:
+            # a contiguous range of the ascending popcounts.
+            ratio = t - 1.0
+            if filled == k and ratio > 0:
+                lo = np.searchsorted(mask_pop, int(np.floor(qs[0] * ratio)) - 1, side="left")
+                hi = np.searchsorted(mask_pop, int(np.ceil(qs[0] / ratio)) + 1, side="right")
+        for r in range(lo, hi):
+            if _summary_bound(summary[r], qs) < t or (check_allowed and not allowed[r]):
                 continue
-            inter = 0
-            if dense:  # whole rows: a contiguous loop the compiler vectorizes
-                for c in range(width):
-                    inter += context[r, c] == q_context[j, c]
-            else:  # only the query's present cells
-                for c in cols:
-                    if context[r, c] == q_context[j, c]:
-                        inter += 1
-            ciou = iou_scalar(float(inter), float(ca), float(cb))
-            score = miou + ciou
-            scored += 1
-            # Insert into the top-k, ordered by score descending then segment id ascending.
-            slot = filled
-            while slot > 0:
-                p = slot - 1
-                ps = top[p, 0]
-                if ps > score or (ps == score and seg_ids[top_pos[p]] < seg_ids[r]):
+            seen = False
+            for i in range(pool.size):
+                if pool[i] == r:
+                    seen = True
                     break
-                slot -= 1
-            if slot >= k:
+            if seen:
                 continue
-            last = min(filled, k - 1)
-            for m in range(last, slot, -1):
-                top_pos[m] = top_pos[m - 1]
-                top[m, 0] = top[m - 1, 0]
-                top[m, 1] = top[m - 1, 1]
-                top[m, 2] = top[m - 1, 2]
-            top_pos[slot] = r
-            top[slot, 0] = score
-            top[slot, 1] = miou
-            top[slot, 2] = ciou
-            filled = min(filled + 1, k)
-            if filled == k:
-                t = top[k - 1, 0]
+            t, filled, n = _consider(
+                r, t, filled, k, mask, summary, cells, offsets, blocks, seg_ids,
+                q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j], out[j],
+            )  # fmt: skip
+            scored += n
     return scored
 
 
 @dataclass(frozen=True)
 class RankedPools:
-    """Top-k of each query's pool: shard row positions (-1 = none) and (score, mask, context)."""
+    """Top-k of each query: shard row positions (-1 = none) and (score, mask IoU, context IoU)."""
 
     positions: np.ndarray  # (q, k) int64
     scores: np.ndarray  # (q, k, 3) float64
@@ -157,7 +239,7 @@ def rank_pools(
     *,
     mask: np.ndarray,
     summary: np.ndarray,
-    context: np.ndarray,
+    contexts: BoxedContexts,
     blocks: np.ndarray,
     segment_ids: np.ndarray,
     pools: list[np.ndarray],
@@ -167,14 +249,24 @@ def rank_pools(
     query_blocks: np.ndarray,
     query_cols: list[np.ndarray],
     k: int,
+    windows: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
+    mask_pop: np.ndarray | None = None,
 ) -> RankedPools:
-    """Exact top-k of each query component within its candidate pool (see the module docstring).
+    """Exact top-k of each query component over its pool and then its window (see the module docstring).
 
-    ``mask``/``query_mask`` are packed bits as (rows, words) int64 or uint64; contexts are
-    (rows, width) uint8 with absent query cells set to a value no bank cell holds;
+    ``mask``/``query_mask`` are packed bits as (rows, words) int64 or uint64; ``contexts`` are the
+    shard rows' boxed contexts, whose boxes must equal the context boxes in ``summary`` (columns
+    6-9); ``query_context`` rows are dense with absent cells set to a value no bank cell holds;
     ``summary``/``query_summary`` are (rows, 10) int32 rows from
-    :func:`~retrieval_service.index.pruning_summary` (popcounts and grid boxes).
+    :func:`~retrieval_service.index.pruning_summary`. ``windows`` (q, 2) adds the rows
+    ``lo..hi-1`` of each query (default none). With ``mask_pop`` (the rows' ascending mask
+    popcounts) instead, each query's window is every row that BitBound cannot rule out once the
+    pool has set the floor: the whole class is covered, so the top-k is exact over it.
+    ``allowed`` (n,) bool limits the windows to some rows (pools are taken as given).
     """
+    if windows is not None and mask_pop is not None:
+        raise ValueError("pass windows or mask_pop, not both")
     q = len(pools)
     if len(query_cols) != q or query_mask.shape[0] != q:
         raise ValueError(f"{q} pools but {query_mask.shape[0]} query rows and {len(query_cols)} column lists")
@@ -186,20 +278,26 @@ def rank_pools(
     scores = np.full((q, k, 3), -np.inf)
     flat = np.concatenate(pools).astype(np.int64) if q else np.zeros(0, np.int64)
     cols = np.concatenate(query_cols).astype(np.int64) if q else np.zeros(0, np.int64)
-    scored = _rank_pools(
+    scored = _rank(
         np.ascontiguousarray(mask).view(np.uint64),
         np.ascontiguousarray(summary, np.int32),
-        np.ascontiguousarray(context),
+        contexts.data,
+        contexts.offsets,
         np.ascontiguousarray(blocks),
         np.asarray(segment_ids, np.int64),
+        np.zeros(0, bool) if allowed is None else np.ascontiguousarray(allowed, bool),
         flat,
         starts,
+        np.zeros((q, 2), np.int64) if windows is None else np.ascontiguousarray(windows, np.int64),
+        np.zeros(0, np.int64) if mask_pop is None else np.ascontiguousarray(mask_pop, np.int64),
+        mask_pop is not None,
         np.ascontiguousarray(query_mask).view(np.uint64),
         np.ascontiguousarray(query_summary, np.int32),
         np.ascontiguousarray(query_context),
         np.ascontiguousarray(query_blocks),
         cols,
         col_starts,
+        contexts.grid[1],
         k,
         positions,
         scores,
@@ -210,20 +308,20 @@ def rank_pools(
 def compile_rank_pools() -> None:
     """Compile (or load from numba's cache) the kernel, so the first query does not pay for it."""
     words = np.zeros((1, 1), np.int64)
-    ctx = np.zeros((1, 8), np.uint8)
-    one = np.ones(1, np.int64)
-    summary = np.ones((1, 10), np.int32)
+    summary = np.array([[1, 1, 0, 0, 1, 1, 0, 0, 1, 1]], np.int32)
+    contexts = BoxedContexts(np.array([[0, 0, 1, 1]], np.int16), np.zeros(1, np.uint8), (1, 8))
     rank_pools(
         mask=words,
         summary=summary,
-        context=ctx,
+        contexts=contexts,
         blocks=np.zeros((1, 1), np.uint8),
-        segment_ids=one,
+        segment_ids=np.ones(1, np.int64),
         pools=[np.zeros(1, np.int64)],
         query_mask=words,
         query_summary=summary,
-        query_context=ctx,
+        query_context=np.zeros((1, 8), np.uint8),
         query_blocks=np.zeros((1, 1), np.uint8),
         query_cols=[np.zeros(1, np.int64)],
         k=1,
+        windows=np.array([[0, 1]], np.int64),
     )

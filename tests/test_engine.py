@@ -74,11 +74,13 @@ def assert_equals_brute_force(engine: RetrievalEngine, arrays: dict, label: np.n
     return checked
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31), k=st.integers(1, 6), exclude=st.booleans())
-def test_exact_equals_brute_force_on_random_banks(seed: int, k: int, exclude: bool) -> None:
+def test_exact_equals_brute_force_on_random_banks(compiled: bool, seed: int, k: int, exclude: bool) -> None:
     arrays, layouts = random_bank(seed, images=12)
     engine = engine_for(arrays)
+    engine.compiled = compiled  # False: the torch path CUDA runs, here on CPU
     query = blocky_layout(np.random.default_rng(seed + 1))
     opts = {"exclude_images": [0, 3]} if exclude else {}
     assert_equals_brute_force(engine, arrays, query, k, **opts)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memory_bank.context_codes import BoxedContexts
 from retrieval_service.index import block_counts, grid_boxes, pruning_summary
 from retrieval_service.iou import iou64
 from retrieval_service.kernels import NO_MATCH
@@ -61,7 +62,7 @@ def test_rank_pools_matches_numpy(seed: int, n: int, q: int, k: int) -> None:
     ranked = rank_pools(
         mask=_pack(bits),
         summary=_summary(bits, ctx),
-        context=ctx,
+        contexts=BoxedContexts.from_rows(ctx, GRID),
         blocks=block_counts(ctx != 255, GRID, BLOCKS),
         segment_ids=seg_ids,
         pools=pools,
@@ -87,12 +88,94 @@ def test_rank_pools_matches_numpy(seed: int, n: int, q: int, k: int) -> None:
         assert ranked.scored <= sum(p.size for p in pools)
 
 
+def _reference(bits, ctx, qbits, qctx, seg_ids, j: int, rows: np.ndarray, k: int):
+    """Score every row of ``rows`` for query ``j``; the top-k by score, then segment id."""
+    miou = iou64((bits[rows] & qbits[j]).sum(1), qbits[j].sum(), bits[rows].sum(1))
+    inter = ((ctx[rows] == qctx[j]) & (qctx[j] != 255)).sum(1)
+    ciou = iou64(inter, (qctx[j] != 255).sum(), (ctx[rows] != 255).sum(1))
+    score = miou + ciou
+    order = np.lexsort((seg_ids[rows], -score))[:k]
+    return rows[order], score[order]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), q=st.integers(1, 5), k=st.integers(1, 6))
+def test_windows_after_seeds_match_a_full_scan(seed: int, n: int, q: int, k: int) -> None:
+    """Exact mode's use: a few seeds, then a window of rows (skipping the seeds and excluded rows)."""
+    rng = np.random.default_rng(seed)
+    bits, ctx = _codes(rng, n, int(rng.integers(1, 4)))
+    qbits, qctx = _codes(rng, q, 3)
+    seg_ids = rng.permutation(n * 3)[:n].astype(np.int64)
+    allowed = rng.random(n) < 0.8
+    windows = np.sort(rng.integers(0, n + 1, (q, 2)), axis=1)
+    seeds = [rng.choice(n, size=int(rng.integers(0, min(n, 8) + 1)), replace=False).astype(np.int64) for _ in range(q)]
+    ranked = rank_pools(
+        mask=_pack(bits),
+        summary=_summary(bits, ctx),
+        contexts=BoxedContexts.from_rows(ctx, GRID),
+        blocks=block_counts(ctx != 255, GRID, BLOCKS),
+        segment_ids=seg_ids,
+        pools=seeds,
+        query_mask=_pack(qbits),
+        query_summary=_summary(qbits, qctx),
+        query_context=np.where(qctx == 255, NO_MATCH, qctx).astype(np.uint8),
+        query_blocks=block_counts(qctx != 255, GRID, BLOCKS),
+        query_cols=[np.flatnonzero(r != 255) for r in qctx],
+        k=k,
+        windows=windows,
+        allowed=allowed,
+    )
+    for j in range(q):
+        window = np.arange(windows[j, 0], windows[j, 1])
+        rows = np.union1d(seeds[j], window[allowed[window]])
+        want_rows, want_scores = _reference(bits, ctx, qbits, qctx, seg_ids, j, rows, k)
+        got = ranked.positions[j][ranked.positions[j] >= 0]
+        assert got.tolist() == want_rows.tolist()
+        np.testing.assert_array_equal(ranked.scores[j, : got.size, 0], want_scores)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), q=st.integers(1, 5), k=st.integers(1, 6))
+def test_bitbound_windows_cover_the_whole_class(seed: int, n: int, q: int, k: int) -> None:
+    """Rows sorted by mask popcount, as in a shard: seeds, then BitBound's window, equal a full scan."""
+    rng = np.random.default_rng(seed)
+    bits, ctx = _codes(rng, n, int(rng.integers(1, 4)))
+    order = np.argsort(bits.sum(1), kind="stable")
+    bits, ctx = bits[order], ctx[order]
+    qbits, qctx = _codes(rng, q, 3)
+    seg_ids = rng.permutation(n * 3)[:n].astype(np.int64)
+    allowed = rng.random(n) < 0.9
+    seeds = [rng.choice(n, size=int(rng.integers(0, min(n, 12) + 1)), replace=False).astype(np.int64) for _ in range(q)]
+    ranked = rank_pools(
+        mask=_pack(bits),
+        summary=_summary(bits, ctx),
+        contexts=BoxedContexts.from_rows(ctx, GRID),
+        blocks=block_counts(ctx != 255, GRID, BLOCKS),
+        segment_ids=seg_ids,
+        pools=seeds,
+        query_mask=_pack(qbits),
+        query_summary=_summary(qbits, qctx),
+        query_context=np.where(qctx == 255, NO_MATCH, qctx).astype(np.uint8),
+        query_blocks=block_counts(qctx != 255, GRID, BLOCKS),
+        query_cols=[np.flatnonzero(r != 255) for r in qctx],
+        k=k,
+        mask_pop=bits.sum(1),
+        allowed=allowed,
+    )
+    for j in range(q):
+        rows = np.union1d(seeds[j], np.flatnonzero(allowed))
+        want_rows, want_scores = _reference(bits, ctx, qbits, qctx, seg_ids, j, rows, k)
+        got = ranked.positions[j][ranked.positions[j] >= 0]
+        np.testing.assert_array_equal(ranked.scores[j, : got.size, 0], want_scores)
+        assert got.tolist() == want_rows.tolist()
+
+
 def test_rank_pools_rejects_mismatched_queries() -> None:
     with pytest.raises(ValueError, match="pools"):
         rank_pools(
             mask=np.zeros((1, 1), np.int64),
             summary=np.zeros((1, 10), np.int32),
-            context=np.zeros((1, 8), np.uint8),
+            contexts=BoxedContexts.from_rows(np.zeros((1, 8), np.uint8), (1, 8)),
             blocks=np.zeros((1, 1), np.uint8),
             segment_ids=np.zeros(1),
             pools=[np.zeros(0, np.int64)],
