@@ -187,6 +187,16 @@ class BankLocation:
         self.fs.invalidate_cache()
 
 
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What reading a remote bank can raise besides OSError: botocore's own errors (no credentials,
+    unreachable endpoint) are not OSErrors. For ``except`` clauses that turn them into one line."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError)
+
+
 def _is_precondition_failure(e: BaseException) -> bool:
     text = f"{e!r} {getattr(e, '__cause__', '')!r}"
     return isinstance(e, FileExistsError) or "PreconditionFailed" in text or "412" in text
@@ -210,4 +220,4 @@ def locate(where: str | Path | BankLocation, storage_options: Mapping[str, Any] 
     return BankLocation(fs, path, options)
 
 
-__all__ = ["STORAGE_OPTIONS_ENV", "BankLocation", "env_storage_options", "is_url", "locate"]
+__all__ = ["STORAGE_OPTIONS_ENV", "BankLocation", "env_storage_options", "is_url", "locate", "storage_errors"]

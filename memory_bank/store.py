@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from memory_bank.atomic import atomic_file
 from memory_bank.errors import BankBusyError, BankNotFoundError
 from memory_bank.manifest import MANIFEST_FILE
-from memory_bank.storage import BankLocation, locate
+from memory_bank.storage import BankLocation, locate, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def _remove_abandoned(staging: Path) -> list[str]:
 def _remote_isfile(loc: BankLocation, rel: str) -> bool:
     try:
         return loc.isfile(rel)
-    except OSError as e:  # no credentials, unreachable endpoint, no such bucket
+    except storage_errors() as e:  # no credentials, unreachable endpoint, no such bucket
         raise BankNotFoundError(f"cannot read the bank at {loc}: {e}") from None
 
 
@@ -298,7 +298,7 @@ def _remote_current_version(loc: BankLocation) -> str:
         raise BankNotFoundError(
             f"no bank at {loc}: nothing has been published there ({CURRENT_FILE} is missing)"
         ) from None
-    except OSError as e:
+    except storage_errors() as e:
         raise BankNotFoundError(f"cannot read the bank at {loc}: {e}") from None
     if not _remote_isfile(loc.child(VERSIONS_DIR, name), MANIFEST_FILE):
         raise BankNotFoundError(f"bank at {loc} points at version {name!r}, which is missing")
@@ -338,7 +338,9 @@ class RemoteLock:
             try:
                 root.write_bytes(self.rel, self._payload(), exclusive=True)
                 break
-            except FileExistsError:
+            except storage_errors() as e:
+                if not isinstance(e, FileExistsError):
+                    raise BankNotFoundError(f"cannot write to the bank at {root}: {e}") from None
                 if attempt or not self._stale():
                     raise BankBusyError(
                         f"another build is writing to bank {root} ({self._describe_holder()}); wait for it to "

@@ -158,6 +158,15 @@ def test_remote_writer_lock_excludes_a_second_writer_and_a_dead_ones_is_taken_ov
     assert not root.exists("staging/.writer.lock")
 
 
+def test_an_unreachable_store_is_a_one_line_error(s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SIMS_STORAGE_OPTIONS reaches s3fs: here an endpoint where nothing listens.
+    monkeypatch.setenv(
+        STORAGE_OPTIONS_ENV, '{"endpoint_url": "http://127.0.0.1:9", "config_kwargs": {"retries": {"max_attempts": 1}}}'
+    )
+    with pytest.raises(BankNotFoundError, match=r"cannot read the bank at s3://b-x/bank: .*127\.0\.0\.1:9"):
+        current_version("s3://b-x/bank")
+
+
 # 2. Build, open, verify and serve a bank on S3
 
 
