@@ -317,3 +317,26 @@ def test_gc_on_s3_keeps_the_newest_and_the_served(
     assert gc_versions(url, keep=1) == [v1]
     assert list_versions(url) == [v2] and root.listdir(VERSIONS_DIR) == [v2]
     assert open_bank(url).verify() == []
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_in_process_synthesis_on_s3_equals_local(
+    remote_val: str, val_bank_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in {
+        "SIMS_WORKER_REFINE_WEIGHTS": "none",
+        "SIMS_WORKER_TRANSFORM_WEIGHTS": "none",
+        "SIMS_WORKER_ORDERING_WEIGHTS": "none",
+    }.items():
+        monkeypatch.setenv(k, v)
+    png = encode_layout_png(np.asarray(open_bank(val_bank_path).labels[3]))
+    images = []
+    for bank in (remote_val, val_bank_path):
+        settings = Settings(
+            bank=bank, wait_for_bank=True, synthesis_backend="in_process", synthesis_weights=tiny_weights
+        )
+        with TestClient(create_app(settings)) as client:
+            r = client.post("/synthesize", files={"layout": ("l.png", png, "image/png")}, data={"seed": "1"})
+            assert r.status_code == 200, r.text
+            images.append(r.content)
+    assert images[0] == images[1]
