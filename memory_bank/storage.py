@@ -27,6 +27,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from fsspec.implementations.local import LocalFileSystem
 
 from memory_bank.errors import BankNotFoundError
@@ -146,9 +147,10 @@ class BankLocation:
         """A Zarr v3 group, read only."""
         if self.is_local:
             return zarr.open_group(Path(self.path) / rel, mode="r", zarr_format=3)
-        store = zarr.storage.FsspecStore.from_url(
-            self.fs.unstrip_protocol(self.key(rel)), storage_options=dict(self.storage_options), read_only=True
-        )
+        # zarr wants an asynchronous filesystem; wrapping this (sync) instance shares its
+        # connections and settings, and its own finalizer closes them at exit.
+        fs = AsyncFileSystemWrapper(self.fs, asynchronous=True)
+        store = zarr.storage.FsspecStore(fs, read_only=True, path=self.key(rel))
         return zarr.open_group(store, mode="r", zarr_format=3)
 
     def sha256(self, rel: str) -> str:

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from indexers.build import add_to_bank, build_bank
 from indexers.readers import create_reader
-from memory_bank import BankBusyError, BankNotFoundError, current_version, list_versions, open_bank
+from memory_bank import Bank, BankBusyError, BankNotFoundError, current_version, list_versions, open_bank
 from memory_bank.png import encode_layout_png
 from memory_bank.storage import STORAGE_OPTIONS_ENV, env_storage_options, is_url, locate
 from memory_bank.store import CURRENT_FILE, MANIFEST_FILE, VERSIONS_DIR, RemoteLock, RemoteStaging, gc_versions
@@ -132,6 +132,19 @@ def test_locations_of_paths_and_urls(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(STORAGE_OPTIONS_ENV, "[1]")
     with pytest.raises(BankNotFoundError, match="JSON object"):
         env_storage_options()
+
+
+def test_a_bank_in_memory_reads_like_the_local_one(sample_root: Path, val_bank: Bank) -> None:
+    url = f"memory://sims-{uuid.uuid4().hex}/bank"
+    build_val(url, sample_root)
+    bank = open_bank(url)
+    assert bank.verify() == [] and bank.manifest.checksums == val_bank.manifest.checksums
+    got, want = bank.segment(5), val_bank.segment(5)
+    np.testing.assert_array_equal(got.crop, want.crop)
+    np.testing.assert_array_equal(got.context, want.context)
+    locate(bank.path).write_bytes("segments.parquet", b"tampered")
+    assert bank.num_segments == val_bank.num_segments  # the open bank keeps the table it read ...
+    assert bank.verify() == ["changed: segments.parquet"]  # ... and verify reads the objects again
 
 
 def test_no_bank_at_a_url_is_a_one_line_error() -> None:
