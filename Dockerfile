@@ -24,7 +24,8 @@ RUN python -m venv /app/.venv \
     && /app/.venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
 COPY . .
-RUN bash scripts/setup.sh \
+# The s3 extra: the image serves banks on S3 as well as on volumes.
+RUN bash scripts/setup.sh s3 \
     && useradd --create-home --uid 1000 sims \
     && mkdir -p /banks /data \
     && chown sims:sims /banks

@@ -33,6 +33,7 @@ from memory_bank.candidate_index import write_class_indexes
 from memory_bank.config import Grid
 from memory_bank.images import image_size
 from memory_bank.records import ImageRecord, make_record
+from memory_bank.storage import BankLocation, locate
 from memory_bank.tables import ARRAYS_DIR
 from memory_bank.writer import write_pixels
 
@@ -44,7 +45,7 @@ class BuildReport:
     """What a build published, and how fast."""
 
     manifest: Manifest
-    version_dir: Path
+    version_dir: Path | str  # a URL for a bank on object storage
     seconds: float
     images_added: int
     images_skipped: int
@@ -93,13 +94,16 @@ def build_bank(
     (1 runs in this process). ``scheduler`` is a Dask scheduler address such as
     ``tcp://10.0.0.5:8786``; when given, the images are processed on that cluster, whose
     workers must see the dataset and ``out`` at the same paths (they write image chunks).
+    ``out`` may be an fsspec URL (``s3://bucket/prefix``): the version is staged in a local
+    temporary directory and uploaded when published (with ``scheduler``, the workers must see
+    that directory, under ``TMPDIR``, at the same path).
     """
     refs = reader.refs
     resolution = resolution or native_resolution(refs[0])
     config = config or SegmentConfig()
     writer_args = {"classes": reader.classes, "resolution": resolution, "config": config}
     executor = _executor(workers, scheduler, scheduler_timeout)
-    return _run(reader, refs, Path(out), writer_args, None, executor, progress, skipped=0)
+    return _run(reader, refs, locate(out), writer_args, None, executor, progress, skipped=0)
 
 
 def add_to_bank(
@@ -126,13 +130,13 @@ def add_to_bank(
         raise DatasetError(f"all {skipped} images of {reader.root} are already in bank {base.version}; nothing to add")
     writer_args = {"classes": base.classes, "resolution": base.resolution, "config": base.config}
     executor = _executor(workers, scheduler, scheduler_timeout)
-    return _run(reader, refs, Path(bank_root), writer_args, base, executor, progress, skipped=skipped)
+    return _run(reader, refs, locate(bank_root), writer_args, base, executor, progress, skipped=skipped)
 
 
 def _run(
     reader: DatasetReader,
     refs: Sequence[SampleRef],
-    root: Path,
+    root: BankLocation,
     writer_args: dict,
     base,
     executor: _executor,
@@ -156,8 +160,12 @@ def _run(
         _write_candidate_indexes(writer, len(writer_args["classes"]))
         manifest = writer.publish()
     seconds = time.perf_counter() - start
-    version_dir = root / "versions" / manifest.bank_version
-    size = sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file())
+    if root.is_local:
+        version_dir: Path | str = Path(root.path) / "versions" / manifest.bank_version
+        size = sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file())
+    else:
+        version_dir = root.child("versions", manifest.bank_version).url
+        size = root.child("versions", manifest.bank_version).size()
     report = BuildReport(manifest, version_dir, seconds, len(refs), skipped, size)
     c = manifest.counts
     log.info(

@@ -10,6 +10,7 @@ import typer
 
 from memory_bank import SegmentConfig, current_version, list_versions, open_bank
 from memory_bank.config import format_grids, parse_grids, parse_size
+from memory_bank.storage import is_url
 
 app = typer.Typer(help="Build and inspect memory banks.", no_args_is_help=True)
 
@@ -24,7 +25,8 @@ SchedulerOpt = Annotated[
     str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:8786) to run the build on.")
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
-BankArg = Annotated[Path, typer.Argument(help="Bank directory.")]
+# Banks are paths or fsspec URLs (s3://bucket/prefix): str, since Path would fold `s3://` into `s3:/`.
+BankArg = Annotated[str, typer.Argument(help="Bank directory, or an fsspec URL such as s3://bucket/prefix.")]
 
 
 def _splits(text: str | None) -> list[str] | None:
@@ -35,7 +37,7 @@ def _splits(text: str | None) -> list[str] | None:
 def build(
     dataset: DatasetOpt,
     root: RootOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Bank directory (created, or given a new version).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Bank directory or URL (created, or given a new version).")],
     splits: SplitsOpt = None,
     resolution: Annotated[
         str | None, typer.Option(help="Working resolution ROWSxCOLS (default: the dataset's own).")
@@ -84,7 +86,7 @@ def build(
 def add(
     dataset: DatasetOpt,
     root: RootOpt,
-    bank: Annotated[Path, typer.Option("--bank", "-b", help="Existing bank to extend.")],
+    bank: Annotated[str, typer.Option("--bank", "-b", help="Existing bank to extend (directory or URL).")],
     splits: SplitsOpt = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
@@ -158,19 +160,22 @@ def gc(
     deleted = gc_versions(bank, keep, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     typer.echo(f"{verb} {len(deleted)} version(s)" + (": " + ", ".join(deleted) if deleted else ""))
-    kept = len(list_versions(bank)) - (len(deleted) if dry_run else 0)
+    kept = len(set(list_versions(bank)) - set(deleted))
     typer.echo(f"{'would keep' if dry_run else 'kept'} {kept}, serving {current_version(bank)}")
 
 
-def describe(bank_path: Path, version: str | None = None) -> str:
+def describe(bank_path: str | Path, version: str | None = None) -> str:
     """A human-readable summary of a bank version."""
     b = open_bank(bank_path, version)
     m, cfg = b.manifest, b.config
     c = m.counts
-    size = sum(p.stat().st_size for p in b.path.rglob("*") if p.is_file())
+    if isinstance(b.path, Path):
+        size = sum(p.stat().st_size for p in b.path.rglob("*") if p.is_file())
+    else:
+        size = b.location.size()
     kept_pct = 100 * c.segments / max(1, c.segments + c.dropped_segments)
     lines = [
-        f"bank      {Path(bank_path).resolve()}",
+        f"bank      {bank_path if is_url(bank_path) else Path(bank_path).resolve()}",
         f"version   {m.bank_version} (format v{m.format_version}, created {m.created_at})"
         + (f", parent {m.parent_version}" if m.parent_version else ""),
         f"versions  {len(list_versions(bank_path))} published",

@@ -143,9 +143,15 @@ def write_class_indexes(
     return written
 
 
-def read_class_index(path: Path, config: CandidateConfig | None = None) -> faiss.IndexBinaryIDMap:
-    """Load a class index written by :func:`write_class_indexes`, set to search with ``config``'s ``nprobe``."""
-    index = faiss.read_index_binary(str(path))
+def read_class_index(source: Path | bytes, config: CandidateConfig | None = None) -> faiss.IndexBinaryIDMap:
+    """Load a class index written by :func:`write_class_indexes`, set to search with ``config``'s ``nprobe``.
+
+    ``source`` is the file's path, or its bytes (:meth:`Bank.faiss_index_bytes`, any storage).
+    """
+    if isinstance(source, bytes):
+        index = faiss.deserialize_index_binary(np.frombuffer(source, dtype=np.uint8))
+    else:
+        index = faiss.read_index_binary(str(source))
     inner = faiss.downcast_IndexBinary(index.index) if isinstance(index, faiss.IndexBinaryIDMap) else None
     if isinstance(inner, faiss.IndexBinaryIVF):
         inner.nprobe = (config or CandidateConfig()).nprobe

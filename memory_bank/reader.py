@@ -6,24 +6,26 @@ through this module alone, without the retrieval service.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import zarr
 
 from memory_bank.classes import IGNORE, ClassTable
 from memory_bank.config import SegmentConfig
 from memory_bank.context_codes import BoxedContexts, offsets_of
 from memory_bank.errors import BankFormatError
-from memory_bank.manifest import Manifest
+from memory_bank.manifest import MANIFEST_FILE, Manifest
 from memory_bank.segments import segment_context
-from memory_bank.store import file_checksums, resolve_version_dir
+from memory_bank.storage import BankLocation, locate
+from memory_bank.store import file_checksums, resolve_version
 from memory_bank.tables import ARRAYS_DIR, IMAGES_FILE, SEGMENTS_FILE, faiss_index_name
 
 
@@ -56,15 +58,20 @@ class Segment:
 
 
 class Bank:
-    """A published, immutable bank version. Open one with :func:`open_bank`."""
+    """A published, immutable bank version. Open one with :func:`open_bank`.
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.manifest = Manifest.load(self.path)
+    ``location`` says where its files are; ``path`` is its directory (a :class:`Path`) for a local
+    bank and its URL (a str, ``s3://...``) for one on object storage.
+    """
+
+    def __init__(self, path: Path | BankLocation) -> None:
+        self.location = path if isinstance(path, BankLocation) else BankLocation.local(path)
+        self.path: Path | str = self.location.local_path or self.location.url
+        self.manifest = _load_manifest(self.location)
         try:
-            self.segments: pa.Table = pq.read_table(self.path / SEGMENTS_FILE)
-            self.images: pa.Table = pq.read_table(self.path / IMAGES_FILE)
-            self._group = zarr.open_group(self.path / ARRAYS_DIR, mode="r", zarr_format=3)
+            self.segments: pa.Table = self.location.read_table(SEGMENTS_FILE)
+            self.images: pa.Table = self.location.read_table(IMAGES_FILE)
+            self._group = self.location.open_group(ARRAYS_DIR)
         except (OSError, pa.ArrowInvalid, zarr.errors.GroupNotFoundError) as e:
             raise BankFormatError(f"bank version at {self.path} is unreadable: {e}") from e
         if self.segments.num_rows != self.manifest.counts.segments:
@@ -228,13 +235,29 @@ class Bank:
         return self.segments.filter(pc.equal(self.segments["class_id"], class_id))
 
     def faiss_index_path(self, class_id: int) -> Path | None:
-        """Path of a class's FAISS binary index of coarse codes, or None if it has no segments."""
+        """Path of a class's FAISS binary index of coarse codes (local banks), or None if it has no segments.
+
+        A bank on object storage has no local path: use :meth:`faiss_index_bytes`.
+        """
+        if not isinstance(self.path, Path):
+            raise ValueError(f"bank {self.path} is not on a local filesystem: read faiss_index_bytes()")
         p = self.path / faiss_index_name(class_id)
         return p if p.is_file() else None
 
+    def faiss_index_bytes(self, class_id: int) -> bytes | None:
+        """The serialized FAISS binary index of a class, or None if it has no segments (any bank)."""
+        try:
+            return self.location.read_bytes(faiss_index_name(class_id))
+        except FileNotFoundError:
+            return None
+
     def verify(self) -> list[str]:
         """Compare every file's SHA-256 with the manifest; returns the mismatches (empty if sound)."""
-        got = file_checksums(self.path)
+        loc = self.location
+        if loc.is_local:
+            got = file_checksums(Path(loc.path))
+        else:
+            got = {rel: loc.sha256(rel) for rel in loc.files() if rel != MANIFEST_FILE}
         want = self.manifest.checksums
         problems = [f"missing: {k}" for k in want if k not in got]
         problems += [f"unexpected: {k}" for k in got if k not in want]
@@ -247,13 +270,29 @@ def _fixed_list(col: pa.ChunkedArray, width: int) -> np.ndarray:
     return flat.reshape(-1, width)
 
 
-def open_bank(path: str | Path, version: str | None = None) -> Bank:
+def _load_manifest(loc: BankLocation) -> Manifest:
+    if loc.is_local:
+        return Manifest.load(Path(loc.path))
+    try:
+        data = json.loads(loc.read_bytes(MANIFEST_FILE))
+    except FileNotFoundError:
+        raise BankFormatError(f"{loc.key(MANIFEST_FILE)} is missing") from None
+    except json.JSONDecodeError as e:
+        raise BankFormatError(f"{loc.key(MANIFEST_FILE)} is not valid JSON: {e}") from e
+    return Manifest.from_dict(data)
+
+
+def open_bank(
+    path: str | Path | BankLocation, version: str | None = None, *, storage_options: Mapping[str, Any] | None = None
+) -> Bank:
     """Open the current (or a named) published version of the bank at ``path``.
 
-    ``path`` is a bank root or a version directory. Raises
-    :class:`~memory_bank.errors.BankNotFoundError` if nothing is published there.
+    ``path`` is a bank root or a version directory: a local path or an fsspec URL
+    (``s3://bucket/prefix``), whose filesystem ``storage_options`` configure (see
+    :mod:`memory_bank.storage`). Raises :class:`~memory_bank.errors.BankNotFoundError` if nothing
+    is published there.
     """
-    return Bank(resolve_version_dir(Path(path), version))
+    return Bank(resolve_version(locate(path, storage_options), version))
 
 
 __all__ = ["IGNORE", "Bank", "Segment", "open_bank"]

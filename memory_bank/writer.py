@@ -25,7 +25,8 @@ from memory_bank.errors import BankFormatError
 from memory_bank.manifest import Counts, Manifest, SourceInfo
 from memory_bank.reader import Bank
 from memory_bank.records import ImageRecord
-from memory_bank.store import Staging, file_checksums, sync_and_hash
+from memory_bank.storage import BankLocation, locate
+from memory_bank.store import RemoteStaging, file_checksums, open_staging, sync_and_hash
 from memory_bank.tables import (
     ARRAYS_DIR,
     IMAGE_SCHEMA,
@@ -61,7 +62,7 @@ class BankWriter:
 
     def __init__(
         self,
-        root: Path,
+        root: Path | str | BankLocation,
         *,
         classes: ClassTable,
         resolution: Grid,
@@ -69,7 +70,8 @@ class BankWriter:
         capacity: int,
         base: Bank | None = None,
     ) -> None:
-        self.root = Path(root)
+        location = locate(root)  # a local directory or an fsspec URL (staged locally, uploaded on publish)
+        self.root = location.local_path or location.url
         self.classes, self.resolution, self.config = classes, tuple(resolution), config
         self.base = base
         if base is not None:
@@ -82,14 +84,14 @@ class BankWriter:
                 raise BankFormatError(
                     "cannot append: the classes, resolution or segment settings differ from the bank's"
                 )
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.staging = Staging(self.root)
+        self.staging = open_staging(location)
         self.path = self.staging.path
         self._n_images = base.num_images if base else 0
         self._n_segments = base.num_segments if base else 0
         self._capacity = self._n_images + capacity
         self._new_images: list[tuple[int, int, ImageRecord]] = []
         self._known_checksums: dict[str, str] = {}
+        self._copied_checksums: dict[str, str] = {}  # parent files copied server-side, not staged here
         self._code_buffers: dict[str, list[np.ndarray]] = {
             "mask": [],
             "context": [],
@@ -146,10 +148,13 @@ class BankWriter:
 
     def _copy_base(self) -> None:
         assert self.base is not None
-        src = self.base.path / ARRAYS_DIR
-        for name in IMAGE_ARRAYS:
-            # Per-image chunks of an immutable version never change: link instead of copying.
-            _link_tree(src / name / "c", self.path / ARRAYS_DIR / name / "c")
+        if self.base.location.is_local:
+            src = self.base.path / ARRAYS_DIR
+            for name in IMAGE_ARRAYS:
+                # Per-image chunks of an immutable version never change: link instead of copying.
+                _link_tree(src / name / "c", self.path / ARRAYS_DIR / name / "c")
+        else:
+            self._copy_remote_base(self.base.location)
         codes = self.base.codes
         for start in range(0, self.base.num_segments, CODE_CHUNK_ROWS):
             stop = min(start + CODE_CHUNK_ROWS, self.base.num_segments)
@@ -158,6 +163,19 @@ class BankWriter:
         # Linked chunks hold the same bytes as in the base version: reuse their checksums.
         prefixes = tuple(f"{ARRAYS_DIR}/{name}/c/" for name in IMAGE_ARRAYS)
         self._known_checksums.update({k: v for k, v in self.base.manifest.checksums.items() if k.startswith(prefixes)})
+
+    def _copy_remote_base(self, src: BankLocation) -> None:
+        """A parent on object storage: its chunks are copied server-side at publication (or downloaded)."""
+        prefixes = tuple(f"{ARRAYS_DIR}/{name}/c/" for name in IMAGE_ARRAYS)
+        chunks = [k for k in self.base.manifest.checksums if k.startswith(prefixes)]
+        same_store = isinstance(self.staging, RemoteStaging) and type(self.staging.root.fs) is type(src.fs)
+        if same_store:
+            self.staging.parent_copies.update(dict.fromkeys(chunks, src))
+            self._copied_checksums.update({k: self.base.manifest.checksums[k] for k in chunks})
+        elif chunks:
+            for k in chunks:
+                (self.path / k).parent.mkdir(parents=True, exist_ok=True)
+            src.fs.get([src.key(k) for k in chunks], [str(self.path / k) for k in chunks])
 
     # 2. Appending images
     @property
@@ -335,7 +353,7 @@ class BankWriter:
         """Checksum every staged file, write the manifest and make this the current version."""
         if self._finished is None:
             raise RuntimeError("call finish() before publish()")
-        checksums = file_checksums(self.path, known=self._known_checksums)
+        checksums = {**file_checksums(self.path, known=self._known_checksums), **self._copied_checksums}
         manifest = Manifest(**{**self._finished.__dict__, "checksums": checksums})
         manifest.save(self.path)
         self.staging.publish(already_synced=set(self._known_checksums))

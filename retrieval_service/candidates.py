@@ -52,10 +52,10 @@ def shard_candidate_index(
 
 
 def _stored_index(shard: ClassShard, config: CandidateConfig, bank: Bank) -> faiss.IndexBinaryIDMap | None:
-    path = bank.faiss_index_path(shard.class_id)
-    if path is None:
+    data = bank.faiss_index_bytes(shard.class_id)  # bytes, so that banks on object storage work alike
+    if data is None:
         return None
-    index = read_class_index(path, config)
+    index = read_class_index(data, config)
     if index.d != shard.coarse.shape[1] * 8 or not is_built_as(index, len(shard), config):
         log.warning("class %d: the bank's FAISS index is not as configured; building one in memory", shard.class_id)
         return None

@@ -13,7 +13,9 @@ app = typer.Typer(help="Run the retrieval service (HTTP API) on a bank.")
 
 @app.callback(invoke_without_command=True)
 def serve(
-    bank: Annotated[Path | None, typer.Option("--bank", "-b", help="Bank directory (env SIMS_BANK).")] = None,
+    bank: Annotated[
+        str | None, typer.Option("--bank", "-b", help="Bank directory or fsspec URL, s3://... (env SIMS_BANK).")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind (env SIMS_HOST, default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (env SIMS_PORT, default 8000).")] = None,
     workers: Annotated[int | None, typer.Option(help="uvicorn worker processes (env SIMS_WORKERS, default 1).")] = None,

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("faiss.loader", "distributed", "asyncio"):
+    for noisy in ("faiss.loader", "distributed", "asyncio", "botocore", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     command = typer.main.get_command(build_app())
     try:

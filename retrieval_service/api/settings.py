@@ -15,6 +15,8 @@ import limits
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from memory_bank.storage import is_url
+
 ENV_PREFIX = "SIMS_"
 
 #: The route classes a key can open: what costs seconds of CPU, and what changes the service.
@@ -45,7 +47,11 @@ class Settings(BaseSettings):
     # hide_input_in_errors: a malformed key setting must not print the keys.
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True)
 
-    bank: Path | None = Field(None, description="Bank root directory to serve (its CURRENT version).")
+    bank: Path | str | None = Field(
+        None,
+        description="Bank root to serve (its CURRENT version): a directory, or an fsspec URL such as "
+        "`s3://bucket/prefix` (credentials as fsspec reads them; extra options as JSON in SIMS_STORAGE_OPTIONS).",
+    )
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
     workers: int = Field(1, ge=1, description="uvicorn worker processes; each holds its own copy of the index.")
@@ -138,6 +144,12 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         """The configured CORS origins (without trailing slashes); empty = CORS off."""
         return [o.strip().rstrip("/") for o in (self.cors_origins or "").split(",") if o.strip()]
+
+    @field_validator("bank", mode="before")
+    @classmethod
+    def _bank_path_or_url(cls, value: object) -> object:
+        # A URL stays a str (Path would fold `s3://` into `s3:/`); anything else is a directory.
+        return value if value is None or is_url(value) else Path(str(value))
 
     @field_validator("api_keys")
     @classmethod

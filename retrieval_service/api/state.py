@@ -24,6 +24,7 @@ from anyio import to_thread
 
 from memory_bank import Bank, current_version, list_versions, open_bank
 from memory_bank.errors import UnavailableError
+from memory_bank.storage import locate
 from retrieval_service.engine import RetrievalEngine
 from retrieval_service.http_errors import ApiError
 from retrieval_service.types import RetrievalOptions
@@ -58,7 +59,7 @@ class ReloadOutcome:
     seconds: float
 
 
-def load_state(root: Path, version: str | None = None) -> BankState:
+def load_state(root: Path | str, version: str | None = None) -> BankState:
     """Open a bank version, build its engine and warm it (blocking; call from a worker thread)."""
     start = time.perf_counter()
     bank = open_bank(root, version)
@@ -74,10 +75,15 @@ def load_state(root: Path, version: str | None = None) -> BankState:
 
 
 class BankHolder:
-    """The current :class:`BankState` of one bank root, swapped atomically on reload."""
+    """The current :class:`BankState` of one bank root, swapped atomically on reload.
 
-    def __init__(self, root: Path, loader: Callable[[Path, str | None], BankState] = load_state) -> None:
-        self.root = Path(root)
+    ``root`` is a directory or an fsspec URL (``s3://bucket/prefix``; options from ``SIMS_STORAGE_OPTIONS``).
+    """
+
+    def __init__(self, root: Path | str, loader: Callable[[Path | str, str | None], BankState] = load_state) -> None:
+        location = locate(root)
+        self.root: Path | str = location.local_path or location.url
+        self.name = location.name
         self._loader = loader
         self._state: BankState | None = None
         self.error: str | None = None  # why the last load or reload failed, if it did
@@ -155,7 +161,7 @@ class BankHolder:
                 return bank
         # Only names listed under versions/ are opened, so `version` can never point elsewhere.
         if version not in list_versions(self.root):
-            raise ApiError(404, "version_not_found", f"bank {self.root.name} has no published version {version!r}")
+            raise ApiError(404, "version_not_found", f"bank {self.name} has no published version {version!r}")
         bank = open_bank(self.root, version)
         with self._others_lock:
             self._others[version] = bank

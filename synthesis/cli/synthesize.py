@@ -32,7 +32,9 @@ def synthesize(
     service: Annotated[
         str | None, typer.Option("--service", help="Retrieval service URL to call POST /synthesize on.")
     ] = None,
-    bank: Annotated[Path | None, typer.Option("--bank", "-b", help="Synthesize in-process on this bank.")] = None,
+    bank: Annotated[
+        str | None, typer.Option("--bank", "-b", help="Synthesize in-process on this bank (directory or URL).")
+    ] = None,
     weights: Annotated[Path, typer.Option("--weights", "-w", help="Synthesis network directory (in-process).")] = Path(
         "weights/synthesis"
     ),
