@@ -184,7 +184,8 @@ def _run(
 def migrate_bank(bank_root: str | Path) -> Manifest | None:
     """Publish the current version of an older-format bank again in today's format, as a new version.
 
-    Same images, segments, ids and codes; image chunks are hard-linked; published atomically like
+    Same images, segments, ids and codes; image chunks are hard-linked (copied server-side on object
+    storage); published atomically like
     a build (a crash leaves the old version current). Returns the new manifest, or None when the
     bank is already in today's format (nothing is written).
     """
@@ -193,7 +194,7 @@ def migrate_bank(bank_root: str | Path) -> Manifest | None:
         return None
     m = base.manifest
     args = {"classes": m.classes, "resolution": m.resolution, "config": m.segment_config}
-    with BankWriter(Path(bank_root), capacity=0, base=base, **args) as writer:
+    with BankWriter(locate(bank_root), capacity=0, base=base, **args) as writer:
         writer.finish([])
         _write_candidate_indexes(writer, len(m.classes))
         manifest = writer.publish()

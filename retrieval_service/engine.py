@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 #: Fast mode scores a class of at most this many segments exactly: the compiled exact scan costs
 #: about what FAISS and the pool ranking do there, and recall is 1 (benchmarks/retrieval.py).
 EXACT_BELOW = 50_000
+#: FAISS candidates per component that set exact mode's first floor on the k-th best score.
+EXACT_SEEDS = 32
 
 
 @dataclass
@@ -109,6 +111,8 @@ class RetrievalEngine:
         ``fast`` mode scores classes of at most ``exact_below`` segments exactly."""
         self.index = index
         self.exact_below = exact_below
+        #: FAISS candidates that seed exact mode's floor (more: a higher floor, a shorter scan).
+        self.exact_seeds = EXACT_SEEDS
         self.candidate_config = candidate_config or CandidateConfig()
         self.bank = bank
         self._frames: PixelFrames | None = None
@@ -452,7 +456,7 @@ class RetrievalEngine:
     ) -> tuple[list[tuple[Match, ...]], int]:
         """Top-k over the whole class: FAISS seeds set a floor ``t`` on the k-th best score,
         then only segments whose upper bound reaches ``t`` are looked at any closer."""
-        seeds = self._candidates(shard, rows, max(4 * k, 32), excluded)
+        seeds = self._candidates(shard, rows, max(4 * k, self.exact_seeds), excluded)
         if self.compiled:
             # One compiled call: the seeds, then every row BitBound leaves, each dropped at its first bound below t.
             allowed = ~np.isin(shard.image_ids, excluded) if excluded.size else None
