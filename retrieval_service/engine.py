@@ -399,6 +399,7 @@ class RetrievalEngine:
         ranked = rank_pools(
             mask=shard.mask.numpy(),
             summary=shard.summary,
+            columns=shard.columns,
             contexts=shard.context,
             blocks=shard.context_blocks,
             segment_ids=shard.segment_ids,

@@ -41,14 +41,15 @@ class ClassShard:
     segment_ids: np.ndarray  # (n,) int64
     image_ids: np.ndarray  # (n,) int32
     mask_pop: np.ndarray  # (n,) int64, ascending
-    context_pop: np.ndarray  # (n,) int64
-    mask_box: np.ndarray  # (4, n) int64 grid box [r0, c0, r1, c1) of the mask cells
-    context_box: np.ndarray  # (4, n) int64 grid box of the present context cells
+    context_pop: np.ndarray  # (n,) int32, a view of columns[1]
+    mask_box: np.ndarray  # (4, n) int32 grid box [r0, c0, r1, c1) of the mask cells, a view of columns[2:6]
+    context_box: np.ndarray  # (4, n) int32 grid box of the present context cells, a view of columns[6:10]
     mask: torch.Tensor  # (n, words) int64 packed mask bits
     context: BoxedContexts  # boxes = context_box (transposed)
     coarse: np.ndarray  # (n, coarse bytes) uint8, for FAISS
     context_blocks: np.ndarray  # (n, blocks) uint8: present context cells per block of BLOCK_GRID
     summary: np.ndarray  # (n, 10) int32: pruning_summary() of the rows above, one cache line each
+    columns: np.ndarray  # (10, n) int32: the summary by column, for scans of row ranges (vectorised)
     extras: dict = field(default_factory=dict)  # per-shard caches (e.g. FAISS indexes)
 
     def __len__(self) -> int:
@@ -76,9 +77,8 @@ class SegmentIndex:
         total = 0
         for s in self.shards.values():
             total += s.mask.element_size() * s.mask.nelement() + s.context.nbytes
-            total += sum(a.nbytes for a in (s.segment_ids, s.image_ids, s.mask_pop, s.context_pop))
-            total += s.mask_box.nbytes + s.context_box.nbytes + s.coarse.nbytes + s.summary.nbytes
-            total += s.context_blocks.nbytes
+            total += sum(a.nbytes for a in (s.segment_ids, s.image_ids, s.mask_pop, s.summary, s.columns))
+            total += s.coarse.nbytes + s.context_blocks.nbytes  # context_pop and the boxes are views of columns
         return total
 
     @classmethod
@@ -212,17 +212,20 @@ def _make_shard(
         blocks[sl] = block_counts(present, grid, block_grid)
     order = shard_order(mask_pop)
     rows = rows[order]
+    summary = pruning_summary(mask_pop[order], context_pop[order], mask_box[:, order], context_box[:, order])
+    columns = np.ascontiguousarray(summary.T)
     return ClassShard(
         class_id=class_id,
         segment_ids=np.asarray(segment_ids)[rows].astype(np.int64),
         image_ids=np.asarray(image_id)[rows].astype(np.int32),
         mask_pop=mask_pop[order],
-        context_pop=context_pop[order],
-        mask_box=mask_box[:, order],
-        context_box=context_box[:, order],
+        context_pop=columns[1],
+        mask_box=columns[2:6],
+        context_box=columns[6:10],
         mask=torch.from_numpy(np.ascontiguousarray(np.asarray(mask[rows])).view(np.int64)).to(device),
         context=contexts.take(rows),
         coarse=np.ascontiguousarray(np.asarray(coarse[rows])),
         context_blocks=blocks[order],
-        summary=pruning_summary(mask_pop[order], context_pop[order], mask_box[:, order], context_box[:, order]),
+        summary=summary,
+        columns=columns,
     )

@@ -151,10 +151,15 @@ def _consider(
     return t, filled, 1
 
 
+#: Rows of a window bounded at once.
+_WINDOW_CHUNK = 1024
+
+
 @numba.njit(cache=True, nogil=True)
 def _rank(
     mask: np.ndarray,  # (n, words) uint64
     summary: np.ndarray,  # (n, SUMMARY_WIDTH) int32
+    columns: np.ndarray,  # (SUMMARY_WIDTH, n) int32, the summary by column (for windows)
     cells: np.ndarray,  # boxed context cells, concatenated
     offsets: np.ndarray,  # (n + 1,) int64 start of each row's cells
     blocks: np.ndarray,  # (n, nb) uint8
@@ -179,6 +184,7 @@ def _rank(
     scored = 0
     check_allowed = allowed.size > 0
     bound = np.empty(np.max(np.diff(starts)) if starts.size > 1 else 0)
+    window_bound = np.empty(_WINDOW_CHUNK)
     for j in range(starts.size - 1):
         pool = pools[starts[j] : starts[j + 1]]
         qs = q_summary[j]
@@ -208,21 +214,36 @@ def _rank(
             if filled == k and ratio > 0:
                 lo = np.searchsorted(mask_pop, int(np.floor(qs[0] * ratio)) - 1, side="left")
                 hi = np.searchsorted(mask_pop, int(np.ceil(qs[0] / ratio)) + 1, side="right")
-        for r in range(lo, hi):
-            if _summary_bound(summary[r], qs) < t or (check_allowed and not allowed[r]):
-                continue
-            seen = False
-            for i in range(pool.size):
-                if pool[i] == r:
-                    seen = True
-                    break
-            if seen:
-                continue
-            t, filled, n = _consider(
-                r, t, filled, k, mask, summary, cells, offsets, blocks, seg_ids,
-                q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j], out[j],
-            )  # fmt: skip
-            scored += n
+        # Bounds of a chunk of rows at a time from the summary's columns (a loop the compiler
+        # vectorises), then the rows that reach t.
+        a, ca = float(qs[0]), float(qs[1])
+        for base in range(lo, hi, _WINDOW_CHUNK):
+            end = min(base + _WINDOW_CHUNK, hi)
+            for r in range(base, end):
+                b, cb = columns[0, r], columns[1, r]
+                dy = min(columns[4, r], qs[4]) - max(columns[2, r], qs[2])
+                dx = min(columns[5, r], qs[5]) - max(columns[3, r], qs[3])
+                im = min(min(qs[0], b), max(dy, 0) * max(dx, 0))
+                dy = min(columns[8, r], qs[8]) - max(columns[6, r], qs[6])
+                dx = min(columns[9, r], qs[9]) - max(columns[7, r], qs[7])
+                ic = min(min(qs[1], cb), max(dy, 0) * max(dx, 0))
+                # Unions are never empty: masks and contexts have at least one cell.
+                window_bound[r - base] = im / (a + b - im) + ic / (ca + cb - ic)
+            for r in range(base, end):
+                if window_bound[r - base] < t or (check_allowed and not allowed[r]):
+                    continue
+                seen = False
+                for i in range(pool.size):
+                    if pool[i] == r:
+                        seen = True
+                        break
+                if seen:
+                    continue
+                t, filled, n = _consider(
+                    r, t, filled, k, mask, summary, cells, offsets, blocks, seg_ids,
+                    q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j], out[j],
+                )  # fmt: skip
+                scored += n
     return scored
 
 
@@ -252,6 +273,7 @@ def rank_pools(
     windows: np.ndarray | None = None,
     allowed: np.ndarray | None = None,
     mask_pop: np.ndarray | None = None,
+    columns: np.ndarray | None = None,
 ) -> RankedPools:
     """Exact top-k of each query component over its pool and then its window (see the module docstring).
 
@@ -264,6 +286,7 @@ def rank_pools(
     popcounts) instead, each query's window is every row that BitBound cannot rule out once the
     pool has set the floor: the whole class is covered, so the top-k is exact over it.
     ``allowed`` (n,) bool limits the windows to some rows (pools are taken as given).
+    ``columns`` is ``summary`` by column, (10, n) contiguous (made here when not given).
     """
     if windows is not None and mask_pop is not None:
         raise ValueError("pass windows or mask_pop, not both")
@@ -281,6 +304,7 @@ def rank_pools(
     scored = _rank(
         np.ascontiguousarray(mask).view(np.uint64),
         np.ascontiguousarray(summary, np.int32),
+        np.ascontiguousarray(summary.T, np.int32) if columns is None else columns,
         contexts.data,
         contexts.offsets,
         np.ascontiguousarray(blocks),
