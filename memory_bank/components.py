@@ -29,6 +29,7 @@ class Components:
     row_sum: np.ndarray  # (n,) int64, sum of pixel rows (for centroids)
     col_sum: np.ndarray  # (n,) int64
     first_pixel: np.ndarray  # (n,) int64 flat index
+    instance_id: np.ndarray | None = None  # (n,) int32, 0 for connected components; None: all 0
 
     def __len__(self) -> int:
         return int(self.area.size)
@@ -150,4 +151,72 @@ def label_components(label: np.ndarray, connectivity: int) -> Components:
         row_sum=rsum,
         col_sum=csum,
         first_pixel=first,
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_stats(pixels: np.ndarray, group: np.ndarray, n: int, w: int, out: np.ndarray, offset: int) -> tuple:
+    # ``pixels`` are flat indices in raster order, ``group`` their instance number 0..n-1.
+    area = np.zeros(n, np.int64)
+    box = np.empty((n, 4), np.int32)
+    rsum = np.zeros(n, np.int64)
+    csum = np.zeros(n, np.int64)
+    first = np.full(n, -1, np.int64)
+    flat = out.ravel()
+    for k in range(pixels.size):
+        p = pixels[k]
+        i = group[k]
+        y = p // w
+        x = p - y * w
+        flat[p] = offset + i + 1
+        if first[i] < 0:
+            first[i] = p
+            box[i, 0] = y
+            box[i, 1] = x
+            box[i, 2] = y + 1
+            box[i, 3] = x + 1
+        area[i] += 1
+        rsum[i] += y
+        csum[i] += x
+        if x < box[i, 1]:
+            box[i, 1] = x
+        elif x + 1 > box[i, 3]:
+            box[i, 3] = x + 1
+        box[i, 2] = y + 1
+    return area, box, rsum, csum, first
+
+
+def label_instances(
+    label: np.ndarray, instances: np.ndarray, thing_classes: tuple[int, ...], connectivity: int
+) -> Components:
+    """Components of a label map whose thing pixels are cut per instance.
+
+    Each (thing class, nonzero instance id) is one component with all its pixels, connected or
+    not (an occluded object is still one object). Every other pixel (stuff classes, and thing
+    pixels of instance 0) is cut into connected components as :func:`label_components` does.
+    Components come connected ones first, then instances; ``first_pixel`` orders them.
+    """
+    label = np.ascontiguousarray(label, np.uint8)
+    is_thing = np.zeros(256, bool)
+    is_thing[list(thing_classes)] = True
+    is_thing[IGNORE] = False
+    owned = is_thing[label] & (instances != 0)
+    if not owned.any():
+        return label_components(label, connectivity)
+    ccs = label_components(np.where(owned, np.uint8(IGNORE), label), connectivity)
+    pixels = np.flatnonzero(owned)
+    # One key per (class, instance); instance ids are int32, so class << 32 keeps them apart.
+    keys = (label.ravel()[pixels].astype(np.int64) << 32) | instances.ravel()[pixels].astype(np.int64)
+    uniq, group = np.unique(keys, return_inverse=True)
+    label_map = ccs.label_map  # a fresh array of the kernel's, 0 on the instance pixels
+    area, box, rsum, csum, first = _group_stats(pixels, group.ravel(), uniq.size, label.shape[1], label_map, len(ccs))
+    return Components(
+        label_map=label_map,
+        class_id=np.concatenate([ccs.class_id, (uniq >> 32).astype(np.uint8)]),
+        area=np.concatenate([ccs.area, area]),
+        bbox=np.concatenate([ccs.bbox, box]),
+        row_sum=np.concatenate([ccs.row_sum, rsum]),
+        col_sum=np.concatenate([ccs.col_sum, csum]),
+        first_pixel=np.concatenate([ccs.first_pixel, first]),
+        instance_id=np.concatenate([np.zeros(len(ccs), np.int32), (uniq & 0xFFFFFFFF).astype(np.int32)]),
     )
