@@ -155,35 +155,17 @@ def label_components(label: np.ndarray, connectivity: int) -> Components:
 
 
 @numba.njit(cache=True, nogil=True)
-def _group_stats(pixels: np.ndarray, group: np.ndarray, n: int, w: int, out: np.ndarray, offset: int) -> tuple:
-    # ``pixels`` are flat indices in raster order, ``group`` their instance number 0..n-1.
-    area = np.zeros(n, np.int64)
-    box = np.empty((n, 4), np.int32)
-    rsum = np.zeros(n, np.int64)
-    csum = np.zeros(n, np.int64)
-    first = np.full(n, -1, np.int64)
-    flat = out.ravel()
-    for k in range(pixels.size):
-        p = pixels[k]
-        i = group[k]
-        y = p // w
-        x = p - y * w
-        flat[p] = offset + i + 1
-        if first[i] < 0:
-            first[i] = p
-            box[i, 0] = y
-            box[i, 1] = x
-            box[i, 2] = y + 1
-            box[i, 3] = x + 1
-        area[i] += 1
-        rsum[i] += y
-        csum[i] += x
-        if x < box[i, 1]:
-            box[i, 1] = x
-        elif x + 1 > box[i, 3]:
-            box[i, 3] = x + 1
-        box[i, 2] = y + 1
-    return area, box, rsum, csum, first
+def _instance_keys(label: np.ndarray, instances: np.ndarray, is_thing: np.ndarray) -> tuple:
+    flat, inst = label.ravel(), instances.ravel()
+    key = np.empty(flat.size, np.int64)
+    owned = 0
+    for p in range(flat.size):
+        v = flat[p]
+        key[p] = np.int64(v) << 32
+        if is_thing[v] and inst[p] != 0:
+            key[p] |= inst[p]
+            owned += 1
+    return key.reshape(label.shape), owned
 
 
 def label_instances(
@@ -194,29 +176,56 @@ def label_instances(
     Each (thing class, nonzero instance id) is one component with all its pixels, connected or
     not (an occluded object is still one object). Every other pixel (stuff classes, and thing
     pixels of instance 0) is cut into connected components as :func:`label_components` does.
-    Components come connected ones first, then instances; ``first_pixel`` orders them.
+    The kernel labels the pixels by (class, instance) key, in one pass as for classes alone;
+    then the pieces of one instance are merged. Components are numbered in raster order of
+    their first pixel.
     """
     label = np.ascontiguousarray(label, np.uint8)
-    is_thing = np.zeros(256, bool)
+    is_thing = np.zeros(256, np.bool_)
     is_thing[list(thing_classes)] = True
     is_thing[IGNORE] = False
-    owned = is_thing[label] & (instances != 0)
-    if not owned.any():
+    # 1. Connected pieces of equal (class, instance): the key is class << 32 | instance (0 off things).
+    key, owned = _instance_keys(label, np.ascontiguousarray(instances, np.int32), is_thing)
+    if not owned:
         return label_components(label, connectivity)
-    ccs = label_components(np.where(owned, np.uint8(IGNORE), label), connectivity)
-    pixels = np.flatnonzero(owned)
-    # One key per (class, instance); instance ids are int32, so class << 32 keeps them apart.
-    keys = (label.ravel()[pixels].astype(np.int64) << 32) | instances.ravel()[pixels].astype(np.int64)
-    uniq, group = np.unique(keys, return_inverse=True)
-    label_map = ccs.label_map  # a fresh array of the kernel's, 0 on the instance pixels
-    area, box, rsum, csum, first = _group_stats(pixels, group.ravel(), uniq.size, label.shape[1], label_map, len(ccs))
+    out, area, box, rsum, csum, first = _label(key, connectivity == 8, np.int64(IGNORE) << 32)
+    piece_key = key.ravel()[first]
+    instance_id = (piece_key & 0xFFFFFFFF).astype(np.int32)
+    # 2. One component per instance: pieces with the same key merge; pieces off instances stay apart.
+    n = first.size
+    group_key = np.where(instance_id > 0, piece_key, -1 - np.arange(n))
+    _, group = np.unique(group_key, return_inverse=True)
+    m = int(group.max()) + 1 if n else 0
+    if m < n:
+        # Renumber merged components by their first pixel (raster order), then gather their statistics.
+        merged_first = np.full(m, np.iinfo(np.int64).max)
+        np.minimum.at(merged_first, group, first)
+        order = np.argsort(merged_first, kind="stable")
+        rank = np.empty(m, np.int64)
+        rank[order] = np.arange(m)
+        new = rank[group]
+        merged_box = np.empty((m, 4), np.int32)
+        merged_box[:, :2] = np.iinfo(np.int32).max
+        merged_box[:, 2:] = np.iinfo(np.int32).min
+        np.minimum.at(merged_box[:, 0], new, box[:, 0])
+        np.minimum.at(merged_box[:, 1], new, box[:, 1])
+        np.maximum.at(merged_box[:, 2], new, box[:, 2])
+        np.maximum.at(merged_box[:, 3], new, box[:, 3])
+        firsts = np.full(m, np.iinfo(np.int64).max)
+        np.minimum.at(firsts, new, first)
+        remap = np.concatenate([[0], new + 1]).astype(np.int32)
+        out = remap[out]
+        area, rsum, csum = (np.bincount(new, weights=v, minlength=m).astype(np.int64) for v in (area, rsum, csum))
+        box, first = merged_box, firsts
+        piece_key = key.ravel()[first]
+        instance_id = (piece_key & 0xFFFFFFFF).astype(np.int32)
     return Components(
-        label_map=label_map,
-        class_id=np.concatenate([ccs.class_id, (uniq >> 32).astype(np.uint8)]),
-        area=np.concatenate([ccs.area, area]),
-        bbox=np.concatenate([ccs.bbox, box]),
-        row_sum=np.concatenate([ccs.row_sum, rsum]),
-        col_sum=np.concatenate([ccs.col_sum, csum]),
-        first_pixel=np.concatenate([ccs.first_pixel, first]),
-        instance_id=np.concatenate([np.zeros(len(ccs), np.int32), (uniq & 0xFFFFFFFF).astype(np.int32)]),
+        label_map=out.reshape(label.shape),
+        class_id=(piece_key >> 32).astype(np.uint8),
+        area=area,
+        bbox=box,
+        row_sum=rsum,
+        col_sum=csum,
+        first_pixel=first,
+        instance_id=instance_id,
     )

@@ -184,11 +184,7 @@ def extract_segments(
         raise LayoutError(f"more than {np.iinfo(np.uint16).max - 1} segments in one label map")
     # 3. Number the kept ones 1..n, class-major then in raster order of their first pixel: the
     #    components already come in raster order, so a stable sort by class finishes the job.
-    #    Instances follow the components, so with them the first pixel is an explicit key.
-    if comps.instance_id is None:
-        keep = keep[np.argsort(comps.class_id[keep], kind="stable")]
-    else:
-        keep = keep[np.lexsort((comps.first_pixel[keep], comps.class_id[keep]))]
+    keep = keep[np.argsort(comps.class_id[keep], kind="stable")]
     kept_area = comps.area[keep]
     bbox = comps.bbox[keep]
     # Pixel (r, c) covers [r, r + 1) x [c, c + 1), so its centre is (r + 0.5, c + 0.5).

@@ -483,3 +483,81 @@ def test_the_http_backend_forwards_the_instance_map() -> None:
     asyncio.run(run())
     assert base64.b64decode(seen[0]["instances_png"]) == b"instances" and seen[1]["instances_png"] is None
     assert base64.b64decode(seen[0]["layout_png"]) == b"layout" and seen[0]["seed"] == 1
+
+
+def test_sims_synthesize_instances(
+    instance_bank_path: Path, tiny_cityscapes_weights: Path, query: tuple[bytes, bytes, np.ndarray], tmp_path: Path
+) -> None:
+    layout, instances, _ = query
+    (tmp_path / "layouts").mkdir()
+    (tmp_path / "layouts/a.png").write_bytes(layout)
+    (tmp_path / "inst").mkdir()
+    (tmp_path / "inst/a.png").write_bytes(instances)
+    args = ["synthesize", "-l", str(tmp_path / "layouts/a.png"), "--bank", str(instance_bank_path), "--no-progress",
+            "-w", str(tiny_cityscapes_weights), "--refine", "none", "--transform", "none", "--ordering", "none",
+            "--extras"]  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([*args, "-o", str(tmp_path / "plain.png")]) == 0
+        assert main([*args, "-o", str(tmp_path / "file.png"), "--instances", str(tmp_path / "inst/a.png")]) == 0
+        assert main([*args, "-o", str(tmp_path / "dir.png"), "--instances", str(tmp_path / "inst")]) == 0
+
+    def cars(name: str) -> int:
+        meta = json.loads((tmp_path / f"{name}.json").read_text())
+        return [s["class_id"] for s in meta["segments"]].count(13)
+
+    assert (cars("plain"), cars("file"), cars("dir")) == (2, 3, 3)
+    assert (tmp_path / "file.png").read_bytes() == (tmp_path / "dir.png").read_bytes()
+    (tmp_path / "inst/a.png").unlink()
+    errors = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        assert main([*args, "-o", str(tmp_path / "x.png"), "--instances", str(tmp_path / "inst")]) != 0
+    assert "inst/a.png: cannot read the instance map" in errors.getvalue()
+
+
+VALUES = [0, 1, 2, 3, IGNORE]
+
+
+def reference_cut(label: np.ndarray, inst: np.ndarray, things: tuple[int, ...], connectivity: int) -> list:
+    """(class, instance id, first pixel, mask) of every segment, the slow way (scipy per class and instance)."""
+    from scipy import ndimage
+
+    structure = np.ones((3, 3)) if connectivity == 8 else None
+    out = []
+    for c in range(4):
+        owned = (label == c) & (inst != 0) & (c in things)
+        for i in np.unique(inst[owned]):
+            mask = owned & (inst == i)
+            out.append((c, int(i), int(np.flatnonzero(mask)[0]), mask))
+        pieces, n = ndimage.label((label == c) & ~owned, structure=structure)
+        for j in range(1, n + 1):
+            mask = pieces == j
+            out.append((c, 0, int(np.flatnonzero(mask)[0]), mask))
+    return sorted(out, key=lambda s: (s[0], s[2]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    label=arrays(
+        np.uint8, st.tuples(st.integers(1, 10), st.integers(1, 10)), elements=st.sampled_from([0, 1, 2, 3, IGNORE])
+    ),
+    things=st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True),
+    connectivity=st.sampled_from([4, 8]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_instance_map_cuts_as_the_reference(
+    label: np.ndarray, things: list[int], connectivity: int, seed: int
+) -> None:
+    inst = np.random.default_rng(seed).integers(0, 4, label.shape).astype(np.int32)
+    config = SegmentConfig(min_area=1, connectivity=connectivity, instances="things", thing_classes=tuple(things))  # type: ignore[arg-type]
+    seg = extract_segments(label, 4, config, inst)
+    ref = reference_cut(label, inst, tuple(things), connectivity)
+    assert [(int(c), int(i)) for c, i in zip(seg.class_id, seg.instance_id, strict=True)] == [
+        (c, i) for c, i, _, _ in ref
+    ]
+    for n, (_, _, _, mask) in enumerate(ref):
+        np.testing.assert_array_equal(seg.mask(n), mask)
+        assert seg.area[n] == mask.sum()
+        ys, xs = np.nonzero(mask)
+        assert seg.bbox[n].tolist() == [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1]
+        np.testing.assert_allclose(seg.centroid[n], [ys.mean() + 0.5, xs.mean() + 0.5], rtol=1e-6)
