@@ -452,12 +452,13 @@ def test_cityscapes_missing_instance_map_is_an_error_naming_it(cityscapes: Path)
 
 
 def test_cocostuff_instance_maps(cocostuff: Path) -> None:
-    inst = stripes(0, 3, 3, 7)
+    inst = stripes(0, 3, 3, 7)  # objects 0 and 3 (one split in two stripes), and 7
     label(cocostuff / "train_inst/000000000009.png", inst)
     reader = CocoStuffReader(cocostuff)
     assert reader.thing_classes == tuple(range(91)) and reader.has_instances
     sample = reader.load(reader.refs[0], instances=True)
-    np.testing.assert_array_equal(sample.instances, inst.astype(np.int32))
+    # SPADE numbers an image's objects from 0: shifted by one, so that 0 means none.
+    np.testing.assert_array_equal(sample.instances, inst.astype(np.int32) + 1)
     with pytest.raises(DatasetError, match=r"train_inst/000000000025\.png: instance map missing"):
         reader.load(reader.refs[1], instances=True)
 

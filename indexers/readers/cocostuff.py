@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from indexers.readers.base import DatasetReader, SampleRef, identity_lut, paired_files
 from memory_bank import ClassTable
 from memory_bank.classes import default_palette
@@ -44,8 +46,12 @@ class CocoStuffReader(DatasetReader):
     """COCO-Stuff 164k as prepared for SPADE: label PNGs hold ids 0..181 and 255 for unlabelled.
 
     The ids already are the bank's (cocostuff id - 1), so the lut is the identity; raw
-    182..254 are not COCO-Stuff labels and are refused. Instance maps (``<split>_inst/<name>.png``)
-    hold an object id per pixel, 0 for none; the thing classes are the 91 COCO thing ids (0..90).
+    182..254 are not COCO-Stuff labels and are refused. The thing classes are the 91 COCO thing
+    ids (0..90). SPADE's instance maps (``<split>_inst/<name>.png``, written by its
+    ``coco_generate_instance_map.py``) are the label map with each polygon annotation of the image
+    painted over it with its index, counting from 0; so every value is shifted by one here, to keep
+    0 for "no instance". Thing pixels no polygon covers (crowd annotations, stored as RLE) keep
+    their label value, so they become one pseudo-instance per class.
     """
 
     name = "cocostuff"
@@ -56,6 +62,9 @@ class CocoStuffReader(DatasetReader):
 
     def instance_path(self, ref: SampleRef) -> Path:
         return self.root / f"{ref.split}_inst" / ref.label_path.name
+
+    def map_instances(self, raw: np.ndarray) -> np.ndarray:
+        return raw.astype(np.int32) + 1  # the first object is 0 in SPADE's maps
 
     def find_pairs(self) -> list[SampleRef]:
         refs: list[SampleRef] = []
