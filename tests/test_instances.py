@@ -402,6 +402,9 @@ def test_instance_map_errors_are_422(client: TestClient, query: tuple[bytes, byt
     assert r.status_code == 422 and r.json()["error"] == "invalid_base64" and "instances_png" in r.json()["message"]
     r = client.post("/retrieve", files={"layout": ("l.png", layout, "image/png")}, data={"instances": "text"})
     assert r.status_code == 422 and "must be a file" in r.json()["message"]
+    two = [("layout", ("l.png", layout, "image/png")), ("layout", ("m.png", layout, "image/png"))]
+    r = client.post("/retrieve", files=two)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_multipart"
 
 
 def test_synthesize_passes_the_instance_map_through(client: TestClient, query: tuple[bytes, bytes, np.ndarray]) -> None:

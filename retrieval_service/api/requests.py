@@ -95,6 +95,11 @@ async def read_layout_request(
         upload = form.get("layout")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "invalid_request", "multipart body needs a file field named 'layout' (the PNG)")
+        stray = [k for k, v in form.multi_items() if isinstance(v, UploadFile) and k not in ("layout", "instances")]
+        if stray:  # an option sent as a file is not silently dropped
+            raise ApiError(400, "invalid_multipart", f"only 'layout' and 'instances' may be files, not {stray[0]!r}")
+        if len(form.getlist("layout")) > 1 or len(form.getlist("instances")) > 1:
+            raise ApiError(400, "invalid_multipart", "send one file 'layout' and at most one file 'instances'")
         instances = form.get("instances")
         if instances is not None and not isinstance(instances, UploadFile):
             raise ApiError(422, "invalid_request", "multipart field 'instances' must be a file (the instance map PNG)")
