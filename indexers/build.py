@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +56,27 @@ class BuildReport:
         return self.images_added / self.seconds if self.seconds > 0 else float("inf")
 
 
+def with_instances(config: SegmentConfig, reader: DatasetReader, mode: str) -> SegmentConfig:
+    """``config`` with the instance setting of ``sims index build --instances MODE`` for ``reader``.
+
+    ``things`` cuts the reader's thing classes per instance (a :class:`DatasetError` if the
+    dataset has no instance maps), ``none`` does not, ``auto`` does when the dataset ships them.
+    """
+    if mode not in ("auto", "none", "things"):
+        raise DatasetError(f"--instances must be auto, none or things, got {mode!r}")
+    if mode == "auto":
+        mode = "things" if reader.has_instances else "none"
+    if mode == "none":
+        return replace(config, instances="none", thing_classes=())
+    if not reader.thing_classes:
+        raise DatasetError(f"{reader.name}: the dataset has no instance maps; build with --instances none")
+    return replace(config, instances="things", thing_classes=reader.thing_classes)
+
+
 def prepare_image(reader: DatasetReader, ref: SampleRef, config: SegmentConfig, resolution: Grid) -> ImageRecord:
-    """Load one pair, resize it to the working resolution, extract and code its segments."""
-    sample = reader.load(ref)
+    """Load one pair (and its instance map when ``config`` cuts per instance), resize it to the
+    working resolution, extract and code its segments."""
+    sample = reader.load(ref, instances=config.instances == "things")
     return make_record(
         sample.image,
         sample.label,
@@ -69,6 +87,7 @@ def prepare_image(reader: DatasetReader, ref: SampleRef, config: SegmentConfig, 
         split=ref.split,
         source_file=sample.source_file,
         label_file=sample.label_file,
+        instances=sample.instances,
     )
 
 

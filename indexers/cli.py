@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -51,12 +51,19 @@ def build(
         str | None,
         typer.Option(help="Grids of the FAISS code pyramid, ROWSxCOLS,... (default: 1/3 and 1/5 of the fine grid)."),
     ] = None,
+    instances: Annotated[
+        Literal["auto", "none", "things"],
+        typer.Option(
+            help="Cut thing classes per instance from the dataset's instance maps: things, none, or auto "
+            "(things when the dataset ships instance maps).",
+        ),
+    ] = "auto",
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Index a dataset into a new bank version and publish it atomically."""
-    from indexers.build import build_bank
+    from indexers.build import build_bank, with_instances
     from indexers.readers import create_reader
 
     config = SegmentConfig(
@@ -66,6 +73,7 @@ def build(
         coarse_grids=parse_grids(coarse_grids) if coarse_grids else None,
     )
     reader = create_reader(dataset, root, _splits(splits))
+    config = with_instances(config, reader, instances)
     report = build_bank(
         reader,
         out,
@@ -185,6 +193,12 @@ def describe(bank_path: str | Path, version: str | None = None) -> str:
         f"codes     fine grid {cfg.fine_grid[0]}x{cfg.fine_grid[1]}, coarse grids "
         f"{format_grids(cfg.coarse_grids)}, {cfg.connectivity}-connectivity, "
         f"context box x{cfg.context_scale}",
+        "cut       "
+        + (
+            f"thing classes {list(cfg.thing_classes)} per instance, the rest in connected components"
+            if cfg.instances == "things"
+            else "connected components of one class"
+        ),
         f"disk      {size / 1e6:.1f} MB ({size / max(1, c.images) / 1e3:.0f} kB/image, "
         f"{size / max(1, c.segments) / 1e3:.1f} kB/segment)",
         "sources   "

@@ -29,6 +29,7 @@ class Components:
     row_sum: np.ndarray  # (n,) int64, sum of pixel rows (for centroids)
     col_sum: np.ndarray  # (n,) int64
     first_pixel: np.ndarray  # (n,) int64 flat index
+    instance_id: np.ndarray | None = None  # (n,) int32, 0 for connected components; None: all 0
 
     def __len__(self) -> int:
         return int(self.area.size)
@@ -150,4 +151,81 @@ def label_components(label: np.ndarray, connectivity: int) -> Components:
         row_sum=rsum,
         col_sum=csum,
         first_pixel=first,
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _instance_keys(label: np.ndarray, instances: np.ndarray, is_thing: np.ndarray) -> tuple:
+    flat, inst = label.ravel(), instances.ravel()
+    key = np.empty(flat.size, np.int64)
+    owned = 0
+    for p in range(flat.size):
+        v = flat[p]
+        key[p] = np.int64(v) << 32
+        if is_thing[v] and inst[p] != 0:
+            key[p] |= inst[p]
+            owned += 1
+    return key.reshape(label.shape), owned
+
+
+def label_instances(
+    label: np.ndarray, instances: np.ndarray, thing_classes: tuple[int, ...], connectivity: int
+) -> Components:
+    """Components of a label map whose thing pixels are cut per instance.
+
+    Each (thing class, nonzero instance id) is one component with all its pixels, connected or
+    not (an occluded object is still one object). Every other pixel (stuff classes, and thing
+    pixels of instance 0) is cut into connected components as :func:`label_components` does.
+    The kernel labels the pixels by (class, instance) key, in one pass as for classes alone;
+    then the pieces of one instance are merged. Components are numbered in raster order of
+    their first pixel.
+    """
+    label = np.ascontiguousarray(label, np.uint8)
+    is_thing = np.zeros(256, np.bool_)
+    is_thing[list(thing_classes)] = True
+    is_thing[IGNORE] = False
+    # 1. Connected pieces of equal (class, instance): the key is class << 32 | instance (0 off things).
+    key, owned = _instance_keys(label, np.ascontiguousarray(instances, np.int32), is_thing)
+    if not owned:
+        return label_components(label, connectivity)
+    out, area, box, rsum, csum, first = _label(key, connectivity == 8, np.int64(IGNORE) << 32)
+    piece_key = key.ravel()[first]
+    instance_id = (piece_key & 0xFFFFFFFF).astype(np.int32)
+    # 2. One component per instance: pieces with the same key merge; pieces off instances stay apart.
+    n = first.size
+    group_key = np.where(instance_id > 0, piece_key, -1 - np.arange(n))
+    _, group = np.unique(group_key, return_inverse=True)
+    m = int(group.max()) + 1 if n else 0
+    if m < n:
+        # Renumber merged components by their first pixel (raster order), then gather their statistics.
+        merged_first = np.full(m, np.iinfo(np.int64).max)
+        np.minimum.at(merged_first, group, first)
+        order = np.argsort(merged_first, kind="stable")
+        rank = np.empty(m, np.int64)
+        rank[order] = np.arange(m)
+        new = rank[group]
+        merged_box = np.empty((m, 4), np.int32)
+        merged_box[:, :2] = np.iinfo(np.int32).max
+        merged_box[:, 2:] = np.iinfo(np.int32).min
+        np.minimum.at(merged_box[:, 0], new, box[:, 0])
+        np.minimum.at(merged_box[:, 1], new, box[:, 1])
+        np.maximum.at(merged_box[:, 2], new, box[:, 2])
+        np.maximum.at(merged_box[:, 3], new, box[:, 3])
+        firsts = np.full(m, np.iinfo(np.int64).max)
+        np.minimum.at(firsts, new, first)
+        remap = np.concatenate([[0], new + 1]).astype(np.int32)
+        out = remap[out]
+        area, rsum, csum = (np.bincount(new, weights=v, minlength=m).astype(np.int64) for v in (area, rsum, csum))
+        box, first = merged_box, firsts
+        piece_key = key.ravel()[first]
+        instance_id = (piece_key & 0xFFFFFFFF).astype(np.int32)
+    return Components(
+        label_map=out.reshape(label.shape),
+        class_id=(piece_key >> 32).astype(np.uint8),
+        area=area,
+        bbox=box,
+        row_sum=rsum,
+        col_sum=csum,
+        first_pixel=first,
+        instance_id=instance_id,
     )

@@ -28,6 +28,10 @@ class SegmentConfig:
             of the fine mask bits OR-pooled to each grid. By default a third and a fifth of
             the fine grid (15x20 and 9x12 for 45x60): OR-pooling keeps small segments visible,
             and the second level breaks ties the first leaves (docs/retrieval.md).
+        instances: ``"none"``: every segment is a connected component of one class.
+            ``"things"``: where an image or layout comes with an instance map, each instance of
+            a thing class is one segment (:func:`~memory_bank.segments.extract_segments`).
+        thing_classes: The bank class ids cut per instance when ``instances == "things"``.
     """
 
     connectivity: Literal[4, 8] = 8
@@ -35,8 +39,17 @@ class SegmentConfig:
     context_scale: float = 1.25
     fine_grid: Grid = (45, 60)
     coarse_grids: tuple[Grid, ...] | None = None
+    instances: Literal["none", "things"] = "none"
+    thing_classes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "thing_classes", tuple(sorted({int(c) for c in self.thing_classes})))
+        if self.instances not in ("none", "things"):
+            raise ValueError(f"instances must be 'none' or 'things', got {self.instances!r}")
+        if self.instances == "things" and not self.thing_classes:
+            raise ValueError("instances='things' needs at least one thing class")
+        if any(not 0 <= c < 255 for c in self.thing_classes):
+            raise ValueError(f"thing classes must be class ids 0..254, got {list(self.thing_classes)}")
         if self.coarse_grids is None:
             object.__setattr__(self, "coarse_grids", default_coarse_grids(self.fine_grid))
         if self.connectivity not in (4, 8):
@@ -58,6 +71,11 @@ class SegmentConfig:
         d = asdict(self)
         d["fine_grid"] = list(self.fine_grid)
         d["coarse_grids"] = [list(g) for g in self.coarse_grids]
+        # Written only when on, so banks built without instances keep their manifests.
+        if self.instances == "none":
+            del d["instances"], d["thing_classes"]
+        else:
+            d["thing_classes"] = list(self.thing_classes)
         return d
 
     @classmethod
@@ -68,6 +86,8 @@ class SegmentConfig:
             context_scale=float(data["context_scale"]),
             fine_grid=(int(data["fine_grid"][0]), int(data["fine_grid"][1])),
             coarse_grids=tuple((int(g[0]), int(g[1])) for g in data["coarse_grids"]),
+            instances=data.get("instances", "none"),
+            thing_classes=tuple(int(c) for c in data.get("thing_classes", ())),
         )
 
 

@@ -9,6 +9,9 @@
   size, nearest-neighbour to the bank's resolution), ``colors`` (an RGB/RGBA/palette rendering in
   the bank's class colours) and ``dataset_ids`` (the source datasets' own unlabelled ids, from the
   manifest). Without them, the error names the option that would accept the layout.
+- An instance map, sent with a layout, is a single-channel 8- or 16-bit greyscale PNG of the
+  layout's size whose values are object ids (0 = none); :func:`decode_layout` decodes it with the
+  layout and resizes it the same way (nearest neighbour).
 - A segment crop is an RGBA PNG whose alpha is the segment's mask.
 - A provenance map (the bank segment behind each canvas pixel) is an RGB PNG holding
   ``segment_id + 1`` in 24 bits (R * 65536 + G * 256 + B); 0 where there is none.
@@ -34,7 +37,7 @@ from memory_bank.classes import IGNORE, ClassTable
 from memory_bank.errors import LayoutError, LayoutTooLargeError
 from memory_bank.images import resize_label
 from memory_bank.manifest import Manifest
-from memory_bank.segments import check_label_map, check_layout_size
+from memory_bank.segments import check_instance_map, check_label_map, check_layout_size
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
@@ -54,26 +57,26 @@ class PngHeader:
     color_type: int
 
 
-def read_png_header(data: bytes) -> PngHeader:
+def read_png_header(data: bytes, what: str = "layout") -> PngHeader:
     """Parse the PNG signature and IHDR chunk; a :class:`LayoutError` (``invalid_png``) if they are not there."""
     if len(data) < 8 or data[:8] != PNG_SIGNATURE:
-        raise LayoutError("the layout is not a PNG file (wrong signature)", kind="invalid_png")
+        raise LayoutError(f"the {what} is not a PNG file (wrong signature)", kind="invalid_png")
     if len(data) < 33 or data[12:16] != b"IHDR":
-        raise LayoutError("the layout PNG is truncated or has no IHDR header", kind="invalid_png")
+        raise LayoutError(f"the {what} PNG is truncated or has no IHDR header", kind="invalid_png")
     width, height, bit_depth, color_type = struct.unpack(">IIBB", data[16:26])
     if width == 0 or height == 0:
-        raise LayoutError(f"the layout PNG is {width}x{height} pixels", kind="invalid_png")
+        raise LayoutError(f"the {what} PNG is {width}x{height} pixels", kind="invalid_png")
     return PngHeader(width, height, bit_depth, color_type)
 
 
-def png_from_base64(text: str) -> bytes:
-    """The PNG bytes of a JSON ``layout_png``: standard base64, a ``data:image/png;base64,`` prefix allowed."""
+def png_from_base64(text: str, field: str = "layout_png") -> bytes:
+    """The PNG bytes of a JSON ``layout_png`` (or ``field``): standard base64, a ``data:`` URL prefix allowed."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise LayoutError(f"layout_png is not valid base64: {e}", kind="invalid_base64") from None
+        raise LayoutError(f"{field} is not valid base64: {e}", kind="invalid_base64") from None
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,12 @@ class LayoutOptions:
 
 @dataclass(frozen=True)
 class DecodedLayout:
-    """A decoded layout: ``label`` (H, W) uint8 at the bank's resolution, and ``size``, the (H, W) it was sent at."""
+    """A decoded layout: ``label`` (H, W) uint8 at the bank's resolution, ``size``, the (H, W) it was
+    sent at, and ``instances``, its (H, W) int32 instance map at the bank's resolution if one came."""
 
     label: np.ndarray
     size: tuple[int, int]
+    instances: np.ndarray | None = None
 
     @property
     def resized(self) -> bool:
@@ -120,13 +125,19 @@ class DecodedLayout:
 
 
 def decode_layout(
-    data: bytes, spec: LayoutSpec, *, max_pixels: int, options: LayoutOptions = LayoutOptions()
+    data: bytes,
+    spec: LayoutSpec,
+    *,
+    max_pixels: int,
+    options: LayoutOptions = LayoutOptions(),
+    instances: bytes | None = None,
 ) -> DecodedLayout:
     """A PNG layout as class ids at the bank's resolution, validated for ``spec``'s bank.
 
     The one layout decoder of the services and ``sims synthesize``. Raises
     :class:`LayoutTooLargeError` for more than ``max_pixels`` pixels and :class:`LayoutError`
     otherwise; without the option that would accept the layout, the message names it.
+    ``instances`` is the PNG of the layout's instance map, if any (:func:`decode_instances`).
     """
     # 1. Header: size limits, colour type and size before any pixel is decoded.
     header = read_png_header(data)
@@ -167,7 +178,50 @@ def decode_layout(
     except LayoutError as e:
         raise LayoutError(f"{e}{_dataset_hint(label, spec, options)}", kind=e.kind) from None
     # 4. The bank's resolution.
-    return DecodedLayout(np.ascontiguousarray(resize_label(label, spec.resolution)), size)
+    inst = None if instances is None else resize_label(decode_instances(instances, size), spec.resolution)
+    return DecodedLayout(np.ascontiguousarray(resize_label(label, spec.resolution)), size, inst)
+
+
+def decode_instances(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """An instance map PNG (single-channel 8- or 16-bit greyscale, (H, W) = ``size``, the layout's) as int32 ids.
+
+    0 means no instance. Its size is checked from the header, before any pixel is decoded.
+    """
+    header = read_png_header(data, "instance map")
+    if header.color_type != 0 or header.bit_depth not in (8, 16):
+        kind = _COLOR_TYPES.get(header.color_type, f"colour type {header.color_type}")
+        raise LayoutError(
+            f"the instance map is a {header.bit_depth}-bit {kind} PNG; send a single-channel 8- or 16-bit "
+            "greyscale PNG of instance ids (0 = none)",
+            kind="not_an_instance_map",
+        )
+    if (header.height, header.width) != tuple(size):
+        raise LayoutError(
+            f"the instance map is {header.width}x{header.height} (WxH) but its layout is {size[1]}x{size[0]}; "
+            "send it at the layout's size",
+            kind="wrong_instance_size",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+                img.load()
+                raw = np.asarray(img)
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise LayoutError(f"the instance map PNG could not be decoded: {e}", kind="invalid_png") from None
+    if raw.shape != tuple(size):
+        raise LayoutError(f"the instance map PNG decoded to shape {raw.shape}, expected {size}", kind="invalid_png")
+    return check_instance_map(raw, size)
+
+
+def encode_instances_png(instances: np.ndarray) -> bytes:
+    """An (H, W) map of instance ids in 0..65535 as a 16-bit greyscale PNG (what the services take)."""
+    m = np.asarray(instances)
+    if m.ndim != 2 or (m.size and (m.min() < 0 or m.max() > 65_535)):
+        raise ValueError(f"an instance map to encode is (H, W) ids in 0..65535, got {m.dtype} {m.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(m.astype(np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def decode_layout_png(

@@ -74,6 +74,9 @@ class Bank:
             self._group = self.location.open_group(ARRAYS_DIR)
         except (OSError, pa.ArrowInvalid, zarr.errors.GroupNotFoundError) as e:
             raise BankFormatError(f"bank version at {self.path} is unreadable: {e}") from e
+        if "instance_id" not in self.segments.column_names:  # banks built before instance-aware segments
+            zeros = pa.array(np.zeros(self.segments.num_rows, np.int32))
+            self.segments = self.segments.append_column(pa.field("instance_id", pa.int32(), nullable=False), zeros)
         if self.segments.num_rows != self.manifest.counts.segments:
             raise BankFormatError(
                 f"segment table has {self.segments.num_rows} rows, manifest says {self.manifest.counts.segments}"

@@ -49,8 +49,11 @@ def make_record(
     split: str,
     source_file: str,
     label_file: str,
+    instances: np.ndarray | None = None,
 ) -> ImageRecord:
-    """Resize a photo/label pair to ``resolution``, then extract and code its segments."""
+    """Resize a photo/label pair to ``resolution``, then extract and code its segments.
+
+    ``instances`` is the pair's (H, W) instance map, if any (used when ``config`` cuts per instance)."""
     if photo.ndim != 3 or photo.shape[2] != 3:
         raise LayoutError(f"{source_file}: photo must be (H, W, 3), got {photo.shape}")
     if photo.shape[:2] != label.shape:
@@ -58,11 +61,18 @@ def make_record(
             f"{source_file}: photo is {photo.shape[1]}x{photo.shape[0]} but its label map "
             f"{label_file} is {label.shape[1]}x{label.shape[0]}"
         )
+    if instances is not None and instances.shape != label.shape:
+        raise LayoutError(
+            f"{label_file}: its instance map is {instances.shape[1]}x{instances.shape[0]}, "
+            f"the label map {label.shape[1]}x{label.shape[0]}"
+        )
     source_size = (int(label.shape[0]), int(label.shape[1]))
     label = resize_label(label, resolution)
+    if instances is not None:
+        instances = resize_label(instances, resolution)  # nearest, keeps the ids and their dtype
     photo = resize_photo(photo, resolution)
     try:
-        segments = extract_segments(label, len(classes), config)  # validates the label values too
+        segments = extract_segments(label, len(classes), config, instances)  # validates the label values too
     except LayoutError as e:
         raise LayoutError(f"{label_file}: {e}") from None
     label = label.astype(np.uint8, copy=False)

@@ -1,4 +1,5 @@
-"""Segments (paper §4.1): connected components of one class, with their mask and context.
+"""Segments (paper §4.1): connected components of one class, or instances of a thing class,
+with their mask and context.
 
 The indexer runs these functions over every dataset label map; the retrieval engine runs the
 very same functions over query layouts. Keep it that way, or scores silently stop meaning the
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memory_bank.classes import IGNORE
-from memory_bank.components import label_components
+from memory_bank.components import label_components, label_instances
 from memory_bank.config import SegmentConfig
 from memory_bank.errors import LayoutError
 
@@ -30,6 +31,8 @@ class Segments:
             rounded outwards and clipped to the frame.
         area: (n,) int32 pixel count.
         centroid: (n, 2) float32 ``(y, x)`` in pixels.
+        instance_id: (n,) int32, the instance map's id of an instance segment, 0 for a
+            connected component.
         dropped: number of components below ``min_area``.
         dropped_area: their total pixel count.
         size: (H, W) of the frame.
@@ -41,6 +44,7 @@ class Segments:
     context_box: np.ndarray
     area: np.ndarray
     centroid: np.ndarray
+    instance_id: np.ndarray
     dropped: int
     dropped_area: int
     size: tuple[int, int]
@@ -89,6 +93,31 @@ def check_label_map(label: np.ndarray, num_classes: int, resolution: tuple[int, 
     return np.ascontiguousarray(label)
 
 
+def check_instance_map(instances: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Validate an instance map for a label map of ``shape``; return it as C-contiguous int32.
+
+    An instance map holds, per pixel, the id of the object it belongs to (0 = none); ids are
+    per image, so the same id in two thing classes names two objects.
+    """
+    instances = np.asarray(instances)
+    if instances.ndim != 2:
+        raise LayoutError(f"an instance map must be 2-D (H, W), got shape {tuple(instances.shape)}")
+    if instances.shape != tuple(shape):
+        (h, w), (rows, cols) = instances.shape, shape
+        raise LayoutError(
+            f"the instance map is {w}x{h} (WxH) but its layout is {cols}x{rows}", kind="wrong_instance_size"
+        )
+    if instances.dtype.kind not in "uib":
+        raise LayoutError(f"an instance map must hold integer ids, got dtype {instances.dtype}")
+    if instances.dtype != np.int32 and instances.size:
+        lo, hi = int(instances.min()), int(instances.max())
+        if lo < 0 or hi > np.iinfo(np.int32).max:
+            raise LayoutError(f"instance ids must lie in 0..{np.iinfo(np.int32).max}, got {lo}..{hi}")
+    elif instances.size and instances.min() < 0:
+        raise LayoutError(f"instance ids must be >= 0, got {int(instances.min())}")
+    return np.ascontiguousarray(instances, np.int32)
+
+
 def check_layout_size(
     shape: tuple[int, ...], resolution: tuple[int, int], hint: str = "resize it with nearest-neighbour sampling first"
 ) -> None:
@@ -126,18 +155,28 @@ def context_box(bbox: np.ndarray, frame: tuple[int, int], scale: float) -> np.nd
     return out.astype(np.int32)
 
 
-def extract_segments(label: np.ndarray, num_classes: int, config: SegmentConfig) -> Segments:
-    """Cut a label map into per-class connected components and drop the small ones.
+def extract_segments(
+    label: np.ndarray, num_classes: int, config: SegmentConfig, instances: np.ndarray | None = None
+) -> Segments:
+    """Cut a label map into segments and drop the small ones.
 
-    Components are ordered by class id, then by the raster order of their first pixel (the
-    numbering ``scipy.ndimage.label`` also uses). Pixels equal to :data:`IGNORE` belong to
-    no component.
+    The one cut of SIMS, for bank images and query layouts alike. A segment is a connected
+    component of one class; with ``config.instances == "things"`` and an ``instances`` map, each
+    (thing class, nonzero instance id) is one segment instead, all of its pixels even when
+    occlusion splits them (thing pixels of instance 0 stay connected components). Without that
+    setting ``instances`` is ignored. Segments are ordered by class id, then by the raster
+    order of their first pixel (for components, the numbering ``scipy.ndimage.label`` uses).
+    Pixels equal to :data:`IGNORE` belong to no segment.
     """
     label = check_label_map(label, num_classes)
     h, w = label.shape
     # 1. Every component of every class in one compiled pass, numbered in raster order of
     #    its first pixel (a property test holds it to scipy.ndimage.label per class).
-    comps = label_components(label, config.connectivity)
+    if instances is not None and config.instances == "things":
+        instances = check_instance_map(instances, label.shape)
+        comps = label_instances(label, instances, config.thing_classes, config.connectivity)
+    else:
+        comps = label_components(label, config.connectivity)
     total = len(comps)
     # 2. Drop small components.
     keep = np.flatnonzero(comps.area >= config.min_area)
@@ -159,6 +198,7 @@ def extract_segments(label: np.ndarray, num_classes: int, config: SegmentConfig)
         context_box=context_box(bbox, (h, w), config.context_scale),
         area=kept_area.astype(np.int32),
         centroid=centroid.astype(np.float32),
+        instance_id=np.zeros(keep.size, np.int32) if comps.instance_id is None else comps.instance_id[keep],
         dropped=int(total - keep.size),
         dropped_area=int(comps.area.sum() - kept_area.sum()),
         size=(h, w),

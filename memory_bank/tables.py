@@ -19,6 +19,7 @@ SEGMENT_SCHEMA = pa.schema(
         pa.field("coarse_popcount", pa.int32(), nullable=False),
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
+        pa.field("instance_id", pa.int32(), nullable=False),
     ]
 )
 

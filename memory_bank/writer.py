@@ -243,6 +243,7 @@ class BankWriter:
                     np.repeat([r.split for _, _, r in parts], counts).astype(str),
                     pa.string(),
                 ),
+                pa.array(cat(lambda r: r.segments.instance_id, np.int32)),
             ],
             schema=SEGMENT_SCHEMA,
         )

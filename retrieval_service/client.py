@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from memory_bank.png import decode_rgba_png, encode_layout_png
+from memory_bank.png import decode_rgba_png, encode_instances_png, encode_layout_png
 from retrieval_service.http_models import (
     API_KEY_HEADER,
     BankInfo,
@@ -45,8 +45,8 @@ class SynthesisParameters(TypedDict, total=False):
 
     Those of :class:`~retrieval_service.types.SynthesizeOptions`, with its defaults where one is left out
     (``k`` 5, ``seed`` 0, ``mode`` fast, not ``coarse``; ``elision_band`` and ``elision_rate`` None, the
-    worker's default elision), and ``timeout``, which overrides the client's for this request (synthesis
-    takes longer than retrieval).
+    worker's default elision), ``timeout``, which overrides the client's for this request (synthesis
+    takes longer than retrieval), and ``instances``, the layout's instance map ((H, W) ids or PNG bytes).
     """
 
     k: int
@@ -61,6 +61,7 @@ class SynthesisParameters(TypedDict, total=False):
     layout_colors: bool
     dataset_ids: bool
     timeout: float | None
+    instances: np.ndarray | bytes | None
 
 
 class ServiceError(Exception):
@@ -125,10 +126,12 @@ class RetrievalClient:
         min_area: int = 0,
         choose_from: int | None = None,
         pins: dict[str, int] | None = None,
+        instances: np.ndarray | bytes | None = None,
     ) -> RetrieveResponse:
         """Top-k candidates for every component of ``layout`` (an (H, W) uint8 label map or PNG bytes).
 
-        ``choose_from`` and ``pins`` are those of :class:`~retrieval_service.types.RetrievalOptions`.
+        ``choose_from`` and ``pins`` are those of :class:`~retrieval_service.types.RetrievalOptions`;
+        ``instances`` is the layout's instance map ((H, W) ids in 0..65535 or PNG bytes).
         """
         png = layout if isinstance(layout, bytes) else encode_layout_png(layout)
         data: dict[str, Any] = {"k": str(k), "mode": mode, "min_area": str(min_area)}
@@ -140,7 +143,8 @@ class RetrievalClient:
             data["choose_from"] = str(choose_from)
         if pins:
             data["pins"] = json.dumps({str(c): int(s) for c, s in pins.items()})
-        r = self._send("POST", "/retrieve", files={"layout": ("layout.png", png, "image/png")}, data=data)
+        files = {"layout": ("layout.png", png, "image/png"), **_instances_file(instances)}
+        r = self._send("POST", "/retrieve", files=files, data=data)
         return self._parse(r, RetrieveResponse)
 
     # Synthesis
@@ -170,6 +174,7 @@ class RetrievalClient:
         png = layout if isinstance(layout, bytes) else encode_layout_png(layout)
         given = dict(parameters)
         timeout = given.pop("timeout", None)
+        instances = given.pop("instances", None)
         # Not validated here: the service answers bad values with its 422. Unset ones take its defaults.
         o = SynthesizeOptions.model_construct(**given)
         data = {"k": str(o.k), "seed": str(o.seed), "mode": o.mode, "coarse": "true" if o.coarse else "false"}
@@ -184,7 +189,7 @@ class RetrievalClient:
         if o.candidates:
             data["candidates"] = str(o.candidates)
         data |= {"extras": ",".join(extras), "format": reply_format}
-        files = {"layout": ("layout.png", png, "image/png")}
+        files = {"layout": ("layout.png", png, "image/png"), **_instances_file(instances)}
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         return self._send("POST", "/synthesize", files=files, data=data, **extra)
 
@@ -278,3 +283,11 @@ def retry_after_seconds(r: httpx.Response) -> float | None:
 
 def _version(version: str | None) -> dict[str, str]:
     return {"version": version} if version else {}
+
+
+def _instances_file(instances: np.ndarray | bytes | None) -> dict[str, tuple[str, bytes, str]]:
+    """The multipart file field ``instances`` of an instance map, if there is one."""
+    if instances is None:
+        return {}
+    png = instances if isinstance(instances, bytes) else encode_instances_png(instances)
+    return {"instances": ("instances.png", png, "image/png")}

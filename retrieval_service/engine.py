@@ -156,11 +156,16 @@ class RetrievalEngine:
         return time.perf_counter() - start
 
     # 1. Entry points
-    def retrieve(self, layout: np.ndarray, options: RetrievalOptions | None = None) -> RetrievalResult:
-        """Top-k segments for every component of a label map at the bank's resolution."""
+    def retrieve(
+        self, layout: np.ndarray, options: RetrievalOptions | None = None, instances: np.ndarray | None = None
+    ) -> RetrievalResult:
+        """Top-k segments for every component of a label map at the bank's resolution.
+
+        ``instances``, an instance map of the layout, cuts thing classes per instance on a bank
+        built with instances, and is ignored on one built without."""
         idx = self.index
         start = time.perf_counter()
-        query = prepare_query(layout, idx.num_classes, idx.config, idx.resolution)
+        query = prepare_query(layout, idx.num_classes, idx.config, idx.resolution, instances)
         prepared = time.perf_counter() - start
         result = self.retrieve_query(query, options)
         result.timings["prepare"] = prepared

@@ -38,6 +38,20 @@ BBox = Annotated[list[int], Field(min_length=4, max_length=4)]
 Pair = Annotated[list[int], Field(min_length=2, max_length=2)]
 RGB = Annotated[list[int], Field(min_length=3, max_length=3)]
 LayoutFile = Annotated[bytes, Field(json_schema_extra={"format": "binary"}, description="PNG label map file.")]
+InstancesFile = Annotated[
+    bytes,
+    Field(
+        json_schema_extra={"format": "binary"},
+        description="Optional instance map of the layout: a single-channel 8- or 16-bit greyscale PNG of the "
+        "layout's size, one object id per pixel (0 = none). On a bank built with instances, each (thing class, "
+        "instance id) is one component; on others it is ignored.",
+    ),
+]
+_INSTANCES_HELP = (
+    "Base64 of the layout's instance map (optional): a single-channel 8- or 16-bit greyscale PNG of the layout's "
+    "size, one object id per pixel, 0 = none. On a bank built with instances (`GET /bank` `instances`), each "
+    "(thing class, instance id) is one component, all its pixels; on a bank built without, it is ignored."
+)
 
 
 class _Model(BaseModel):
@@ -67,12 +81,14 @@ class RetrieveRequest(RetrievalOptions, LayoutFields):
         description="Base64 (standard alphabet) of a single-channel PNG whose pixel values are class ids; "
         "255 = unlabelled. Same size as the bank's working resolution (unless `layout_resize`).",
     )
+    instances_png: str | None = Field(None, min_length=1, description=_INSTANCES_HELP)
 
 
 class RetrieveUpload(_Model):
     """Multipart form of ``POST /retrieve`` (documents the fields; parsed by the route)."""
 
     layout: LayoutFile
+    instances: InstancesFile | SkipJsonSchema[None] = OMITTED
     k: TopK = 5
     mode: Mode = "fast"
     seed: Seed | SkipJsonSchema[None] = OMITTED
@@ -94,12 +110,14 @@ class SynthesizeRequest(SynthesizeOptions):
         description="Base64 of a single-channel PNG of class ids (255 = unlabelled) at the bank's resolution "
         "(see `layout_resize`, `layout_colors`, `dataset_ids` for other layouts).",
     )
+    instances_png: str | None = Field(None, min_length=1, description=_INSTANCES_HELP)
 
 
 class SynthesizeUpload(_Model):
     """Multipart form of ``POST /synthesize`` (documents the fields; parsed by the route)."""
 
     layout: LayoutFile
+    instances: InstancesFile | SkipJsonSchema[None] = OMITTED
     k: TopK = 5
     seed: Seed = 0
     mode: Mode = "fast"
@@ -199,6 +217,10 @@ class BankInfo(_Model):
     min_area: int
     connectivity: int
     context_scale: float
+    instances: Literal["none", "things"] = Field(
+        "none", description="`things`: the bank cut thing classes per instance; query instance maps are honoured."
+    )
+    thing_classes: list[int] = Field(default_factory=list, description="The classes cut per instance.")
     classes: list[ClassOut]
     counts: BankCounts
     grids: BankGrids

@@ -28,10 +28,20 @@ class Query:
         return len(self.segments)
 
 
-def prepare_query(label: np.ndarray, num_classes: int, config: SegmentConfig, resolution: tuple[int, int]) -> Query:
-    """Cut a query layout into components and code them exactly as the bank's were coded."""
+def prepare_query(
+    label: np.ndarray,
+    num_classes: int,
+    config: SegmentConfig,
+    resolution: tuple[int, int],
+    instances: np.ndarray | None = None,
+) -> Query:
+    """Cut a query layout into components and code them exactly as the bank's were coded.
+
+    ``instances`` (an (H, W) instance map, 0 = none) cuts thing classes per instance when the
+    bank was built so (``config.instances``); otherwise it is ignored, as the bank's cut is.
+    """
     label = check_label_map(label, num_classes, resolution)
     all_components = replace(config, min_area=1)
-    segments = extract_segments(label, num_classes, all_components)
+    segments = extract_segments(label, num_classes, all_components, instances)
     codes = encode_segments(label, segments, num_classes, all_components)
     return Query(label=label, segments=segments, codes=codes)

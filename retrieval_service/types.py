@@ -278,8 +278,11 @@ class SynthesisBackend(Protocol):
         """Called once in the service's lifespan, before requests."""
         ...
 
-    async def synthesize(self, layout_png: bytes, options: SynthesizeOptions) -> SynthesisReply:
-        """Synthesize a (validated) layout PNG; failures are :class:`~memory_bank.errors.SimsError`."""
+    async def synthesize(
+        self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None = None
+    ) -> SynthesisReply:
+        """Synthesize a (validated) layout PNG, with its instance map PNG if any; failures are
+        :class:`~memory_bank.errors.SimsError`."""
         ...
 
     async def close(self) -> None:
@@ -293,8 +296,12 @@ class Retriever(Protocol):
     :class:`~retrieval_service.engine.RetrievalEngine`, or :class:`~synthesis.remote.RemoteRetriever`
     over HTTP."""
 
-    def retrieve(self, layout: np.ndarray, options: RetrievalOptions | None = None) -> RetrievalResult:
-        """Top-k matches per component of an (H, W) uint8 layout at the bank's resolution."""
+    def retrieve(
+        self, layout: np.ndarray, options: RetrievalOptions | None = None, instances: np.ndarray | None = None
+    ) -> RetrievalResult:
+        """Top-k matches per component of an (H, W) uint8 layout at the bank's resolution.
+
+        ``instances``, the layout's (H, W) instance map, is used when the bank cuts per instance."""
         ...
 
 

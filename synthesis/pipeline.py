@@ -256,8 +256,12 @@ class SynthesisPipeline:
         pins: Mapping[int, int] | None = None,
         candidates: int = 0,
         stop: Deadline | None = None,
+        instances: np.ndarray | None = None,
     ) -> SynthesisOutput:
         """Synthesize a photo for an (H, W) uint8 layout at the bank's resolution (255 = unlabelled).
+
+        ``instances``: the layout's (H, W) instance map (0 = none), which cuts thing classes per
+        instance on a bank built with instances and is ignored on others.
 
         ``k``: candidates per component the seed picks among; ``mode``: retrieval mode;
         ``elision``: boundary elision of the canvas (all three default to the builder's options);
@@ -283,7 +287,7 @@ class SynthesisPipeline:
         # 3. Canvas: retrieve, align, order, paste, elide.
         builder = self._builder(k, mode, elision)
         check("retrieve")
-        canvas = builder(layout, seed=seed, pins=pins, candidates=candidates)
+        canvas = builder(layout, seed=seed, pins=pins, candidates=candidates, instances=instances)
         timings["retrieve"] = canvas.timings["retrieve"]
         timings["canvas"] = canvas.timings["total"] - canvas.timings["retrieve"]
         # 4. The network, at its resolution; the output at the layout's.

@@ -45,6 +45,8 @@ def bank_identity(info: BankInfo) -> tuple[ClassTable, SegmentConfig, tuple[int,
         context_scale=info.context_scale,
         fine_grid=(info.grids.fine_grid[0], info.grids.fine_grid[1]),
         coarse_grids=tuple((g[0], g[1]) for g in info.grids.coarse_grids),
+        instances=info.instances,
+        thing_classes=tuple(info.thing_classes),
     )
     return classes, config, (info.resolution[0], info.resolution[1])
 
@@ -92,8 +94,10 @@ class RemoteRetriever:
         self.client = client
         self.pin = pin or _VersionPin()
 
-    def retrieve(self, layout: np.ndarray, options: RetrievalOptions | None = None) -> RetrievalResult:
-        """Top-k matches per component of an (H, W) uint8 layout, from the service."""
+    def retrieve(
+        self, layout: np.ndarray, options: RetrievalOptions | None = None, instances: np.ndarray | None = None
+    ) -> RetrievalResult:
+        """Top-k matches per component of an (H, W) uint8 layout (and its instance map), from the service."""
         options = options or RetrievalOptions()
         if options.candidates != SERVICE_CANDIDATES:
             raise ValueError(f"the service retrieves with candidates={SERVICE_CANDIDATES}, not {options.candidates}")
@@ -106,6 +110,7 @@ class RemoteRetriever:
             min_area=options.min_area,
             choose_from=options.choose_from,
             pins=dict(options.pins),
+            instances=instances,
         )
         result = to_result(response)
         self.pin.version = response.bank_version

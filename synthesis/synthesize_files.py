@@ -61,7 +61,8 @@ class Synthesized:
 
 
 class Synthesizer(Protocol):
-    """``synth(png, options) -> Synthesized`` for a layout PNG, with the bank's layout ``spec``.
+    """``synth(png, options, instances) -> Synthesized`` for a layout PNG (and its instance map
+    PNG, if any), with the bank's layout ``spec``.
 
     Every :class:`Synthesized` carries the canvas, provenance and segments: ``options.extras``
     and ``options.format`` (the shape of an HTTP reply) do not apply.
@@ -69,7 +70,7 @@ class Synthesizer(Protocol):
 
     spec: LayoutSpec
 
-    def __call__(self, png: bytes, options: SynthesizeOptions) -> Synthesized: ...
+    def __call__(self, png: bytes, options: SynthesizeOptions, instances: bytes | None = None) -> Synthesized: ...
 
 
 class LocalSynthesizer:
@@ -86,9 +87,11 @@ class LocalSynthesizer:
         pipeline = load_networks(settings).pipeline(CanvasBuilder.from_bank(opened))
         return cls(pipeline, LayoutSpec.from_manifest(opened.manifest))
 
-    def __call__(self, png: bytes, options: SynthesizeOptions) -> Synthesized:
-        layout = decode_layout(png, self.spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options())
-        out = synthesize(self.pipeline, layout.label, options)
+    def __call__(self, png: bytes, options: SynthesizeOptions, instances: bytes | None = None) -> Synthesized:
+        layout = decode_layout(
+            png, self.spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options(), instances=instances
+        )
+        out = synthesize(self.pipeline, layout.label, options, instances=layout.instances)
         arrays = arrays_at(out, layout.size)  # at the layout's own size, as a service answers
         segments = [s.model_dump() for s in wire_segments(out.segments, self.spec.classes)]  # as RemoteSynthesizer's
         timings = {key: round(v * 1000, 3) for key, v in out.timings.items()}
@@ -105,10 +108,10 @@ class RemoteSynthesizer:
         self.timeout = timeout
         self.spec = layout_spec(client.bank())
 
-    def __call__(self, png: bytes, options: SynthesizeOptions) -> Synthesized:
+    def __call__(self, png: bytes, options: SynthesizeOptions, instances: bytes | None = None) -> Synthesized:
         # Every option but the reply's shape, which this asks for itself.
         parameters = options.model_dump(exclude={"extras", "format"})
-        r = self.client.synthesize(png, extras=ALL_EXTRAS, timeout=self.timeout, **parameters)
+        r = self.client.synthesize(png, extras=ALL_EXTRAS, timeout=self.timeout, instances=instances, **parameters)
         return Synthesized(
             image=_png(r.image_png),
             layout=_png(r.layout_png),
@@ -128,12 +131,16 @@ def _png(b64: str | None) -> np.ndarray:
 
 
 def read_layout(
-    path: str | Path, spec: LayoutSpec, options: SynthesizeOptions, unlabelled: Sequence[int] = ()
+    path: str | Path,
+    spec: LayoutSpec,
+    options: SynthesizeOptions,
+    unlabelled: Sequence[int] = (),
+    instances: bytes | None = None,
 ) -> tuple[bytes, np.ndarray]:
     """A layout file's PNG bytes (values in ``unlabelled`` made 255 first) and its class ids at its own size.
 
-    Read as the services read it (:func:`~memory_bank.png.decode_layout` with the layout options);
-    errors name the file.
+    Read as the services read it (:func:`~memory_bank.png.decode_layout` with the layout options,
+    and the layout's ``instances`` PNG, checked here); errors name the file.
     """
     try:
         try:
@@ -145,10 +152,34 @@ def read_layout(
             if label.max(initial=0) > IGNORE:
                 raise LayoutError(f"label values up to {label.max()} do not fit a layout (0..{IGNORE})")
             png = encode_layout_png(np.where(np.isin(label, list(unlabelled)), IGNORE, label).astype(np.uint8))
-        layout = decode_layout(png, spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options())
+        layout = decode_layout(
+            png, spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options(), instances=instances
+        )
     except LayoutError as e:
         raise LayoutError(f"{path}: {e}", kind=e.kind) from None
     return png, resize_label(layout.label, layout.size)
+
+
+def instance_file(instances: Path | None, layout: Path, count: int) -> Path | None:
+    """The instance map of ``layout`` under ``--instances``: the file itself (one layout), or the
+    file of the layout's name in that directory (None without ``--instances``)."""
+    if instances is None:
+        return None
+    if instances.is_dir():
+        return instances / layout.name
+    if count > 1:
+        raise LayoutError(f"--instances {instances}: {count} layouts need a directory of instance maps named like them")
+    return instances
+
+
+def read_instances(path: Path | None) -> bytes | None:
+    """The bytes of an instance map file (None for None); a :class:`LayoutError` naming a missing one."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise LayoutError(f"{path}: cannot read the instance map ({e.strerror or e})") from None
 
 
 #: Suffixes that make ``--out`` an image file (PNG, or JPEG at quality 90) rather than a directory.
@@ -187,11 +218,13 @@ def synthesize_files(
     grid_colors: int | None = None,
     grid_scale: float = 0.5,
     progress: bool = True,
+    instances: str | Path | None = None,
 ) -> list[Path]:
     """Synthesize every layout file with seeds ``options.seed .. options.seed + n - 1``; returns the images written.
 
     ``grid_colors`` quantises the grid PNG to that many colours (smaller files, e.g. for docs);
-    ``grid_scale`` sizes its tiles (1.0: the layout's resolution).
+    ``grid_scale`` sizes its tiles (1.0: the layout's resolution). ``instances`` is the instance
+    map PNG of a single layout, or a directory holding one per layout under the layout's file name.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -202,9 +235,12 @@ def synthesize_files(
     palette = synth.spec.classes.palette()
     written, rows = [], []
     jobs = [(p, s, name) for p, row in zip(paths, names, strict=True) for s, name in zip(seeds, row, strict=True)]
+    inst_root = None if instances is None else Path(instances)
     for path, s, name in tqdm(jobs, desc="synthesizing", unit="image", disable=not progress):
-        png, layout = read_layout(path, synth.spec, options, unlabelled)
-        result = synth(png, options.model_copy(update={"seed": s}))
+        inst = read_instances(instance_file(inst_root, path, len(paths)))
+        png, layout = read_layout(path, synth.spec, options, unlabelled, inst)
+        seeded = options.model_copy(update={"seed": s})
+        result = synth(png, seeded, inst) if inst else synth(png, seeded)  # synthesizers may predate instances
         save_image(name, result.image)
         written.append(name)
         log.debug("%s (seed %d) -> %s, %s", path, s, name, _timing_text(result.timings_ms))

@@ -410,3 +410,63 @@ def test_create_reader_cityscapes(cityscapes: Path) -> None:
     assert isinstance(reader, CityscapesReader)
     assert len(reader) == 2
     assert reader.shard(2, 1) == reader.refs[1:]
+
+
+# --- Instance maps ---------------------------------------------------------------------------------
+
+
+def instance_png(path: Path, values: np.ndarray) -> None:
+    """Write a 16-bit greyscale instance PNG (Cityscapes' instanceIds are 16-bit)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values.astype(np.uint16)).save(path)
+
+
+def wide_stripes(*values: int) -> np.ndarray:
+    """:func:`stripes` of values past 255."""
+    return np.array(values)[stripes(*range(len(values)))]
+
+
+def test_cityscapes_instance_maps(tmp_path: Path) -> None:
+    stem = "aachen_000000_000019"
+    cityscapes_pair(tmp_path, "train", "aachen", stem, stripes(7, 26, 26, 24))
+    raw = wide_stripes(7, 26001, 26, 24000)  # a car instance, crowd cars (26 < 1000), a person
+    instance_png(tmp_path / f"gtFine/train/aachen/{stem}_gtFine_instanceIds.png", raw)
+    reader = CityscapesReader(tmp_path)
+    names = reader.classes.names
+    # cityscapesScripts' hasInstances classes that have a train id; caravan and trailer have none.
+    assert [names[c] for c in reader.thing_classes] == [
+        "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"
+    ]  # fmt: skip
+    assert reader.has_instances
+    assert reader.load(reader.refs[0]).instances is None  # only when asked for
+    sample = reader.load(reader.refs[0], instances=True)
+    assert sample.instances is not None and sample.instances.dtype == np.int32
+    np.testing.assert_array_equal(sample.instances, wide_stripes(0, 26001, 0, 24000))
+
+
+def test_cityscapes_missing_instance_map_is_an_error_naming_it(cityscapes: Path) -> None:
+    reader = CityscapesReader(cityscapes, splits=["val"])
+    assert not reader.has_instances
+    with pytest.raises(DatasetError, match=r"frankfurt_000000_000294_gtFine_instanceIds\.png: instance map missing"):
+        reader.load(reader.refs[0], instances=True)
+
+
+def test_cocostuff_instance_maps(cocostuff: Path) -> None:
+    inst = stripes(0, 3, 3, 7)  # objects 0 and 3 (one split in two stripes), and 7
+    label(cocostuff / "train_inst/000000000009.png", inst)
+    reader = CocoStuffReader(cocostuff)
+    assert reader.thing_classes == tuple(range(91)) and reader.has_instances
+    sample = reader.load(reader.refs[0], instances=True)
+    # SPADE numbers an image's objects from 0: shifted by one, so that 0 means none.
+    np.testing.assert_array_equal(sample.instances, inst.astype(np.int32) + 1)
+    with pytest.raises(DatasetError, match=r"train_inst/000000000025\.png: instance map missing"):
+        reader.load(reader.refs[1], instances=True)
+
+
+def test_readers_without_instance_maps(tmp_path: Path) -> None:
+    photo(tmp_path / "train" / "a.png")
+    label(tmp_path / "trainannot" / "a.png", stripes(1, 2))
+    reader = CamVidReader(tmp_path)
+    assert reader.thing_classes == () and not reader.has_instances
+    with pytest.raises(DatasetError, match="no instance maps"):
+        reader.load(reader.refs[0], instances=True)

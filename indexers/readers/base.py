@@ -28,13 +28,15 @@ class SampleRef:
 
 @dataclass(frozen=True)
 class Sample:
-    """A decoded pair: (H, W, 3) uint8 photo and (H, W) uint8 label in the bank's class ids."""
+    """A decoded pair: (H, W, 3) uint8 photo and (H, W) uint8 label in the bank's class ids,
+    and the (H, W) int32 instance map (0 = no instance) when it was asked for."""
 
     image: np.ndarray
     label: np.ndarray
     ref: SampleRef
     source_file: str
     label_file: str
+    instances: np.ndarray | None = None
 
 
 class DatasetReader:
@@ -50,6 +52,8 @@ class DatasetReader:
     default_splits: ClassVar[tuple[str, ...]]
     #: Raw label value -> bank id (0..C-1 or 255); -1 marks values that must not occur.
     lut: np.ndarray
+    #: Bank class ids of the thing classes its instance maps cut per instance (none: no instance maps).
+    thing_classes: ClassVar[tuple[int, ...]] = ()
 
     def __init__(self, root: str | Path, splits: Sequence[str] | None = None) -> None:
         self.root = Path(root)
@@ -85,12 +89,36 @@ class DatasetReader:
         bounds = np.linspace(0, len(self._refs), nshards + 1).astype(int)
         return self._refs[bounds[rank] : bounds[rank + 1]]
 
-    def load(self, ref: SampleRef) -> Sample:
-        """Decode one pair and map its labels to bank class ids."""
+    def load(self, ref: SampleRef, instances: bool = False) -> Sample:
+        """Decode one pair and map its labels to bank class ids; with ``instances``, its instance map too."""
         image = read_photo(ref.image_path)
         label = self.map_label(read_label(ref.label_path), ref.label_path)
         source, label_file = ref.relative_to(self.root)
-        return Sample(image, label, ref, source, label_file)
+        return Sample(image, label, ref, source, label_file, self.load_instances(ref) if instances else None)
+
+    # Readers of datasets that ship instance maps override these two.
+    def instance_path(self, ref: SampleRef) -> Path | None:
+        """Where the instance map of ``ref`` lives by the dataset's layout (None: the dataset has none)."""
+        return None
+
+    def map_instances(self, raw: np.ndarray) -> np.ndarray:
+        """The dataset's instance PNG values as (H, W) int32 instance ids, 0 = no instance."""
+        return raw.astype(np.int32)
+
+    @property
+    def has_instances(self) -> bool:
+        """Whether this dataset ships instance maps (its first sample has one): ``--instances auto``."""
+        path = self.instance_path(self._refs[0]) if self.thing_classes else None
+        return path is not None and path.is_file()
+
+    def load_instances(self, ref: SampleRef) -> np.ndarray:
+        """The instance map of ``ref``; a :class:`DatasetError` naming the file if it is missing."""
+        path = self.instance_path(ref)
+        if path is None:
+            raise DatasetError(f"{self.name}: this dataset has no instance maps")
+        if not path.is_file():
+            raise DatasetError(f"{path}: instance map missing (needed by --instances things)")
+        return self.map_instances(read_label(path))
 
     @property
     def unlabelled_ids(self) -> tuple[int, ...]:

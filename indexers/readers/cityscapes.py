@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from indexers.readers.base import DatasetReader, SampleRef, paired_files
@@ -94,6 +96,21 @@ CITYSCAPES_CLASSES = ClassTable.from_names(
 )
 
 
+#: cityscapesScripts' ``hasInstances`` classes, by labelId (caravan and trailer have no train id).
+CITYSCAPES_INSTANCE_LABELS = (
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "caravan",
+    "trailer",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+
+
 def _cityscapes_lut() -> np.ndarray:
     lut = np.full(256, -1, np.int16)
     for _name, label_id, train_id in CITYSCAPES_LABELS:
@@ -106,13 +123,24 @@ class CityscapesReader(DatasetReader):
 
     Raw labelIds 0..33 are valid; those without a train id (void, parking, rail track,
     guard rail, bridge, tunnel, polegroup, caravan, trailer) become 255. Any other value
-    is an error.
+    is an error. Instance maps are ``*_gtFine_instanceIds.png``: a value >= 1000 is
+    ``labelId * 1000 + index`` (the instance id kept as is), one below 1000 a labelId with no
+    instance (0 here). The thing classes are the ``hasInstances`` ones that have a train id.
     """
 
     name = "cityscapes"
     classes = CITYSCAPES_CLASSES
     default_splits = ("train",)
     lut = _cityscapes_lut()
+    thing_classes = tuple(
+        sorted(train for name, _, train in CITYSCAPES_LABELS if name in CITYSCAPES_INSTANCE_LABELS and train != 255)
+    )
+
+    def instance_path(self, ref: SampleRef) -> Path:
+        return ref.label_path.with_name(ref.label_path.name.replace("_gtFine_labelIds.png", "_gtFine_instanceIds.png"))
+
+    def map_instances(self, raw: np.ndarray) -> np.ndarray:
+        return np.where(raw >= 1000, raw, 0).astype(np.int32)
 
     def find_pairs(self) -> list[SampleRef]:
         refs: list[SampleRef] = []

@@ -1,6 +1,11 @@
-"""COCO-Stuff in SPADE's layout: ``train_img/*.jpg`` + ``train_label/*.png``, ``val_img`` + ``val_label``."""
+"""COCO-Stuff in SPADE's layout: ``train_img/*.jpg`` + ``train_label/*.png``, ``val_img`` + ``val_label``,
+and the instance maps ``train_inst/*.png``, ``val_inst/*.png``."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
 
 from indexers.readers.base import DatasetReader, SampleRef, identity_lut, paired_files
 from memory_bank import ClassTable
@@ -41,13 +46,25 @@ class CocoStuffReader(DatasetReader):
     """COCO-Stuff 164k as prepared for SPADE: label PNGs hold ids 0..181 and 255 for unlabelled.
 
     The ids already are the bank's (cocostuff id - 1), so the lut is the identity; raw
-    182..254 are not COCO-Stuff labels and are refused.
+    182..254 are not COCO-Stuff labels and are refused. The thing classes are the 91 COCO thing
+    ids (0..90). SPADE's instance maps (``<split>_inst/<name>.png``, written by its
+    ``coco_generate_instance_map.py``) are the label map with each polygon annotation of the image
+    painted over it with its index, counting from 0; so every value is shifted by one here, to keep
+    0 for "no instance". Thing pixels no polygon covers (crowd annotations, stored as RLE) keep
+    their label value, so they become one pseudo-instance per class.
     """
 
     name = "cocostuff"
     classes = COCOSTUFF_CLASSES
     default_splits = ("train",)
     lut = identity_lut(len(COCOSTUFF_NAMES), ignore=(255,))
+    thing_classes = tuple(range(91))
+
+    def instance_path(self, ref: SampleRef) -> Path:
+        return self.root / f"{ref.split}_inst" / ref.label_path.name
+
+    def map_instances(self, raw: np.ndarray) -> np.ndarray:
+        return raw.astype(np.int32) + 1  # the first object is 0 in SPADE's maps
 
     def find_pairs(self) -> list[SampleRef]:
         refs: list[SampleRef] = []

@@ -61,11 +61,13 @@ async def read_layout_request(
     options_model: type[OptionsT],
     fields: tuple[str, ...],
     list_fields: dict[str, Callable[[str], Any]] | None = None,
-) -> tuple[bytes, OptionsT, LayoutFields]:
-    """The PNG bytes, the validated options and the layout options of a JSON or multipart request.
+) -> tuple[bytes, bytes | None, OptionsT, LayoutFields]:
+    """The PNG bytes, the instance map PNG (None without), the validated options and the layout options
+    of a JSON or multipart request.
 
-    JSON bodies validate against ``json_model`` (its ``layout_png`` holds the base64 PNG); multipart
-    bodies carry the PNG as file field ``layout``, the plain option ``fields`` and the
+    JSON bodies validate against ``json_model`` (its ``layout_png`` holds the base64 PNG, its optional
+    ``instances_png`` that of the instance map); multipart bodies carry the PNG as file field ``layout``,
+    the instance map as optional file field ``instances``, the plain option ``fields`` and the
     :data:`~retrieval_service.types.LAYOUT_FIELDS` as strings, and each of ``list_fields`` as one
     string turned into a value by its parser (a comma-separated list, a JSON object).
     """
@@ -77,13 +79,15 @@ async def read_layout_request(
             req = json_model.model_validate_json(body)
         except ValidationError as e:
             raise RequestValidationError(_located(e, "body")) from None
-        data = req.model_dump(exclude={"layout_png"})
+        data = req.model_dump(exclude={"layout_png", "instances_png"})
         options, layout = _split(options_model, data)
-        return png_from_base64(req.layout_png), options, layout  # type: ignore[attr-defined]
+        text = getattr(req, "instances_png", None)
+        instances = png_from_base64(text, "instances_png") if text else None
+        return png_from_base64(req.layout_png), instances, options, layout  # type: ignore[attr-defined]
     if content_type == "multipart/form-data":
         try:
             limit = len(fields) + len(LAYOUT_FIELDS) + len(list_fields) + 2
-            form = await request.form(max_files=1, max_fields=limit)
+            form = await request.form(max_files=2, max_fields=limit)
         except HTTPException as e:
             if e.status_code != 400:  # e.g. the 413 of the body size limit
                 raise
@@ -91,6 +95,14 @@ async def read_layout_request(
         upload = form.get("layout")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "invalid_request", "multipart body needs a file field named 'layout' (the PNG)")
+        stray = [k for k, v in form.multi_items() if isinstance(v, UploadFile) and k not in ("layout", "instances")]
+        if stray:  # an option sent as a file is not silently dropped
+            raise ApiError(400, "invalid_multipart", f"only 'layout' and 'instances' may be files, not {stray[0]!r}")
+        if len(form.getlist("layout")) > 1 or len(form.getlist("instances")) > 1:
+            raise ApiError(400, "invalid_multipart", "send one file 'layout' and at most one file 'instances'")
+        instances = form.get("instances")
+        if instances is not None and not isinstance(instances, UploadFile):
+            raise ApiError(422, "invalid_request", "multipart field 'instances' must be a file (the instance map PNG)")
         names = (*fields, *LAYOUT_FIELDS)
         _reject_unknown_fields(form, {*names, *list_fields})
         values: dict[str, Any] = {k: v for k in names if isinstance(v := form.get(k), str) and v.strip()}
@@ -102,7 +114,7 @@ async def read_layout_request(
             options, layout = _split(options_model, values)
         except ValidationError as e:
             raise RequestValidationError(_located(e, "form")) from None
-        return await upload.read(), options, layout
+        return await upload.read(), await instances.read() if instances else None, options, layout
     raise ApiError(
         415,
         "unsupported_media_type",
@@ -113,12 +125,12 @@ async def read_layout_request(
 def _reject_unknown_fields(form: FormData, option_names: set[str]) -> None:
     """A misspelled or unknown multipart field is a 422, as an unknown JSON key is (``extra_forbidden``).
 
-    (A second file is already a 400: the form is parsed with ``max_files=1``.)
+    (A third file is already a 400: the form is parsed with ``max_files=2``, the layout and its instances.)
     """
     problems = [
         {"loc": ("form", name), "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
         for name in dict.fromkeys(form.keys())
-        if name != "layout" and name not in option_names
+        if name not in ("layout", "instances") and name not in option_names
     ]
     if problems:
         raise RequestValidationError(problems)

@@ -120,18 +120,23 @@ class HttpSynthesisBackend:
                 retry_after=1,
             )
 
-    async def synthesize(self, layout_png: bytes, options: SynthesizeOptions) -> SynthesisReply:
+    async def synthesize(
+        self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None = None
+    ) -> SynthesisReply:
         self.check_capacity()
         self.in_flight += 1
         try:
-            return await self._forward(layout_png, options)
+            return await self._forward(layout_png, options, instances_png)
         finally:
             self.in_flight -= 1
 
-    async def _forward(self, layout_png: bytes, options: SynthesizeOptions) -> SynthesisReply:
+    async def _forward(
+        self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None = None
+    ) -> SynthesisReply:
         client = await self._ensure_client()
+        instances = None if instances_png is None else base64.b64encode(instances_png).decode("ascii")
         body = SynthesizeRequest(
-            **options.model_dump(), layout_png=base64.b64encode(layout_png).decode("ascii")
+            **options.model_dump(), layout_png=base64.b64encode(layout_png).decode("ascii"), instances_png=instances
         ).model_dump_json()
         first = next(self._turn) % len(self.urls)
         headers = {"content-type": "application/json", TIMEOUT_HEADER: f"{self.timeout:g}"}

@@ -213,18 +213,23 @@ class CanvasBuilder:
         exclude_images: Sequence[int],
         pins: Mapping[int, int] | None = None,
         listed: int = 0,
+        instances: np.ndarray | None = None,
     ) -> tuple[Segments, RetrievalResult]:
-        """The layout's components (as the engine cuts them) and the retrieval result (the retriever applies pins)."""
+        """The layout's components (as the engine cuts them) and the retrieval result (the retriever applies pins).
+
+        ``instances`` is the layout's instance map, if any (used when the bank cuts per instance)."""
         options = self.options.retrieval(seed, exclude_images, pins, listed)
         retrieve_query = getattr(self.retriever, "retrieve_query", None)
         if retrieve_query is not None:
             # In-process engine: cut and code the layout once and share the components.
-            query = prepare_query(layout, len(self.classes), self.config, self.resolution)
+            query = prepare_query(layout, len(self.classes), self.config, self.resolution, instances)
             result = retrieve_query(query, options)
             segments = query.segments
         else:
-            result = self.retriever.retrieve(layout, options)
-            segments = extract_segments(layout, len(self.classes), replace(self.config, min_area=1))
+            # Only retrievers that take instance maps are handed one.
+            extra = () if instances is None else (instances,)
+            result = self.retriever.retrieve(layout, options, *extra)
+            segments = extract_segments(layout, len(self.classes), replace(self.config, min_area=1), instances)
         if len(result.components) != len(segments) or any(
             c.class_id != segments.class_id[c.component_id] for c in result.components
         ):
@@ -242,8 +247,12 @@ class CanvasBuilder:
         exclude_images: Sequence[int] = (),
         pins: Mapping[int, int] | None = None,
         candidates: int = 0,
+        instances: np.ndarray | None = None,
     ) -> Canvas:
         """Build the canvas of an (H, W) label map at the bank's resolution (255 = unlabelled).
+
+        ``instances``, the layout's (H, W) instance map, cuts thing classes per instance on a bank
+        built with instances (ignored otherwise).
 
         The same layout, seed, exclusions and pins give the same canvas. ``pins`` maps component
         indices to the bank segments that must fill them (the rest follow the seed); ``candidates``
@@ -264,7 +273,7 @@ class CanvasBuilder:
         # 1. Check the layout.
         layout = self.check_layout(layout)
         # 2. Components and retrieval (seeded pick among the top-k).
-        components, result = self.query(layout, seed, exclude_images, pins, candidates)
+        components, result = self.query(layout, seed, exclude_images, pins, candidates, instances)
         lap("retrieve")
         # 3. Read the chosen segments and place them in the frame.
         chosen: list[tuple[ComponentResult, int, int, float]] = []

@@ -72,6 +72,14 @@ def synthesize(
         bool,
         typer.Option("--dataset-ids", help="Map the source datasets' unlabelled ids (the bank's manifest) to 255."),
     ] = False,
+    instances: Annotated[
+        Path | None,
+        typer.Option(
+            "--instances",
+            help="Instance map PNG of the layout (object ids, 0 = none), or a directory of them named like the "
+            "layouts; used when the bank cuts thing classes per instance.",
+        ),
+    ] = None,
     extras: Annotated[
         bool, typer.Option("--extras", help="Also write <name>.canvas.png, .provenance.png, .layout.png, .json.")
     ] = False,
@@ -139,6 +147,7 @@ def synthesize(
                 grid_colors=grid_colors,
                 grid_scale=grid_scale,
                 progress=progress,
+                instances=instances,
             )
         except ServiceError as e:
             raise SimsError(f"the service at {service} answered {e}") from None

@@ -24,6 +24,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 import torch
@@ -122,11 +123,17 @@ def create_worker_app(
             req = SynthesizeRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise RequestValidationError([{**x, "loc": ("body", *x["loc"])} for x in e.errors()]) from None
-        options = SynthesizeOptions.model_validate(req.model_dump(exclude={"layout_png"}))
+        options = SynthesizeOptions.model_validate(req.model_dump(exclude={"layout_png", "instances_png"}))
         png = png_from_base64(req.layout_png)
+        instances = png_from_base64(req.instances_png, "instances_png") if req.instances_png else None
         try:
             reply = await request.app.state.slots.run(
-                synthesize_reply, pipeline, png, options, spec, timeout=_timeout(request, settings.timeout)
+                partial(synthesize_reply, instances_png=instances),
+                pipeline,
+                png,
+                options,
+                spec,
+                timeout=_timeout(request, settings.timeout),
             )
         except ServiceError as e:
             # The retrieval service refused: its 4xx (and 503, 504) are passed on, its other failures are a 502.

@@ -14,6 +14,7 @@ the next pipeline step).
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 from anyio import to_thread
@@ -78,13 +79,15 @@ class InProcessBackend:
         """503 ``synthesis_busy`` now when every slot and the queue are taken (the route sheds before reading)."""
         self.slots.check_capacity()
 
-    async def synthesize(self, layout_png: bytes, options: SynthesizeOptions) -> SynthesisReply:
+    async def synthesize(
+        self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None = None
+    ) -> SynthesisReply:
         if self.bank is None:
             raise UnavailableError("no bank configured: pass --bank or set SIMS_BANK", kind="not_ready")
         served = self.bank.require()
         pipeline = self.pipeline_for(served)
         return await self.slots.run(
-            synthesize_reply,
+            partial(synthesize_reply, instances_png=instances_png),
             pipeline,
             layout_png,
             options,

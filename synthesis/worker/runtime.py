@@ -70,9 +70,14 @@ def load_networks(settings: WorkerSettings, weights: Path | None = None) -> Netw
 
 
 def synthesize(
-    pipeline: SynthesisPipeline, layout: np.ndarray, options: SynthesizeOptions, stop: Deadline | None = None
+    pipeline: SynthesisPipeline,
+    layout: np.ndarray,
+    options: SynthesizeOptions,
+    stop: Deadline | None = None,
+    instances: np.ndarray | None = None,
 ) -> SynthesisOutput:
-    """Run the pipeline on an (H, W) uint8 layout with a request's options (the elision defaults to the pipeline's)."""
+    """Run the pipeline on an (H, W) uint8 layout (and its instance map) with a request's options
+    (the elision defaults to the pipeline's)."""
     elision = pipeline.builder.options.elision.with_overrides(options.elision_band, options.elision_rate)
     return pipeline(
         layout,
@@ -84,6 +89,7 @@ def synthesize(
         pins={int(c): s for c, s in options.pins.items()},
         candidates=options.candidates,
         stop=stop,
+        instances=instances,
     )
 
 
@@ -93,18 +99,22 @@ def synthesize_reply(
     options: SynthesizeOptions,
     spec: LayoutSpec,
     stop: Deadline | None = None,
+    instances_png: bytes | None = None,
 ) -> SynthesisReply:
     """Decode a layout PNG, synthesize and encode the reply at the layout's size (blocking; run it in a worker thread).
 
     ``spec`` is the bank's (resolution, class colours, dataset ids), which the request's layout
     options read the layout against. Raises :class:`~memory_bank.errors.LayoutError` (422, 413
     when too large) for a layout that does not fit the bank, and
-    :class:`~synthesis.pipeline.SynthesisStoppedError` (504) once ``stop`` says so.
+    :class:`~synthesis.pipeline.SynthesisStoppedError` (504) once ``stop`` says so. ``instances_png``
+    is the layout's instance map PNG, if any.
     """
     start = time.perf_counter()
-    layout = decode_layout(png, spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options())
+    layout = decode_layout(
+        png, spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options(), instances=instances_png
+    )
     decoded = time.perf_counter() - start
-    output = synthesize(pipeline, layout.label, options, stop)
+    output = synthesize(pipeline, layout.label, options, stop, layout.instances)
     if stop is not None:
         stop.check("encode")
     return encode_reply(

@@ -28,6 +28,8 @@ async def bank_info(state: StateDep, holder: HolderDep) -> BankInfo:
         min_area=cfg.min_area,
         connectivity=cfg.connectivity,
         context_scale=cfg.context_scale,
+        instances=cfg.instances,
+        thing_classes=list(cfg.thing_classes),
         classes=[
             ClassOut(id=c.id, name=c.name, color=list(c.color), segments=n)
             for c, n in zip(m.classes, m.counts.segments_per_class, strict=True)

@@ -58,14 +58,16 @@ async def retrieve(
     metrics: MetricsDep,
     api_key: ApiKeyDep,
 ) -> RetrieveResponse:
-    """Every connected component of the layout with its top-k candidates, best first.
+    """Every component of the layout with its top-k candidates, best first.
 
     Send the layout either as JSON (`layout_png`: base64 of a PNG) or as a multipart upload
-    (file field `layout`). The layout must have the bank's working resolution (`GET /bank`)
+    (file field `layout`), optionally with its instance map (`instances_png`, file field
+    `instances`; on a bank built with instances each thing instance is one component, on others
+    it is ignored). The layout must have the bank's working resolution (`GET /bank`)
     unless `layout_resize`; boxes are at the bank's resolution. Every response names the bank
     version that answered it. `mode=full` needs an `X-API-Key` when the service has keys for it.
     """
-    png, options, layout = await read_layout_request(
+    png, instances, options, layout = await read_layout_request(
         request,
         json_model=RetrieveRequest,
         options_model=RetrievalOptions,
@@ -74,7 +76,7 @@ async def retrieve(
     )
     if options.mode == "full":  # seconds of CPU per layout: the one retrieval mode a key can guard
         check_route_key(settings, "full", api_key)
-    run = _run(state, settings, png, options, layout.layout_options())
+    run = _run(state, settings, png, instances, options, layout.layout_options())
     result = await to_thread.run_sync(run, limiter=limiter)
     _record(metrics, result)
     response.headers["X-SIMS-Bank-Version"] = result.bank_version
@@ -91,16 +93,23 @@ def _parse_ids(text: str) -> list[int]:
 
 
 def _run(
-    state: BankState, settings: Settings, png: bytes, options: RetrievalOptions, layout: LayoutOptions
+    state: BankState,
+    settings: Settings,
+    png: bytes,
+    instances: bytes | None,
+    options: RetrievalOptions,
+    layout: LayoutOptions,
 ) -> Callable[[], RetrievalResult]:
     """Decode, validate and retrieve (to run in a worker thread: all of it is CPU-bound)."""
 
     def run() -> RetrievalResult:
         start = time.perf_counter()
         spec = LayoutSpec.from_manifest(state.bank.manifest)
-        label = decode_layout(png, spec, max_pixels=settings.max_layout_pixels, options=layout).label
+        decoded_layout = decode_layout(
+            png, spec, max_pixels=settings.max_layout_pixels, options=layout, instances=instances
+        )
         decoded = time.perf_counter() - start
-        result = state.engine.retrieve(label, options)
+        result = state.engine.retrieve(decoded_layout.label, options, decoded_layout.instances)
         result.timings["decode"] = decoded
         return result
 

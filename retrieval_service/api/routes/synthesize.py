@@ -63,7 +63,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 async def synthesize(request: Request, settings: SettingsDep, _: SynthesizeKeyDep) -> Response:
     """A photograph for a layout, at the layout's size.
 
-    Send the layout like to `/retrieve` (JSON `layout_png`, or a multipart file `layout`) with
+    Send the layout like to `/retrieve` (JSON `layout_png`, or a multipart file `layout`; its instance
+    map, if any, as `instances_png` or file `instances`) with
     `seed` (diversity: it picks among the top-`k` segments), `coarse` (refine a coarse layout
     first) and `extras` (`canvas`, `provenance`, `segments`, `layout`, `components`). The answer is
     a PNG, or JSON with base64 PNGs, or multipart (`format`). Headers: `X-SIMS-Bank-Version`,
@@ -86,7 +87,7 @@ async def synthesize(request: Request, settings: SettingsDep, _: SynthesizeKeyDe
     # is parsed and decoded, so refused requests cost the admitted ones little CPU.
     if (check_capacity := getattr(backend, "check_capacity", None)) is not None:
         check_capacity()
-    png, options, _ = await read_layout_request(
+    png, instances, options, _ = await read_layout_request(
         request,
         json_model=SynthesizeRequest,
         options_model=SynthesizeOptions,
@@ -95,9 +96,12 @@ async def synthesize(request: Request, settings: SettingsDep, _: SynthesizeKeyDe
     )
     spec = LayoutSpec.from_manifest(get_holder(request).require().bank.manifest)
     await to_thread.run_sync(
-        lambda: decode_layout(png, spec, max_pixels=settings.max_layout_pixels, options=options.layout_options())
+        lambda: decode_layout(
+            png, spec, max_pixels=settings.max_layout_pixels, options=options.layout_options(), instances=instances
+        )
     )
-    reply = await backend.synthesize(png, options)
+    # Only backends that take instance maps are handed one (a plugin may predate them).
+    reply = await (backend.synthesize(png, options, instances) if instances else backend.synthesize(png, options))
     headers = {k.lower(): v for k, v in reply.headers.items()}
     service = f"service;dur={(time.perf_counter() - start) * 1000:.1f}"
     headers["server-timing"] = f"{headers['server-timing']}, {service}" if headers.get("server-timing") else service
