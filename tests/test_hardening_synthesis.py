@@ -49,7 +49,9 @@ class SlowSynthesis:
         self.lock = threading.Lock()
         self.running = self.peak = 0
 
-    def __call__(self, pipeline: Any, layout: np.ndarray, options: Any, stop: Deadline | None = None) -> Any:
+    def __call__(
+        self, pipeline: Any, layout: np.ndarray, options: Any, stop: Deadline | None = None, *rest: Any
+    ) -> Any:
         with self.lock:
             self.running += 1
             self.peak = max(self.peak, self.running)
@@ -58,7 +60,7 @@ class SlowSynthesis:
                 if stop is not None:
                     stop.check("network")
                 time.sleep(self.step)
-            return self.real(pipeline, layout, options, stop)
+            return self.real(pipeline, layout, options, stop, *rest)
         finally:
             with self.lock:
                 self.running -= 1
