@@ -11,7 +11,7 @@ from memory_bank.context_codes import BoxedContexts
 from retrieval_service.index import block_counts, grid_boxes, pruning_summary
 from retrieval_service.iou import iou64
 from retrieval_service.kernels import NO_MATCH
-from retrieval_service.pool_ranking import rank_pools
+from retrieval_service.pool_ranking import RankedPools, rank_pools
 
 GRID = (10, 16)
 CELLS = GRID[0] * GRID[1]
@@ -98,6 +98,34 @@ def _reference(bits, ctx, qbits, qctx, seg_ids, j: int, rows: np.ndarray, k: int
     return rows[order], score[order]
 
 
+def _rank(
+    bits: np.ndarray,
+    ctx: np.ndarray,
+    qbits: np.ndarray,
+    qctx: np.ndarray,
+    seg_ids: np.ndarray,
+    pools: list[np.ndarray],
+    k: int,
+    **window: np.ndarray,
+) -> RankedPools:
+    """The kernel on bool masks and dense contexts (255 = absent), as the engine would call it."""
+    return rank_pools(
+        mask=_pack(bits),
+        summary=_summary(bits, ctx),
+        contexts=BoxedContexts.from_rows(ctx, GRID),
+        blocks=block_counts(ctx != 255, GRID, BLOCKS),
+        segment_ids=seg_ids,
+        pools=pools,
+        query_mask=_pack(qbits),
+        query_summary=_summary(qbits, qctx),
+        query_context=np.where(qctx == 255, NO_MATCH, qctx).astype(np.uint8),
+        query_blocks=block_counts(qctx != 255, GRID, BLOCKS),
+        query_cols=[np.flatnonzero(r != 255) for r in qctx],
+        k=k,
+        **window,
+    )
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), q=st.integers(1, 5), k=st.integers(1, 6))
 def test_windows_after_seeds_match_a_full_scan(seed: int, n: int, q: int, k: int) -> None:
@@ -109,22 +137,7 @@ def test_windows_after_seeds_match_a_full_scan(seed: int, n: int, q: int, k: int
     allowed = rng.random(n) < 0.8
     windows = np.sort(rng.integers(0, n + 1, (q, 2)), axis=1)
     seeds = [rng.choice(n, size=int(rng.integers(0, min(n, 8) + 1)), replace=False).astype(np.int64) for _ in range(q)]
-    ranked = rank_pools(
-        mask=_pack(bits),
-        summary=_summary(bits, ctx),
-        contexts=BoxedContexts.from_rows(ctx, GRID),
-        blocks=block_counts(ctx != 255, GRID, BLOCKS),
-        segment_ids=seg_ids,
-        pools=seeds,
-        query_mask=_pack(qbits),
-        query_summary=_summary(qbits, qctx),
-        query_context=np.where(qctx == 255, NO_MATCH, qctx).astype(np.uint8),
-        query_blocks=block_counts(qctx != 255, GRID, BLOCKS),
-        query_cols=[np.flatnonzero(r != 255) for r in qctx],
-        k=k,
-        windows=windows,
-        allowed=allowed,
-    )
+    ranked = _rank(bits, ctx, qbits, qctx, seg_ids, seeds, k, windows=windows, allowed=allowed)
     for j in range(q):
         window = np.arange(windows[j, 0], windows[j, 1])
         rows = np.union1d(seeds[j], window[allowed[window]])
@@ -146,22 +159,7 @@ def test_bitbound_windows_cover_the_whole_class(seed: int, n: int, q: int, k: in
     seg_ids = rng.permutation(n * 3)[:n].astype(np.int64)
     allowed = rng.random(n) < 0.9
     seeds = [rng.choice(n, size=int(rng.integers(0, min(n, 12) + 1)), replace=False).astype(np.int64) for _ in range(q)]
-    ranked = rank_pools(
-        mask=_pack(bits),
-        summary=_summary(bits, ctx),
-        contexts=BoxedContexts.from_rows(ctx, GRID),
-        blocks=block_counts(ctx != 255, GRID, BLOCKS),
-        segment_ids=seg_ids,
-        pools=seeds,
-        query_mask=_pack(qbits),
-        query_summary=_summary(qbits, qctx),
-        query_context=np.where(qctx == 255, NO_MATCH, qctx).astype(np.uint8),
-        query_blocks=block_counts(qctx != 255, GRID, BLOCKS),
-        query_cols=[np.flatnonzero(r != 255) for r in qctx],
-        k=k,
-        mask_pop=bits.sum(1),
-        allowed=allowed,
-    )
+    ranked = _rank(bits, ctx, qbits, qctx, seg_ids, seeds, k, mask_pop=bits.sum(1), allowed=allowed)
     for j in range(q):
         rows = np.union1d(seeds[j], np.flatnonzero(allowed))
         want_rows, want_scores = _reference(bits, ctx, qbits, qctx, seg_ids, j, rows, k)
