@@ -1,11 +1,18 @@
-"""Retrieval benchmark: brute force vs exact vs fast on banks of 10^4, 10^5 and 10^6 segments.
+"""Retrieval benchmark: brute force vs exact vs fast, from the CamVid train bank to 10^7 segments.
 
     .venv/bin/python benchmarks/retrieval.py --root ../shared/data/camvid
 
-Banks: the CamVid train bank (built once under benchmarks/.cache), grown to each size by
-jittering whole label maps (benchmarks/jitter.py). Queries: every CamVid val layout. Latency is
-per whole layout (cutting and coding the layout included). Writes
-benchmarks/results/retrieval.json and prints a markdown table.
+Banks: the CamVid train bank itself (size ``train``; built once under benchmarks/.cache), and
+that bank grown to each size by jittering whole label maps (benchmarks/jitter.py, cached: 10^7
+segments take ~31 GB of disk and ~15 min to generate). Queries: every CamVid val layout.
+Latency is per whole layout (cutting and coding the layout included). Brute force runs on an
+even sample of layouts, within a time budget per size (about 250 s per layout at 10^7).
+
+Side by side, the same benchmark runs the engine of the format-1 layout (dense contexts, git
+revision ``--v1-rev``) on the same data, from a ``git archive`` of that revision in a temporary
+directory, in its own process.
+
+Writes benchmarks/results/retrieval.json and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +35,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from jitter import CACHE_DIR, CodeBank, jittered_bank
+from jitter import CACHE_DIR, CodeBank, code_bank_from_bank, jittered_bank
 
 from indexers.build import build_bank
 from indexers.readers import create_reader
@@ -52,19 +61,37 @@ def train_bank(root: Path) -> Path:
     return path
 
 
+#: Segments a brute-force scan reads at once: the result is the same, the memory bounded.
+BRUTE_FORCE_CHUNK = 200_000
+
+
 def brute_force_layout(codes: CodeBank, by_class: dict[int, np.ndarray], label: np.ndarray, k: int) -> list:
-    """The reference: cut and code the layout, then a full numpy scan per component."""
+    """The reference: cut and code the layout, then a full numpy scan per component (in chunks of
+    rows, whose top-k are merged with the same order: score descending, then id)."""
     query = prepare_query(label, codes.num_classes, codes.config, codes.resolution)
     out = []
     for i in range(len(query)):
         c = int(query.segments.class_id[i])
         if query.segments.area[i] < codes.config.min_area or c not in by_class:
             continue
-        ids = by_class[c]
-        out.append(
-            brute_force_topk(query.codes.mask[i], query.codes.context[i], codes.mask[ids], codes.context[ids], ids, k)
-        )
+        parts = []
+        for start in range(0, len(by_class[c]), BRUTE_FORCE_CHUNK):
+            ids = by_class[c][start : start + BRUTE_FORCE_CHUNK]
+            mask, context = codes.mask[ids], codes.context[ids]
+            parts.append(brute_force_topk(query.codes.mask[i], query.codes.context[i], mask, context, ids, k))
+        ids, score, miou, ciou = (np.concatenate(a) for a in zip(*parts, strict=True))
+        order = np.lexsort((ids, -score))[:k]
+        out.append((ids[order], score[order], miou[order], ciou[order]))
     return out
+
+
+def rss_anon_bytes() -> int:
+    """Anonymous resident memory of this process: what the engine holds, without the page cache
+    of the memory-mapped benchmark arrays."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -74,6 +101,7 @@ def pct(values: list[float], q: float) -> float:
 def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespace) -> dict:
     n = len(codes)
     # 1. Index build: shards, grid boxes, and FAISS candidate indexes.
+    rss_before = rss_anon_bytes()
     t0 = time.perf_counter()
     index = SegmentIndex.from_arrays(
         class_id=codes.class_id,
@@ -88,6 +116,7 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
     engine = RetrievalEngine(index, CandidateConfig(nprobe=args.nprobe))
     engine.warm_up()
     build_seconds = time.perf_counter() - t0
+    engine_rss = rss_anon_bytes() - rss_before
     faiss_bytes = sum(
         s.extras["faiss"].ntotal * (s.coarse.shape[1] + 8) for s in index.shards.values() if "faiss" in s.extras
     )
@@ -116,15 +145,22 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
             if e.status is Status.OK:
                 total += 1
                 hits += abs(e.matches[0].score - f.matches[0].score) <= 1e-6
-    # 3. Brute force on a sample of layouts (it is slow), checked against exact.
-    by_class = {int(c): np.flatnonzero(codes.class_id == c) for c in np.unique(codes.class_id)}
+    # 3. Brute force on a sample of layouts (it is slow), checked against exact: an even sample,
+    #    cut short once the time budget is spent (after at least three layouts).
+    class_id = np.asarray(codes.class_id)
+    by_class = {int(c): np.flatnonzero(class_id == c) for c in np.unique(class_id)}
     sample = np.linspace(0, len(layouts) - 1, min(args.brute_force_layouts, len(layouts))).astype(int)
     brute = []
     mismatches = 0
-    for i in tqdm(sample, desc=f"{n:>8} brute force", unit="layout"):
+    spent = 0.0
+    for done, i in enumerate(tqdm(sample, desc=f"{n:>8} brute force", unit="layout")):
+        if done >= 3 and spent > args.brute_force_seconds:
+            sample = sample[:done]
+            break
         t = time.perf_counter()
         ref = brute_force_layout(codes, by_class, layouts[i], args.k)
         brute.append(time.perf_counter() - t)
+        spent += brute[-1]
         got = [c for c in exact_results[i].components if c.status is Status.OK]
         for (ids, scores, _, _), comp in zip(ref, got, strict=True):
             mismatches += [m.segment_id for m in comp.matches] != ids.tolist()
@@ -135,6 +171,8 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
         "index_build_seconds": build_seconds,
         "index_bytes": index.nbytes(),
         "faiss_bytes": faiss_bytes,
+        "engine_bytes_per_segment": (index.nbytes() + faiss_bytes) / n,
+        "engine_rss_anon_bytes": engine_rss,
         "layouts": len(layouts),
         "components_scored": total,
         "latency_ms": {
@@ -152,17 +190,53 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
     }
 
 
+def format_1_engine(args: argparse.Namespace, sizes: list[str]) -> dict:
+    """The same benchmark, run by the engine of git revision ``args.v1_rev`` (format 1: dense
+    contexts) in its own process, from a ``git archive`` of that revision. It builds its own
+    CamVid train bank (the same segments and codes; format 1 cannot read a format-2 bank) and
+    its own jittered banks, in the temporary tree."""
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="sims-v1-") as tmp:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", args.v1_rev], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        out = Path(tmp) / "v1.json"
+        cmd = [sys.executable, str(Path(tmp) / "benchmarks" / "retrieval.py"), "--root", str(args.root.resolve())]
+        cmd += ["--sizes", ",".join(sizes), "--out", str(out), "--k", str(args.k), "--candidates", str(args.candidates)]
+        cmd += ["--nprobe", str(args.nprobe), "--repeats", str(args.repeats)]
+        cmd += ["--brute-force-layouts", str(args.v1_brute_force_layouts)]
+        if args.max_layouts:
+            cmd += ["--max-layouts", str(args.max_layouts)]
+        subprocess.run(cmd, check=True, cwd=tmp, env={**os.environ, "PYTHONPATH": tmp})
+        result = json.loads(out.read_text())
+    return {"rev": args.v1_rev, "peak_rss_bytes": result["peak_rss_bytes"], "sizes": result["sizes"]}
+
+
+def table_row(name: str, r: dict) -> str:
+    lm = r["latency_ms"]
+    memory = r["index_bytes"] + r["faiss_bytes"]
+    return (
+        f"| {name} | {r['segments']:,} | {lm['brute_force']['p50']:,.0f} ms | {lm['exact']['p50']:.1f} / "
+        f"{lm['exact']['p95']:.1f} ms | {lm['fast']['p50']:.1f} / {lm['fast']['p95']:.1f} ms "
+        f"| {r['exact_speedup_vs_brute_force_p50']:,.0f}x | {r['fast_recall_at_1']:.4f} "
+        f"| {r['index_build_seconds']:,.0f} s | {memory / 1e9:.2f} GB ({memory / r['segments']:,.0f} B) |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, required=True, help="CamVid root (SegNet layout)")
     parser.add_argument("--bank", type=Path, default=None, help="CamVid train bank (default: built under .cache)")
-    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--sizes", default="train,10000,100000,1000000,10000000", help="'train' is the bank itself")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--candidates", type=int, default=512, help="fast mode: FAISS candidates per component")
     parser.add_argument("--nprobe", type=int, default=16)
-    parser.add_argument("--brute-force-layouts", type=int, default=10)
+    parser.add_argument("--brute-force-layouts", type=int, default=10, help="at most, per size")
+    parser.add_argument("--brute-force-seconds", type=float, default=600, help="budget per size (>= 3 layouts)")
     parser.add_argument("--repeats", type=int, default=2, help="passes over the layouts per mode")
     parser.add_argument("--max-layouts", type=int, default=None)
+    parser.add_argument("--v1-rev", default="45c90a6", help="the last revision with the format-1 engine")
+    parser.add_argument("--v1-sizes", default="1000000", help="sizes run side by side on it ('' for none)")
+    parser.add_argument("--v1-brute-force-layouts", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "retrieval.json")
     args = parser.parse_args()
 
@@ -171,12 +245,14 @@ def main() -> None:
     val = create_reader("camvid", args.root, ["val"])
     layouts = [val.load(ref).label for ref in val.refs[: args.max_layouts]]
     results = []
-    for n in (int(float(s)) for s in args.sizes.split(",")):
-        codes = jittered_bank(bank_path, n)
-        results.append(run_size(codes, layouts, args))
+    for size in args.sizes.split(","):
+        codes = code_bank_from_bank(bank) if size == "train" else jittered_bank(bank_path, int(float(size)))
+        results.append({"bank": "camvid-train" if size == "train" else "jittered", **run_size(codes, layouts, args)})
         r = results[-1]
-        print(json.dumps({k: r[k] for k in ("segments", "latency_ms", "fast_recall_at_1")}, indent=None))
+        print(json.dumps({k: r[k] for k in ("segments", "latency_ms", "fast_recall_at_1")}, indent=None), flush=True)
         del codes
+    v1_sizes = [s for s in args.v1_sizes.split(",") if s]
+    v1 = format_1_engine(args, v1_sizes) if v1_sizes else None
     out = {
         "benchmark": "retrieval",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -188,23 +264,23 @@ def main() -> None:
         "nprobe": args.nprobe,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "sizes": results,
-        "targets_at_1e6": {"exact_speedup_vs_brute_force": 100, "fast_recall_at_1": 0.99, "fast_p50_ms": 20},
+        "format_1_engine": v1,
+        "targets": {
+            "1e7": {"engine_bytes": 12e9, "fast_p50_ms": 40, "fast_recall_at_1": 0.99, "exact_speedup": 100},
+            "1e6": {"fast_p50_ms": 20, "exact_p50_ms": 50},
+            "every_size": {"fast_recall_at_1": 0.99},
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print()
-    print("| segments | brute force p50 / p95 | exact p50 / p95 | fast p50 / p95 | exact speedup | fast recall@1 "
-          "| index build | index memory |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| engine | segments | brute force p50 | exact p50 / p95 | fast p50 / p95 | exact speed-up | fast recall@1 "
+          "| index build | engine memory (per segment) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        lm = r["latency_ms"]
-        print(
-            f"| {r['segments']:,} | {lm['brute_force']['p50']:.0f} / {lm['brute_force']['p95']:.0f} ms "
-            f"| {lm['exact']['p50']:.1f} / {lm['exact']['p95']:.1f} ms | {lm['fast']['p50']:.1f} / "
-            f"{lm['fast']['p95']:.1f} ms | {r['exact_speedup_vs_brute_force_p50']:.0f}x "
-            f"| {r['fast_recall_at_1']:.4f} | {r['index_build_seconds']:.1f} s "
-            f"| {(r['index_bytes'] + r['faiss_bytes']) / 1e6:.0f} MB |"
-        )
+        print(table_row("format 2" if r["bank"] == "jittered" else "format 2, CamVid train", r))
+    for r in (v1 or {"sizes": []})["sizes"]:
+        print(table_row(f"format 1 ({args.v1_rev})", r))
     print(f"\nwrote {args.out}")
 
 

@@ -32,8 +32,12 @@ from memory_bank.errors import (
     UnavailableError,
     UpstreamError,
 )
+from memory_bank.storage import storage_errors
 
 log = logging.getLogger(__name__)
+
+#: Seconds a client is told to wait after the bank's storage failed mid-request.
+STORAGE_RETRY_AFTER = 5
 
 
 class ApiError(Exception):
@@ -149,6 +153,20 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = _HTTP_KINDS.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return JSONResponse(error_body(kind, message), status_code=exc.status_code, headers=exc.headers)
+
+    async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+        # The bank's files or objects could not be read (an object store or a disk failing
+        # mid-request): the service is fine and the request may succeed again, so 503.
+        log.warning("bank storage failed on %s %s: %r", request.method, request.url.path, exc)
+        message = f"reading the bank failed ({type(exc).__name__}: {scrub(str(exc))}); retry later"
+        return JSONResponse(
+            error_body("storage_unavailable", message.replace("\n", " ")),
+            status_code=503,
+            headers={"Retry-After": str(STORAGE_RETRY_AFTER)},
+        )
+
+    for error in storage_errors():
+        app.add_exception_handler(error, _storage_error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from fastapi.testclient import TestClient
 
 from indexers.build import add_to_bank, build_bank
@@ -205,6 +206,31 @@ def test_retrieve_through_the_service_is_identical(remote_val: str, val_bank_pat
         for layout in layouts:
             got, want = retrieve(on_s3, layout), retrieve(on_disk, layout)
             assert got == want and got["components"]
+
+
+@pytest.mark.parametrize("failure", ["os", "botocore"])
+def test_storage_failing_mid_request_is_a_503_with_retry_after(
+    remote_val: str, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    with TestClient(create_app(Settings(bank=remote_val, wait_for_bank=True))) as client:
+        assert client.get("/segments/0").status_code == 200
+
+        async def outage(*args: object, **kwargs: object) -> bytes:
+            if failure == "os":
+                raise ConnectionResetError("connection reset by peer")
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+        # Every array read of a bank on a URL goes through zarr's fsspec store.
+        monkeypatch.setattr(zarr.storage.FsspecStore, "get", outage)
+        r = client.get("/segments/1")
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        body = r.json()
+        assert body["error"] == "storage_unavailable" and "\n" not in body["message"]
+        assert body["message"].startswith("reading the bank failed (")
+        monkeypatch.undo()
+        assert client.get("/segments/1").status_code == 200  # the store is back: so is the service
 
 
 def test_cli_on_a_url(remote_val: str, capsys: pytest.CaptureFixture[str]) -> None:
