@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 EXACT_BELOW = 50_000
 #: FAISS candidates per component that set exact mode's first floor on the k-th best score.
 EXACT_SEEDS = 32
+#: Fast mode's ``candidates`` hold for classes of up to this many segments; a larger class of
+#: ``n`` gets ``candidates * (n / CANDIDATES_GROW_FROM) ** 0.25`` (recall at 10^7 segments,
+#: benchmarks/retrieval.py). None: the same count for every class.
+CANDIDATES_GROW_FROM = 250_000
 
 
 @dataclass
@@ -113,6 +117,7 @@ class RetrievalEngine:
         self.exact_below = exact_below
         #: FAISS candidates that seed exact mode's floor (more: a higher floor, a shorter scan).
         self.exact_seeds = EXACT_SEEDS
+        self.candidates_grow_from: int | None = CANDIDATES_GROW_FROM
         self.candidate_config = candidate_config or CandidateConfig()
         self.bank = bank
         self._frames: PixelFrames | None = None
@@ -370,10 +375,22 @@ class RetrievalEngine:
             )
         return shard.extras["faiss"]
 
-    def _candidates(self, shard: ClassShard, rows: _QueryRows, count: int, excluded: np.ndarray) -> list[np.ndarray]:
-        """FAISS candidates per query component, with excluded images filtered out."""
+    def candidates_for(self, class_size: int, candidates: int) -> int:
+        """FAISS candidates fast mode takes in a class of ``class_size`` segments when asked for
+        ``candidates`` (see :data:`CANDIDATES_GROW_FROM`)."""
+        grow_from = self.candidates_grow_from
+        if grow_from is None or class_size <= grow_from:
+            return candidates
+        return round(candidates * (class_size / grow_from) ** 0.25)
+
+    def _candidates(
+        self, shard: ClassShard, rows: _QueryRows, count: int, excluded: np.ndarray, tie_cap: int | None = None
+    ) -> list[np.ndarray]:
+        """FAISS candidates per query component, with excluded images filtered out (and the tie
+        group at the last distance completed up to ``tie_cap``, by default the config's)."""
         extra = _excluded_count(shard, excluded)
-        found = search(self._faiss(shard), rows.coarse, count + extra, self.candidate_config.tie_cap)
+        tie_cap = self.candidate_config.tie_cap if tie_cap is None else tie_cap
+        found = search(self._faiss(shard), rows.coarse, count + extra, tie_cap)
         if not excluded.size:
             return found
         return [ids[~np.isin(shard.image_ids[ids], excluded)] for ids in found]
@@ -385,7 +402,7 @@ class RetrievalEngine:
         class of at most ``exact_below`` segments, the exact top-k (as cheap there, and never wrong)."""
         if len(shard) <= self.exact_below:
             return self._exact(shard, rows, k, excluded)
-        pools = self._candidates(shard, rows, max(count, k), excluded)
+        pools = self._candidates(shard, rows, max(self.candidates_for(len(shard), count), k), excluded)
         if self.compiled:
             return self._ranked(shard, rows, k, pools)
         out, scored = [], 0
@@ -462,7 +479,8 @@ class RetrievalEngine:
     ) -> tuple[list[tuple[Match, ...]], int]:
         """Top-k over the whole class: FAISS seeds set a floor ``t`` on the k-th best score,
         then only segments whose upper bound reaches ``t`` are looked at any closer."""
-        seeds = self._candidates(shard, rows, max(4 * k, self.exact_seeds), excluded)
+        # Seeds only set a first floor (the answer is exact whatever they are): no tie completion.
+        seeds = self._candidates(shard, rows, max(4 * k, self.exact_seeds), excluded, tie_cap=1)
         if self.compiled:
             # One compiled call: the seeds, then every row BitBound leaves, each dropped at its first bound below t.
             allowed = ~np.isin(shard.image_ids, excluded) if excluded.size else None

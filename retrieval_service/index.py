@@ -41,15 +41,15 @@ class ClassShard:
     segment_ids: np.ndarray  # (n,) int64
     image_ids: np.ndarray  # (n,) int32
     mask_pop: np.ndarray  # (n,) int64, ascending
-    context_pop: np.ndarray  # (n,) int32, a view of columns[1]
-    mask_box: np.ndarray  # (4, n) int32 grid box [r0, c0, r1, c1) of the mask cells, a view of columns[2:6]
-    context_box: np.ndarray  # (4, n) int32 grid box of the present context cells, a view of columns[6:10]
+    context_pop: np.ndarray  # (n,) a view of columns[1]
+    mask_box: np.ndarray  # (4, n) grid box [r0, c0, r1, c1) of the mask cells, a view of columns[2:6]
+    context_box: np.ndarray  # (4, n) grid box of the present context cells, a view of columns[6:10]
     mask: torch.Tensor  # (n, words) int64 packed mask bits
     context: BoxedContexts  # boxes = context_box (transposed)
     coarse: np.ndarray  # (n, coarse bytes) uint8, for FAISS
     context_blocks: np.ndarray  # (n, blocks) uint8: present context cells per block of BLOCK_GRID
     summary: np.ndarray  # (n, 10) int32: pruning_summary() of the rows above, one cache line each
-    columns: np.ndarray  # (10, n) int32: the summary by column, for scans of row ranges (vectorised)
+    columns: np.ndarray  # (10, n) column_dtype(): the summary by column, for scans of row ranges (vectorised)
     extras: dict = field(default_factory=dict)  # per-shard caches (e.g. FAISS indexes)
 
     def __len__(self) -> int:
@@ -181,6 +181,12 @@ def pruning_summary(
     )
 
 
+def column_dtype(grid: tuple[int, int]) -> np.dtype:
+    """Dtype of :attr:`ClassShard.columns`: int16 when every value and every box overlap (at most
+    the grid's cells) fits, which halves the bytes a window scan reads and doubles its speed."""
+    return np.dtype(np.int16 if grid[0] * grid[1] <= np.iinfo(np.int16).max else np.int32)
+
+
 def _make_shard(
     class_id: int,
     rows: np.ndarray,
@@ -213,7 +219,7 @@ def _make_shard(
     order = shard_order(mask_pop)
     rows = rows[order]
     summary = pruning_summary(mask_pop[order], context_pop[order], mask_box[:, order], context_box[:, order])
-    columns = np.ascontiguousarray(summary.T)
+    columns = np.ascontiguousarray(summary.T, column_dtype(grid))
     return ClassShard(
         class_id=class_id,
         segment_ids=np.asarray(segment_ids)[rows].astype(np.int64),

@@ -9,9 +9,10 @@ this numba kernel ranks every component of a class in one call:
 1. a grid-box bound for every pool candidate from one small summary row each (popcounts and the
    grid boxes of mask and context), in a tight loop so the random reads overlap;
 2. one pass over the pool in its order (FAISS's nearest first, so the floor ``t`` on the k-th
-   best rises early), then over the window in row order: a candidate whose summary bound is
-   below ``t`` is skipped; the rest get the exact mask IoU and a per-block bound on the context;
-   the exact context IoU is counted only where that still reaches ``t``.
+   best rises early), then over the window (BitBound's outwards from the query's popcount,
+   narrowed as ``t`` rises): a candidate whose summary bound is below ``t`` is skipped; the rest
+   get the exact mask IoU and a per-block bound on the context; the exact context IoU is
+   counted only where that still reaches ``t``.
 
 Contexts are boxed (:class:`~memory_bank.context_codes.BoxedContexts`): a candidate's cells are
 read only inside the overlap of its grid box with the query's, since every cell outside either
@@ -155,11 +156,83 @@ def _consider(
 _WINDOW_CHUNK = 1024
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bitbound_limits(mask_pop: np.ndarray, a: int, t: float, lo: int, hi: int) -> tuple[int, int]:
+    """Rows ``lo..hi`` narrowed to those BitBound leaves for floor ``t``: context IoU <= 1, so a
+    row can reach ``t`` only if min(a, b) / max(a, b) >= t - 1, a contiguous range of the
+    ascending popcounts."""
+    ratio = t - 1.0
+    if ratio <= 0:
+        return lo, hi
+    new_lo = np.searchsorted(mask_pop, int(np.floor(a * ratio)) - 1, side="left")
+    new_hi = np.searchsorted(mask_pop, int(np.ceil(a / ratio)) + 1, side="right")
+    return max(lo, new_lo), min(hi, new_hi)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _window_chunk(
+    base: int,
+    end: int,
+    t: float,
+    filled: int,
+    k: int,
+    window_pass: np.ndarray,
+    in_pool: np.ndarray,
+    allowed: np.ndarray,
+    mask: np.ndarray,
+    summary: np.ndarray,
+    columns: np.ndarray,
+    cells: np.ndarray,
+    offsets: np.ndarray,
+    blocks: np.ndarray,
+    seg_ids: np.ndarray,
+    q_mask: np.ndarray,
+    qs: np.ndarray,
+    q_context: np.ndarray,
+    q_blocks: np.ndarray,
+    cols: np.ndarray,
+    gw: int,
+    top_pos: np.ndarray,
+    top: np.ndarray,
+) -> tuple[float, int, int]:
+    """Rows ``base..end`` of a window: bounds from the summary's columns (a loop the compiler
+    vectorises), then the rows that reach ``t``. Returns (t, filled, scored).
+
+    The bound ``im / d1 + ic / d2 >= t`` is tested as ``im * d2 + ic * d1 >= t * d1 * d2``
+    (integers exact, no division: twice as fast) against ``t`` lowered by a relative 1e-9, far
+    above the rounding of two products: it lets through every row the divided form would, and
+    the rows it lets through are bounded again exactly by :func:`_consider`."""
+    a, ca = qs[0], qs[1]
+    low_t = t * (1.0 - 1e-9) if t > 0 else t
+    for r in range(base, end):
+        b, cb = columns[0, r], columns[1, r]
+        dy = min(columns[4, r], qs[4]) - max(columns[2, r], qs[2])
+        dx = min(columns[5, r], qs[5]) - max(columns[3, r], qs[3])
+        im = min(min(a, b), max(dy, 0) * max(dx, 0))
+        dy = min(columns[8, r], qs[8]) - max(columns[6, r], qs[6])
+        dx = min(columns[9, r], qs[9]) - max(columns[7, r], qs[7])
+        ic = min(min(ca, cb), max(dy, 0) * max(dx, 0))
+        # Unions are never empty: masks and contexts have at least one cell.
+        d1, d2 = a + b - im, ca + cb - ic
+        window_pass[r - base] = float(im * d2 + ic * d1) >= low_t * float(d1) * float(d2)
+    scored = 0
+    check_allowed = allowed.size > 0
+    for r in range(base, end):
+        if not window_pass[r - base] or in_pool[r] or (check_allowed and not allowed[r]):
+            continue
+        t, filled, n = _consider(
+            r, t, filled, k, mask, summary, cells, offsets, blocks, seg_ids,
+            q_mask, qs, q_context, q_blocks, cols, gw, top_pos, top,
+        )  # fmt: skip
+        scored += n
+    return t, filled, scored
+
+
 @numba.njit(cache=True, nogil=True)
 def _rank(
     mask: np.ndarray,  # (n, words) uint64
     summary: np.ndarray,  # (n, SUMMARY_WIDTH) int32
-    columns: np.ndarray,  # (SUMMARY_WIDTH, n) int32, the summary by column (for windows)
+    columns: np.ndarray,  # (SUMMARY_WIDTH, n) int16 or int32, the summary by column (for windows)
     cells: np.ndarray,  # boxed context cells, concatenated
     offsets: np.ndarray,  # (n + 1,) int64 start of each row's cells
     blocks: np.ndarray,  # (n, nb) uint8
@@ -182,9 +255,9 @@ def _rank(
     out: np.ndarray,  # (q, k, 3) float64: score, mask IoU, context IoU
 ) -> int:
     scored = 0
-    check_allowed = allowed.size > 0
     bound = np.empty(np.max(np.diff(starts)) if starts.size > 1 else 0)
-    window_bound = np.empty(_WINDOW_CHUNK)
+    window_pass = np.empty(_WINDOW_CHUNK, np.bool_)
+    in_pool = np.zeros(mask.shape[0], np.bool_)  # rows of the current pool, skipped in the window
     for j in range(starts.size - 1):
         pool = pools[starts[j] : starts[j + 1]]
         qs = q_summary[j]
@@ -203,47 +276,49 @@ def _rank(
                 q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j], out[j],
             )  # fmt: skip
             scored += n
-        # (2) The window, in row order: sequential reads of the summary rows; the pool's rows
-        # are skipped (already considered), as are rows of excluded images.
-        lo, hi = windows[j, 0], windows[j, 1]
-        if bitbound:
-            lo, hi = 0, mask_pop.size
-            # Context IoU <= 1, so a row can reach t only if min(a, b) / max(a, b) >= t - 1:
-            # a contiguous range of the ascending popcounts.
-            ratio = t - 1.0
-            if filled == k and ratio > 0:
-                lo = np.searchsorted(mask_pop, int(np.floor(qs[0] * ratio)) - 1, side="left")
-                hi = np.searchsorted(mask_pop, int(np.ceil(qs[0] / ratio)) + 1, side="right")
-        # Bounds of a chunk of rows at a time from the summary's columns (a loop the compiler
-        # vectorises), then the rows that reach t.
-        a, ca = float(qs[0]), float(qs[1])
-        for base in range(lo, hi, _WINDOW_CHUNK):
-            end = min(base + _WINDOW_CHUNK, hi)
-            for r in range(base, end):
-                b, cb = columns[0, r], columns[1, r]
-                dy = min(columns[4, r], qs[4]) - max(columns[2, r], qs[2])
-                dx = min(columns[5, r], qs[5]) - max(columns[3, r], qs[3])
-                im = min(min(qs[0], b), max(dy, 0) * max(dx, 0))
-                dy = min(columns[8, r], qs[8]) - max(columns[6, r], qs[6])
-                dx = min(columns[9, r], qs[9]) - max(columns[7, r], qs[7])
-                ic = min(min(qs[1], cb), max(dy, 0) * max(dx, 0))
-                # Unions are never empty: masks and contexts have at least one cell.
-                window_bound[r - base] = im / (a + b - im) + ic / (ca + cb - ic)
-            for r in range(base, end):
-                if window_bound[r - base] < t or (check_allowed and not allowed[r]):
-                    continue
-                seen = False
-                for i in range(pool.size):
-                    if pool[i] == r:
-                        seen = True
-                        break
-                if seen:
-                    continue
-                t, filled, n = _consider(
-                    r, t, filled, k, mask, summary, cells, offsets, blocks, seg_ids,
-                    q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j], out[j],
+        # (2) The window, skipping the pool's rows (already considered) and rows of excluded
+        # images. Given windows are walked in row order. BitBound's window is walked outwards
+        # from the query's own popcount, where scores are highest, so t rises early, and both
+        # ends are narrowed again each time it does.
+        for i in range(pool.size):
+            in_pool[pool[i]] = True
+        if not bitbound:
+            for base in range(windows[j, 0], windows[j, 1], _WINDOW_CHUNK):
+                end = min(base + _WINDOW_CHUNK, windows[j, 1])
+                t, filled, n = _window_chunk(
+                    base, end, t, filled, k, window_pass, in_pool, allowed, mask, summary, columns, cells,
+                    offsets, blocks, seg_ids, q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j], out[j],
                 )  # fmt: skip
                 scored += n
+        else:
+            lo, hi = 0, mask_pop.size
+            if filled == k:
+                lo, hi = _bitbound_limits(mask_pop, qs[0], t, lo, hi)
+            mid = min(max(np.searchsorted(mask_pop, qs[0], side="left"), lo), hi)
+            up, down = mid, mid  # rows up..hi are left above, lo..down below
+            while up < hi or down > lo:
+                if up < hi:
+                    end = min(up + _WINDOW_CHUNK, hi)
+                    t, filled, n = _window_chunk(
+                        up, end, t, filled, k, window_pass, in_pool, allowed, mask, summary, columns, cells,
+                        offsets, blocks, seg_ids, q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j],
+                        out[j],
+                    )  # fmt: skip
+                    scored += n
+                    up = end
+                if down > lo:
+                    base = max(down - _WINDOW_CHUNK, lo)
+                    t, filled, n = _window_chunk(
+                        base, down, t, filled, k, window_pass, in_pool, allowed, mask, summary, columns, cells,
+                        offsets, blocks, seg_ids, q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j],
+                        out[j],
+                    )  # fmt: skip
+                    scored += n
+                    down = base
+                if filled == k:
+                    lo, hi = _bitbound_limits(mask_pop, qs[0], t, lo, hi)
+        for i in range(pool.size):
+            in_pool[pool[i]] = False
     return scored
 
 
@@ -330,22 +405,25 @@ def rank_pools(
 
 
 def compile_rank_pools() -> None:
-    """Compile (or load from numba's cache) the kernel, so the first query does not pay for it."""
+    """Compile (or load from numba's cache) the kernel, for both dtypes of the summary's columns,
+    so the first query does not pay for it."""
     words = np.zeros((1, 1), np.int64)
     summary = np.array([[1, 1, 0, 0, 1, 1, 0, 0, 1, 1]], np.int32)
     contexts = BoxedContexts(np.array([[0, 0, 1, 1]], np.int16), np.zeros(1, np.uint8), (1, 8))
-    rank_pools(
-        mask=words,
-        summary=summary,
-        contexts=contexts,
-        blocks=np.zeros((1, 1), np.uint8),
-        segment_ids=np.ones(1, np.int64),
-        pools=[np.zeros(1, np.int64)],
-        query_mask=words,
-        query_summary=summary,
-        query_context=np.zeros((1, 8), np.uint8),
-        query_blocks=np.zeros((1, 1), np.uint8),
-        query_cols=[np.zeros(1, np.int64)],
-        k=1,
-        windows=np.array([[0, 1]], np.int64),
-    )
+    for dtype in (np.int16, np.int32):
+        rank_pools(
+            mask=words,
+            summary=summary,
+            contexts=contexts,
+            blocks=np.zeros((1, 1), np.uint8),
+            segment_ids=np.ones(1, np.int64),
+            pools=[np.zeros(1, np.int64)],
+            query_mask=words,
+            query_summary=summary,
+            query_context=np.zeros((1, 8), np.uint8),
+            query_blocks=np.zeros((1, 1), np.uint8),
+            query_cols=[np.zeros(1, np.int64)],
+            k=1,
+            windows=np.array([[0, 1]], np.int64),
+            columns=np.ascontiguousarray(summary.T, dtype),
+        )

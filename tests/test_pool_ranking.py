@@ -137,7 +137,8 @@ def test_windows_after_seeds_match_a_full_scan(seed: int, n: int, q: int, k: int
     allowed = rng.random(n) < 0.8
     windows = np.sort(rng.integers(0, n + 1, (q, 2)), axis=1)
     seeds = [rng.choice(n, size=int(rng.integers(0, min(n, 8) + 1)), replace=False).astype(np.int64) for _ in range(q)]
-    ranked = _rank(bits, ctx, qbits, qctx, seg_ids, seeds, k, windows=windows, allowed=allowed)
+    columns = np.ascontiguousarray(_summary(bits, ctx).T, rng.choice([np.int16, np.int32]))
+    ranked = _rank(bits, ctx, qbits, qctx, seg_ids, seeds, k, windows=windows, allowed=allowed, columns=columns)
     for j in range(q):
         window = np.arange(windows[j, 0], windows[j, 1])
         rows = np.union1d(seeds[j], window[allowed[window]])
@@ -150,7 +151,8 @@ def test_windows_after_seeds_match_a_full_scan(seed: int, n: int, q: int, k: int
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), q=st.integers(1, 5), k=st.integers(1, 6))
 def test_bitbound_windows_cover_the_whole_class(seed: int, n: int, q: int, k: int) -> None:
-    """Rows sorted by mask popcount, as in a shard: seeds, then BitBound's window, equal a full scan."""
+    """Rows sorted by mask popcount, as in a shard: seeds, then BitBound's window (walked outwards,
+    narrowed as the floor rises), equal a full scan, with the summary's columns in either dtype."""
     rng = np.random.default_rng(seed)
     bits, ctx = _codes(rng, n, int(rng.integers(1, 4)))
     order = np.argsort(bits.sum(1), kind="stable")
@@ -159,7 +161,8 @@ def test_bitbound_windows_cover_the_whole_class(seed: int, n: int, q: int, k: in
     seg_ids = rng.permutation(n * 3)[:n].astype(np.int64)
     allowed = rng.random(n) < 0.9
     seeds = [rng.choice(n, size=int(rng.integers(0, min(n, 12) + 1)), replace=False).astype(np.int64) for _ in range(q)]
-    ranked = _rank(bits, ctx, qbits, qctx, seg_ids, seeds, k, mask_pop=bits.sum(1), allowed=allowed)
+    columns = np.ascontiguousarray(_summary(bits, ctx).T, rng.choice([np.int16, np.int32]))
+    ranked = _rank(bits, ctx, qbits, qctx, seg_ids, seeds, k, mask_pop=bits.sum(1), allowed=allowed, columns=columns)
     for j in range(q):
         rows = np.union1d(seeds[j], np.flatnonzero(allowed))
         want_rows, want_scores = _reference(bits, ctx, qbits, qctx, seg_ids, j, rows, k)
