@@ -65,27 +65,32 @@ def train_bank(root: Path) -> Path:
 BRUTE_FORCE_CHUNK = 200_000
 
 
-def brute_force_layout(codes: CodeBank, by_class: dict[int, np.ndarray], label: np.ndarray, k: int) -> list:
+def brute_force_layout(codes: CodeBank, class_id: np.ndarray, label: np.ndarray, k: int) -> list:
     """The reference: cut and code the layout, then a full numpy scan of the class per component.
 
-    The rows of a class are read in chunks, each scored against every component of that class
-    (banks of 10^7 segments do not fit in memory beside the engine, and are read from disk once
-    per layout this way), and the chunks' top-k merged in the same order: score descending,
-    then id."""
+    The bank is read in contiguous chunks of rows, each scored for every component against the
+    chunk's rows of its class, and the chunks' top-k merged in the same order (score descending,
+    then id): a bank of 10^7 segments does not fit in memory beside the engine, and this way it
+    is read from disk once per layout, sequentially."""
     query = prepare_query(label, codes.num_classes, codes.config, codes.resolution)
+    present = set(np.unique(class_id).tolist())
     comps = [
         i
         for i in range(len(query))
-        if query.segments.area[i] >= codes.config.min_area and int(query.segments.class_id[i]) in by_class
+        if query.segments.area[i] >= codes.config.min_area and int(query.segments.class_id[i]) in present
     ]
     parts: dict[int, list] = {i: [] for i in comps}
-    for c in sorted({int(query.segments.class_id[i]) for i in comps}):
-        mine = [i for i in comps if int(query.segments.class_id[i]) == c]
-        for start in range(0, len(by_class[c]), BRUTE_FORCE_CHUNK):
-            ids = by_class[c][start : start + BRUTE_FORCE_CHUNK]
-            mask, context = codes.mask[ids], codes.context[ids]
-            for i in mine:
-                parts[i].append(brute_force_topk(query.codes.mask[i], query.codes.context[i], mask, context, ids, k))
+    for start in range(0, len(class_id), BRUTE_FORCE_CHUNK):
+        stop = min(start + BRUTE_FORCE_CHUNK, len(class_id))
+        mask, context, chunk_class = codes.mask[start:stop], codes.context[start:stop], class_id[start:stop]
+        for c in {int(query.segments.class_id[i]) for i in comps}:
+            rows = np.flatnonzero(chunk_class == c)
+            if not rows.size:
+                continue
+            m, x, ids = mask[rows], context[rows], start + rows
+            for i in comps:
+                if int(query.segments.class_id[i]) == c:
+                    parts[i].append(brute_force_topk(query.codes.mask[i], query.codes.context[i], m, x, ids, k))
     out = []
     for i in comps:
         ids, score, miou, ciou = (np.concatenate(a) for a in zip(*parts[i], strict=True))
@@ -167,7 +172,6 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
     # 3. Brute force on a sample of layouts (it is slow), checked against exact: an even sample,
     #    cut short once the time budget is spent (after at least three layouts).
     class_id = np.asarray(codes.class_id)
-    by_class = {int(c): np.flatnonzero(class_id == c) for c in np.unique(class_id)}
     sample = np.linspace(0, len(layouts) - 1, min(args.brute_force_layouts, len(layouts))).astype(int)
     brute = []
     mismatches = 0
@@ -177,7 +181,7 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
             sample = sample[:done]
             break
         t = time.perf_counter()
-        ref = brute_force_layout(codes, by_class, layouts[i], args.k)
+        ref = brute_force_layout(codes, class_id, layouts[i], args.k)
         brute.append(time.perf_counter() - t)
         spent += brute[-1]
         got = [c for c in exact_results[i].components if c.status is Status.OK]
@@ -259,6 +263,9 @@ def main() -> None:
     parser.add_argument("--v1-sizes", default="1000000", help="sizes run side by side on it ('' for none)")
     parser.add_argument("--v1-brute-force-layouts", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "retrieval.json")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the sizes (and format-1 run) of --out this run does not measure"
+    )
     args = parser.parse_args()
 
     bank_path = args.bank or train_bank(args.root)
@@ -267,8 +274,11 @@ def main() -> None:
     layouts = [val.load(ref).label for ref in val.refs[: args.max_layouts]]
     results: list[dict] = []
     v1: dict | None = None
+    kept: dict = json.loads(args.out.read_text()) if args.update and args.out.exists() else {}
 
     def write() -> None:  # after every size, so that a long run keeps what it measured
+        measured = {(r["bank"], r["segments"]) for r in results}
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         out = {
             "benchmark": "retrieval",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -279,8 +289,12 @@ def main() -> None:
             "fast_candidates": args.candidates,
             "nprobe": args.nprobe,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "sizes": results,
-            "format_1_engine": v1,
+            "sizes": sorted(
+                [r for r in kept.get("sizes", []) if (r["bank"], r["segments"]) not in measured] + results,
+                key=lambda r: (r["bank"] != "camvid-train", r["segments"]),
+            ),
+            "format_1_engine": v1 if v1 is not None else kept.get("format_1_engine"),
+            "runs": [*kept.get("runs", [kept["date"]] if kept else []), now],
             "targets": {
                 "1e7": {"engine_bytes": 12e9, "fast_p50_ms": 40, "fast_recall_at_1": 0.99, "exact_speedup": 100},
                 "1e6": {"fast_p50_ms": 20, "exact_p50_ms": 50},
