@@ -466,7 +466,12 @@ class RetrievalEngine(LayoutEngine):
         class of at most ``exact_below`` segments, the exact top-k (as cheap there, and never wrong)."""
         if len(shard) <= self.exact_below:
             return self._exact(shard, rows, k, excluded)
-        pools = self._candidates(shard, rows, max(count, k), excluded)
+        return self.rank_pools(shard, rows, k, self._candidates(shard, rows, max(count, k), excluded))
+
+    def rank_pools(
+        self, shard: ClassShard, rows: _QueryRows, k: int, pools: list[np.ndarray]
+    ) -> tuple[list[tuple[Match, ...]], int]:
+        """The exact top-k of each component's pool of shard rows, and how many rows were scored."""
         if self.compiled:
             return self._ranked(shard, rows, k, pools)
         out, scored = [], 0
