@@ -76,7 +76,9 @@ class LocalShards:
         exact_below: int = EXACT_BELOW,
     ) -> None:
         self.plan = plan
-        self.servers = {s.shard_id: ShardServer(source, s, candidate_config, exact_below) for s in plan.shards if s.parts}
+        self.servers = {
+            s.shard_id: ShardServer(source, s, candidate_config, exact_below) for s in plan.shards if s.parts
+        }
 
     def call(self, method: str, args: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
         return {s: getattr(self.servers[s], method)(*a) for s, a in args.items()}
@@ -113,9 +115,7 @@ class ShardedEngine(LayoutEngine):
         self._class_of = class_id.astype(np.int16)  # segment id -> class, for pins
         # Fast mode asks split classes for as many more candidates as the request excludes segments.
         image_id = source.column("image_id")
-        self._split_images = {
-            c: np.sort(image_id[class_id == c]) for c in self.plan.class_sizes if self.plan.split(c)
-        }
+        self._split_images = {c: np.sort(image_id[class_id == c]) for c in self.plan.class_sizes if self.plan.split(c)}
         fast_split = [c for c in self._split_images if self.plan.class_sizes[c] > exact_below]
         if fast_split and self.candidate_config.tie_cap <= 1:
             raise ValueError(f"classes {fast_split} are split between shards: fast mode needs tie_cap > 1 for them")
