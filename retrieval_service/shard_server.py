@@ -98,10 +98,13 @@ class ShardSource(ABC):
 
 
 class BankShardSource(ShardSource):
-    """A published bank version at a local path or an fsspec URL (``s3://bucket/prefix``)."""
+    """A published bank version at a local path or an fsspec URL (``s3://bucket/prefix``).
 
-    def __init__(self, root: str | Path, version: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        self.root = str(root)
+    ``where`` is the bank's root (``version`` is then opened) or the version's own directory.
+    """
+
+    def __init__(self, where: str | Path, version: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.where = str(where)
         self.version = version
         self.storage_options = dict(storage_options) if storage_options else None
         self._bank: Bank | None = None
@@ -109,21 +112,24 @@ class BankShardSource(ShardSource):
 
     @classmethod
     def of(cls, bank: Bank, storage_options: Mapping[str, Any] | None = None) -> BankShardSource:
-        """The source of an open bank version (its version directory, so the version is pinned)."""
+        """The source of an open bank version (by its version directory)."""
         source = cls(bank.path, bank.version, storage_options)
         source._bank = bank
         return source
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "version": self.version, "storage_options": self.storage_options}
+        return {"where": self.where, "version": self.version, "storage_options": self.storage_options}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], state["version"], state["storage_options"])  # type: ignore[misc]
+        self.__init__(state["where"], state["version"], state["storage_options"])  # type: ignore[misc]
 
     def bank(self) -> Bank:
         with self._lock:
             if self._bank is None:
-                self._bank = open_bank(self.root, self.version, storage_options=self.storage_options)
+                bank = open_bank(self.where, storage_options=self.storage_options)
+                if bank.version != self.version:  # a bank root whose CURRENT moved on
+                    bank = open_bank(self.where, self.version, storage_options=self.storage_options)
+                self._bank = bank
         return self._bank
 
     def frame(self) -> SourceFrame:
