@@ -86,6 +86,7 @@ class DaskShards:
         self.load_timeout = load_timeout
         self.version = source.frame().version
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._closed = False
         self.handles = {s.shard_id: _Handle(s) for s in plan.shards if s.parts}
         workers = sorted(self._workers())
@@ -98,32 +99,59 @@ class DaskShards:
 
     # ShardCalls
     def call(self, method: str, args: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
+        start = time.perf_counter()
         deadline = time.monotonic() + self.timeout
         pending, failed = {}, []
+        pickling = shard_seconds = 0.0
         for s, a in args.items():
             h = self.handles[s]
             actor = h.actor
             if actor is None:
                 failed.append((h, h.why or "it is being restarted"))
                 continue
+            t = time.perf_counter()
+            blob = pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL)
+            pickling += time.perf_counter() - t
             try:
-                pending[s] = (h, actor, actor.pickled(method, pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL)))
+                pending[s] = (h, actor, actor.pickled(method, blob))
             except RuntimeError as e:  # "Worker holding Actor was lost"
                 failed.append((h, self._lost(h, actor, e)))
         out = {}
         for s, (h, actor, future) in pending.items():
             try:
-                out[s] = pickle.loads(future.result(timeout=max(0.0, deadline - time.monotonic())))
+                blob = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                t = time.perf_counter()
+                out[s], inside = pickle.loads(blob)
+                pickling += time.perf_counter() - t
+                shard_seconds = max(shard_seconds, inside)
             except SimsError:
                 raise
             except TimeoutError:
                 failed.append((h, f"it did not answer within {self.timeout:g} s"))
             except (OSError, RuntimeError) as e:  # the worker died, or its connection broke, mid-call
                 failed.append((h, self._lost(h, actor, e)))
+        timings = self.timings
+        timings["shard_calls"] = timings.get("shard_calls", 0.0) + time.perf_counter() - start
+        timings["shard_compute"] = timings.get("shard_compute", 0.0) + shard_seconds
+        timings["shard_pickle"] = timings.get("shard_pickle", 0.0) + pickling
         if failed:
             what = "; ".join(f"{h.spec.describe()} is unavailable: {why}" for h, why in failed)
             raise UnavailableError(f"retrieval shard down: {what}", kind="shard_unavailable", retry_after=5)
         return out
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds this thread spent in shard calls since :meth:`take_timings`: ``shard_calls`` (wall
+        time of the calls), ``shard_compute`` (the slowest shard's own time, per call), ``shard_pickle``
+        (pickling here); the rest of a call's time is Dask's transport and waiting."""
+        if not hasattr(self._local, "timings"):
+            self._local.timings = {}
+        return self._local.timings
+
+    def take_timings(self) -> dict[str, float]:
+        """:attr:`timings`, reset."""
+        got, self._local.timings = self.timings, {}
+        return got
 
     def describe(self) -> list[dict[str, Any]]:
         got = self.call("describe", {s: () for s in self.handles})
