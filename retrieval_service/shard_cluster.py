@@ -22,6 +22,7 @@ processes it starts (``sims serve --shards N``) or on a running scheduler (``--c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pickle
 import threading
@@ -33,7 +34,7 @@ from typing import Any
 from distributed import Client, Future, LocalCluster
 
 from memory_bank.candidate_index import CandidateConfig
-from memory_bank.errors import SimsError, UnavailableError
+from memory_bank.errors import UnavailableError
 from retrieval_service.engine import EXACT_BELOW
 from retrieval_service.shard_plan import ShardPlan, ShardSpec
 from retrieval_service.shard_server import ShardServer, ShardSource
@@ -114,22 +115,24 @@ class DaskShards:
             pickling += time.perf_counter() - t
             try:
                 pending[s] = (h, actor, actor.pickled(method, blob))
-            except RuntimeError as e:  # "Worker holding Actor was lost"
+            except Exception as e:  # "Worker holding Actor was lost"
                 failed.append((h, self._lost(h, actor, e)))
         out = {}
         for s, (h, actor, future) in pending.items():
             try:
                 blob = future.result(timeout=max(0.0, deadline - time.monotonic()))
-                t = time.perf_counter()
-                out[s], inside = pickle.loads(blob)
-                pickling += time.perf_counter() - t
-                shard_seconds = max(shard_seconds, inside)
-            except SimsError:
-                raise
             except TimeoutError:
                 failed.append((h, f"it did not answer within {self.timeout:g} s"))
-            except (OSError, RuntimeError) as e:  # the worker died, or its connection broke, mid-call
+                continue
+            except (Exception, asyncio.CancelledError) as e:  # the worker died, or its connection broke
                 failed.append((h, self._lost(h, actor, e)))
+                continue
+            t = time.perf_counter()
+            error, out[s], inside = pickle.loads(blob)
+            pickling += time.perf_counter() - t
+            shard_seconds = max(shard_seconds, inside)
+            if error is not None:  # the shard's own error (a SimsError is answered as such; others are bugs)
+                raise error
         timings = self.timings
         timings["shard_calls"] = timings.get("shard_calls", 0.0) + time.perf_counter() - start
         timings["shard_compute"] = timings.get("shard_compute", 0.0) + shard_seconds

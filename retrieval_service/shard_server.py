@@ -308,10 +308,16 @@ class ShardServer:
     def pickled(self, method: str, args: bytes) -> bytes:
         """``method(*args)`` with arguments and answer pickled: one buffer each way is much cheaper
         for Dask to send than the objects (which it serialises one by one, with a header each).
-        The answer comes with the seconds spent here (unpickling included)."""
+
+        The answer is ``(None, answer, seconds spent here)``, or ``(error, None, seconds)`` when the
+        method raised: an error of the shard travels in the answer, so that any exception the
+        caller sees is the transport's (a lost worker)."""
         start = time.perf_counter()
-        answer = getattr(self, method)(*pickle.loads(args))
-        return pickle.dumps((answer, time.perf_counter() - start), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            answer, error = getattr(self, method)(*pickle.loads(args)), None
+        except Exception as e:
+            answer, error = None, e
+        return pickle.dumps((error, answer, time.perf_counter() - start), protocol=pickle.HIGHEST_PROTOCOL)
 
     def describe(self) -> dict[str, Any]:
         """Version, parts, bytes held by the index, load time and the process's peak RSS."""
