@@ -320,8 +320,13 @@ class ShardServer:
         return pickle.dumps((error, answer, time.perf_counter() - start), protocol=pickle.HIGHEST_PROTOCOL)
 
     def describe(self) -> dict[str, Any]:
-        """Version, parts, bytes held by the index, load time and the process's peak RSS."""
+        """Version, parts, bytes held by the index, load time, and the process's RSS now and at its peak."""
+        try:
+            rss = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+        except OSError:  # not Linux
+            rss = None
         return {
+            "rss_bytes": rss,
             "version": self.version,
             "shard": self.spec.describe(),
             "segments": self.engine.index.num_segments,
