@@ -13,6 +13,7 @@ shard of part of a class, or a class whose stored index is not the kind the conf
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 import faiss
@@ -27,6 +28,7 @@ from memory_bank.candidate_index import (
     read_class_index,
     to_gpu,
 )
+from memory_bank.codes import coarse_bits, code_bytes
 from retrieval_service.index import ClassShard
 
 log = logging.getLogger(__name__)
@@ -42,37 +44,53 @@ def shard_candidate_index(
     ``bank`` must be the bank version the shard was made from. Its stored index is used when it
     holds exactly the shard's segments and is built as ``config`` builds one for that many.
     """
-    index = _stored_index(shard, config, bank) if bank is not None else None
+    return class_candidate_index(shard.class_id, shard.segment_ids, shard.coarse, config, bank)
+
+
+def class_candidate_index(
+    class_id: int,
+    segment_ids: np.ndarray,
+    coarse: np.ndarray | Callable[[], np.ndarray],
+    config: CandidateConfig,
+    bank: Bank | None = None,
+) -> tuple[faiss.IndexBinary, Source]:
+    """:func:`shard_candidate_index` from a class's segment ids in shard row order and their coarse
+    codes in that order (or a function that reads them: called only when the index is built here)."""
+    index = _stored_index(class_id, segment_ids, config, bank) if bank is not None else None
     source: Source = "bank"
     if index is None:
-        index, source = build_candidate_index(shard.coarse, config), "built"
+        codes = coarse() if callable(coarse) else coarse
+        index, source = build_candidate_index(codes, config), "built"
     if config.use_gpu and gpu_available():
         index = to_gpu(index)
     return index, source
 
 
-def _stored_index(shard: ClassShard, config: CandidateConfig, bank: Bank) -> faiss.IndexBinaryIDMap | None:
-    data = bank.faiss_index_bytes(shard.class_id)  # bytes, so that banks on object storage work alike
+def _stored_index(
+    class_id: int, segment_ids: np.ndarray, config: CandidateConfig, bank: Bank
+) -> faiss.IndexBinaryIDMap | None:
+    data = bank.faiss_index_bytes(class_id)  # bytes, so that banks on object storage work alike
     if data is None:
         return None
     index = read_class_index(data, config)
-    if index.d != shard.coarse.shape[1] * 8 or not is_built_as(index, len(shard), config):
-        log.warning("class %d: the bank's FAISS index is not as configured; building one in memory", shard.class_id)
+    n = int(segment_ids.size)
+    if index.d != code_bytes(coarse_bits(bank.config)) * 8 or not is_built_as(index, n, config):
+        log.warning("class %d: the bank's FAISS index is not as configured; building one in memory", class_id)
         return None
     # The shard row of every stored code (its segment id's position in the shard).
     stored = faiss.vector_to_array(index.id_map)
-    by_id = np.argsort(shard.segment_ids)
-    pos = np.minimum(np.searchsorted(shard.segment_ids[by_id], stored), len(shard) - 1)
-    if np.unique(stored).size != stored.size or not np.array_equal(shard.segment_ids[by_id[pos]], stored):
+    by_id = np.argsort(segment_ids)
+    pos = np.minimum(np.searchsorted(segment_ids[by_id], stored), n - 1)
+    if np.unique(stored).size != stored.size or not np.array_equal(segment_ids[by_id[pos]], stored):
         return None  # another set of segments (e.g. a shard of part of the class)
     rows = by_id[pos].astype(np.int64)
     inner = faiss.downcast_IndexBinary(index.index)
     if isinstance(inner, faiss.IndexBinaryFlat):  # codes into row order, so that labels are positions again
-        codes = faiss.vector_to_array(inner.xb).reshape(len(shard), inner.code_size)
+        codes = faiss.vector_to_array(inner.xb).reshape(n, inner.code_size)
         laid_out = np.empty_like(codes)
         laid_out[rows] = codes
         faiss.copy_array_to_vector(laid_out.ravel(), inner.xb)
-        rows = np.arange(len(shard), dtype=np.int64)
+        rows = np.arange(n, dtype=np.int64)
     faiss.copy_array_to_vector(rows, index.id_map)
     return index
 

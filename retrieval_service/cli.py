@@ -64,6 +64,20 @@ def serve(
             help="Connections a worker serves at once, 503 above; 0 = unbounded (env SIMS_LIMIT_CONCURRENCY, 256)."
         ),
     ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            help="Shard the bank over N local Dask worker processes (env SIMS_SHARDS; default 0: one process)."
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler whose workers hold the shards, tcp://host:8786 (env SIMS_CLUSTER)."),
+    ] = None,
+    shard_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds a shard may take before /retrieve answers 503 (env SIMS_SHARD_TIMEOUT, 10)."),
+    ] = None,
     cors_origins: Annotated[
         str | None,
         typer.Option(
@@ -95,5 +109,8 @@ def serve(
         "cors_origins": cors_origins,
         "rate_limit": rate_limit,
         "limit_concurrency": limit_concurrency,
+        "shards": shards,
+        "cluster": cluster,
+        "shard_timeout": shard_timeout,
     }
     run(Settings(**{k: v for k, v in flags.items() if v is not None}))

@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import torch
 
-from memory_bank import Bank
+from memory_bank import Bank, SegmentConfig
 from memory_bank.candidate_index import CandidateConfig
 from memory_bank.classes import IGNORE
 from memory_bank.errors import OptionError
@@ -59,6 +60,14 @@ EXACT_SEEDS = 32
 CANDIDATES_GROW_FROM = 250_000
 
 
+def fast_candidates(class_size: int, candidates: int, grow_from: int | None = CANDIDATES_GROW_FROM) -> int:
+    """FAISS candidates fast mode takes in a class of ``class_size`` segments when asked for
+    ``candidates`` (see :data:`CANDIDATES_GROW_FROM`)."""
+    if grow_from is None or class_size <= grow_from:
+        return candidates
+    return round(candidates * (class_size / grow_from) ** 0.25)
+
+
 @dataclass
 class _QueryRows:
     """Codes of the query components of one class, as the kernels want them."""
@@ -74,6 +83,21 @@ class _QueryRows:
     context_blocks: np.ndarray  # (q, blocks) uint8
     summary: np.ndarray  # (q, 10) int32, see pruning_summary
     present_cols: list[np.ndarray]  # per query, the cells where its context is present
+
+    def __getstate__(self) -> dict:
+        # Rows travel to shards (retrieval_service/sharded.py) as plain arrays: pickling a tensor
+        # or a list of small arrays costs ~0.1 ms each, the whole state as numpy a few microseconds.
+        state = dict(self.__dict__)
+        state["mask"], state["context"] = self.mask.cpu().numpy(), self.context.cpu().numpy()
+        cols = self.present_cols
+        state["present_cols"] = (np.concatenate(cols) if cols else np.zeros(0, np.int64), [c.size for c in cols])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        cols, sizes = state["present_cols"]
+        state["present_cols"] = np.split(cols, np.cumsum(sizes)[:-1]) if sizes else []
+        state["mask"], state["context"] = torch.from_numpy(state["mask"]), torch.from_numpy(state["context"])
+        self.__dict__.update(state)
 
     def take(self, positions: list[int]) -> _QueryRows:
         """The rows at ``positions`` (one class's components out of a whole layout's)."""
@@ -94,7 +118,194 @@ class _QueryRows:
         )
 
 
-class RetrievalEngine:
+def query_rows(query: Query, comps: list[int], config: SegmentConfig, device: torch.device) -> _QueryRows:
+    """The codes of components ``comps`` of ``query`` as the kernels want them."""
+    grid = config.fine_grid
+    cells = grid[0] * grid[1]
+    codes = query.codes
+    mask = np.ascontiguousarray(codes.mask[comps])
+    context = np.full((len(comps), padded_width(cells)), NO_MATCH, np.uint8)
+    raw = codes.context[comps]
+    context[:, :cells] = np.where(raw == IGNORE, NO_MATCH, raw)
+    bits = np.unpackbits(mask, axis=1, count=cells).astype(bool)
+    present = raw != IGNORE
+    mask_pop = codes.mask_popcount[comps].astype(np.int64)
+    context_pop = codes.context_popcount[comps].astype(np.int64)
+    mask_box, context_box = grid_boxes(bits, grid), grid_boxes(present, grid)
+    return _QueryRows(
+        ids=comps,
+        mask=torch.from_numpy(mask.view(np.int64)).to(device),
+        context=torch.from_numpy(context).to(device),
+        mask_pop=mask_pop,
+        context_pop=context_pop,
+        mask_box=mask_box,
+        context_box=context_box,
+        coarse=np.ascontiguousarray(codes.coarse[comps]),
+        context_blocks=block_counts(present, grid, block_grid_for(grid)),
+        summary=pruning_summary(mask_pop, context_pop, mask_box, context_box),
+        present_cols=[np.flatnonzero(r).astype(np.int64) for r in present],
+    )
+
+
+class LayoutEngine(ABC):
+    """The answer to a layout, shared by every engine: statuses, query rows, the seeded choice, pins.
+
+    A subclass says which classes it holds, ranks the retrievable components of each class
+    (:meth:`_rank_classes`) and scores a pinned segment that is not among a component's matches
+    (:meth:`_score_pin`). :class:`RetrievalEngine` does both in this process;
+    :class:`retrieval_service.sharded.ShardedEngine` asks the shards that hold each class.
+    """
+
+    #: The bank the engine answers from (image names, ``full`` mode), if it has one.
+    bank: Bank | None = None
+    _names: list[str] | None = None  # image id -> source file, from the bank
+
+    # Hooks
+    @property
+    @abstractmethod
+    def version(self) -> str:
+        """The bank version every answer comes from."""
+
+    @abstractmethod
+    def layout_frame(self) -> tuple[int, SegmentConfig, tuple[int, int], torch.device]:
+        """``(num_classes, segment config, resolution, device)`` that queries are cut and coded for."""
+
+    @abstractmethod
+    def has_class(self, class_id: int) -> bool:
+        """Whether the bank holds segments of ``class_id``."""
+
+    @abstractmethod
+    def _rank_classes(
+        self, query: Query, rows: _QueryRows, by_class: dict[int, list[int]], options: RetrievalOptions
+    ) -> tuple[dict[int, tuple[Match, ...]], int]:
+        """The matches of every component in ``by_class`` (class -> component indices, whose rows are
+        ``rows`` in that order, class after class), and how many segments were scored exactly."""
+
+    @abstractmethod
+    def _segment_class(self, segment_id: int) -> int:
+        """The class of a bank segment, -1 when the version has no such segment."""
+
+    @abstractmethod
+    def _score_pin(self, query: Query, rows: _QueryRows, class_id: int, segment_id: int) -> Match:
+        """The exact grid match of the component in ``rows`` (one row) with ``segment_id``."""
+
+    # 1. Entry points
+    def retrieve(
+        self, layout: np.ndarray, options: RetrievalOptions | None = None, instances: np.ndarray | None = None
+    ) -> RetrievalResult:
+        """Top-k segments for every component of a label map at the bank's resolution.
+
+        ``instances``, an instance map of the layout, cuts thing classes per instance on a bank
+        built with instances, and is ignored on one built without."""
+        num_classes, config, resolution, _ = self.layout_frame()
+        start = time.perf_counter()
+        query = prepare_query(layout, num_classes, config, resolution, instances)
+        prepared = time.perf_counter() - start
+        result = self.retrieve_query(query, options)
+        result.timings["prepare"] = prepared
+        return result
+
+    def retrieve_query(self, query: Query, options: RetrievalOptions | None = None) -> RetrievalResult:
+        """Like :meth:`retrieve`, for a layout already cut by :func:`prepare_query`."""
+        options = options or RetrievalOptions()
+        _, config, _, device = self.layout_frame()
+        t0 = time.perf_counter()
+        seg = query.segments
+        min_area = max(options.min_area, config.min_area)
+        results: dict[int, ComponentResult] = {}
+        by_class: dict[int, list[int]] = {}
+        for i in range(len(seg)):
+            c = int(seg.class_id[i])
+            if seg.area[i] < min_area:
+                results[i] = self._empty(query, i, Status.BELOW_MIN_AREA)
+            elif not self.has_class(c):
+                results[i] = self._empty(query, i, Status.CLASS_NOT_IN_BANK)
+            else:
+                by_class.setdefault(c, []).append(i)
+        # Query rows for the whole layout at once: per-class calls cost more in overhead.
+        retrievable = [i for comps in by_class.values() for i in comps]
+        all_rows = query_rows(query, retrievable, config, device) if retrievable else None
+        at = {i: p for p, i in enumerate(retrievable)}
+        found, scored = self._rank_classes(query, all_rows, by_class, options) if retrievable else ({}, 0)
+        for i, matches in found.items():
+            status = Status.OK if matches else Status.NO_CANDIDATES
+            results[i] = self._empty(query, i, status, matches)
+        pins = self._check_pins(results, options.pins)
+        rng = np.random.default_rng(options.seed) if options.seed is not None else None
+        ordered = []
+        for i in range(len(seg)):
+            r = results[i]
+            if r.matches:
+                # Every component draws, pinned or not, so that a pin leaves the others' picks as they were.
+                n = len(r.matches) if options.choose_from is None else min(len(r.matches), options.choose_from)
+                choice = int(rng.integers(n)) if rng is not None else 0
+                r = ComponentResult(r.component_id, r.class_id, r.bbox, r.area, r.status, r.matches, choice)
+            if i in pins:
+                r = self._pin(query, all_rows, at[i], r, pins[i])
+            ordered.append(r)
+        timings = {"retrieve": time.perf_counter() - t0}
+        names = self._image_names({m.image_id for r in ordered for m in r.matches})
+        return RetrievalResult(tuple(ordered), self.version, options.mode, timings, scored, names)
+
+    # 1b. Pins: a component painted with a given segment
+    def _check_pins(self, results: dict[int, ComponentResult], pins: dict[str, int]) -> dict[int, int]:
+        """Pins as {component: segment}; an :class:`OptionError` for one that cannot be honoured."""
+        out = {}
+        for key, segment_id in pins.items():
+            i = int(key)
+            if i >= len(results):
+                raise OptionError(
+                    f"pin for component {i}: the layout has {len(results)} components (0..{len(results) - 1})",
+                    kind="invalid_pin",
+                )
+            klass = self._segment_class(segment_id)
+            if klass < 0:
+                raise OptionError(
+                    f"pin for component {i}: segment {segment_id} is not in bank version {self.version}",
+                    kind="unknown_segment",
+                )
+            comp = results[i]
+            if comp.status == Status.BELOW_MIN_AREA:
+                raise OptionError(
+                    f"pin for component {i}: it is smaller than the minimum area and gets no segment",
+                    kind="invalid_pin",
+                )
+            if klass != comp.class_id:
+                raise OptionError(
+                    f"pin for component {i}: segment {segment_id} is of class {klass}, "
+                    f"the component of class {comp.class_id}",
+                    kind="pin_class_mismatch",
+                )
+            out[i] = int(segment_id)
+        return out
+
+    def _pin(
+        self, query: Query, all_rows: _QueryRows | None, position: int, r: ComponentResult, segment_id: int
+    ) -> ComponentResult:
+        """``r`` with the pinned segment as its choice: found among its matches, else scored and appended."""
+        for j, m in enumerate(r.matches):
+            if m.segment_id == segment_id:
+                return ComponentResult(r.component_id, r.class_id, r.bbox, r.area, Status.OK, r.matches, j)
+        match = self._score_pin(query, all_rows.take([position]), r.class_id, segment_id)  # type: ignore[union-attr]
+        matches = (*r.matches, match)
+        return ComponentResult(r.component_id, r.class_id, r.bbox, r.area, Status.OK, matches, len(matches) - 1)
+
+    def _image_names(self, image_ids: set[int]) -> dict[int, str]:
+        """Source file of each image (empty without a bank)."""
+        if self.bank is None:
+            return {}
+        if self._names is None:
+            self._names = [str(n) for n in self.bank.images["source_file"].to_pylist()]
+        return {i: self._names[i] for i in sorted(image_ids) if i < len(self._names)}
+
+    @staticmethod
+    def _empty(query: Query, i: int, status: Status, matches: tuple[Match, ...] = ()) -> ComponentResult:
+        seg = query.segments
+        bbox = tuple(int(v) for v in seg.bbox[i])
+        return ComponentResult(i, int(seg.class_id[i]), bbox, int(seg.area[i]), status, matches)  # type: ignore[arg-type]
+
+
+class RetrievalEngine(LayoutEngine):
     """Retrieval over one in-memory :class:`SegmentIndex`."""
 
     def __init__(
@@ -123,7 +334,6 @@ class RetrievalEngine:
         self._frames: PixelFrames | None = None
         self._frames_lock = threading.Lock()
         self._rows: tuple[np.ndarray, np.ndarray] | None = None  # segment id -> (class, shard row), for pins
-        self._names: list[str] | None = None  # image id -> source file, from the bank
         #: Rank with the compiled CPU kernels (pool_ranking.py); False runs the torch path, which
         #: CUDA uses (tests run it on CPU too).
         self.compiled = index.device.type == "cpu"
@@ -134,6 +344,17 @@ class RetrievalEngine:
     @classmethod
     def from_bank(cls, bank: Bank, device: torch.device | None = None, **kwargs: object) -> RetrievalEngine:
         return cls(SegmentIndex.from_bank(bank, device), bank=bank, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def version(self) -> str:
+        return self.index.version
+
+    def layout_frame(self) -> tuple[int, SegmentConfig, tuple[int, int], torch.device]:
+        idx = self.index
+        return idx.num_classes, idx.config, idx.resolution, idx.device
+
+    def has_class(self, class_id: int) -> bool:
+        return class_id in self.index.shards
 
     def pixel_frames(self) -> PixelFrames:
         """The bank's label and component maps for ``full`` mode, read once."""
@@ -160,80 +381,38 @@ class RetrievalEngine:
         compile_rank_pools()
         return time.perf_counter() - start
 
-    # 1. Entry points
-    def retrieve(
-        self, layout: np.ndarray, options: RetrievalOptions | None = None, instances: np.ndarray | None = None
-    ) -> RetrievalResult:
-        """Top-k segments for every component of a label map at the bank's resolution.
-
-        ``instances``, an instance map of the layout, cuts thing classes per instance on a bank
-        built with instances, and is ignored on one built without."""
-        idx = self.index
-        start = time.perf_counter()
-        query = prepare_query(layout, idx.num_classes, idx.config, idx.resolution, instances)
-        prepared = time.perf_counter() - start
-        result = self.retrieve_query(query, options)
-        result.timings["prepare"] = prepared
-        return result
-
-    def retrieve_query(self, query: Query, options: RetrievalOptions | None = None) -> RetrievalResult:
-        """Like :meth:`retrieve`, for a layout already cut by :func:`prepare_query`."""
-        options = options or RetrievalOptions()
-        t0 = time.perf_counter()
-        seg = query.segments
-        min_area = max(options.min_area, self.index.config.min_area)
+    # 1c. Ranking in this process: each class with its shard
+    def _rank_classes(
+        self, query: Query, rows: _QueryRows, by_class: dict[int, list[int]], options: RetrievalOptions
+    ) -> tuple[dict[int, tuple[Match, ...]], int]:
         excluded = np.unique(np.asarray(options.exclude_images, np.int64))
-        results: dict[int, ComponentResult] = {}
-        by_class: dict[int, list[int]] = {}
-        for i in range(len(seg)):
-            c = int(seg.class_id[i])
-            if seg.area[i] < min_area:
-                results[i] = self._empty(query, i, Status.BELOW_MIN_AREA)
-            elif c not in self.index.shards:
-                results[i] = self._empty(query, i, Status.CLASS_NOT_IN_BANK)
-            else:
-                by_class.setdefault(c, []).append(i)
-        scored = 0
-        # Query rows for the whole layout at once: per-class calls cost more in overhead.
-        retrievable = [i for comps in by_class.values() for i in comps]
-        all_rows = self._query_rows(query, retrievable) if retrievable else None
-        at = {i: p for p, i in enumerate(retrievable)}
+        found: dict[int, tuple[Match, ...]] = {}
+        scored, start = 0, 0
         for c, comps in by_class.items():
-            shard = self.index.shards[c]
-            rows = all_rows.take([at[i] for i in comps])
-            if options.mode == "fast":
-                found, n = self._fast(shard, rows, options.k, options.candidates, excluded)
-            elif options.mode == "full":
-                found, n = self._full(query, shard, rows, options, excluded)
-            else:
-                found, n = self._exact(shard, rows, options.k, excluded)
+            part = rows.take(list(range(start, start + len(comps))))
+            start += len(comps)
+            matches, n = self.rank_class(query, self.index.shards[c], part, options, excluded)
             scored += n
-            for j, i in enumerate(by_class[c]):
-                matches = found[j]
-                status = Status.OK if matches else Status.NO_CANDIDATES
-                results[i] = self._empty(query, i, status, matches)
-        pins = self._check_pins(results, options.pins)
-        rng = np.random.default_rng(options.seed) if options.seed is not None else None
-        ordered = []
-        for i in range(len(seg)):
-            r = results[i]
-            if r.matches:
-                # Every component draws, pinned or not, so that a pin leaves the others' picks as they were.
-                n = len(r.matches) if options.choose_from is None else min(len(r.matches), options.choose_from)
-                choice = int(rng.integers(n)) if rng is not None else 0
-                r = ComponentResult(r.component_id, r.class_id, r.bbox, r.area, r.status, r.matches, choice)
-            if i in pins:
-                r = self._pin(query, all_rows, at[i], r, pins[i])
-            ordered.append(r)
-        timings = {"retrieve": time.perf_counter() - t0}
-        names = self._image_names({m.image_id for r in ordered for m in r.matches})
-        return RetrievalResult(tuple(ordered), self.index.version, options.mode, timings, scored, names)
+            found.update(zip(comps, matches, strict=True))
+        return found, scored
 
-    # 1b. Pins: a component painted with a given segment
-    def _check_pins(self, results: dict[int, ComponentResult], pins: dict[str, int]) -> dict[int, int]:
-        """Pins as {component: segment}; an :class:`OptionError` for one that cannot be honoured."""
-        if not pins:
-            return {}
+    def rank_class(
+        self, query: Query | None, shard: ClassShard, rows: _QueryRows, options: RetrievalOptions, excluded: np.ndarray
+    ) -> tuple[list[tuple[Match, ...]], int]:
+        """The top-k of each component in ``rows`` (all of ``shard``'s class) over ``shard`` in
+        ``options.mode``, and how many segments were scored; ``query`` is needed by ``full`` mode only."""
+        if options.mode == "fast":
+            return self._fast(shard, rows, options.k, options.candidates, excluded)
+        if options.mode == "full":
+            return self._full(query, shard, rows, options, excluded)  # type: ignore[arg-type]
+        return self._exact(shard, rows, options.k, excluded)
+
+    def _segment_class(self, segment_id: int) -> int:
+        klass, _ = self._segment_rows()
+        return int(klass[segment_id]) if segment_id < klass.size else -1
+
+    def _segment_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Segment id -> (class, row in its class shard), -1 where the index has none."""
         if self._rows is None:
             ids = [s.segment_ids for s in self.index.shards.values()]
             size = int(max((int(a.max()) + 1 for a in ids if a.size), default=0))
@@ -241,94 +420,19 @@ class RetrievalEngine:
             for c, shard in self.index.shards.items():
                 klass[shard.segment_ids], row[shard.segment_ids] = c, np.arange(shard.segment_ids.size)
             self._rows = klass, row
-        klass, _ = self._rows
-        out = {}
-        for key, segment_id in pins.items():
-            i = int(key)
-            if i >= len(results):
-                raise OptionError(
-                    f"pin for component {i}: the layout has {len(results)} components (0..{len(results) - 1})",
-                    kind="invalid_pin",
-                )
-            if segment_id >= klass.size or klass[segment_id] < 0:
-                raise OptionError(
-                    f"pin for component {i}: segment {segment_id} is not in bank version {self.index.version}",
-                    kind="unknown_segment",
-                )
-            comp = results[i]
-            if comp.status == Status.BELOW_MIN_AREA:
-                raise OptionError(
-                    f"pin for component {i}: it is smaller than the minimum area and gets no segment",
-                    kind="invalid_pin",
-                )
-            if int(klass[segment_id]) != comp.class_id:
-                raise OptionError(
-                    f"pin for component {i}: segment {segment_id} is of class {int(klass[segment_id])}, "
-                    f"the component of class {comp.class_id}",
-                    kind="pin_class_mismatch",
-                )
-            out[i] = int(segment_id)
-        return out
+        return self._rows
 
-    def _pin(
-        self, query: Query, all_rows: _QueryRows | None, position: int, r: ComponentResult, segment_id: int
-    ) -> ComponentResult:
-        """``r`` with the pinned segment as its choice: found among its matches, else scored and appended."""
-        for j, m in enumerate(r.matches):
-            if m.segment_id == segment_id:
-                return ComponentResult(r.component_id, r.class_id, r.bbox, r.area, Status.OK, r.matches, j)
-        shard = self.index.shards[r.class_id]
-        pos = np.array([self._rows[1][segment_id]], np.int64)  # type: ignore[index]
-        rows = all_rows.take([position])  # type: ignore[union-attr]
+    def _score_pin(self, query: Query, rows: _QueryRows, class_id: int, segment_id: int) -> Match:
+        return self.score_segment(self.index.shards[class_id], rows, int(self._segment_rows()[1][segment_id]))
+
+    def score_segment(self, shard: ClassShard, rows: _QueryRows, position: int) -> Match:
+        """The exact grid match of the (one) component in ``rows`` with row ``position`` of ``shard``."""
+        pos = np.array([position], np.int64)
         score, miou, ciou = self._score(shard, rows, 0, pos)
-        match = Match(segment_id, int(shard.image_ids[pos[0]]), float(score[0]), float(miou[0]), float(ciou[0]))
-        matches = (*r.matches, match)
-        return ComponentResult(r.component_id, r.class_id, r.bbox, r.area, Status.OK, matches, len(matches) - 1)
+        sid, image = int(shard.segment_ids[position]), int(shard.image_ids[position])
+        return Match(sid, image, float(score[0]), float(miou[0]), float(ciou[0]))
 
-    def _image_names(self, image_ids: set[int]) -> dict[int, str]:
-        """Source file of each image (empty without a bank)."""
-        if self.bank is None:
-            return {}
-        if self._names is None:
-            self._names = [str(n) for n in self.bank.images["source_file"].to_pylist()]
-        return {i: self._names[i] for i in sorted(image_ids) if i < len(self._names)}
-
-    @staticmethod
-    def _empty(query: Query, i: int, status: Status, matches: tuple[Match, ...] = ()) -> ComponentResult:
-        seg = query.segments
-        bbox = tuple(int(v) for v in seg.bbox[i])
-        return ComponentResult(i, int(seg.class_id[i]), bbox, int(seg.area[i]), status, matches)  # type: ignore[arg-type]
-
-    # 2. Query codes in the index's layout
-    def _query_rows(self, query: Query, comps: list[int]) -> _QueryRows:
-        grid = self.index.config.fine_grid
-        cells = grid[0] * grid[1]
-        codes = query.codes
-        mask = np.ascontiguousarray(codes.mask[comps])
-        context = np.full((len(comps), padded_width(cells)), NO_MATCH, np.uint8)
-        raw = codes.context[comps]
-        context[:, :cells] = np.where(raw == IGNORE, NO_MATCH, raw)
-        bits = np.unpackbits(mask, axis=1, count=cells).astype(bool)
-        present = raw != IGNORE
-        mask_pop = codes.mask_popcount[comps].astype(np.int64)
-        context_pop = codes.context_popcount[comps].astype(np.int64)
-        mask_box, context_box = grid_boxes(bits, grid), grid_boxes(present, grid)
-        device = self.index.device
-        return _QueryRows(
-            ids=comps,
-            mask=torch.from_numpy(mask.view(np.int64)).to(device),
-            context=torch.from_numpy(context).to(device),
-            mask_pop=mask_pop,
-            context_pop=context_pop,
-            mask_box=mask_box,
-            context_box=context_box,
-            coarse=np.ascontiguousarray(codes.coarse[comps]),
-            context_blocks=block_counts(present, grid, block_grid_for(grid)),
-            summary=pruning_summary(mask_pop, context_pop, mask_box, context_box),
-            present_cols=[np.flatnonzero(r).astype(np.int64) for r in present],
-        )
-
-    # 3. Exact scoring of one query component against candidate rows
+    # 2. Exact scoring of one query component against candidate rows
     def _context_inter(self, shard: ClassShard, rows: _QueryRows, j: int, pos: np.ndarray) -> np.ndarray:
         """Context intersections of query ``j`` with shard rows ``pos`` (torch: CUDA, and exact
         mode's scoring in chunks): the rows are unboxed on the host, then compared whole."""
@@ -365,7 +469,7 @@ class RetrievalEngine:
             for o in order
         )
 
-    # 4. Fast mode
+    # 3. Fast mode
     def _faiss(self, shard: ClassShard) -> faiss.IndexBinary:
         """The shard's FAISS index (searches return shard rows): the bank's, or built once."""
         if "faiss" not in shard.extras:
@@ -374,14 +478,6 @@ class RetrievalEngine:
                 shard, self.candidate_config, bank
             )
         return shard.extras["faiss"]
-
-    def candidates_for(self, class_size: int, candidates: int) -> int:
-        """FAISS candidates fast mode takes in a class of ``class_size`` segments when asked for
-        ``candidates`` (see :data:`CANDIDATES_GROW_FROM`)."""
-        grow_from = self.candidates_grow_from
-        if grow_from is None or class_size <= grow_from:
-            return candidates
-        return round(candidates * (class_size / grow_from) ** 0.25)
 
     def _candidates(
         self, shard: ClassShard, rows: _QueryRows, count: int, excluded: np.ndarray, tie_cap: int | None = None
@@ -402,7 +498,14 @@ class RetrievalEngine:
         class of at most ``exact_below`` segments, the exact top-k (as cheap there, and never wrong)."""
         if len(shard) <= self.exact_below:
             return self._exact(shard, rows, k, excluded)
-        pools = self._candidates(shard, rows, max(self.candidates_for(len(shard), count), k), excluded)
+        count = fast_candidates(len(shard), count, self.candidates_grow_from)
+        pools = self._candidates(shard, rows, max(count, k), excluded)
+        return self.rank_pools(shard, rows, k, pools)
+
+    def rank_pools(
+        self, shard: ClassShard, rows: _QueryRows, k: int, pools: list[np.ndarray]
+    ) -> tuple[list[tuple[Match, ...]], int]:
+        """The exact top-k of each component's pool of shard rows, and how many rows were scored."""
         if self.compiled:
             return self._ranked(shard, rows, k, pools)
         out, scored = [], 0
@@ -445,7 +548,7 @@ class RetrievalEngine:
             )
         return out, ranked.scored
 
-    # 5. Full mode: exact on pixels, seeded by the grid
+    # 4. Full mode: exact on pixels, seeded by the grid
     def _full(
         self, query: Query, shard: ClassShard, rows: _QueryRows, options: RetrievalOptions, excluded: np.ndarray
     ) -> tuple[list[tuple[Match, ...]], int]:
@@ -473,7 +576,7 @@ class RetrievalEngine:
             )
         return out, scored
 
-    # 6. Exact mode
+    # 5. Exact mode
     def _exact(
         self, shard: ClassShard, rows: _QueryRows, k: int, excluded: np.ndarray
     ) -> tuple[list[tuple[Match, ...]], int]:

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import faiss
-from anyio import CapacityLimiter
+from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from retrieval_service.api.engines import Engines
 from retrieval_service.api.limits import BodyLimitsMiddleware, RateLimitMiddleware, document_limits
 from retrieval_service.api.metrics import MetricsMiddleware, ServiceMetrics
 from retrieval_service.api.pages import install_offline_docs, install_studio
 from retrieval_service.api.routes import admin, bank, health, images, retrieve, segments, synthesize
 from retrieval_service.api.settings import Settings
-from retrieval_service.api.state import BankHolder
+from retrieval_service.api.state import BankHolder, load_state
 from retrieval_service.api.synthesis import load_backend
 from retrieval_service.http_errors import install_error_handlers
 from retrieval_service.http_models import API_KEY_HEADER
@@ -46,7 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The service app for ``settings`` (default: read from ``SIMS_*`` environment variables)."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
-    holder = BankHolder(settings.bank) if settings.bank is not None else None
+    engines = Engines(settings)
+    loader = functools.partial(load_state, engines=engines)
+    holder = BankHolder(settings.bank, loader) if settings.bank is not None else None
     if holder is not None:
         holder.listeners.append(metrics.bank_loaded)
 
@@ -82,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             if backend is not None:
                 await backend.close()
+            await to_thread.run_sync(engines.close)
 
     app = FastAPI(
         title="SIMS retrieval service",

@@ -11,7 +11,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from memory_bank import current_version
-from memory_bank.errors import BankNotFoundError
+from memory_bank.errors import BankNotFoundError, OptionError
 from retrieval_service.api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ def serve(settings: Settings) -> None:
     """
     if settings.bank is None:
         raise BankNotFoundError("no bank to serve: pass --bank or set SIMS_BANK")
+    if settings.shards and settings.workers > 1:
+        raise OptionError("--shards starts a Dask cluster in each worker process: use --workers 1 (or --cluster)")
     version = current_version(settings.bank)  # fail fast, with a one-line error, on a missing bank
     log.info(
         "serving bank %s (version %s) on http://%s:%d with %d worker(s)%s",

@@ -128,6 +128,24 @@ class Settings(BaseSettings):
         description="Syntheses forwarded to the workers at once (0 = 4 per worker URL); more get 503 "
         "synthesis_busy with Retry-After before their upload is read.",
     )
+    shards: int = Field(
+        0,
+        ge=0,
+        description="Shard the bank over this many local Dask worker processes (docs/scaling.md); 0 = one process "
+        "holds the whole index (with `cluster`: as many shards as the cluster has workers).",
+    )
+    cluster: str | None = Field(
+        None, description="Address of a running Dask scheduler (`tcp://host:8786`) whose workers hold the shards."
+    )
+    shard_timeout: float = Field(
+        10.0, gt=0.0, description="Seconds a shard may take to answer before /retrieve answers 503 naming it."
+    )
+    shard_max_part: int = Field(
+        0,
+        ge=0,
+        description="Most segments of one class a shard holds (larger classes are cut into row ranges); 0 = an "
+        "even share of the bank.",
+    )
     log_level: str = Field("info", description="uvicorn and service log level.")
     cors_origins: str | None = Field(
         None,
@@ -172,6 +190,11 @@ class Settings(BaseSettings):
         if route_class == "admin" and self.api_key is not None and self.api_key.get_secret_value():
             found |= {self.api_key.get_secret_value()}
         return found
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the index is held by shards on Dask workers instead of this process."""
+        return self.shards > 0 or self.cluster is not None
 
     @property
     def retrieve_concurrency(self) -> int:

@@ -25,7 +25,7 @@ from anyio import to_thread
 from memory_bank import Bank, current_version, list_versions, open_bank
 from memory_bank.errors import UnavailableError
 from memory_bank.storage import locate
-from retrieval_service.engine import RetrievalEngine
+from retrieval_service.engine import LayoutEngine, RetrievalEngine
 from retrieval_service.http_errors import ApiError
 from retrieval_service.types import RetrievalOptions
 
@@ -40,7 +40,7 @@ class BankState:
     """One loaded bank version and its engine."""
 
     bank: Bank
-    engine: RetrievalEngine
+    engine: LayoutEngine
     loaded_at: datetime
     load_seconds: float
 
@@ -59,11 +59,14 @@ class ReloadOutcome:
     seconds: float
 
 
-def load_state(root: Path | str, version: str | None = None) -> BankState:
-    """Open a bank version, build its engine and warm it (blocking; call from a worker thread)."""
+def load_state(
+    root: Path | str, version: str | None = None, engines: Callable[[Bank], LayoutEngine] = RetrievalEngine.from_bank
+) -> BankState:
+    """Open a bank version, build its engine with ``engines`` (default: in this process) and warm it
+    (blocking; call from a worker thread)."""
     start = time.perf_counter()
     bank = open_bank(root, version)
-    engine = RetrievalEngine.from_bank(bank)
+    engine = engines(bank)
     engine.warm_up()  # every class's FAISS index, so no request pays for it (or races to build it)
     bank.column("image_id")  # the segment-table columns are cached on first use
     if bank.num_images:
