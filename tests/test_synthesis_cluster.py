@@ -212,3 +212,19 @@ def test_cluster_without_synthesis_workers_is_503(
             r = post(client, png)
             assert r.status_code == 503 and r.json()["error"] == "synthesis_unavailable", r.text
             assert "--synthesis-workers" in r.json()["message"]
+
+
+def test_networks_that_do_not_load_are_503_naming_the_worker(
+    cluster: LocalCluster, val_bank_path: Path, tmp_path: Path, networks_off: None, png: bytes
+) -> None:
+    settings = Settings(
+        bank=val_bank_path,
+        wait_for_bank=True,
+        synthesis_cluster=cluster.scheduler_address,
+        synthesis_weights=tmp_path / "no-network",
+    )
+    for client in open_service(settings)():
+        r = post(client, png)
+        assert r.status_code == 503 and r.json()["error"] == "synthesis_unavailable", r.text
+        message = r.json()["message"]
+        assert "synthesis worker" in message and "no-network" in message and "\n" not in message
