@@ -228,3 +228,30 @@ def test_networks_that_do_not_load_are_503_naming_the_worker(
         assert r.status_code == 503 and r.json()["error"] == "synthesis_unavailable", r.text
         message = r.json()["message"]
         assert "synthesis worker" in message and "no-network" in message and "\n" not in message
+
+
+def test_sims_serve_synthesis_cluster_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from retrieval_service.api import server
+    from retrieval_service.api.synthesis import load_backend
+    from sims.cli import main
+
+    seen: list[Settings] = []
+    monkeypatch.setattr(server, "serve", seen.append)
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "--bank", "bank", "--synthesis-cluster", "tcp://sched:8786"]) == 0
+    (settings,) = seen
+    assert settings.synthesis_cluster == "tcp://sched:8786"
+    for name, value in settings.to_env().items():  # what uvicorn's worker processes read back
+        monkeypatch.setenv(name, value)
+    assert Settings() == settings
+    backend = load_backend(settings, None)
+    assert isinstance(backend, DaskSynthesisBackend) and backend.address == "tcp://sched:8786"
+    assert backend.plugin is not None and backend.plugin.bank == str(tmp_path / "bank")  # absolute for the workers
+    assert backend.queue == 1 and backend.limit == 0  # no replica seen yet
+    with pytest.raises(UnavailableError, match="no synthesis worker is up"):
+        backend.check_capacity()
+    # --with-worker wins; an empty variable (docker-compose's `${VAR-}`) is no cluster.
+    both = Settings(bank=tmp_path, synthesis_backend="in_process", synthesis_cluster="tcp://x:1")
+    assert load_backend(both, None).name == "in_process"  # type: ignore[union-attr]
+    monkeypatch.setenv("SIMS_SYNTHESIS_CLUSTER", "")
+    assert Settings().synthesis_cluster is None
