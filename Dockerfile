@@ -1,7 +1,10 @@
 # SIMS: one image for every role (retrieval service, indexer, Dask scheduler and workers,
-# synthesis worker); docker-compose.yml picks the command. Not built here: the development
-# machine has no Docker engine (see docs/service.md).
-FROM python:3.11-slim
+# synthesis workers); docker-compose.yml picks the command. scripts/compose_smoke.sh builds it
+# on a Debian base made with debootstrap (no registry needed) and runs the stack (docs/scaling.md).
+#
+# BASE_IMAGE: any Debian-like image with python3 (3.11+) and its venv module.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 # libgomp: OpenMP runtime of FAISS and torch.
 RUN apt-get update \
@@ -20,8 +23,20 @@ WORKDIR /app
 # version scripts/setup.sh pins; setup.sh then skips torch and installs the project.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN python -m venv /app/.venv \
+# pip settings of a build host behind a TLS-inspecting proxy or with its own index (unset by
+# default): PIP_CERT names a CA bundle inside the base image, PIP_EXTRA_INDEX_URL another index.
+ARG PIP_CERT
+ARG PIP_EXTRA_INDEX_URL
+RUN python3 -m venv /app/.venv \
     && /app/.venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+
+# The dependencies alone, from pyproject.toml: this layer is rebuilt only when they change, not
+# on every source edit.
+COPY pyproject.toml ./
+RUN /app/.venv/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" > /tmp/requirements.txt \
+    && /app/.venv/bin/pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
 
 COPY . .
 # The s3 extra: the image serves banks on S3 as well as on volumes.

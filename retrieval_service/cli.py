@@ -1,4 +1,6 @@
-"""``sims serve``: run the retrieval service. Flags override ``SIMS_*`` environment variables."""
+"""``sims serve``: run the retrieval service; ``sims cluster up``: a local Dask cluster for it.
+
+Flags override ``SIMS_*`` environment variables."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(help="Run the retrieval service (HTTP API) on a bank.")
+cluster_app = typer.Typer(help="A Dask cluster on this machine: a scheduler and workers (docs/scaling.md).")
 
 
 @app.callback(invoke_without_command=True)
@@ -50,6 +53,13 @@ def serve(
     synthesis_url: Annotated[
         str | None,
         typer.Option(help="Synthesis worker URL(s), comma-separated, for /synthesize (env SIMS_SYNTHESIS_URL)."),
+    ] = None,
+    synthesis_cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler whose synthesis workers answer /synthesize, e.g. tcp://127.0.0.1:8786 "
+            "(`sims cluster up`; env SIMS_SYNTHESIS_CLUSTER)."
+        ),
     ] = None,
     synthesis_timeout: Annotated[
         float | None, typer.Option(help="Seconds before /synthesize answers 504 (env SIMS_SYNTHESIS_TIMEOUT, 60).")
@@ -105,6 +115,7 @@ def serve(
         "synthesis_backend": "in_process" if with_worker else None,
         "synthesis_weights": weights,
         "synthesis_url": synthesis_url,
+        "synthesis_cluster": synthesis_cluster,
         "synthesis_timeout": synthesis_timeout,
         "cors_origins": cors_origins,
         "rate_limit": rate_limit,
@@ -114,3 +125,46 @@ def serve(
         "shard_timeout": shard_timeout,
     }
     run(Settings(**{k: v for k, v in flags.items() if v is not None}))
+
+
+@cluster_app.command("up")
+def cluster_up(
+    workers: Annotated[int, typer.Option(help="General workers (index builds, retrieval shards).")] = 2,
+    synthesis_workers: Annotated[
+        int, typer.Option(help="Synthesis workers: replicas for `sims serve --synthesis-cluster`, one synthesis each.")
+    ] = 0,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 to take workers or clients from elsewhere.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Scheduler port (0 = a free one).")] = 8786,
+    threads: Annotated[int, typer.Option(help="Threads per general worker.")] = 1,
+    memory_limit: Annotated[str, typer.Option(help="Memory per worker, e.g. 4GiB (`auto`: a share of the RAM).")] = (
+        "auto"
+    ),
+    dashboard_address: Annotated[
+        str | None, typer.Option(help="Scheduler dashboard, e.g. :8787 (needs bokeh; default off).")
+    ] = None,
+) -> None:
+    """Start a Dask scheduler and workers here, print the scheduler address, and keep them up until
+    Ctrl-C or SIGTERM, which stops the workers and the scheduler cleanly."""
+    from retrieval_service.local_cluster import ClusterSpec, run_cluster
+
+    spec = ClusterSpec(
+        workers=workers,
+        synthesis_workers=synthesis_workers,
+        host=host,
+        port=port,
+        threads=threads,
+        memory_limit=memory_limit,
+        dashboard_address=dashboard_address,
+    )
+
+    def announce(address: str) -> None:
+        typer.echo(
+            f"scheduler {address}: {workers} general and {synthesis_workers} synthesis workers; "
+            f"stop with Ctrl-C or SIGTERM",
+        )
+        typer.echo(f"  sims serve --bank BANK --synthesis-cluster {address}")
+        typer.echo(f"  sims index build ... --scheduler {address}")
+
+    run_cluster(spec, announce)

@@ -335,6 +335,15 @@ class BackendSettings(Protocol):
     @property
     def synthesis_timeout(self) -> float: ...
 
+    @property
+    def synthesis_cluster(self) -> str | None: ...
+
+    @property
+    def synthesis_max_in_flight(self) -> int: ...
+
+    @property
+    def bank(self) -> Path | str | None: ...
+
 
 #: A plugin: ``factory(settings, bank)`` -> backend (``bank`` is the service's, None without one).
 BackendFactory = Callable[[BackendSettings, BankSource | None], SynthesisBackend]

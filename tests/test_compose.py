@@ -1,4 +1,4 @@
-"""docker-compose.yml and the Dockerfile, checked statically (no Docker engine runs here).
+"""docker-compose.yml and the Dockerfile, checked statically (scripts/compose_smoke.sh runs them).
 
 Every service's command must parse as a real ``sims`` (or ``dask``) command line, options
 included; the bank volume, the paths inside it and the ports must agree between services.
@@ -17,10 +17,11 @@ import pytest
 import typer
 import yaml
 
+from retrieval_service.local_cluster import SYNTHESIS_RESOURCE
 from sims.cli import build_app
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = {"retrieval", "synthesis-worker", "indexer", "dask-scheduler", "dask-worker"}
+SERVICES = {"retrieval", "synthesis-worker", "indexer", "dask-scheduler", "dask-worker", "dask-synthesis"}
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,8 @@ def option(argv: list[str], name: str) -> str:
 
 
 def interpolate(text: str) -> str:
-    """Compose's ``${VAR:-default}`` as its default, other ``${VAR...}`` as ``VAR``."""
-    text = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", text)
+    """Compose's ``${VAR:-default}`` and ``${VAR-default}`` as their default, other ``${VAR...}`` as ``VAR``."""
+    text = re.sub(r"\$\{(\w+):?-([^}]*)\}", r"\2", text)
     return re.sub(r"\$\{(\w+)[^}]*\}", r"\1", text)
 
 
@@ -103,6 +104,7 @@ def mounts(service: dict) -> dict[str, str]:
 
 def test_services_and_image(compose: dict, dockerfile: dict[str, list[str]]) -> None:
     assert set(compose["services"]) == SERVICES
+    assert "name" not in compose and "version" not in compose  # Compose 1.29 refuses `name`, v2 ignores `version`
     for name, svc in compose["services"].items():
         assert svc["image"] == "sims:latest" and svc["build"]["dockerfile"] == "Dockerfile", name
     assert dockerfile["ENTRYPOINT"] == ["sims"]
@@ -154,11 +156,12 @@ def test_bank_volume_lines_up(compose: dict, dockerfile: dict[str, list[str]]) -
     build = command_of(services["indexer"], dockerfile)[1]
     served, built = option(serve, "--bank"), option(build, "--out")
     assert served == built == "/banks/camvid"
-    for name in ("retrieval", "indexer", "dask-worker"):
+    for name in ("retrieval", "indexer", "dask-worker", "dask-synthesis"):
         assert mounts(services[name])["/banks"] == "bank", name
     assert services["retrieval"]["volumes"] == ["bank:/banks:ro"]  # the service only reads
-    # Dask workers write image chunks and read the dataset at the indexer's paths.
-    assert mounts(services["dask-worker"]) == mounts(services["indexer"])
+    # Dask workers write image chunks and read the dataset at the indexer's paths; index builds
+    # may land on the synthesis workers too, which also open the served bank at the service's path.
+    assert mounts(services["dask-worker"]) == mounts(services["indexer"]) == mounts(services["dask-synthesis"])
     data_root = option(build, "--root")
     assert any(data_root.startswith(target + "/") for target in mounts(services["indexer"]))
 
@@ -176,6 +179,7 @@ def test_ports_line_up(compose: dict, dockerfile: dict[str, list[str]]) -> None:
     retrieval_url = urlparse(option(worker, "--service"))
     assert (retrieval_url.hostname, str(retrieval_url.port)) == ("retrieval", port)
     assert option(worker, "--host") == "0.0.0.0"
+    assert services["synthesis-worker"]["profiles"] == ["http-workers"]  # the alternative to dask-synthesis
     worker_url = urlparse(services["retrieval"]["environment"]["SIMS_SYNTHESIS_URL"])
     assert (worker_url.hostname, str(worker_url.port)) == ("synthesis-worker", option(worker, "--port"))
     assert services["synthesis-worker"]["expose"] == [option(worker, "--port")]
@@ -189,16 +193,25 @@ def test_ports_line_up(compose: dict, dockerfile: dict[str, list[str]]) -> None:
     address = f"tcp://dask-scheduler:{scheduler_port}"
     assert option(command_of(services["indexer"], dockerfile)[1], "--scheduler") == address
     assert services["dask-worker"]["command"][1] == address
+    # /synthesize goes to the cluster's synthesis workers: one resource unit and one thread each.
+    assert interpolate(services["retrieval"]["environment"]["SIMS_SYNTHESIS_CLUSTER"]) == address
+    synthesis = services["dask-synthesis"]["command"]
+    assert synthesis[:2] == ["worker", address]
+    assert option(synthesis, "--resources") == f"{SYNTHESIS_RESOURCE}=1" and option(synthesis, "--nthreads") == "1"
+    assert services["dask-synthesis"]["deploy"]["replicas"] >= 2
     dashboard = option(services["dask-scheduler"]["command"], "--dashboard-address").lstrip(":")
     assert [p.split(":")[-1] for p in services["dask-scheduler"]["ports"]] == [dashboard]
 
 
 def test_service_environment_is_settings(compose: dict) -> None:
-    """Every SIMS_* variable given to the service is a real setting."""
+    """Every SIMS_* variable given to the service is a real setting (its own, or the networks' and
+    queue's of SIMS_WORKER_*, which its synthesis backends read)."""
     from retrieval_service.api.settings import Settings
+    from synthesis.worker.settings import ENV_PREFIX, WorkerSettings
 
     env = compose["services"]["retrieval"]["environment"]
     names = {"SIMS_" + f.upper() for f in Settings.model_fields}
+    names |= {ENV_PREFIX + f.upper() for f in WorkerSettings.model_fields}
     assert set(env) <= names
     assert env["SIMS_API_KEY"].startswith("${SIMS_API_KEY:?")  # required, never a default key
     assert float(env["SIMS_WATCH_INTERVAL"]) > 0

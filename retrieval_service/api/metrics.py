@@ -59,7 +59,10 @@ class ServiceMetrics:
             "sims_synthesis_peak_running", "The most syntheses that ever ran at once.", registry=r
         )
         self.synthesis_forwarded = Gauge(
-            "sims_synthesis_forwarded", "Syntheses forwarded to HTTP workers, not yet answered.", registry=r
+            "sims_synthesis_forwarded", "Syntheses forwarded to HTTP or Dask workers, not yet answered.", registry=r
+        )
+        self.synthesis_replicas = Gauge(
+            "sims_synthesis_replicas", "Synthesis workers of the Dask cluster, at the last look.", registry=r
         )
 
     def bank_loaded(self, state: BankState) -> None:
@@ -72,13 +75,16 @@ class ServiceMetrics:
 
     def watch_synthesis(self, backend: object) -> None:
         """Read the synthesis gauges from a backend at each scrape: running, admitted and peak syntheses
-        from one with ``slots`` (the in-process one), forwarded requests from one with ``in_flight``."""
+        from one with ``slots`` (the in-process one), forwarded requests from one with ``in_flight``
+        (HTTP and Dask workers), replicas from one with ``replicas`` (Dask)."""
         if (slots := getattr(backend, "slots", None)) is not None:
             self.synthesis_running.set_function(lambda: slots.running)
             self.synthesis_admitted.set_function(lambda: slots.admitted)
             self.synthesis_peak_running.set_function(lambda: slots.peak_running)
         if hasattr(backend, "in_flight"):
             self.synthesis_forwarded.set_function(lambda: backend.in_flight)  # type: ignore[attr-defined]
+        if hasattr(backend, "replicas"):
+            self.synthesis_replicas.set_function(lambda: backend.replicas)  # type: ignore[attr-defined]
 
     def render(self) -> bytes:
         """The exposition text."""

@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         "`sims.synthesis_backends` group, e.g. `in_process`: what `sims serve --with-worker` sets); "
         "takes precedence over synthesis_url.",
     )
+    synthesis_cluster: str | None = Field(
+        None,
+        description="Dask scheduler address (e.g. `tcp://127.0.0.1:8786`, from `sims cluster up`) whose synthesis "
+        "workers (Dask resource `synthesis`) answer /synthesize; takes precedence over synthesis_url.",
+    )
     synthesis_weights: Path | None = Field(
         None, description="Synthesis network directory for an in-process backend (default: its own, weights/synthesis)."
     )
@@ -125,8 +130,9 @@ class Settings(BaseSettings):
     synthesis_max_in_flight: int = Field(
         0,
         ge=0,
-        description="Syntheses forwarded to the workers at once (0 = 4 per worker URL); more get 503 "
-        "synthesis_busy with Retry-After before their upload is read.",
+        description="Syntheses forwarded to the workers at once (0 = 4 per worker URL; on a cluster, each "
+        "replica's one plus SIMS_WORKER_QUEUE); more get 503 synthesis_busy with Retry-After before their upload "
+        "is read.",
     )
     shards: int = Field(
         0,
@@ -168,6 +174,12 @@ class Settings(BaseSettings):
     def _bank_path_or_url(cls, value: object) -> object:
         # A URL stays a str (Path would fold `s3://` into `s3:/`); anything else is a directory.
         return value if value is None or is_url(value) else Path(str(value))
+
+    @field_validator("synthesis_cluster", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes `VAR: ${VAR:-}` as an empty string: the same as not set.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("api_keys")
     @classmethod

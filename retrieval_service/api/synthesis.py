@@ -16,7 +16,9 @@ never the reverse. So the service knows synthesis only through the small
 - a plugin named by ``SIMS_SYNTHESIS_BACKEND`` and loaded from the ``sims.synthesis_backends``
   entry point group: ``in_process`` (``synthesis.worker.backend:create_backend``) runs the
   pipeline inside the service on its own bank and engine, with no HTTP hop
-  (``sims serve --with-worker``).
+  (``sims serve --with-worker``); ``dask`` (``synthesis.worker.cluster:create_backend``), chosen
+  by ``SIMS_SYNTHESIS_CLUSTER``, sends each synthesis as a task to the synthesis workers of a
+  Dask cluster (``sims serve --synthesis-cluster``).
 
 Either answers with a :class:`~retrieval_service.types.SynthesisReply` (the response body the
 worker made: a PNG, JSON or multipart) or raises a :class:`~memory_bank.errors.SimsError`.
@@ -46,14 +48,20 @@ BACKEND_GROUP = "sims.synthesis_backends"
 RELAYED_HEADERS = ("x-sims-bank-version", "x-sims-seed", "server-timing")
 
 
+#: The plugin that sends syntheses to the workers of a Dask cluster (``synthesis_cluster``).
+CLUSTER_BACKEND = "dask"
+
+
 def load_backend(settings: Settings, holder: BankHolder | None) -> SynthesisBackend | None:
-    """The backend the settings ask for: a named plugin, the HTTP workers, or None."""
-    if settings.synthesis_backend:
+    """The backend the settings ask for: a named plugin, a Dask cluster's workers (the ``dask``
+    plugin), the HTTP workers, or None."""
+    name = settings.synthesis_backend or (CLUSTER_BACKEND if settings.synthesis_cluster else None)
+    if name:
         found = {ep.name: ep for ep in entry_points(group=BACKEND_GROUP)}
-        ep = found.get(settings.synthesis_backend)
+        ep = found.get(name)
         if ep is None:
             raise ValueError(
-                f"no synthesis backend named {settings.synthesis_backend!r} is installed "
+                f"no synthesis backend named {name!r} is installed "
                 f"(entry point group {BACKEND_GROUP}: {sorted(found) or 'empty'})"
             )
         factory: BackendFactory = ep.load()

@@ -122,6 +122,14 @@ def synthesize_reply(
     )
 
 
+def retry_after_estimate(seconds: float | None, admitted: int, concurrency: int) -> int:
+    """The ``Retry-After`` of a refused synthesis: seconds until one of ``concurrency`` slots is
+    likely free with ``admitted`` syntheses running or waiting, each taking about ``seconds``
+    (1 s when not known yet); 1 to 60."""
+    per = seconds or 1.0
+    return max(1, min(60, math.ceil(per * (admitted - concurrency + 1) / max(1, concurrency))))
+
+
 class SynthesisSlots:
     """Admission control of syntheses: ``concurrency`` run at once on threads of their own, ``queue`` wait.
 
@@ -152,8 +160,7 @@ class SynthesisSlots:
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: the queue ahead, at the recent time per synthesis (1 to 60)."""
-        per = self._seconds or 1.0
-        return max(1, min(60, math.ceil(per * (self._admitted - self.concurrency + 1) / self.concurrency)))
+        return retry_after_estimate(self._seconds, self._admitted, self.concurrency)
 
     def check_capacity(self) -> None:
         """Raise the 503 ``synthesis_busy`` now if a request would be refused (to shed it before its body is read)."""
