@@ -178,7 +178,9 @@ def test_slots_refuse_when_full_and_release_only_when_work_ends() -> None:
 
     async def scenario() -> None:
         slots = SynthesisSlots(concurrency=1, queue=0)
-        first = asyncio.create_task(slots.run(work, timeout=0.05))
+        # 0.5 s: the job must have started before it times out (one that never started is
+        # cancelled and frees its slot at once), even on a loaded machine.
+        first = asyncio.create_task(slots.run(work, timeout=0.5))
         with pytest.raises(TimedOutError):
             await first
         # Timed out, but its thread has not returned: the slot is still taken.
