@@ -9,6 +9,8 @@ back-pressure and timeouts are under test.
 from __future__ import annotations
 
 import pickle
+import platform
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from memory_bank.png import encode_layout_png
 from retrieval_service.api.app import create_app
 from retrieval_service.api.settings import Settings
 from retrieval_service.local_cluster import SYNTHESIS_RESOURCE
-from synthesis.worker.cluster import DaskSynthesisBackend
+from synthesis.worker.cluster import DaskSynthesisBackend, warm_task
 from tests.test_hardening_synthesis import OFF, SlowSynthesis, at_once, post, wait_until
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -223,11 +225,54 @@ def test_networks_that_do_not_load_are_503_naming_the_worker(
         synthesis_cluster=cluster.scheduler_address,
         synthesis_weights=tmp_path / "no-network",
     )
-    for client in open_service(settings)():
+    with TestClient(create_app(settings)) as client:
+        backend = backend_of(client)
+        wait_until(lambda: "no-network" in (backend.error or ""), timeout=30)
+        assert backend.replicas == 0  # a worker whose warm-up fails is never admitted work
         r = post(client, png)
         assert r.status_code == 503 and r.json()["error"] == "synthesis_unavailable", r.text
         message = r.json()["message"]
         assert "synthesis worker" in message and "no-network" in message and "\n" not in message
+
+
+WARM_GATE = threading.Event()
+
+
+def held_warm(plugin: str, version: str) -> str:
+    """A warm task that waits for ``WARM_GATE``: a worker still loading its networks (a module-level
+    function, so that Dask pickles it by reference)."""
+    WARM_GATE.wait(30)
+    return warm_task(plugin, version)
+
+
+def test_workers_count_as_replicas_only_once_warm(
+    cluster: LocalCluster,
+    val_bank_path: Path,
+    tiny_weights: Path,
+    networks_off: None,
+    png: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from synthesis.worker import cluster as module
+
+    WARM_GATE.clear()
+    monkeypatch.setattr(module, "warm_task", held_warm)
+    settings = Settings(
+        bank=val_bank_path,
+        wait_for_bank=True,
+        synthesis_cluster=cluster.scheduler_address,
+        synthesis_weights=tiny_weights,
+    )
+    with TestClient(create_app(settings)) as client:
+        backend = backend_of(client)
+        wait_until(lambda: "still loading" in (backend.error or ""), timeout=30)
+        assert backend.replicas == 0
+        r = post(client, png)
+        assert r.status_code == 503 and r.json()["error"] == "synthesis_unavailable", r.text
+        assert "2 synthesis workers are still loading" in r.json()["message"]
+        WARM_GATE.set()
+        wait_until(lambda: backend.replicas == REPLICAS, timeout=30)
+        assert post(client, png).status_code == 200
 
 
 def test_sims_serve_synthesis_cluster_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -255,3 +300,12 @@ def test_sims_serve_synthesis_cluster_wiring(monkeypatch: pytest.MonkeyPatch, tm
     assert load_backend(both, None).name == "in_process"  # type: ignore[union-attr]
     monkeypatch.setenv("SIMS_SYNTHESIS_CLUSTER", "")
     assert Settings().synthesis_cluster is None
+
+
+def test_malloc_thresholds_are_restored_only_under_a_nanny(monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthesis.worker.cluster import restore_malloc_thresholds
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert restore_malloc_thresholds() is False  # a plain process keeps glibc's dynamic thresholds
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # what the Dask nanny sets
+    assert restore_malloc_thresholds() is (platform.libc_ver()[0] == "glibc")

@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distributed import Client, KilledWorker, WorkerPlugin, fire_and_forget, get_worker
+from distributed import Client, KilledWorker, WorkerPlugin, get_worker
 
 from memory_bank.errors import (
     LayoutError,
@@ -120,6 +123,7 @@ class SynthesisWorkerPlugin(WorkerPlugin):
         self.address = worker.address
         if not worker.state.total_resources.get(SYNTHESIS_RESOURCE):
             return
+        restore_malloc_thresholds()
         try:
             await asyncio.to_thread(self._load_networks)
         except Exception as e:  # kept: every synthesis on this worker says why
@@ -152,6 +156,32 @@ class SynthesisWorkerPlugin(WorkerPlugin):
                     self._versions.popitem(last=False)
             self._versions.move_to_end(version)
             return got
+
+
+#: glibc ``mallopt`` parameters, and the values its dynamic thresholds settle at on 64-bit Linux.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
+
+
+def restore_malloc_thresholds() -> bool:
+    """Undo the Dask nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` in this process (glibc only; True if done).
+
+    Setting a trim threshold turns off glibc's dynamic mmap threshold, so every buffer over 128 KiB
+    is mmapped and unmapped again, page faults and all: torch's activations are such buffers, and a
+    synthesis on a Dask worker took 2-2.5x as long as in a plain process. The values are those the
+    dynamic thresholds grow to by themselves.
+    """
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        done = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        )
+    except (OSError, AttributeError):  # not glibc
+        return False
+    log.debug("malloc thresholds restored: %s", done)
+    return done
 
 
 def _plugin(name: str) -> SynthesisWorkerPlugin:
@@ -220,7 +250,10 @@ class DaskSynthesisBackend:
         self.error: str | None = f"connecting to the Dask scheduler at {address}"
         self._client: Client | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._warmed: set[tuple[str, str]] = set()
+        self._warming: dict[tuple[str, str | None], Any] = {}  # (worker, version) -> its running warm task
+        self._warmed: set[tuple[str, str | None]] = set()  # (worker, version) warm tasks that finished
+        self._ready: set[str] = set()  # synthesis workers that have finished a warm task
+        self._warm_errors: dict[str, str] = {}  # why a worker's last warm task failed
         self._seconds: float | None = None  # moving average of a synthesis's wall time
 
     @property
@@ -342,47 +375,85 @@ class DaskSynthesisBackend:
         return client
 
     async def _look(self, client: Client) -> None:
-        """Count the replicas, and open the served bank version on synthesis workers that lack it."""
+        """Count the replicas that are ready, and open the served bank version on synthesis workers
+        that lack it.
+
+        A synthesis worker counts once a warm task has run on it (its networks are loaded and a bank
+        version is open): a worker that has just joined, e.g. the replacement of one that died, is
+        not admitted work it would keep waiting for the seconds it takes to load.
+        """
         info = await client.scheduler.identity(n_workers=-1)
         units = {a: w.get("resources", {}).get(SYNTHESIS_RESOURCE, 0) for a, w in info.get("workers", {}).items()}
         workers = [a for a, n in units.items() if n > 0]
-        self.replicas = int(sum(units[a] for a in workers))
-        self.error = (
-            None
-            if self.replicas
-            else (
-                f"the Dask cluster at {self.address} has no synthesis workers (workers with the resource "
-                f"`{SYNTHESIS_RESOURCE}`: `sims cluster up --synthesis-workers N`)"
-            )
-        )
         try:
             version = self.bank.require().version if self.bank is not None else None
         except SimsError:
             version = None  # the service's bank is still loading
-        self._warmed = {(a, v) for a, v in self._warmed if a in units}
+        for key in [k for k in self._warming if k[0] not in units]:
+            self._warming.pop(key).release()
+        self._warmed = {k for k in self._warmed if k[0] in units}
+        self._ready &= set(workers)
+        failures = {}
         for address in workers:
-            if version is not None and (address, version) not in self._warmed:
-                self._warmed.add((address, version))
-                fire_and_forget(
-                    client.submit(
-                        warm_task,
-                        self.plugin.name,  # type: ignore[union-attr]
-                        version,
-                        key=f"sims-warm-{uuid.uuid4().hex}",
-                        workers=[address],
-                        allow_other_workers=False,
-                        resources={SYNTHESIS_RESOURCE: 1},
-                        pure=False,
-                    )
-                )
+            key = (address, version)
+            future = self._warming.get(key)
+            if future is not None and future.status != "pending":
+                if future.status == "finished":
+                    self._warmed.add(key)
+                    self._ready.add(address)
+                    self._warm_errors.pop(address, None)
+                else:  # tried again below
+                    self._warm_errors[address] = await _one_line_error(future)
+                del self._warming[key]
+                future.release()  # a finished task's result leaves the cluster
+            if version is not None and key not in self._warmed and key not in self._warming:
+                self._warming[key] = self._warm(client, address, version)
+            if address not in self._ready and address in self._warm_errors:
+                failures[address] = self._warm_errors[address]
+        self.replicas = int(sum(units[a] for a in self._ready))
+        if self.replicas:
+            self.error = None
+        elif failures:
+            self.error = "; ".join(failures.values())
+        elif workers:
+            self.error = f"{len(workers)} synthesis workers are still loading their networks and the bank"
+        else:
+            self.error = (
+                f"the Dask cluster at {self.address} has no synthesis workers (workers with the resource "
+                f"`{SYNTHESIS_RESOURCE}`: `sims cluster up --synthesis-workers N`)"
+            )
+
+    def _warm(self, client: Client, address: str, version: str) -> Any:
+        return client.submit(
+            warm_task,
+            self.plugin.name,  # type: ignore[union-attr]
+            version,
+            key=f"sims-warm-{uuid.uuid4().hex}",
+            workers=[address],
+            allow_other_workers=False,
+            resources={SYNTHESIS_RESOURCE: 1},
+            pure=False,
+        )
 
     async def _drop(self) -> None:
         client, self._client = self._client, None
+        self._warming.clear()  # futures of that client; a new one warms every worker again
+        self._warmed.clear()
+        self._ready.clear()
         if client is not None:
             try:
                 await asyncio.wait_for(client.close(), 5)
             except Exception as e:
                 log.debug("closing the Dask client: %s", e)
+
+
+async def _one_line_error(future: Any) -> str:
+    """Why a task failed, on one line."""
+    try:
+        e = await asyncio.wait_for(future.exception(), 5)
+    except Exception as seen:  # e.g. the task was cancelled, or the scheduler went away
+        e = seen
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def create_backend(settings: BackendSettings, bank: BankSource | None) -> DaskSynthesisBackend:
