@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,9 +41,9 @@ from jitter import CACHE_DIR, CodeBank, code_bank_from_bank, jittered_bank
 from indexers.build import build_bank
 from indexers.readers import create_reader
 from memory_bank import current_version, open_bank
-from memory_bank.candidate_index import CandidateConfig
+from memory_bank.candidate_index import CandidateConfig, set_nprobe
 from memory_bank.errors import BankNotFoundError
-from retrieval_service.engine import CANDIDATES_GROW_FROM, RetrievalEngine
+from retrieval_service.engine import RetrievalEngine
 from retrieval_service.index import SegmentIndex
 from retrieval_service.query import prepare_query
 from retrieval_service.reference import brute_force_topk
@@ -108,6 +109,14 @@ def rss_anon_bytes() -> int:
     return 0
 
 
+def use_config(engine: RetrievalEngine, config: CandidateConfig) -> None:
+    """Search with ``config`` from now on: its candidate counts, and its nprobe in every loaded index."""
+    engine.candidate_config = config
+    for shard in engine.index.shards.values():
+        if "faiss" in shard.extras:
+            set_nprobe(shard.extras["faiss"], config)
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -127,7 +136,8 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
         resolution=codes.resolution,
         num_classes=codes.num_classes,
     )
-    engine = RetrievalEngine(index, CandidateConfig(nprobe=args.nprobe))
+    config = CandidateConfig(nprobe=args.nprobe)
+    engine = RetrievalEngine(index, config)
     engine.warm_up()
     build_seconds = time.perf_counter() - t0
     engine_rss = rss_anon_bytes() - rss_before
@@ -137,19 +147,25 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
     # 2. Each mode as its own stream of queries (every layout, ``--repeats`` passes): a service
     #    sees runs of one mode, and interleaving them would charge each with the other's cache
     #    misses.
-    #    ``fast_fixed_candidates`` is fast mode without growing the candidates of large classes
-    #    (run only where some class is large enough for them to grow).
-    modes = {"exact": ("exact", CANDIDATES_GROW_FROM), "fast": ("fast", CANDIDATES_GROW_FROM)}
-    if max(len(s) for s in index.shards.values()) > CANDIDATES_GROW_FROM:
-        modes["fast_fixed_candidates"] = ("fast", None)
+    #    Where some class is larger than ``config.grow_from``: ``fast_fixed_counts`` is fast mode
+    #    with the same nprobe and candidates in every class, and ``--sweep`` other growths of both
+    #    (one pass each), e.g. ``fast nprobe^0.75 candidates^0.25``.
+    largest = max(len(s) for s in index.shards.values())
+    modes = {"exact": ("exact", config), "fast": ("fast", config)}
+    if config.grow_from is not None and largest > config.grow_from:
+        modes["fast_fixed_counts"] = ("fast", replace(config, grow_from=None))
+        for pair in filter(None, args.sweep.split(",")):
+            a, b = (float(x) for x in pair.split(":"))
+            swept = replace(config, nprobe_growth=a, candidates_growth=b)
+            modes[f"fast nprobe^{a:g} candidates^{b:g}"] = ("fast", swept)
     lat: dict[str, list[float]] = {m: [] for m in modes}
     prepare: dict[str, list[float]] = {m: [] for m in modes}
     scored: dict[str, list[int]] = {m: [] for m in modes}
     last: dict[str, list] = {}
-    for name, (mode, grow_from) in modes.items():
-        engine.candidates_grow_from = grow_from
+    for name, (mode, variant) in modes.items():
+        use_config(engine, variant)
         opts = RetrievalOptions(k=args.k, mode=mode, candidates=args.candidates)
-        for _ in range(args.repeats):
+        for _ in range(args.repeats if name in ("exact", "fast", "fast_fixed_counts") else 1):
             last[name] = []
             for label in tqdm(layouts, desc=f"{n:>8} {name}", unit="layout"):
                 t = time.perf_counter()
@@ -158,7 +174,7 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
                 prepare[name].append(res.timings["prepare"])
                 scored[name].append(res.scored)
                 last[name].append(res)
-    engine.candidates_grow_from = CANDIDATES_GROW_FROM
+    use_config(engine, config)
     exact_results = last["exact"]
     recall = {}
     for name in modes.keys() - {"exact"}:
@@ -208,7 +224,9 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
         "exact_mismatches_vs_brute_force": mismatches,
         "fast_recall_at_1": recall["fast"],
         "recall_at_1": recall,
-        "largest_class": max(len(s) for s in index.shards.values()),
+        "largest_class": largest,
+        "largest_class_nprobe": config.nprobe_for(largest),
+        "largest_class_candidates": config.candidates_for(largest, args.candidates),
         "segments_scored_per_layout": {m: statistics.mean(v) for m, v in scored.items()},
         "prepare_ms_p50": {m: 1e3 * pct(v, 50) for m, v in prepare.items()},
         "passes": args.repeats,
@@ -255,6 +273,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--candidates", type=int, default=512, help="fast mode: FAISS candidates per component")
     parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument(
+        "--sweep",
+        default="0:0.25,0.25:0.25,0.75:0.25,1:0.25,0.5:0,0.5:0.5",
+        help="nprobe_growth:candidates_growth pairs, also run where a class grows (one pass each)",
+    )
     parser.add_argument("--brute-force-layouts", type=int, default=10, help="at most, per size")
     parser.add_argument("--brute-force-seconds", type=float, default=600, help="budget per size (>= 3 layouts)")
     parser.add_argument("--repeats", type=int, default=2, help="passes over the layouts per mode")

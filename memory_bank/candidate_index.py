@@ -42,6 +42,13 @@ class CandidateConfig:
     # at 10^6 segments 23% faster (paired runs) and recall@1 0.9941 instead of 0.9935 (8: 0.9853).
     lists_per_sqrt: float = 4.0
     nprobe: int = 16
+    # A class of n > grow_from codes probes nprobe * (n / grow_from) ** nprobe_growth lists and
+    # takes candidates * (n / grow_from) ** candidates_growth: its lists grow as sqrt(n), its near
+    # duplicates as n, and fixed counts lose recall (benchmarks/retrieval.py, its sweep at 10^7).
+    # None: the same counts for every class.
+    grow_from: int | None = 250_000
+    nprobe_growth: float = 0.5
+    candidates_growth: float = 0.25
     train_points_per_list: int = 40
     train_iterations: int = 10
     use_gpu: bool = True
@@ -53,6 +60,19 @@ class CandidateConfig:
     def ivf_lists(self, n: int) -> int:
         """Inverted lists of an index over ``n`` codes; 0 means a flat scan."""
         return max(1, int(self.lists_per_sqrt * math.sqrt(n))) if n >= self.ivf_min_segments else 0
+
+    def _growth(self, n: int, exponent: float) -> float:
+        if self.grow_from is None or n <= self.grow_from:
+            return 1.0
+        return (n / self.grow_from) ** exponent
+
+    def nprobe_for(self, n: int) -> int:
+        """Inverted lists probed in a class of ``n`` codes."""
+        return round(self.nprobe * self._growth(n, self.nprobe_growth))
+
+    def candidates_for(self, n: int, candidates: int) -> int:
+        """Candidates fast mode takes in a class of ``n`` codes when asked for ``candidates``."""
+        return round(candidates * self._growth(n, self.candidates_growth))
 
 
 def shard_order(mask_popcount: np.ndarray) -> np.ndarray:
@@ -83,7 +103,7 @@ def build_candidate_index(
         rng = np.random.default_rng(0)
         sample = coarse[rng.choice(n, size=min(n, config.train_points_per_list * nlist), replace=False)]
         _train_on_one_thread(inner, np.ascontiguousarray(sample))
-        inner.nprobe = config.nprobe
+        inner.nprobe = config.nprobe_for(n)
     else:
         inner = faiss.IndexBinaryFlat(d)
     index = faiss.IndexBinaryIDMap(inner)
@@ -144,7 +164,7 @@ def write_class_indexes(
 
 
 def read_class_index(source: Path | bytes, config: CandidateConfig | None = None) -> faiss.IndexBinaryIDMap:
-    """Load a class index written by :func:`write_class_indexes`, set to search with ``config``'s ``nprobe``.
+    """Load a class index written by :func:`write_class_indexes`, set to probe as ``config`` says for its size.
 
     ``source`` is the file's path, or its bytes (:meth:`Bank.faiss_index_bytes`, any storage).
     """
@@ -152,10 +172,16 @@ def read_class_index(source: Path | bytes, config: CandidateConfig | None = None
         index = faiss.deserialize_index_binary(np.frombuffer(source, dtype=np.uint8))
     else:
         index = faiss.read_index_binary(str(source))
-    inner = faiss.downcast_IndexBinary(index.index) if isinstance(index, faiss.IndexBinaryIDMap) else None
-    if isinstance(inner, faiss.IndexBinaryIVF):
-        inner.nprobe = (config or CandidateConfig()).nprobe
+    set_nprobe(index, config or CandidateConfig())
     return index
+
+
+def set_nprobe(index: faiss.IndexBinary, config: CandidateConfig) -> None:
+    """Make an IVF class index (or an ID map over one) probe as many lists as ``config`` says for
+    its size; other indexes are left as they are."""
+    inner = faiss.downcast_IndexBinary(index.index) if isinstance(index, faiss.IndexBinaryIDMap) else index
+    if isinstance(inner, faiss.IndexBinaryIVF):
+        inner.nprobe = config.nprobe_for(int(inner.ntotal))
 
 
 def gpu_available() -> bool:

@@ -54,20 +54,6 @@ log = logging.getLogger(__name__)
 EXACT_BELOW = 50_000
 #: FAISS candidates per component that set exact mode's first floor on the k-th best score.
 EXACT_SEEDS = 32
-#: Fast mode's ``candidates`` hold for classes of up to this many segments; a larger class of
-#: ``n`` gets ``candidates * (n / CANDIDATES_GROW_FROM) ** 0.25`` (recall at 10^7 segments,
-#: benchmarks/retrieval.py). None: the same count for every class.
-CANDIDATES_GROW_FROM = 250_000
-
-
-def fast_candidates(class_size: int, candidates: int, grow_from: int | None = CANDIDATES_GROW_FROM) -> int:
-    """FAISS candidates fast mode takes in a class of ``class_size`` segments when asked for
-    ``candidates`` (see :data:`CANDIDATES_GROW_FROM`)."""
-    if grow_from is None or class_size <= grow_from:
-        return candidates
-    return round(candidates * (class_size / grow_from) ** 0.25)
-
-
 @dataclass
 class _QueryRows:
     """Codes of the query components of one class, as the kernels want them."""
@@ -328,7 +314,6 @@ class RetrievalEngine(LayoutEngine):
         self.exact_below = exact_below
         #: FAISS candidates that seed exact mode's floor (more: a higher floor, a shorter scan).
         self.exact_seeds = EXACT_SEEDS
-        self.candidates_grow_from: int | None = CANDIDATES_GROW_FROM
         self.candidate_config = candidate_config or CandidateConfig()
         self.bank = bank
         self._frames: PixelFrames | None = None
@@ -498,7 +483,7 @@ class RetrievalEngine(LayoutEngine):
         class of at most ``exact_below`` segments, the exact top-k (as cheap there, and never wrong)."""
         if len(shard) <= self.exact_below:
             return self._exact(shard, rows, k, excluded)
-        count = fast_candidates(len(shard), count, self.candidates_grow_from)
+        count = self.candidate_config.candidates_for(len(shard), count)
         pools = self._candidates(shard, rows, max(count, k), excluded)
         return self.rank_pools(shard, rows, k, pools)
 

@@ -33,7 +33,7 @@ import torch
 
 from memory_bank import Bank, SegmentConfig
 from memory_bank.candidate_index import CandidateConfig
-from retrieval_service.engine import EXACT_BELOW, LayoutEngine, _QueryRows, fast_candidates
+from retrieval_service.engine import EXACT_BELOW, LayoutEngine, _QueryRows
 from retrieval_service.query import Query
 from retrieval_service.shard_plan import ShardPlan
 from retrieval_service.shard_server import (
@@ -161,7 +161,7 @@ class ShardedEngine(LayoutEngine):
             size = self.plan.class_sizes[c]
             at = [(s, len(tasks[s])) for s in holders]
             if len(holders) > 1 and options.mode == "fast" and size > self.exact_below:
-                count = max(fast_candidates(size, options.candidates), options.k)
+                count = max(self.candidate_config.candidates_for(size, options.candidates), options.k)
                 k, probe = search_sizes(count + self._excluded(c, excluded), size)
                 for s in holders:
                     tasks[s].append(ProbeTask(c, part.coarse, probe))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memory_bank import Bank, open_bank
 from memory_bank.candidate_index import (
@@ -111,3 +113,34 @@ def test_ivf_training_does_not_depend_on_the_thread_count() -> None:
         quantizer = faiss.downcast_IndexBinary(faiss.downcast_IndexBinary(index.index).quantizer)
         centroids.append(faiss.vector_to_array(quantizer.xb))
     np.testing.assert_array_equal(*centroids)
+
+
+@given(
+    n=st.integers(1, 10**8),
+    nprobe=st.integers(1, 64),
+    candidates=st.integers(1, 2048),
+    grow_from=st.integers(1, 10**6),
+    growth=st.floats(0, 1),
+)
+def test_large_classes_probe_and_take_more(n: int, nprobe: int, candidates: int, grow_from: int, growth: float) -> None:
+    config = CandidateConfig(nprobe=nprobe, grow_from=grow_from, nprobe_growth=growth, candidates_growth=growth / 2)
+    fixed = CandidateConfig(nprobe=nprobe, grow_from=None)
+    assert fixed.nprobe_for(n) == nprobe and fixed.candidates_for(n, candidates) == candidates
+    if n <= grow_from:
+        assert config.nprobe_for(n) == nprobe and config.candidates_for(n, candidates) == candidates
+    else:
+        assert config.nprobe_for(n) == round(nprobe * (n / grow_from) ** growth) >= nprobe
+        assert config.candidates_for(n, candidates) == round(candidates * (n / grow_from) ** (growth / 2)) >= candidates
+        assert config.nprobe_for(2 * n) >= config.nprobe_for(n)
+
+
+def test_indexes_built_and_loaded_probe_as_configured_for_their_size() -> None:
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, size=(400, 8), dtype=np.uint8)
+    config = CandidateConfig(ivf_min_segments=60, lists_per_sqrt=1.0, nprobe=2, grow_from=100, use_gpu=False)
+    built = build_candidate_index(codes, config)
+    assert faiss.downcast_IndexBinary(built.index).nprobe == 4  # 2 * (400 / 100) ** 0.5
+    data = faiss.serialize_index_binary(built).tobytes()
+    loaded = read_class_index(data, CandidateConfig(ivf_min_segments=60, lists_per_sqrt=1.0, nprobe=3, grow_from=None))
+    assert faiss.downcast_IndexBinary(loaded.index).nprobe == 3
+    assert faiss.downcast_IndexBinary(read_class_index(data, config).index).nprobe == 4
