@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 EXACT_BELOW = 50_000
 #: FAISS candidates per component that set exact mode's first floor on the k-th best score.
 EXACT_SEEDS = 32
+
+
 @dataclass
 class _QueryRows:
     """Codes of the query components of one class, as the kernels want them."""

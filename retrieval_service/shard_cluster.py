@@ -4,7 +4,8 @@ An actor's methods are called straight from the service's client to its worker (
 ``direct_to_workers``), not through the scheduler, and run on the worker's one actor thread.
 :class:`DaskShards` is the coordinator's :class:`~retrieval_service.sharded.ShardCalls` over them:
 
-- **placement**: one shard per worker while there are enough, pinned there (``workers=[address]``
+- **placement**: one shard per worker while there are enough (workers with the synthesis resource
+  only when no other worker is there), pinned there (``workers=[address]``
   without ``allow_other_workers``), so Dask never re-creates a lost shard by itself elsewhere;
 - **faults**: every call has a deadline (``timeout``). A shard whose worker is lost, or that does
   not answer in time, makes the whole call raise :class:`~memory_bank.errors.UnavailableError`
@@ -36,6 +37,7 @@ from distributed import Client, Future, LocalCluster
 from memory_bank.candidate_index import CandidateConfig
 from memory_bank.errors import UnavailableError
 from retrieval_service.engine import EXACT_BELOW
+from retrieval_service.local_cluster import SYNTHESIS_RESOURCE
 from retrieval_service.shard_plan import ShardPlan, ShardSpec
 from retrieval_service.shard_server import ShardServer, ShardSource
 
@@ -59,6 +61,14 @@ class _Handle:
     address: str | None = None
     restarting: bool = False
     why: str = ""
+
+
+def shard_workers(client: Client) -> list[str]:
+    """Addresses of the workers that hold shards: those without the synthesis resource (a
+    synthesis replica's one thread is for syntheses), or every worker when all carry it."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    general = [a for a, w in workers.items() if not w.get("resources", {}).get(SYNTHESIS_RESOURCE)]
+    return general or list(workers)
 
 
 class DaskShards:
@@ -171,7 +181,7 @@ class DaskShards:
 
     # Placement and re-placement
     def _workers(self) -> list[str]:
-        return list(self.client.scheduler_info(n_workers=-1)["workers"])
+        return shard_workers(self.client)
 
     def _submit(self, h: _Handle, address: str) -> None:
         key = f"sims-shard-{self.version}-{h.spec.shard_id}-{uuid.uuid4().hex[:8]}"
@@ -256,7 +266,7 @@ class ShardCluster:
             address = self.cluster.scheduler_address
         # The default client: actor handles find their client that way.
         self.client = Client(address, direct_to_workers=True)
-        self.num_workers = len(self.client.scheduler_info(n_workers=-1)["workers"])
+        self.num_workers = len(shard_workers(self.client))
         self.shards = shards or self.num_workers
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from memory_bank.png import encode_layout_png
 from retrieval_service.api.app import create_app
 from retrieval_service.api.settings import Settings
 from retrieval_service.engine import RetrievalEngine
-from retrieval_service.shard_cluster import DaskShards, ShardCluster
+from retrieval_service.shard_cluster import DaskShards, ShardCluster, shard_workers
 from retrieval_service.shard_plan import plan_shards
 from retrieval_service.shard_server import BankShardSource
 from retrieval_service.sharded import ShardedEngine
@@ -154,3 +154,21 @@ def test_a_killed_shard_worker_gives_503s_then_recovers(served: tuple[TestClient
     recovered = next(s for s, _, _, status, _ in after if status == 200 and s > failed[0][0])
     assert recovered - killed < 30
     assert engine.shards.handles[0].address != victim
+
+
+class _SchedulerInfo:
+    """A client whose scheduler reports the given workers' resources."""
+
+    def __init__(self, resources: dict[str, dict[str, float]]) -> None:
+        self.resources = resources
+
+    def scheduler_info(self, n_workers: int = 5) -> dict:
+        return {"workers": {a: {"resources": r} for a, r in self.resources.items()}}
+
+
+def test_shards_skip_synthesis_workers_unless_there_are_no_others() -> None:
+    mixed = _SchedulerInfo({"tcp://a:1": {}, "tcp://b:1": {"synthesis": 1.0}, "tcp://c:1": {"other": 2.0}})
+    assert sorted(shard_workers(mixed)) == ["tcp://a:1", "tcp://c:1"]  # type: ignore[arg-type]
+    only_synthesis = _SchedulerInfo({"tcp://b:1": {"synthesis": 1.0}})
+    assert shard_workers(only_synthesis) == ["tcp://b:1"]  # type: ignore[arg-type]
+    assert shard_workers(_SchedulerInfo({})) == []  # type: ignore[arg-type]
