@@ -21,7 +21,7 @@
 # Timings and outcomes go to benchmarks/results/compose_smoke.json (SIMS_SMOKE_OUT). Settings:
 # SIMS_HTTP_PORT (8000), SIMS_SMOKE_PROJECT (sims-smoke), COMPOSE (docker-compose, or
 # "docker compose"), DOCKER (Debian's /usr/bin/docker when present), SIMS_TORCH_VERSION (2.13.0).
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
@@ -110,7 +110,7 @@ cleanup() {
         echo "{"
         echo "  \"what\": \"scripts/compose_smoke.sh: image build, compose up, indexer, /retrieve, /synthesize, a killed synthesis replica, down\","
         echo "  \"date\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\","
-        echo "  \"docker\": $(json "$("$DOCKER" version --format '{{.Server.Version}}' 2>/dev/null || echo unknown)"),"
+        echo "  \"docker\": $(json "${docker_version:-unknown}"),"
         echo "  \"compose\": $(json "$("${compose[@]}" version --short 2>/dev/null || echo unknown)"),"
         echo "  \"cpus\": $(nproc),"
         local IFS=$'\n'
@@ -122,7 +122,10 @@ cleanup() {
     exit $code
 }
 trap cleanup EXIT
+# A command that fails outside `fail` still says where, in the log and the results.
+trap 'fail "line $LINENO: \`$BASH_COMMAND\` exited $?"' ERR
 step dockerd start_dockerd
+docker_version=$("$DOCKER" version --format '{{.Server.Version}}' 2>/dev/null || echo unknown)
 
 # 2. The base image, from the apt mirror (no registry)
 # pip_setting NAME: a setting of the host's pip (`pip config list`: files and PIP_* variables).
@@ -239,7 +242,7 @@ wait_replicas() {
 step replicas_seen wait_replicas 2
 
 # 5. Checks
-layout=$(ls "$SIMS_DATA"/camvid/valannot/*.png | head -1)
+layout=$(ls "$SIMS_DATA"/camvid/valannot/*.png | sed -n 1p)
 check_retrieve() {
     local code
     code=$(curl -s -o "$work/retrieve.json" -w '%{http_code}' -F "layout=@$layout" -F k=3 -F dataset_ids=true "$url/retrieve")
@@ -271,7 +274,7 @@ check_synthesize() {
 step synthesize check_synthesize
 kill_replica() {
     local victim
-    victim=$("${compose[@]}" ps -q dask-synthesis | head -1)
+    victim=$("${compose[@]}" ps -q dask-synthesis | sed -n 1p)  # sed reads it all: `head` could SIGPIPE compose under pipefail
     [[ -n "$victim" ]] || fail "no dask-synthesis container to kill"
     "$DOCKER" kill "$victim" >/dev/null
     log "killed synthesis replica ${victim:0:12}"
