@@ -1,5 +1,6 @@
 """Shards on a real Dask cluster (two worker processes the module starts and stops): the same answers
-as one process, the service over them, a reload during requests, and a worker killed under load."""
+as one process, a slow shard, the service over them, a reload during requests, and a worker killed
+under load."""
 
 from __future__ import annotations
 
@@ -52,6 +53,46 @@ def test_dask_shards_answer_like_one_process(cluster: ShardCluster, val_bank: Ba
     # A call for another version is refused by the shard itself, never answered from the wrong one.
     with pytest.raises(UnavailableError, match="holds bank version"):
         shards.call("rank", {0: ("v-other", "token", [])})
+    shards.close()
+
+
+def _slow_rank(seconds: float) -> None:
+    """Make every shard actor in this (worker) process sleep ``seconds`` before ranking (0: undo)."""
+    from retrieval_service import shard_server
+
+    cls = shard_server.ShardServer
+    if not hasattr(cls, "_fast_rank"):
+        cls._fast_rank = cls.rank  # type: ignore[attr-defined]
+
+    def rank(self, *args: object) -> object:  # type: ignore[no-untyped-def]
+        time.sleep(seconds)
+        return cls._fast_rank(self, *args)  # type: ignore[attr-defined]
+
+    cls.rank = rank if seconds else cls._fast_rank  # type: ignore[attr-defined, method-assign]
+
+
+def test_a_slow_shard_gives_a_503_at_its_deadline_then_answers_again(cluster: ShardCluster, val_bank: Bank) -> None:
+    single = RetrievalEngine.from_bank(val_bank, exact_below=8)
+    source = BankShardSource.of(val_bank)
+    shards = DaskShards(cluster.client, source, plan_shards(source.class_sizes(), 2, max_part=20), timeout=1.0)
+    sharded = ShardedEngine(source, shards, exact_below=8)
+    layout = np.asarray(val_bank.labels[0])
+    options = RetrievalOptions(k=3, mode="exact")
+    slow = shards.handles[0].address
+    cluster.client.run(_slow_rank, 2.5, workers=[slow])
+    try:
+        start = time.perf_counter()
+        late = r"shard 0 of 2 \(classes [^)]*\) is unavailable: it did not answer within 1 s"
+        with pytest.raises(UnavailableError, match=late):
+            sharded.retrieve(layout, options)
+        assert time.perf_counter() - start < 1.0 + 0.5  # the deadline, not the slow shard, bounds the wait
+    finally:
+        cluster.client.run(_slow_rank, 0.0, workers=[slow])
+    # A slow shard is not a lost one: it stays where it is, and once its late answer is out of the
+    # way, calls succeed with the right answer (never the abandoned one).
+    time.sleep(2.5)
+    assert shards.handles[0].address == slow
+    assert sharded.retrieve(layout, options).components == single.retrieve(layout, options).components
     shards.close()
 
 
