@@ -320,13 +320,11 @@ class ShardServer:
         return pickle.dumps((error, answer, time.perf_counter() - start), protocol=pickle.HIGHEST_PROTOCOL)
 
     def describe(self) -> dict[str, Any]:
-        """Version, parts, bytes held by the index, load time, and the process's RSS now and at its peak."""
-        try:
-            rss = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
-        except OSError:  # not Linux
-            rss = None
+        """Version, parts, bytes held by the index, load time, and the process's RSS: now (all of it,
+        and the anonymous part, without page cache of memory-mapped files) and at its peak."""
         return {
-            "rss_bytes": rss,
+            "rss_bytes": _status_bytes("VmRSS"),
+            "rss_anon_bytes": _status_bytes("RssAnon"),
             "version": self.version,
             "shard": self.spec.describe(),
             "segments": self.engine.index.num_segments,
@@ -414,3 +412,14 @@ class ShardServer:
         if pending is None:
             raise UnavailableError(f"{self.spec.name} lost the state of request {token}", kind="shard_unavailable")
         return pending
+
+
+def _status_bytes(field: str) -> int | None:
+    """A size from /proc/self/status (``VmRSS``, ``RssAnon``), None where there is none (not Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

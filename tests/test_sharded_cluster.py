@@ -45,6 +45,7 @@ def test_dask_shards_answer_like_one_process(cluster: ShardCluster, val_bank: Ba
     sharded = ShardedEngine(source, shards, exact_below=8)
     described = sharded.describe()
     assert len({d["worker"] for d in described}) == 2 and sum(d["segments"] for d in described) == val_bank.num_segments
+    assert all(0 < d["rss_anon_bytes"] <= d["rss_bytes"] <= d["peak_rss_bytes"] for d in described)
     for i in range(val_bank.num_images):
         layout = np.asarray(val_bank.labels[i])
         for mode in ("fast", "exact", "full"):
