@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from memory_bank import IGNORE, Bank, SegmentConfig, encode_segments, extract_segments, open_bank
 from memory_bank.codes import coarse_bits, code_bytes, fine_bits
+from retrieval_service.index import SegmentIndex
 
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 FORMAT = 1  # bump when the generation method changes, to orphan old caches
@@ -100,6 +101,20 @@ class CodeBank:
     @property
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in ARRAYS)
+
+    def segment_index(self, version: str = "") -> SegmentIndex:
+        """The retrieval engine's index over these codes (segment ids = row numbers)."""
+        return SegmentIndex.from_arrays(
+            class_id=self.class_id,
+            image_id=self.image_id,
+            mask=self.mask,
+            context=self.context,
+            coarse=self.coarse,
+            config=self.config,
+            resolution=self.resolution,
+            num_classes=self.num_classes,
+            version=version,
+        )
 
 
 def _layout(n: int, config: SegmentConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

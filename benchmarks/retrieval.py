@@ -44,7 +44,6 @@ from memory_bank import current_version, open_bank
 from memory_bank.candidate_index import CandidateConfig, set_nprobe
 from memory_bank.errors import BankNotFoundError
 from retrieval_service.engine import RetrievalEngine
-from retrieval_service.index import SegmentIndex
 from retrieval_service.query import prepare_query
 from retrieval_service.reference import brute_force_topk
 from retrieval_service.types import RetrievalOptions, Status
@@ -126,16 +125,7 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
     # 1. Index build: shards, grid boxes, and FAISS candidate indexes.
     rss_before = rss_anon_bytes()
     t0 = time.perf_counter()
-    index = SegmentIndex.from_arrays(
-        class_id=codes.class_id,
-        image_id=codes.image_id,
-        mask=codes.mask,
-        context=codes.context,
-        coarse=codes.coarse,
-        config=codes.config,
-        resolution=codes.resolution,
-        num_classes=codes.num_classes,
-    )
+    index = codes.segment_index()
     config = CandidateConfig(nprobe=args.nprobe)
     engine = RetrievalEngine(index, config)
     engine.warm_up()

@@ -36,7 +36,6 @@ from indexers.readers import create_reader
 from memory_bank.candidate_index import CandidateConfig
 from memory_bank.context_codes import BoxedContexts
 from retrieval_service.engine import LayoutEngine, RetrievalEngine
-from retrieval_service.index import SegmentIndex
 from retrieval_service.shard_cluster import DaskShards, ShardCluster
 from retrieval_service.shard_plan import plan_shards
 from retrieval_service.shard_server import ShardSource, SourceFrame
@@ -156,17 +155,7 @@ def main() -> None:
 
     # 1. One process: the reference answers and times.
     t0 = time.perf_counter()
-    index = SegmentIndex.from_arrays(
-        class_id=codes.class_id,
-        image_id=codes.image_id,
-        mask=codes.mask,
-        context=codes.context,
-        coarse=codes.coarse,
-        config=codes.config,
-        resolution=codes.resolution,
-        num_classes=codes.num_classes,
-        version=source.frame().version,
-    )
+    index = codes.segment_index(source.frame().version)
     single = RetrievalEngine(index, config)
     single.warm_up()
     single_load = time.perf_counter() - t0
