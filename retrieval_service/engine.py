@@ -17,9 +17,11 @@ exactly, seeded by fast mode (:mod:`retrieval_service.full_resolution`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import faiss
@@ -54,6 +56,19 @@ log = logging.getLogger(__name__)
 EXACT_BELOW = 50_000
 #: FAISS candidates per component that set exact mode's first floor on the k-th best score.
 EXACT_SEEDS = 32
+#: At most this many threads rank the classes of a layout at once (see RetrievalEngine).
+CLASS_THREADS = 4
+
+_class_pools: dict[int, ThreadPoolExecutor] = {}
+_class_pools_lock = threading.Lock()
+
+
+def _class_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` class-ranking threads."""
+    with _class_pools_lock:
+        if threads not in _class_pools:
+            _class_pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="sims-rank")
+        return _class_pools[threads]
 
 
 @dataclass
@@ -303,11 +318,17 @@ class RetrievalEngine(LayoutEngine):
         cpu_threads: int | None = 1,
         bank: Bank | None = None,
         exact_below: int = EXACT_BELOW,
+        class_threads: int | None = None,
     ) -> None:
         """``cpu_threads`` sets torch's intra-op threads and FAISS's OpenMP threads on CPU
         (process-wide). One is the default: the kernels work on small batches, and concurrent
         requests already use the cores; under load, two threads per op made torch 20x and FAISS
         10x slower here. ``None`` leaves both settings alone.
+
+        ``class_threads``: the classes of one layout are ranked on this many threads at once
+        (``fast`` and ``exact`` on CPU; one pool per process, shared by concurrent requests, so
+        it never runs more than that many rankings at a time). Default: the CPU count, at most
+        :data:`CLASS_THREADS`. FAISS (one OpenMP thread) and the compiled ranking release the GIL.
 
         ``bank`` (the bank the index was made from) lends its stored FAISS indexes, and enables
         ``full`` mode: its label and component maps are read into memory on the first such request.
@@ -324,6 +345,7 @@ class RetrievalEngine(LayoutEngine):
         #: Rank with the compiled CPU kernels (pool_ranking.py); False runs the torch path, which
         #: CUDA uses (tests run it on CPU too).
         self.compiled = index.device.type == "cpu"
+        self.class_threads = max(1, class_threads or min(CLASS_THREADS, os.cpu_count() or 1))
         if cpu_threads is not None and index.device.type == "cpu":
             torch.set_num_threads(cpu_threads)
             faiss.omp_set_num_threads(cpu_threads)
@@ -373,15 +395,24 @@ class RetrievalEngine(LayoutEngine):
         self, query: Query, rows: _QueryRows, by_class: dict[int, list[int]], options: RetrievalOptions
     ) -> tuple[dict[int, tuple[Match, ...]], int]:
         excluded = np.unique(np.asarray(options.exclude_images, np.int64))
-        found: dict[int, tuple[Match, ...]] = {}
-        scored, start = 0, 0
+        parts, start = [], 0
         for c, comps in by_class.items():
-            part = rows.take(list(range(start, start + len(comps))))
+            parts.append((self.index.shards[c], comps, rows.take(list(range(start, start + len(comps))))))
             start += len(comps)
-            matches, n = self.rank_class(query, self.index.shards[c], part, options, excluded)
-            scored += n
+
+        def rank(part: tuple[ClassShard, list[int], _QueryRows]) -> tuple[list[tuple[Match, ...]], int]:
+            return self.rank_class(query, part[0], part[2], options, excluded)
+
+        if self.class_threads > 1 and self.compiled and options.mode != "full" and len(parts) > 1:
+            # The costliest classes first, so that one is not left running alone at the end.
+            parts.sort(key=lambda p: len(p[0]) * len(p[1]), reverse=True)
+            ranked = list(_class_pool(self.class_threads).map(rank, parts))
+        else:
+            ranked = [rank(p) for p in parts]
+        found: dict[int, tuple[Match, ...]] = {}
+        for (_, comps, _), (matches, _) in zip(parts, ranked, strict=True):
             found.update(zip(comps, matches, strict=True))
-        return found, scored
+        return found, sum(n for _, n in ranked)
 
     def rank_class(
         self, query: Query | None, shard: ClassShard, rows: _QueryRows, options: RetrievalOptions, excluded: np.ndarray

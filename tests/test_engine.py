@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -86,6 +88,23 @@ def test_exact_equals_brute_force_on_random_banks(compiled: bool, seed: int, k: 
     assert_equals_brute_force(engine, arrays, query, k, **opts)
     # A bank image's own layout, too (many exact 2.0 ties are possible across images).
     assert_equals_brute_force(engine, arrays, layouts[5], k, **opts)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), k=st.integers(1, 6), mode=st.sampled_from(["fast", "exact"]))
+def test_classes_ranked_on_threads_answer_as_on_one(seed: int, k: int, mode: str) -> None:
+    arrays, _ = random_bank(seed, images=12)
+    index = SegmentIndex.from_arrays(**arrays, config=CFG, resolution=FRAME, num_classes=NUM_CLASSES)
+    one, three = RetrievalEngine(index, class_threads=1), RetrievalEngine(index, class_threads=3)
+    assert (one.class_threads, three.class_threads) == (1, 3)
+    options = RetrievalOptions(k=k, mode=mode, candidates=4, seed=seed)
+    layouts = [blocky_layout(np.random.default_rng(seed + i)) for i in range(4)]
+    want = [one.retrieve(layout, options) for layout in layouts]
+    # Concurrent requests share the process's pool of ranking threads.
+    with ThreadPoolExecutor(4) as clients:
+        got = list(clients.map(lambda layout: three.retrieve(layout, options), layouts * 2))
+    for w, g in zip(want * 2, got, strict=True):
+        assert g.components == w.components and g.scored == w.scored
 
 
 def real_arrays(bank: Bank) -> dict:
