@@ -220,6 +220,7 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
         "segments_scored_per_layout": {m: statistics.mean(v) for m, v in scored.items()},
         "prepare_ms_p50": {m: 1e3 * pct(v, 50) for m, v in prepare.items()},
         "passes": args.repeats,
+        "class_threads": engine.class_threads,
     }
 
 
@@ -265,7 +266,7 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument(
         "--sweep",
-        default="0:0.25,0.25:0.25,0.75:0.25,1:0.25,0.5:0,0.5:0.5",
+        default="0.5:0.25,0.5:0.5,0.5:1,0:0.75,1:0.75",
         help="nprobe_growth:candidates_growth pairs, also run where a class grows (one pass each)",
     )
     parser.add_argument("--brute-force-layouts", type=int, default=10, help="at most, per size")
