@@ -195,6 +195,12 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
             mismatches += [m.segment_id for m in comp.matches] != ids.tolist()
             mismatches += [m.score for m in comp.matches] != scores.tolist()
     exact_on_sample = [lat["exact"][i] for i in sample]  # first pass
+    speedup = {
+        "exact_speedup_vs_brute_force_p50": pct(brute, 50) / pct(exact_on_sample, 50) if brute else None,
+        "exact_speedup_vs_brute_force_mean": statistics.mean(brute) / statistics.mean(exact_on_sample)
+        if brute
+        else None,
+    }
     return {
         "segments": n,
         "index_build_seconds": build_seconds,
@@ -207,11 +213,11 @@ def run_size(codes: CodeBank, layouts: list[np.ndarray], args: argparse.Namespac
         "latency_ms": {
             mode: {"p50": 1e3 * pct(v, 50), "p95": 1e3 * pct(v, 95), "mean": 1e3 * statistics.mean(v)}
             for mode, v in {**lat, "brute_force": brute}.items()
+            if v
         },
         "brute_force_layouts": len(sample),
-        "exact_speedup_vs_brute_force_p50": pct(brute, 50) / pct(exact_on_sample, 50),
-        "exact_speedup_vs_brute_force_mean": statistics.mean(brute) / statistics.mean(exact_on_sample),
-        "exact_mismatches_vs_brute_force": mismatches,
+        **speedup,
+        "exact_mismatches_vs_brute_force": mismatches if brute else None,
         "fast_recall_at_1": recall["fast"],
         "recall_at_1": recall,
         "largest_class": largest,
@@ -248,10 +254,12 @@ def format_1_engine(args: argparse.Namespace, sizes: list[str]) -> dict:
 def table_row(name: str, r: dict) -> str:
     lm = r["latency_ms"]
     memory = r["index_bytes"] + r["faiss_bytes"]
+    brute = f"{lm['brute_force']['p50']:,.0f} ms" if "brute_force" in lm else "not run"
+    speedup = f"{r['exact_speedup_vs_brute_force_p50']:,.0f}x" if "brute_force" in lm else "-"
     return (
-        f"| {name} | {r['segments']:,} | {lm['brute_force']['p50']:,.0f} ms | {lm['exact']['p50']:.1f} / "
+        f"| {name} | {r['segments']:,} | {brute} | {lm['exact']['p50']:.1f} / "
         f"{lm['exact']['p95']:.1f} ms | {lm['fast']['p50']:.1f} / {lm['fast']['p95']:.1f} ms "
-        f"| {r['exact_speedup_vs_brute_force_p50']:,.0f}x | {r['fast_recall_at_1']:.4f} "
+        f"| {speedup} | {r['fast_recall_at_1']:.4f} "
         f"| {r['index_build_seconds']:,.0f} s | {memory / 1e9:.2f} GB ({memory / r['segments']:,.0f} B) |"
     )
 
@@ -269,7 +277,7 @@ def main() -> None:
         default="0.5:0.25,0.5:0.5,0.5:1,0:0.75,1:0.75",
         help="nprobe_growth:candidates_growth pairs, also run where a class grows (one pass each)",
     )
-    parser.add_argument("--brute-force-layouts", type=int, default=10, help="at most, per size")
+    parser.add_argument("--brute-force-layouts", type=int, default=10, help="at most, per size; 0 skips it")
     parser.add_argument("--brute-force-seconds", type=float, default=600, help="budget per size (>= 3 layouts)")
     parser.add_argument("--repeats", type=int, default=2, help="passes over the layouts per mode")
     parser.add_argument("--max-layouts", type=int, default=None)

@@ -25,9 +25,10 @@ class SegmentConfig:
             centre in each dimension (paper §4.1: enlarged by 25%), clipped to the frame.
         fine_grid: (rows, cols) of the grid at which masks and contexts are scored exactly.
         coarse_grids: (rows, cols) of each level of the binary codes used by FAISS: a pyramid
-            of the fine mask bits OR-pooled to each grid. By default a third and a fifth of
-            the fine grid (15x20 and 9x12 for 45x60): OR-pooling keeps small segments visible,
-            and the second level breaks ties the first leaves (docs/retrieval.md).
+            of the fine mask bits OR-pooled to each grid. By default a half, a third and a fifth
+            of the fine grid (23x30, 15x20 and 9x12 for 45x60): OR-pooling keeps small segments
+            visible, the coarser levels break ties the finer ones leave, and the half level
+            makes Hamming order follow mask IoU closely (docs/retrieval.md).
         instances: ``"none"``: every segment is a connected component of one class.
             ``"things"``: where an image or layout comes with an instance map, each instance of
             a thing class is one segment (:func:`~memory_bank.segments.extract_segments`).
@@ -92,8 +93,12 @@ class SegmentConfig:
 
 
 def default_coarse_grids(fine: Grid) -> tuple[Grid, ...]:
-    """A third and a fifth of the fine grid (45x60 -> 15x20, 9x12)."""
-    return ((-(-fine[0] // 3), -(-fine[1] // 3)), (-(-fine[0] // 5), -(-fine[1] // 5)))
+    """A half, a third and a fifth of the fine grid (45x60 -> 23x30, 15x20, 9x12).
+
+    The half level was added for the banks of 10^6 segments and more: at 10^6 it puts the
+    exact top-1 among the 256 nearest codes for 99.8% of components, against 98.8% with the
+    third and fifth only (docs/retrieval.md, "The coarse code")."""
+    return tuple((-(-fine[0] // d), -(-fine[1] // d)) for d in (2, 3, 5))
 
 
 def parse_grids(text: str) -> tuple[Grid, ...]:

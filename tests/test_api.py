@@ -69,7 +69,7 @@ def test_livez_readyz_and_bank(client: TestClient, val_bank: Bank) -> None:
     assert [c["name"] for c in info["classes"]] == list(val_bank.classes.names)
     assert [c["segments"] for c in info["classes"]] == list(val_bank.manifest.counts.segments_per_class)
     assert info["counts"]["segments"] == val_bank.num_segments and info["counts"]["images"] == 8
-    assert info["grids"] == {"fine_grid": [45, 60], "coarse_grids": [[15, 20], [9, 12]]}
+    assert info["grids"] == {"fine_grid": [45, 60], "coarse_grids": [[23, 30], [15, 20], [9, 12]]}
 
 
 def test_openapi_lists_every_endpoint(client: TestClient) -> None:
