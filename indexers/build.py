@@ -173,7 +173,15 @@ def _run(
         bar = tqdm(records, total=len(refs), desc=f"indexing {reader.name}", unit="img", disable=not progress)
         for record, checksums in bar:
             writer.add(record, checksums)
-        source = SourceInfo(reader.name, str(reader.root), tuple(reader.splits), len(refs), reader.unlabelled_ids)
+        source = SourceInfo(
+            reader.name,
+            str(reader.root),
+            tuple(reader.splits),
+            len(refs),
+            reader.unlabelled_ids,
+            reader.sequences.include,
+            reader.sequences.exclude,
+        )
         writer.finish([source])
         # 3. FAISS indexes of coarse codes, inside the staged version; 4. publish atomically.
         _write_candidate_indexes(writer, len(writer_args["classes"]))

@@ -10,6 +10,8 @@ import typer
 
 from memory_bank import SegmentConfig, current_version, list_versions, open_bank
 from memory_bank.config import format_grids, parse_grids, parse_size
+from memory_bank.manifest import SourceInfo
+from memory_bank.sequences import SequenceFilter
 from memory_bank.storage import is_url
 
 app = typer.Typer(help="Build and inspect memory banks.", no_args_is_help=True)
@@ -20,6 +22,19 @@ SplitsOpt = Annotated[
     str | None,
     typer.Option("--splits", help="Comma-separated splits, e.g. train,val (default: the training split only)."),
 ]
+SequencesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sequences", help="Comma-separated sequences (drives, cities) to keep, e.g. 0006R0; others are left out."
+    ),
+]
+ExcludeSequencesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--exclude-sequences",
+        help="Comma-separated sequences to leave out, e.g. 0006R0 (the held-out drive of a fair evaluation).",
+    ),
+]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", "-j", help="Local processes (default: all cores).")]
 SchedulerOpt = Annotated[
     str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:8786) to run the build on.")
@@ -27,6 +42,11 @@ SchedulerOpt = Annotated[
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
 # Banks are paths or fsspec URLs (s3://bucket/prefix): str, since Path would fold `s3://` into `s3:/`.
 BankArg = Annotated[str, typer.Argument(help="Bank directory, or an fsspec URL such as s3://bucket/prefix.")]
+
+
+def _sequence_note(source: SourceInfo) -> str:
+    f = SequenceFilter(source.sequences, source.exclude_sequences)
+    return f" [{f.describe()}]" if f else ""
 
 
 def _splits(text: str | None) -> list[str] | None:
@@ -39,6 +59,8 @@ def build(
     root: RootOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="Bank directory or URL (created, or given a new version).")],
     splits: SplitsOpt = None,
+    sequences: SequencesOpt = None,
+    exclude_sequences: ExcludeSequencesOpt = None,
     resolution: Annotated[
         str | None, typer.Option(help="Working resolution ROWSxCOLS (default: the dataset's own).")
     ] = None,
@@ -72,7 +94,7 @@ def build(
         fine_grid=parse_size(fine_grid),
         coarse_grids=parse_grids(coarse_grids) if coarse_grids else None,
     )
-    reader = create_reader(dataset, root, _splits(splits))
+    reader = create_reader(dataset, root, _splits(splits), SequenceFilter.parse(sequences, exclude_sequences))
     config = with_instances(config, reader, instances)
     report = build_bank(
         reader,
@@ -96,6 +118,8 @@ def add(
     root: RootOpt,
     bank: Annotated[str, typer.Option("--bank", "-b", help="Existing bank to extend (directory or URL).")],
     splits: SplitsOpt = None,
+    sequences: SequencesOpt = None,
+    exclude_sequences: ExcludeSequencesOpt = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     progress: ProgressOpt = True,
@@ -104,7 +128,7 @@ def add(
     from indexers.build import add_to_bank
     from indexers.readers import create_reader
 
-    reader = create_reader(dataset, root, _splits(splits))
+    reader = create_reader(dataset, root, _splits(splits), SequenceFilter.parse(sequences, exclude_sequences))
     report = add_to_bank(reader, bank, workers=workers, scheduler=scheduler, progress=progress)
     typer.echo(
         f"published {report.manifest.bank_version}: added {report.images_added} images "
@@ -202,7 +226,9 @@ def describe(bank_path: str | Path, version: str | None = None) -> str:
         f"disk      {size / 1e6:.1f} MB ({size / max(1, c.images) / 1e3:.0f} kB/image, "
         f"{size / max(1, c.segments) / 1e3:.1f} kB/segment)",
         "sources   "
-        + "; ".join(f"{s.dataset} {','.join(s.splits)} ({s.images} images) from {s.root}" for s in m.sources),
+        + "; ".join(
+            f"{s.dataset} {','.join(s.splits)}{_sequence_note(s)} ({s.images} images) from {s.root}" for s in m.sources
+        ),
         "classes",
     ]
     width = max(len(n) for n in b.classes.names)

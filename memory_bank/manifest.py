@@ -31,6 +31,9 @@ class SourceInfo:
     #: The dataset's own label values that mean unlabelled and are not class ids (CamVid's 11), recorded
     #: so that layouts in raw dataset ids can be read (optional: banks built before it record none).
     unlabelled_ids: tuple[int, ...] = ()
+    #: The sequence filter of the build (``--sequences`` / ``--exclude-sequences``; empty: none).
+    sequences: tuple[str, ...] = ()
+    exclude_sequences: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -41,12 +44,24 @@ class SourceInfo:
         }
         if self.unlabelled_ids:
             d["unlabelled_ids"] = list(self.unlabelled_ids)
+        if self.sequences:
+            d["sequences"] = list(self.sequences)
+        if self.exclude_sequences:
+            d["exclude_sequences"] = list(self.exclude_sequences)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SourceInfo:
         ids = tuple(int(i) for i in d.get("unlabelled_ids", ()))
-        return cls(str(d["dataset"]), str(d["root"]), tuple(d["splits"]), int(d["images"]), ids)
+        return cls(
+            str(d["dataset"]),
+            str(d["root"]),
+            tuple(d["splits"]),
+            int(d["images"]),
+            ids,
+            tuple(d.get("sequences", ())),
+            tuple(d.get("exclude_sequences", ())),
+        )
 
 
 @dataclass(frozen=True)

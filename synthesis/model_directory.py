@@ -53,6 +53,7 @@ NETWORK_MODULES = (
     "synthesis.networks.transform",
     "synthesis.networks.ordering",
     "synthesis.networks.segmenter",
+    "synthesis.networks.spade",
 )
 
 #: ``config.json`` files written before ``_class_name``, as shipped in ``weights/segmenter``, name

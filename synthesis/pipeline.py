@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,10 +41,9 @@ from synthesis.canvas.builder import Canvas, CanvasBuilder, CanvasOptions, Place
 from synthesis.canvas.elision import TEST_ELISION, ElisionConfig
 from synthesis.canvas.protocols import Aligner, Orderer
 from synthesis.canvas.simulate import resize_inputs
-from synthesis.model_directory import read_metadata
-from synthesis.networks.blend import FEATHER, blend_canvas, feather_radius_for
-from synthesis.networks.refinement import CascadedRefinementNetwork
-from synthesis.tensors import image_array, image_tensor, input_tensors, mask_tensor
+from synthesis.model_directory import ModelNotFoundError, from_pretrained, read_metadata
+from synthesis.networks.blend import FEATHER, feather_radius_for, render_full_resolution
+from synthesis.tensors import image_array, image_tensor, input_tensors, mask_tensor, one_hot
 
 #: Whether the blend also feathers seams between pasted segments (chosen by measurement, docs/synthesis.md).
 SEAM_FEATHER = False
@@ -96,6 +96,20 @@ class GeneratedImage:
     canvas_weight: np.ndarray
 
 
+class SynthesisNetwork(Protocol):
+    """What :class:`ImageGenerator` needs of a network: the SIMS network and the SPADE peer both have it."""
+
+    config: Any
+
+    def forward_with_blend(
+        self, layout: torch.Tensor, canvas: torch.Tensor, missing: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def eval(self) -> Any: ...
+
+    def parameters(self) -> Any: ...
+
+
 class ImageGenerator:
     """The synthesis network as a function of numpy arrays: ``generator(layout, canvas, missing, kept) -> RGB``.
 
@@ -105,9 +119,7 @@ class ImageGenerator:
     model (``sims.json`` says ``parametric``) is fed an empty canvas, as in training.
     """
 
-    def __init__(
-        self, model: CascadedRefinementNetwork, *, parametric: bool = False, seam_feather: bool = SEAM_FEATHER
-    ) -> None:
+    def __init__(self, model: SynthesisNetwork, *, parametric: bool = False, seam_feather: bool = SEAM_FEATHER) -> None:
         self.model = model.eval()
         self.parametric = parametric
         self.seam_feather = seam_feather
@@ -116,9 +128,15 @@ class ImageGenerator:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> ImageGenerator:
-        """Load a model directory (:mod:`synthesis.model_directory`); ``sims.json`` says whether it is parametric."""
-        model = CascadedRefinementNetwork.from_pretrained(directory, device=device)
-        return cls(model, parametric=bool(read_metadata(directory).get("parametric", False)))
+        """Load a model directory (:mod:`synthesis.model_directory`); ``sims.json`` says whether it is parametric.
+
+        Any registered synthesis network loads (the class comes from ``config.json``): the SIMS
+        network or the SPADE-class peer.
+        """
+        model = from_pretrained(directory, device=device)
+        if not callable(getattr(model, "forward_with_blend", None)):
+            raise ModelNotFoundError(f"{directory} holds a {type(model).__name__}, not a synthesis network")
+        return cls(model, parametric=bool(read_metadata(directory).get("parametric", False)))  # type: ignore[arg-type]
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -159,7 +177,10 @@ class ImageGenerator:
         radius = self.feather_radius
         if radius is None:
             radius = FEATHER if elision is None else feather_radius_for(elision.band, elision.white_fraction)
-        blended = blend_canvas(rgb, raw, full_canvas, full_kept, full_pieces, radius)
+        layout_hot = None
+        if getattr(self.model, "hole_refiner", None) is not None:
+            layout_hot = one_hot(torch.from_numpy(np.asarray(layout, np.int64))[None], self.num_classes).to(device)
+        blended = render_full_resolution(self.model, rgb, raw, full_canvas, full_kept, layout_hot, full_pieces, radius)
         image = image_array(blended.image[0])
         return GeneratedImage(image, blended.weight[0, 0].cpu().numpy())
 

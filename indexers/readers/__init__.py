@@ -12,6 +12,7 @@ from indexers.readers.cityscapes import CityscapesReader
 from indexers.readers.cocostuff import CocoStuffReader
 from indexers.readers.folder import FolderReader
 from memory_bank import DatasetError
+from memory_bank.sequences import SequenceFilter
 
 READERS: dict[str, type[DatasetReader]] = {
     CamVidReader.name: CamVidReader,
@@ -22,13 +23,15 @@ READERS: dict[str, type[DatasetReader]] = {
 }
 
 
-def create_reader(name: str, root: str | Path, splits: Sequence[str] | None = None) -> DatasetReader:
-    """Build the reader registered as ``name`` for the dataset at ``root``."""
+def create_reader(
+    name: str, root: str | Path, splits: Sequence[str] | None = None, sequences: SequenceFilter | None = None
+) -> DatasetReader:
+    """Build the reader registered as ``name`` for the dataset at ``root`` (optionally filtered by sequence)."""
     try:
         cls = READERS[name.lower()]
     except KeyError:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(READERS))}") from None
-    return cls(root, splits)
+    return cls(root, splits, sequences)
 
 
 __all__ = ["READERS", "DatasetReader", "Sample", "SampleRef", "create_reader"]

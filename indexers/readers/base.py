@@ -12,6 +12,7 @@ import numpy as np
 from memory_bank import ClassTable, DatasetError
 from memory_bank.classes import IGNORE
 from memory_bank.images import read_label, read_photo
+from memory_bank.sequences import SequenceFilter
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,28 @@ class DatasetReader:
     #: Bank class ids of the thing classes its instance maps cut per instance (none: no instance maps).
     thing_classes: ClassVar[tuple[int, ...]] = ()
 
-    def __init__(self, root: str | Path, splits: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, root: str | Path, splits: Sequence[str] | None = None, sequences: SequenceFilter | None = None
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.name}: dataset directory {self.root} does not exist")
         self.splits = tuple(splits) if splits else self.default_splits
+        self.sequences = sequences or SequenceFilter()
         self._refs = self.find_pairs()
         if not self._refs:
             raise DatasetError(
                 f"{self.name}: no image/label pairs found under {self.root} for splits {list(self.splits)}"
             )
+        if self.sequences:
+            found = len(self._refs)
+            keep = self.sequences.apply(self.name, (r.relative_to(self.root)[0] for r in self._refs))
+            self._refs = [r for r, k in zip(self._refs, keep, strict=True) if k]
+            if not self._refs:
+                raise DatasetError(
+                    f"{self.name}: none of the {found} images of splits {list(self.splits)} is left "
+                    f"by the sequence filter ({self.sequences.describe()})"
+                )
 
     # Subclasses implement this one method.
     def find_pairs(self) -> list[SampleRef]:

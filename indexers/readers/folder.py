@@ -11,6 +11,7 @@ from typing import Any
 from indexers.readers.base import DatasetReader, SampleRef, identity_lut, paired_files
 from memory_bank import ClassTable, DatasetError
 from memory_bank.classes import IGNORE, ClassInfo, default_palette
+from memory_bank.sequences import SequenceFilter
 
 #: Photo file suffixes the folder reader pairs with ``<stem>.png`` label maps.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -38,12 +39,14 @@ class FolderReader(DatasetReader):
     name = "folder"
     default_splits = ("all",)
 
-    def __init__(self, root: str | Path, splits: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, root: str | Path, splits: Sequence[str] | None = None, sequences: SequenceFilter | None = None
+    ) -> None:
         root = Path(root)
         if root.is_dir():  # otherwise the base class reports the missing directory
             self.classes, ignore = load_class_file(root)
             self.lut = identity_lut(len(self.classes), ignore=ignore)
-        super().__init__(root, splits)
+        super().__init__(root, splits, sequences)
 
     def find_pairs(self) -> list[SampleRef]:
         images, labels = self.root / "images", self.root / "labels"

@@ -11,7 +11,10 @@ For one training image and its layout, :func:`simulate_canvas`:
 2. **transfers colour** to ``color_transfer`` (20%) of the components, each from a random bank
    segment of the same class in another image: per-channel mean and standard deviation are
    matched in CIE Lab (Reinhard et al. 2001), as OpenCV computes it on float RGB in [0, 1];
-3. **elides boundaries** exactly as the test-time builder does (:mod:`synthesis.canvas.elision`).
+3. **jitters** a share of the kept segments (gamma, white balance, a small shift), when asked, so
+   that the canvas has the seams a canvas of segments from different photos has
+   (:mod:`synthesis.canvas.seam_jitter`);
+4. **elides boundaries** exactly as the test-time builder does (:mod:`synthesis.canvas.elision`).
 
 :func:`write_canvas_cache` precomputes ``variants`` such canvases per bank image at a training
 size into a directory (one ``.npz`` per image and variant, each written atomically, plus
@@ -39,13 +42,15 @@ from memory_bank.images import resize_label, resize_photo
 from synthesis.canvas.builder import ELISION_STREAM, Canvas, CanvasBuilder, CanvasOptions, PlacedSegment, component_mask
 from synthesis.canvas.compose import NO_SEGMENT, composite
 from synthesis.canvas.elision import elide, kept_pixels
+from synthesis.canvas.seam_jitter import SeamJitter
 from synthesis.canvas.segment_cache import CachedSegments
-from synthesis.tensors import image_tensor, input_tensors, mask_tensor
+from synthesis.tensors import image_tensor, input_tensors, label_tensor, mask_tensor
 
 logger = logging.getLogger(__name__)
 
 #: Random streams of a seed (retrieval uses the seed itself, elision ``ELISION_STREAM``).
 COLOR_STREAM = 2
+JITTER_STREAM = 3
 #: Version of the cache layout written by :func:`write_canvas_cache`.
 CACHE_FORMAT = 1
 CACHE_MANIFEST = "cache.json"
@@ -136,8 +141,9 @@ def simulate_canvas(
     image_id: int | None = None,
     donors: ColorDonors | None = None,
     color_transfer: float = 0.2,
+    jitter: SeamJitter | None = None,
 ) -> Canvas:
-    """The simulated canvas of one training image (stencil, colour transfer, elision).
+    """The simulated canvas of one training image (stencil, colour transfer, jitter, elision).
 
     Args:
         builder: supplies retrieval, the segment reader, the elision settings and object classes.
@@ -149,6 +155,8 @@ def simulate_canvas(
             map then names its own segment at every kept pixel. Otherwise provenance is -1.
         donors: colour statistics; without them no colour is transferred.
         color_transfer: share of components whose colour is transferred.
+        jitter: seam jitter of kept segments (None: none); its own random stream, so canvases
+            without it are the same as before it existed.
 
     ``Canvas.segments`` lists the retrieved stencil segments (``segment_id``) per component.
     """
@@ -162,12 +170,14 @@ def simulate_canvas(
     components, result = builder.query(layout, seed, exclude)
     own = _own_segment_ids(builder, image_id)
     rng = np.random.default_rng([seed, COLOR_STREAM])
+    jitter_rng = np.random.default_rng([seed, JITTER_STREAM])
     pixels, masks, ids, placed, unfilled = [], [], [], [], []
     for comp in result.components:
         match = comp.chosen
         # Drawn for every component so that one component's outcome does not shift the others'.
         recolor = rng.random() < color_transfer
         donor_rng = np.random.default_rng(rng.integers(2**63))
+        draw = None if jitter is None else jitter.draw(jitter_rng)
         if match is None:
             unfilled.append((comp.component_id, str(comp.status)))
             continue
@@ -179,6 +189,8 @@ def simulate_canvas(
             if donor is not None:
                 piece = photo.copy()
                 piece[stencil] = transfer_color(photo[stencil], donors.mean[donor], donors.std[donor])
+        if draw is not None:
+            piece = draw.apply(piece, stencil)
         pixels.append(piece)
         masks.append(stencil)
         ids.append(len(placed))
@@ -256,6 +268,7 @@ class CacheInfo:
     images: tuple[int, ...]
     complete: bool = False
     bands: tuple[float, ...] = ()
+    jitter: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -295,6 +308,7 @@ def write_canvas_cache(
     options: CanvasOptions | None = None,
     images: Sequence[int] | None = None,
     bands: Sequence[float] = (),
+    jitter: SeamJitter | None = None,
     progress: bool = True,
 ) -> CacheInfo:
     """Precompute ``variants`` simulated canvases per bank image at ``size`` (H, W) into ``out_dir``.
@@ -304,6 +318,7 @@ def write_canvas_cache(
     temporary file and renamed, so a killed run leaves only whole files. ``bands`` (fractions of
     the frame height) gives variant ``v`` the elision band ``bands[v % len(bands)]`` instead of
     ``options.elision.band``, so one cache trains a network for several test-time bands.
+    ``jitter`` gives the kept segments seams (:mod:`synthesis.canvas.seam_jitter`).
     Rerunning with the same settings resumes: existing samples are kept. ``cache.json`` records
     the recipe; it says ``complete`` once every sample is written. A directory holding a cache
     made another way is an error.
@@ -328,6 +343,7 @@ def write_canvas_cache(
         options=json.loads(json.dumps(asdict(options))),
         images=ids,
         bands=tuple(float(b) for b in bands),
+        jitter=None if jitter is None else jitter.to_dict(),
     )
     manifest = out / CACHE_MANIFEST
     if manifest.exists():
@@ -355,6 +371,7 @@ def write_canvas_cache(
             image_id=image_id,
             donors=donors,
             color_transfer=color_transfer,
+            jitter=jitter,
         )
         layout, img, missing, photo = resize_sample(arrays.label, canvas.canvas, canvas.missing, arrays.photo, frame)
         code = resize_label(canvas.elision, frame)
@@ -379,8 +396,9 @@ class SimulatedCanvasDataset(torch.utils.data.Dataset):
     ``size`` (H, W) resizes on the fly (nearest for layout and missing, area for images); by
     default samples come at the cache's size. With ``full_resolution``, items also carry the
     cache's own-size ``full_canvas`` (3, H, W), ``full_kept`` (1, H, W; real canvas pixels, see
-    :func:`~synthesis.canvas.elision.kept_pixels`) and ``full_photo`` (3, H, W), which train the
-    full-resolution canvas blend. ``variants`` limits how many variants per image are used.
+    :func:`~synthesis.canvas.elision.kept_pixels`), ``full_photo`` (3, H, W) and ``full_layout``
+    (H, W), which train the full-resolution canvas blend and hole refiner. ``variants`` limits
+    how many variants per image are used.
     Items are ordered image-major: index ``i`` is image ``i // V``, variant ``i % V``.
     """
 
@@ -441,6 +459,7 @@ class SimulatedCanvasDataset(torch.utils.data.Dataset):
             item["full_canvas"] = image_tensor(stored["canvas"])
             item["full_kept"] = mask_tensor(kept)
             item["full_photo"] = image_tensor(stored["photo"])
+            item["full_layout"] = label_tensor(stored["layout"])
         return item
 
 

@@ -97,12 +97,17 @@ def simulate(
         str | None,
         typer.Option(help="Comma-separated elision bands (fractions of h), one per variant in turn, e.g. 0.05,0.02,0"),
     ] = None,
+    jitter: Annotated[
+        float,
+        typer.Option(help="Share of kept segments given seams: gamma, white balance and a shift (0: none)."),
+    ] = 0.0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Precompute simulated training canvases (paper §5.2) into a cache; this writes data, it does not train."""
     from memory_bank import open_bank
     from memory_bank.config import parse_size
     from synthesis.canvas.builder import CanvasOptions
+    from synthesis.canvas.seam_jitter import SeamJitter
     from synthesis.canvas.simulate import write_canvas_cache
 
     single_thread_faiss()
@@ -116,6 +121,7 @@ def simulate(
         options=CanvasOptions(k=k, mode=mode),  # type: ignore[arg-type]
         images=_ids(images),
         bands=_floats(bands),
+        jitter=SeamJitter(probability=jitter) if jitter > 0 else None,
         progress=progress,
     )
     h, w = info.size

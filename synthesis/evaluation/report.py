@@ -11,7 +11,11 @@ For every named image set (SIMS, the parametric baseline, ...) and for the real 
 4. the mean radially averaged power spectrum, and its distance to the real photos' spectrum at
    the same image size (:mod:`synthesis.evaluation.spectrum`);
 5. KID ×10³ between the set and the real photos on the evaluation segmenter's bottleneck
-   features, each image at its own resolution (:mod:`synthesis.evaluation.kid`; not Inception).
+   features, each image at its own resolution (:mod:`synthesis.evaluation.kid`; not Inception);
+6. what the canvas leaves visible (:mod:`synthesis.evaluation.seams`): the seam score on
+   provenance boundaries inside one class, and the detail in the pixels the canvas lacks, each
+   over the real photo's at the same pixels, at the regions of the set's own canvas or, for sets
+   without one, of the first SIMS set's canvas for the same layout.
 
 Every measure is taken at the resolution a set comes in: nothing here resizes a set's images
 (checkpoint sets run the product pipeline, which returns images at the layout's resolution).
@@ -43,6 +47,7 @@ from memory_bank import Bank, ClassTable, DatasetError, SimsError
 from memory_bank.images import resize_photo
 from synthesis.evaluation.kid import kid_with_error, segmenter_features, stack_features
 from synthesis.evaluation.metrics import SegmentationScores, confusion_matrix, l1_error
+from synthesis.evaluation.seams import CanvasRegions, SeamTally
 from synthesis.evaluation.spectrum import (
     HIGH_FREQUENCY_CUTOFF,
     Spectrum,
@@ -353,6 +358,9 @@ class SetResult:
     fine_detail_ratio: float = float("nan")
     kid: float | None = None
     kid_se: float | None = None
+    seam_score: float = float("nan")
+    hole_detail: float = float("nan")
+    hole_share: float = float("nan")
     samples: list[np.ndarray] = field(default_factory=list, repr=False)
     predictions: list[np.ndarray] = field(default_factory=list, repr=False)
 
@@ -369,6 +377,9 @@ class SetResult:
             "fine_detail_ratio": _finite(self.fine_detail_ratio),
             "kid_x1000": None if self.kid is None else _finite(1e3 * self.kid),
             "kid_se_x1000": None if self.kid_se is None else _finite(1e3 * self.kid_se),
+            "seam_score": _finite(self.seam_score),
+            "hole_detail": _finite(self.hole_detail),
+            "hole_share": _finite(self.hole_share),
         }
 
 
@@ -444,8 +455,10 @@ def evaluate_image_sets(
     # smaller size a set comes in) are made once the first item shows the sets' sizes.
     scorers = [_Scorer(s.name, segmenter, num_samples) for s in image_sets]
     references: list[tuple[RealPhotos, _Scorer]] = []
+    tallies = {name: SeamTally() for name in [*names, REAL]}
     for position, item in enumerate(tqdm(items, desc="scoring", unit="layout", disable=not progress, leave=False)):
         outputs = {s.name: output_for(s, item) for s in image_sets}
+        _tally_seams(tallies, item, outputs)
         for scorer in scorers:
             scorer.add(position, item, outputs[scorer.name].image, reference=False)
         if not references:
@@ -476,6 +489,9 @@ def evaluate_image_sets(
         r.fine_detail_ratio = high_frequency_ratio(scorer.hf, ref_scorer.hf)
         r.kid, r.kid_se = _kid(scorer.features, real_features)
         results.append(r)
+    for r in [ref_results[0], *results]:
+        tally = tallies[r.name]
+        r.seam_score, r.hole_detail, r.hole_share = tally.seam_score, tally.hole_detail, tally.hole_share
 
     return EvalReport(
         classes=classes,
@@ -487,6 +503,25 @@ def evaluate_image_sets(
         real_spectra={r.size: r.spectrum for r in ref_results},
         sample_items=list(items[:num_samples]),
     )
+
+
+def _regions(output: SetOutput, layout: np.ndarray) -> CanvasRegions | None:
+    canvas = output.canvas
+    if canvas is None:
+        return None
+    return CanvasRegions.from_canvas(layout, canvas.provenance, {p.segment_id: p.image_id for p in canvas.segments})
+
+
+def _tally_seams(tallies: Mapping[str, SeamTally], item: EvalItem, outputs: Mapping[str, SetOutput]) -> None:
+    """Add one item to every set's seam and hole sums (at its own canvas, else the first set's with one)."""
+    own = {name: _regions(out, item.layout) for name, out in outputs.items()}
+    shared = next((r for r in own.values() if r is not None), None)
+    if shared is None:
+        return
+    for name, out in [*outputs.items(), (REAL, SetOutput(item.photo))]:
+        regions = own.get(name) or shared
+        if out.image.shape[:2] == regions.holes.shape and item.photo.shape[:2] == regions.holes.shape:
+            tallies[name].add(out.image, item.photo, regions)
 
 
 def _kid(features: Sequence[np.ndarray], real: np.ndarray) -> tuple[float | None, float | None]:
@@ -621,8 +656,8 @@ def render_markdown(report: EvalReport) -> str:
         f"photos at {sh}x{sw}).",
         "",
         "| images | size | seg. mIoU ↑ | pixel acc. ↑ | L1 to photo ↓ | fine detail (1 = real) | "
-        "spectrum distance ↓ | spectrum slope | KID ×10³ ↓ |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "spectrum distance ↓ | spectrum slope | KID ×10³ ↓ | seam score (1 = real) | hole detail (1 = real) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report.results:
         name = f"{r.name} (reference)" if r.reference else f"**{r.name}**"
@@ -631,7 +666,8 @@ def render_markdown(report: EvalReport) -> str:
         lines.append(
             f"| {name} | {r.size[0]}x{r.size[1]} | {_fmt(r.scores.miou)} | {_fmt(r.scores.pixel_accuracy)} | "
             f"{_fmt(r.l1)} | {_fmt(r.fine_detail_ratio)} | {dist} | {r.spectrum.slope():.2f} | "
-            f"{f'({kid})' if r.reference and r.kid is not None else kid} |"
+            f"{f'({kid})' if r.reference and r.kid is not None else kid} | {_fmt(r.seam_score)} | "
+            f"{_fmt(r.hole_detail)} |"
         )
     lines += [
         "",
@@ -660,6 +696,19 @@ def render_markdown(report: EvalReport) -> str:
         f"at radial frequencies above {HIGH_FREQUENCY_CUTOFF} cycles/pixel (half the Nyquist radius); a set's mean "
         f"share over the real photos' at the same size, so 1.0 is as detailed as real photos, below 1 smoother, "
         f"above 1 noisier.{real_share}",
+        "- *Seam score*: the squared colour step between 4-neighbouring pixels of one layout class that come "
+        "from different sources (two bank photos, or a bank photo and the network's drawing), summed over the "
+        "set, over the real photos' steps at the same pixel pairs: 1.0 = no visible seam, above 1 a step the "
+        "photo does not have. *Hole detail*: the high-pass energy (luminance minus its 2x area-downsampled, "
+        "upsampled copy: the top octave, where fine detail lives) on the pixels the canvas lacks, over the real "
+        "photos' there: 1.0 = as detailed, near 0 an upsampled low-resolution drawing. Both are taken at the "
+        "set's own canvas or, for rows without one (parametric models, folders, real photos), at the first SIMS "
+        "set's canvas for the same layout"
+        + (
+            f" (the canvases lack {100 * report.results[0].hole_share:.1f}% of the pixels)."
+            if np.isfinite(report.results[0].hole_share)
+            else "; — when no set builds canvases."
+        ),
         "- Every measure is taken at the size the set comes in (column *size*; checkpoint sets come at the "
         "layout's resolution, as the product pipeline returns them); real photos are area-resized to that size.",
         "- *KID ×10³*: kernel inception distance, the unbiased MMD² with the kernel (x·y/d + 1)³, between the "

@@ -51,6 +51,8 @@ class RefinementConfig(NetworkConfig):
         canvas_channels: colour channels of the canvas (the missing mask adds one more).
         canvas_blend: also predict the blend maps that keep the full-resolution canvas
             (:mod:`synthesis.networks.blend`); off for the networks trained before it.
+        hole_refiner_widths: widths of the full-resolution :class:`~synthesis.networks.blend.HoleRefiner`
+            that draws where the canvas is not kept (empty: none, as in the networks trained before it).
     """
 
     num_classes: int
@@ -62,8 +64,12 @@ class RefinementConfig(NetworkConfig):
     negative_slope: float = 0.2
     canvas_channels: int = 3
     canvas_blend: bool = False
+    hole_refiner_widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "hole_refiner_widths", tuple(int(v) for v in self.hole_refiner_widths))
+        if self.hole_refiner_widths and len(self.hole_refiner_widths) != 2:
+            raise ValueError(f"hole_refiner_widths must be empty or two widths, got {self.hole_refiner_widths}")
         # Normalise JSON lists to tuples so configs compare and hash by value.
         object.__setattr__(self, "resolution", tuple(int(v) for v in self.resolution))
         object.__setattr__(self, "encoder_widths", tuple(int(v) for v in self.encoder_widths))
@@ -132,6 +138,7 @@ class CascadedRefinementNetwork(PretrainedNetwork, config_class=RefinementConfig
         negative_slope: float = 0.2,
         canvas_channels: int = 3,
         canvas_blend: bool = False,
+        hole_refiner_widths: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.config = RefinementConfig(
@@ -144,6 +151,7 @@ class CascadedRefinementNetwork(PretrainedNetwork, config_class=RefinementConfig
             negative_slope=negative_slope,
             canvas_channels=canvas_channels,
             canvas_blend=canvas_blend,
+            hole_refiner_widths=tuple(hole_refiner_widths),
         )
         cfg = self.config
         guide = cfg.in_channels  # layout + canvas + mask, resized to each scale
@@ -164,6 +172,11 @@ class CascadedRefinementNetwork(PretrainedNetwork, config_class=RefinementConfig
             from synthesis.networks.blend import blend_head
 
             self.to_blend = blend_head(cfg.decoder_widths[0])
+        self.hole_refiner: nn.Module | None = None
+        if cfg.hole_refiner_widths:
+            from synthesis.networks.blend import HoleRefiner
+
+            self.hole_refiner = HoleRefiner(cfg.num_classes, cfg.hole_refiner_widths, cfg.negative_slope)
 
     def prepare_input(self, layout: Tensor, canvas: Tensor, missing: Tensor) -> Tensor:
         """Check shapes and stack one-hot layout, canvas and mask into (B, C + 4, H, W).

@@ -11,7 +11,10 @@ and, to train the full-resolution canvas blend (:mod:`synthesis.networks.blend`)
 
 - ``full_canvas``: float32 (3, H', W') in [0, 1], the canvas at the output resolution;
 - ``full_kept``: float32 (1, H', W'), 1 where that canvas pixel is real (neither missing nor elided);
-- ``full_photo``: float32 (3, H', W') in [0, 1], the target at the output resolution.
+- ``full_photo``: float32 (3, H', W') in [0, 1], the target at the output resolution;
+
+and optionally ``full_layout``: int64 (H', W') class ids at the output resolution, which the
+full-resolution hole refiner and the discriminator read (without it, ``layout`` is resized).
 
 Any torch ``Dataset`` yielding such dicts trains the network. A dataset may also carry
 
@@ -42,6 +45,8 @@ from synthesis.tensors import image_tensor, label_tensor
 
 SAMPLE_KEYS = ("layout", "canvas", "missing", "photo")
 FULL_RESOLUTION_KEYS = ("full_canvas", "full_kept", "full_photo")
+#: Keys a full-resolution sample may carry besides those; batched when every sample has them.
+OPTIONAL_FULL_KEYS = ("full_layout",)
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ def check_sample(sample: Mapping[str, Any], size: tuple[int, int], num_classes: 
 def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack the contract's tensors of several samples into a batch (other keys are dropped)."""
     keys = SAMPLE_KEYS + (FULL_RESOLUTION_KEYS if all(k in samples[0] for k in FULL_RESOLUTION_KEYS) else ())
+    keys += tuple(k for k in OPTIONAL_FULL_KEYS if all(k in s for s in samples))
     return {k: torch.stack([s[k] for s in samples]) for k in keys}
 
 

@@ -5,6 +5,10 @@ The run directory, resume, checkpoints and time limit are the harness's
 
 The parametric baseline (CRN-style) is the same network, budget and data with the canvas always
 empty (all zeros, every pixel missing); the checkpoint records which of the two a run trained.
+The network is the one its ``model`` section describes: the SIMS network
+(:class:`~synthesis.networks.refinement.RefinementConfig`) or the SPADE-class peer
+(:class:`~synthesis.networks.spade.SpadeConfig`, trained ``parametric``), with the same losses,
+discriminator and data.
 Resuming restores weights, optimizer, RNG states and the position in the data, so a resumed run
 takes exactly the steps an uninterrupted one would have.
 """
@@ -28,9 +32,10 @@ from memory_bank.classes import default_palette
 from synthesis.adversarial import AdversarialConfig, MultiscaleDiscriminator, feature_matching_loss, lsgan_loss
 from synthesis.configs import JsonConfig
 from synthesis.losses import CRN_LAYER_WEIGHTS, PerceptualLoss
-from synthesis.model_directory import from_pretrained, read_metadata
-from synthesis.networks.blend import BlendedImage, blend_canvas
-from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
+from synthesis.model_directory import from_pretrained, network_for_config, read_metadata
+from synthesis.networks.blend import BlendedImage, blend_canvas, refine_holes
+from synthesis.networks.refinement import RefinementConfig
+from synthesis.networks.spade import SpadeConfig
 from synthesis.networks.vgg import VggIdentity, VggSpec, load_vgg
 from synthesis.tensors import image_array, one_hot
 from synthesis.training.data import DataConfig, build_dataset, check_sample, collate, empty_canvas
@@ -120,7 +125,7 @@ class TrainSynthesisConfig(JsonConfig):
     full-resolution crops (:mod:`synthesis.adversarial`).
     """
 
-    model: RefinementConfig
+    model: RefinementConfig | SpadeConfig
     vgg: VggSpec = field(default_factory=VggSpec)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -212,7 +217,7 @@ class SynthesisTrainer(Trainer):
         t = config.train
         self.device = resolve_device(t.device)
         torch.manual_seed(t.seed)
-        self.model = CascadedRefinementNetwork.from_config(config.model).to(self.device)
+        self.model = network_for_config(type(config.model)).network.from_config(config.model).to(self.device)
         layers = [name for name in config.loss_weights if name != "input"]
         vgg, self.vgg_identity = load_vgg(config.vgg, layers)
         self.loss_fn = PerceptualLoss(vgg, config.loss_weights).to(self.device)
@@ -222,7 +227,8 @@ class SynthesisTrainer(Trainer):
         if t.precision == "bf16":
             # The VGG is frozen: cast it once rather than letting autocast re-cast its weights every step.
             self.loss_fn.vgg.to(torch.bfloat16)
-        head = [] if self.model.to_blend is None else list(self.model.to_blend.parameters())
+        to_blend = getattr(self.model, "to_blend", None)
+        head = [] if to_blend is None else list(to_blend.parameters())
         rest = [p for p in self.model.parameters() if all(p is not q for q in head)]
         groups = [{"params": rest}] + ([{"params": head, "lr": t.lr * t.blend_lr_scale}] if head else [])
         self.optimizer = torch.optim.Adam(groups, lr=t.lr, betas=t.betas)
@@ -283,7 +289,8 @@ class SynthesisTrainer(Trainer):
     def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The perceptual loss of the network on a device batch (no optimizer step).
 
-        With ``full_loss``, the full-resolution output adds its loss on one random crop.
+        With ``full_loss``, the full-resolution output adds its loss on one random crop; the
+        network's hole refiner, if it has one, runs on that crop (it is fully convolutional).
         """
         out, blended = self.forward(batch)
         with self._autocast():
@@ -292,19 +299,25 @@ class SynthesisTrainer(Trainer):
         if full is not None and full.weight > 0:
             if blended is None:
                 raise ValueError("full_loss needs samples with full_canvas/full_kept/full_photo (data.options)")
-            judged = (blended.image, batch["full_photo"])
-            if self.discriminator is not None:
-                # The discriminator's condition: the layout over the same window (one-hot after the crop).
-                judged += (resize_layout(batch["layout"], tuple(blended.image.shape[-2:])),)
-            image, target, *layout = random_crop(judged, full.crop)
+            full_layout = self.full_layout(batch, tuple(blended.image.shape[-2:]))
+            judged = (blended.image, batch["full_photo"], blended.weight, full_layout)
+            image, target, weight, layout = random_crop(judged, full.crop)
+            condition = one_hot(layout, self.config.model.num_classes)
             with self._autocast():
+                image = refine_holes(self.model, image, weight, condition).float()
                 loss = loss + full.weight * self.loss_fn(image, target).float()
             if self.discriminator is not None and self.config.adversarial is not None:
-                condition = one_hot(layout[0], self.config.model.num_classes)
                 loss = loss + self._generator_adversarial_loss(
                     self.discriminator, self.config.adversarial, image, target, condition
                 )
         return loss
+
+    @staticmethod
+    def full_layout(batch: Mapping[str, torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
+        """The layout at the output resolution: the sample's own, else the network's resized."""
+        if "full_layout" in batch:
+            return batch["full_layout"]
+        return resize_layout(batch["layout"], size)
 
     def _generator_adversarial_loss(
         self,
@@ -364,13 +377,15 @@ class SynthesisTrainer(Trainer):
         self.model.eval()
         device_batch = self.to_device(batch)
         out, blended = self.forward(device_batch)
-        self.model.train()
         palette = _palette(self.dataset, self.config.model.num_classes)
         if blended is None:
+            self.model.train()
             return sample_grid(device_batch, out, palette)
-        layout = resize_layout(device_batch["layout"], tuple(blended.image.shape[-2:]))
+        layout = self.full_layout(device_batch, tuple(blended.image.shape[-2:]))
+        image = refine_holes(self.model, blended.image, blended.weight, one_hot(layout, self.config.model.num_classes))
+        self.model.train()
         full = {"layout": layout, "canvas": device_batch["full_canvas"], "photo": device_batch["full_photo"]}
-        return sample_grid(full, blended.image, palette)
+        return sample_grid(full, image, palette)
 
     # The harness's hooks (synthesis.training.harness)
     def schedule(self) -> Schedule:
@@ -437,7 +452,7 @@ class SynthesisTrainer(Trainer):
 
     def warm_start(self, directory: Path) -> None:
         """Start from the weights of a model directory; layers it lacks (e.g. a new head) keep their init."""
-        theirs = from_pretrained(directory, network=CascadedRefinementNetwork).state_dict()
+        theirs = from_pretrained(directory, network=type(self.model)).state_dict()
         own = self.model.state_dict()
         mismatched = [k for k, v in theirs.items() if k in own and own[k].shape != v.shape]
         unknown = [k for k in theirs if k not in own]

@@ -1,0 +1,142 @@
+"""What a canvas leaves visible: seams between sources, and detail where it had no pixels.
+
+Two measures, each taken on the pixels a canvas singles out and relative to the real photo at
+the same pixels (1.0 = as the real photo):
+
+- **seam score**: the squared step between neighbouring pixels (4-neighbours) across a
+  *provenance boundary inside one layout class*: both pixels have the same class, and they come
+  from different sources. A source is the bank photo a kept canvas pixel was retrieved from, or
+  "drawn by the network" (-1) for a pixel the canvas lacks, so a real sky segment meeting drawn
+  sky counts, and two segments of one photo do not. Summed over a set, over the real photos'
+  sum at the same pairs. A brightness step at a seam scores above 1.
+- **hole detail**: the high-pass energy (the luminance minus its 2x area-downsampled and
+  bilinearly upsampled copy: the band above half the Nyquist frequency, where
+  :func:`~synthesis.evaluation.spectrum.high_frequency_fraction` measures fine detail) on the
+  pixels the canvas lacks (missing or elided), over the real photo's at the same pixels. An
+  upsampled low-resolution drawing scores near 0.
+
+Rows without a canvas of their own (folders, parametric models, the real photos) are measured at
+the pixels of the evaluation's SIMS canvas for the same layout, so every row is comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from memory_bank.classes import IGNORE
+from synthesis.evaluation.spectrum import to_gray
+
+#: Source of a pixel the canvas lacks (drawn by the network).
+DRAWN = -1
+
+
+@dataclass(frozen=True)
+class CanvasRegions:
+    """The pixels of one layout's canvas that the measures look at.
+
+    Attributes:
+        pairs: (N, 4) int rows ``(y0, x0, y1, x1)`` of 4-neighbours across a seam.
+        holes: (H, W) bool, pixels the canvas lacks (missing or elided).
+    """
+
+    pairs: np.ndarray
+    holes: np.ndarray
+
+    @classmethod
+    def from_canvas(
+        cls, layout: np.ndarray, provenance: np.ndarray, image_of_segment: Mapping[int, int]
+    ) -> CanvasRegions:
+        """From a layout, a canvas's provenance map (bank segment id, -1 where none) and segment -> photo ids."""
+        layout = np.asarray(layout)
+        provenance = np.asarray(provenance, np.int64)
+        if layout.shape != provenance.shape:
+            raise ValueError(f"layout {layout.shape} and provenance {provenance.shape} differ in size")
+        source = np.full(provenance.shape, DRAWN, np.int64)
+        kept = provenance >= 0
+        if kept.any():
+            ids = np.unique(provenance[kept])
+            lookup = np.array([image_of_segment.get(int(i), -2) for i in ids], np.int64)
+            if (lookup == -2).any():
+                raise ValueError(f"provenance names segments the canvas did not place: {ids[lookup == -2][:5]}")
+            source[kept] = lookup[np.searchsorted(ids, provenance[kept])]
+        return cls(seam_pairs(layout, source), ~kept)
+
+
+def seam_pairs(layout: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """(N, 4) 4-neighbour pairs ``(y0, x0, y1, x1)`` of one labelled class and two different sources."""
+    rows = []
+    for dy, dx in ((0, 1), (1, 0)):
+        a_lab, b_lab = layout[: layout.shape[0] - dy, : layout.shape[1] - dx], layout[dy:, dx:]
+        a_src, b_src = source[: source.shape[0] - dy, : source.shape[1] - dx], source[dy:, dx:]
+        hit = (a_lab == b_lab) & (a_lab != IGNORE) & (a_src != b_src)
+        y, x = np.nonzero(hit)
+        rows.append(np.stack([y, x, y + dy, x + dx], axis=1))
+    return np.concatenate(rows).astype(np.int64)
+
+
+def step_energy(image: np.ndarray, pairs: np.ndarray) -> float:
+    """Sum of squared RGB steps (0..1 scale) between the pixels of each pair."""
+    if pairs.size == 0:
+        return 0.0
+    a = np.asarray(image, np.float64) / 255.0
+    diff = a[pairs[:, 0], pairs[:, 1]] - a[pairs[:, 2], pairs[:, 3]]
+    return float((diff**2).sum())
+
+
+def high_pass(image: np.ndarray) -> np.ndarray:
+    """Luminance minus its 2x area-downsampled, bilinearly upsampled copy (the top octave of detail)."""
+    gray = to_gray(image).astype(np.float32)
+    h, w = gray.shape
+    low = cv2.resize(gray, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
+    return gray - cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def hole_energy(image: np.ndarray, holes: np.ndarray) -> float:
+    """Sum of the squared :func:`high_pass` of ``image`` over the ``holes`` pixels."""
+    if not holes.any():
+        return 0.0
+    return float((high_pass(image)[holes].astype(np.float64) ** 2).sum())
+
+
+@dataclass
+class SeamTally:
+    """Running sums of one image set against the real photos, at the regions of each layout's canvas."""
+
+    seam: float = 0.0
+    seam_real: float = 0.0
+    hole: float = 0.0
+    hole_real: float = 0.0
+    pairs: int = 0
+    hole_pixels: int = 0
+    total_pixels: int = 0
+
+    def add(self, image: np.ndarray, photo: np.ndarray, regions: CanvasRegions) -> None:
+        """Add one image and its real photo (same size as the canvas)."""
+        if image.shape[:2] != regions.holes.shape or photo.shape[:2] != regions.holes.shape:
+            raise ValueError(f"image {image.shape[:2]} and photo {photo.shape[:2]} must be {regions.holes.shape}")
+        self.seam += step_energy(image, regions.pairs)
+        self.seam_real += step_energy(photo, regions.pairs)
+        self.hole += hole_energy(image, regions.holes)
+        self.hole_real += hole_energy(photo, regions.holes)
+        self.pairs += len(regions.pairs)
+        self.hole_pixels += int(regions.holes.sum())
+        self.total_pixels += regions.holes.size
+
+    @property
+    def seam_score(self) -> float:
+        """Seam step energy over the real photos' (NaN without seams)."""
+        return self.seam / self.seam_real if self.seam_real > 0 else float("nan")
+
+    @property
+    def hole_detail(self) -> float:
+        """High-pass energy in the holes over the real photos' (NaN without holes)."""
+        return self.hole / self.hole_real if self.hole_real > 0 else float("nan")
+
+    @property
+    def hole_share(self) -> float:
+        """Share of pixels the canvases lack."""
+        return self.hole_pixels / self.total_pixels if self.total_pixels else float("nan")
