@@ -83,3 +83,28 @@ class SequenceFilter:
             [f"without {','.join(self.exclude)}"] if self.exclude else []
         )
         return "; ".join(parts) or "all sequences"
+
+
+def bank_sequences(dataset_names: Iterable[str], source_files: Iterable[str]) -> list[str]:
+    """The sequence of every image of a bank, from its image table's ``dataset`` and ``source_file`` columns."""
+    return [sequence_of(d, f) for d, f in zip(dataset_names, source_files, strict=True)]
+
+
+def check_held_out(
+    held_out: Iterable[str], *, layouts: Iterable[str] = (), memory: Iterable[str] = ()
+) -> tuple[int, int]:
+    """Check a held-out-sequence evaluation: every layout from ``held_out``, no memory image from it.
+
+    ``layouts`` and ``memory`` are the sequences of the evaluated images and of the memory bank's
+    images (:func:`bank_sequences`). Returns their counts; a :class:`DatasetError` names the leak.
+    """
+    held = set(held_out)
+    layouts, memory = list(layouts), list(memory)
+    outside = sorted(set(layouts) - held)
+    if outside:
+        raise DatasetError(f"evaluation layouts come from sequences {outside}, outside the held-out {sorted(held)}")
+    leaked = sorted(set(memory) & held)
+    if leaked:
+        count = sum(s in held for s in memory)
+        raise DatasetError(f"the memory bank holds {count} images of the held-out sequences {leaked}")
+    return len(layouts), len(memory)

@@ -125,6 +125,7 @@ class SynthesizeUpload(_Model):
     extras: str = Field("", description="Comma-separated extras, e.g. `canvas,provenance,segments`.")
     format: ReplyFormat | SkipJsonSchema[None] = OMITTED
     pins: str = Field("", description='JSON object of pins, e.g. `{"3": 1207}` (see the JSON form).')
+    exclude_images: str = Field("", description="Comma-separated bank image ids whose segments must not be used.")
     candidates: Annotated[int, Field(ge=0, le=MAX_K)] = 0
     layout_resize: bool = False
     layout_colors: bool = False

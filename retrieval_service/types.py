@@ -237,6 +237,12 @@ class SynthesizeOptions(LayoutFields):
         "`components` (16-bit greyscale PNG: component index + 1 per pixel, 0 = none).",
     )
     pins: Pins = Field(default_factory=dict)
+    exclude_images: tuple[ImageId, ...] = Field(
+        default_factory=tuple,
+        max_length=MAX_EXCLUDE,
+        description="Bank image ids whose segments must not fill the canvas: the Studio sends the image a "
+        "layout was taken from, so that the synthesis does not copy its own photo.",
+    )
     candidates: int = Field(
         0, ge=0, le=MAX_K, description="List each component's top `candidates` matches in the JSON `components`."
     )

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -278,6 +278,7 @@ class SynthesisPipeline:
         candidates: int = 0,
         stop: Deadline | None = None,
         instances: np.ndarray | None = None,
+        exclude_images: Sequence[int] = (),
     ) -> SynthesisOutput:
         """Synthesize a photo for an (H, W) uint8 layout at the bank's resolution (255 = unlabelled).
 
@@ -287,7 +288,8 @@ class SynthesisPipeline:
         ``k``: candidates per component the seed picks among; ``mode``: retrieval mode;
         ``elision``: boundary elision of the canvas (all three default to the builder's options);
         ``pins``: component index -> the bank segment that fills it; ``candidates``: matches per
-        component kept in ``output.canvas.retrieval`` (see :class:`~synthesis.canvas.builder.CanvasBuilder`).
+        component kept in ``output.canvas.retrieval`` (see :class:`~synthesis.canvas.builder.CanvasBuilder`);
+        ``exclude_images``: bank images none of whose segments may fill the canvas.
         The same layout, options, seed, pins and bank version give the same image. ``stop`` is
         checked before each step (:class:`Deadline`).
         """
@@ -308,7 +310,9 @@ class SynthesisPipeline:
         # 3. Canvas: retrieve, align, order, paste, elide.
         builder = self._builder(k, mode, elision)
         check("retrieve")
-        canvas = builder(layout, seed=seed, pins=pins, candidates=candidates, instances=instances)
+        canvas = builder(
+            layout, seed=seed, exclude_images=exclude_images, pins=pins, candidates=candidates, instances=instances
+        )
         timings["retrieve"] = canvas.timings["retrieve"]
         timings["canvas"] = canvas.timings["total"] - canvas.timings["retrieve"]
         # 4. The network, at its resolution; the output at the layout's.

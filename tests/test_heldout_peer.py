@@ -52,6 +52,17 @@ def test_sequence_rule_and_filter() -> None:
         SequenceFilter(("a",), ("a",))
 
 
+def test_check_held_out_names_the_leak() -> None:
+    from memory_bank.sequences import bank_sequences, check_held_out
+
+    memory = bank_sequences(["camvid"] * 2, ["train/0001TP_006690.png", "val/0016E5_07959.png"])
+    assert check_held_out(["0006R0"], layouts=["0006R0"] * 3, memory=memory) == (3, 2)
+    with pytest.raises(DatasetError, match="memory bank holds 1 images of the held-out sequences"):
+        check_held_out(["0016E5"], layouts=["0016E5"], memory=memory)
+    with pytest.raises(DatasetError, match="outside the held-out"):
+        check_held_out(["0006R0"], layouts=["0006R0", "0001TP"])
+
+
 def test_reader_holds_out_a_drive(sample_root: Path) -> None:
     everything = create_reader("camvid", sample_root, ["train"])
     held_out = create_reader("camvid", sample_root, ["train"], SequenceFilter(include=("0006R0",)))

@@ -375,6 +375,39 @@ def test_start_from_a_bank_image(page: Any, val_bank_path: Path) -> None:
     assert (labels(page) == np.asarray(bank.labels[image_id])).all()
 
 
+#: The bank image behind every filled region of the shown result.
+SOURCE_IMAGES = "studio.result.components.map((c) => studio.result.source(c.index)?.image_id).filter((v) => v != null)"
+
+
+def test_a_bank_image_layout_excludes_its_own_photo(page: Any, val_bank_path: Path) -> None:
+    """Starting from a bank image, its segments stay out of retrieval, unless the checkbox is cleared."""
+    page.fill("#image-search", "0016E5_08033")
+    page.wait_for_selector("#image-results[data-query='0016E5_08033'] li[data-image]")
+    first = page.locator("#image-results li[data-image]").first
+    image_id = int(first.get_attribute("data-image"))
+    first.click()
+    page.wait_for_function("studio.sourceImage !== null && !studio.busy", timeout=TIMEOUT_MS)
+    assert page.is_visible("#exclude-source-row") and page.is_checked("#exclude-source")
+    assert "0016E5_08033" in page.inner_text("#exclude-source-row")
+    page.fill("#k", "1")  # the best match of every region: its own photo's segment, when allowed
+    page.click("#synthesize")
+    seq = wait_for_result(page, 0)
+    sources = page.evaluate(SOURCE_IMAGES)
+    assert sources and image_id not in sources
+    assert page.evaluate("studio.result.request.exclude_images") == [image_id]
+    provenance_names = page.inner_text("#provenance-list")
+    assert "0016E5_08033" not in provenance_names
+    # The checkbox off: the photo's own segments come back (it is the best match of its own layout).
+    page.uncheck("#exclude-source")
+    page.click("#synthesize")
+    wait_for_result(page, seq)
+    sources = page.evaluate(SOURCE_IMAGES)
+    assert image_id in sources
+    # A new empty frame has no source image.
+    page.click("#new-empty")
+    assert page.evaluate("studio.sourceImage") is None and not page.is_visible("#exclude-source-row")
+
+
 def test_upload_a_raw_dataset_label_of_another_size(page: Any, sample_root: Path, tmp_path: Path) -> None:
     """A CamVid label file (raw id 11 = unlabelled) at twice the bank's size: the page asks for
     layout_resize (from the PNG's header) and dataset_ids (the service's 422 names it), and paints the result."""

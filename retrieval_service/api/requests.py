@@ -143,6 +143,16 @@ def _split(options_model: type[OptionsT], values: dict[str, Any]) -> tuple[Optio
     return options, layout
 
 
+def parse_ids(text: str) -> list[int]:
+    """The multipart ``exclude_images`` field: comma-separated bank image ids, e.g. ``3,17``."""
+    try:
+        return [int(p) for p in split_list(text)]
+    except ValueError:
+        raise ApiError(
+            422, "invalid_request", f"exclude_images must be comma-separated integers, got {text[:80]!r}"
+        ) from None
+
+
 def parse_pins(text: str) -> dict[str, Any]:
     """The multipart ``pins`` field: a JSON object, e.g. ``{"3": 1207}`` (its values are validated by the model)."""
     try:

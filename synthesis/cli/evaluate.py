@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from synthesis.evaluation.report import ImageSet
+    from collections.abc import Sequence
+
+    from memory_bank import Bank
+    from synthesis.evaluation.report import EvalItem, ImageSet
 
 app = typer.Typer(
     help="Evaluate synthesized images: segmentation consistency, L1, fine detail, power spectrum, KID; "
@@ -76,6 +79,13 @@ def evaluate(
     gallery: Annotated[
         bool, typer.Option("--gallery/--no-gallery", help="Write OUT/gallery/index.html, one row per layout.")
     ] = True,
+    held_out_sequences: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated sequences (drives) held out, e.g. 0006R0: refuse to run unless every layout "
+            "comes from them and the memory bank holds none of them; the report says so."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images (quick checks).")] = None,
     samples: Annotated[int, typer.Option(help="Rows of the sample figure.")] = 4,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
@@ -114,6 +124,7 @@ def evaluate(
 
         reader = create_reader(dataset, root, [split])  # type: ignore[arg-type]
         items, classes, title = rep.items_from_samples(reader, limit), reader.classes, f"{dataset} {split}"
+    held_note = _check_held_out(held_out_sequences, bank, root, dataset, items, source)
     writer = None
     if gallery:
         import numpy as np
@@ -143,7 +154,7 @@ def evaluate(
         progress=progress,
         on_item=writer,
     )
-    report.title = f"Evaluation on {title}"
+    report.title = f"Evaluation on {title}" + (f" ({held_note})" if held_note else "")
     report.command = "sims " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if writer is not None:
         report.gallery = writer.write().relative_to(out).as_posix()
@@ -158,6 +169,30 @@ def evaluate(
     if report.gallery:
         typer.echo(f"gallery in {out / report.gallery}")
     typer.echo(f"report in {md}")
+
+
+def _check_held_out(
+    text: str | None, bank: Path | None, root: Path | None, dataset: str, items: Sequence[EvalItem], source: Bank | None
+) -> str:
+    """Check the held-out-sequence split (memory_bank.sequences.check_held_out); the report's note."""
+    if not text:
+        return ""
+    from memory_bank import open_bank
+    from memory_bank.sequences import SequenceFilter, bank_sequences, check_held_out
+
+    held = SequenceFilter.parse(include=text).include
+    if bank is not None:
+        table = open_bank(bank).images
+        layouts = bank_sequences(table.column("dataset").to_pylist(), table.column("source_file").to_pylist())
+        layouts = layouts[: len(items)]
+    else:
+        layouts = bank_sequences([dataset] * len(items), [f"{i.name}.png" for i in items])
+    memory: list[str] = []
+    if source is not None:
+        table = source.images
+        memory = bank_sequences(table.column("dataset").to_pylist(), table.column("source_file").to_pylist())
+    n, m = check_held_out(held, layouts=layouts, memory=memory)
+    return f"held-out sequences {','.join(held)}: {n} layouts, none of the {m} memory-bank images"
 
 
 def _paste_set(sets: list[ImageSet], base: str) -> ImageSet:

@@ -395,7 +395,7 @@ class SynthesisTrainer(Trainer):
         """The result with the loss's VGG and one summary line: mode, steps, speed, last loss, checkpoint."""
         r = SynthesisTrainResult(**{f.name: getattr(result, f.name) for f in fields(result)}, vgg=self.vgg_identity)
         line = (
-            f"{'parametric baseline' if self.config.parametric else 'SIMS'}: step {r.step} "
+            f"{network_label(self.config)}: step {r.step} "
             f"({r.steps_run} this run, {r.seconds_per_step:.2f} s/step), "
             f"loss {f'{r.losses[-1]:.4f}' if r.losses else 'n/a'}; checkpoint {r.checkpoint}"
         )
@@ -462,6 +462,13 @@ class SynthesisTrainer(Trainer):
         fresh = sorted({k.split(".")[0] for k in own if k not in theirs})
         step = read_metadata(directory).get("step")
         log.info("warm start from %s (step %s); new layers: %s", directory, step, fresh or "none")
+
+
+def network_label(config: TrainSynthesisConfig) -> str:
+    """What a run trains, for logs: ``SIMS``, ``parametric baseline`` or ``SPADE peer``."""
+    if isinstance(config.model, SpadeConfig):
+        return "SPADE peer"
+    return "parametric baseline" if config.parametric else "SIMS"
 
 
 def resize_layout(layout: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -531,7 +538,7 @@ def _synthesis_trainer(
     trainer.sample_batch = fixed
     log.info(
         "training %s: %d samples at %dx%d, batch %d, %d steps, VGG %s (%s), device %s, %s",
-        "parametric baseline" if config.parametric else "SIMS",
+        network_label(config),
         len(dataset),  # type: ignore[arg-type]
         *size,
         t.batch_size,

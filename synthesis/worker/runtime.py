@@ -90,6 +90,7 @@ def synthesize(
         candidates=options.candidates,
         stop=stop,
         instances=instances,
+        exclude_images=options.exclude_images,
     )
 
 

@@ -15,13 +15,12 @@ from retrieval_service.api.metrics import ServiceMetrics
 from retrieval_service.api.requests import (
     layout_request_body,
     layout_request_errors,
+    parse_ids,
     parse_pins,
     read_layout_request,
-    split_list,
 )
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankState
-from retrieval_service.http_errors import ApiError
 from retrieval_service.http_models import (
     Candidate,
     Component,
@@ -72,7 +71,7 @@ async def retrieve(
         json_model=RetrieveRequest,
         options_model=RetrievalOptions,
         fields=_OPTION_FIELDS,
-        list_fields={"exclude_images": _parse_ids, "pins": parse_pins},
+        list_fields={"exclude_images": parse_ids, "pins": parse_pins},
     )
     if options.mode == "full":  # seconds of CPU per layout: the one retrieval mode a key can guard
         check_route_key(settings, "full", api_key)
@@ -81,15 +80,6 @@ async def retrieve(
     _record(metrics, result)
     response.headers["X-SIMS-Bank-Version"] = result.bank_version
     return _to_response(state, result, options)
-
-
-def _parse_ids(text: str) -> list[int]:
-    try:
-        return [int(p) for p in split_list(text)]
-    except ValueError:
-        raise ApiError(
-            422, "invalid_request", f"exclude_images must be comma-separated integers, got {text[:80]!r}"
-        ) from None
 
 
 def _run(

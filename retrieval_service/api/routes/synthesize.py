@@ -21,6 +21,7 @@ from retrieval_service.api.deps import SettingsDep, SynthesizeKeyDep, get_holder
 from retrieval_service.api.requests import (
     layout_request_body,
     layout_request_errors,
+    parse_ids,
     parse_pins,
     read_layout_request,
     split_list,
@@ -92,7 +93,7 @@ async def synthesize(request: Request, settings: SettingsDep, _: SynthesizeKeyDe
         json_model=SynthesizeRequest,
         options_model=SynthesizeOptions,
         fields=_OPTION_FIELDS,
-        list_fields={"extras": split_list, "pins": parse_pins},
+        list_fields={"extras": split_list, "pins": parse_pins, "exclude_images": parse_ids},
     )
     spec = LayoutSpec.from_manifest(get_holder(request).require().bank.manifest)
     await to_thread.run_sync(

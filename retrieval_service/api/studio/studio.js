@@ -36,6 +36,7 @@ const state = {
   resultSeq: 0,
   variations: [],
   lastRecordDigest: null, // digest to compare after loading a record
+  sourceImage: null, // {id, name}: the bank image whose layout was loaded (excluded from retrieval)
 };
 window.studio = state;
 
@@ -168,8 +169,23 @@ async function loadBankLayout(imageId, name) {
   await withProgress(`loading the layout of ${name}`, async () => {
     const png = await decodePng(await api.imageLayout(imageId));
     state.paint.load(png.data);
+    setSourceImage({ id: imageId, name });
     setStatus(`layout of ${name} loaded: paint over it, then synthesize`);
   });
+}
+
+/** The bank image a layout came from (null: none). Its segments are left out of retrieval unless
+ * the checkbox is cleared: otherwise the "synthesis" would paste its own photo back. */
+function setSourceImage(source) {
+  state.sourceImage = source;
+  $("#exclude-source-row").hidden = source == null;
+  $("#exclude-source-name").textContent = source == null ? "" : source.name;
+}
+
+/** The options every synthesis of the painted layout sends besides seed, k and pins. */
+function layoutOptions() {
+  const source = state.sourceImage;
+  return source != null && $("#exclude-source").checked ? { exclude_images: [source.id] } : {};
 }
 
 /** The layout options an uploaded PNG needs, from its header: size and colour type. */
@@ -245,7 +261,8 @@ async function currentLayoutPng() {
 async function synthesize(seedValue = seed(), label = "synthesizing") {
   $("#seed").value = String(seedValue);
   return withProgress(label, async () => {
-    const result = await runSynthesis({ layoutPng: await currentLayoutPng(), seed: seedValue, pins: state.pins });
+    const layoutPng = await currentLayoutPng();
+    const result = await runSynthesis({ layoutPng, seed: seedValue, pins: state.pins, options: layoutOptions() });
     showResult(result);
     return result;
   });
@@ -381,7 +398,7 @@ async function runVariations() {
   await withProgress(`${n} variations`, async () => {
     for (let i = 1; i <= n; i++) {
       setStatus(`variation ${i} of ${n}…`, "busy");
-      const result = await runSynthesis({ layoutPng, seed: base + i, pins: state.pins });
+      const result = await runSynthesis({ layoutPng, seed: base + i, pins: state.pins, options: layoutOptions() });
       state.variations.push(result);
       const li = document.createElement("li");
       li.dataset.seed = String(base + i);
@@ -590,7 +607,10 @@ async function start() {
   $("#brush-size").addEventListener("input", (e) => setBrushSize(Number(e.target.value)));
   $("#undo").addEventListener("click", () => state.paint.undo());
   $("#redo").addEventListener("click", () => state.paint.redo());
-  $("#new-empty").addEventListener("click", () => state.paint.clear());
+  $("#new-empty").addEventListener("click", () => {
+    state.paint.clear();
+    setSourceImage(null);
+  });
   $("#synthesize").addEventListener("click", () => synthesize());
   $("#reroll").addEventListener("click", reroll);
   $("#pin").addEventListener("click", pinChosen);
@@ -601,12 +621,18 @@ async function start() {
   $("#load-json").addEventListener("change", async (e) => {
     const file = e.target.files[0];
     e.target.value = "";
-    if (file) await loadRecord(file);
+    if (file) {
+      setSourceImage(null); // a record carries its own options (exclusions included)
+      await loadRecord(file);
+    }
   });
   $("#upload-layout").addEventListener("change", async (e) => {
     const file = e.target.files[0];
     e.target.value = "";
-    if (file) await uploadLayout(file);
+    if (file) {
+      setSourceImage(null);
+      await uploadLayout(file);
+    }
   });
   let searchTimer = 0;
   $("#image-search").addEventListener("input", () => {
