@@ -287,3 +287,18 @@ def test_hole_detail_is_low_for_an_upsampled_drawing() -> None:
     drawn.add(soft, photo, regions)
     assert real.hole_detail == pytest.approx(1.0) and drawn.hole_detail < 0.2
     assert real.hole_share == pytest.approx(600 / 2400)
+
+
+# 5. Honest pictures: /synthesize takes the images to exclude (the Studio sends its source image)
+def test_synthesize_options_take_excluded_images() -> None:
+    from retrieval_service.api.requests import parse_ids
+    from retrieval_service.http_errors import ApiError
+    from retrieval_service.types import SynthesizeOptions
+
+    assert parse_ids("3, 17") == [3, 17] and parse_ids("") == []
+    with pytest.raises(ApiError) as e:
+        parse_ids("3,x")
+    assert e.value.status == 422 and "exclude_images" in str(e.value.message)
+    assert SynthesizeOptions.model_validate({"exclude_images": [4, 2]}).exclude_images == (4, 2)
+    with pytest.raises(ValueError):
+        SynthesizeOptions.model_validate({"exclude_images": [-1]})

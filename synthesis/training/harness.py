@@ -15,7 +15,7 @@ time so far and every global RNG state (torch, numpy, Python), plus the trainer'
 (optimizer, generators, data position), so a resumed run takes exactly the steps an
 uninterrupted one would. A checkpoint of another network config is refused.
 
-**Time limit**, in minutes of training, resumed sessions included: when it is reached the run
+**Time limit**, in minutes of training, resumed parts included: when it is reached the run
 writes a checkpoint and stops; resume with a larger limit to go on. :attr:`Progress.fraction` is
 the share of the run done by steps or by time, whichever is further, so a learning-rate schedule
 that follows it still ends annealed when time runs out first.
@@ -210,10 +210,10 @@ class TrainResult:
 
     Attributes:
         out_dir: the run directory; ``checkpoint`` its newest checkpoint.
-        step: steps done by every session of the run; ``steps`` the run's total.
-        steps_run: steps done by this session.
-        seconds: training seconds of every session; ``seconds_this_run`` this session's.
-        losses: every step's loss, every session.
+        step: steps done by every part of the run (resumes included); ``steps`` the run's total.
+        steps_run: steps done by this part.
+        seconds: training seconds of every part; ``seconds_this_run`` this part's.
+        losses: every step's loss, every part.
         scores: what the run measured, JSON-ready: the newest scores of the log, then the trainer's final
             scores and the counts they are over (also in the run directory's results file).
         lines: the summary ``sims train <network>`` prints, one line each.
@@ -467,7 +467,7 @@ class _Run:
         self.limit = None if time_limit_minutes is None else 60.0 * time_limit_minutes
         self.step = 0
         self.losses: list[float] = []
-        self.before = 0.0  # training seconds of earlier sessions
+        self.before = 0.0  # training seconds of earlier parts of the run
         self.started = time.perf_counter()
         self.evaluation: dict[str, float] = {}
 

@@ -144,7 +144,7 @@ class SynthesisTrainResult(TrainResult):
 
     @property
     def seconds_per_step(self) -> float:
-        """Seconds per step of this session."""
+        """Seconds per step of this part of the run."""
         return self.seconds_this_run / max(1, self.steps_run)
 
 
