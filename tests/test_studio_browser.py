@@ -366,13 +366,19 @@ def test_start_from_a_bank_image(page: Any, val_bank_path: Path) -> None:
     from memory_bank import open_bank
 
     bank = open_bank(val_bank_path)
-    page.fill("#image-search", "0016E5")
-    page.wait_for_selector("#image-results li[data-image]")
+    image_id = load_bank_image(page, "0016E5")
+    assert (labels(page) == np.asarray(bank.labels[image_id])).all()
+
+
+def load_bank_image(page: Any, query: str) -> int:
+    """Search the bank images for ``query``, load the first one's layout; answer its image id."""
+    page.fill("#image-search", query)
+    page.wait_for_selector(f"#image-results[data-query='{query}'] li[data-image]")
     first = page.locator("#image-results li[data-image]").first
     image_id = int(first.get_attribute("data-image"))
     first.click()
-    page.wait_for_function("document.querySelector('#status').dataset.state === 'idle'", timeout=TIMEOUT_MS)
-    assert (labels(page) == np.asarray(bank.labels[image_id])).all()
+    page.wait_for_function("studio.sourceImage !== null && !studio.busy", timeout=TIMEOUT_MS)
+    return image_id
 
 
 #: The bank image behind every filled region of the shown result.
@@ -381,12 +387,7 @@ SOURCE_IMAGES = "studio.result.components.map((c) => studio.result.source(c.inde
 
 def test_a_bank_image_layout_excludes_its_own_photo(page: Any, val_bank_path: Path) -> None:
     """Starting from a bank image, its segments stay out of retrieval, unless the checkbox is cleared."""
-    page.fill("#image-search", "0016E5_08033")
-    page.wait_for_selector("#image-results[data-query='0016E5_08033'] li[data-image]")
-    first = page.locator("#image-results li[data-image]").first
-    image_id = int(first.get_attribute("data-image"))
-    first.click()
-    page.wait_for_function("studio.sourceImage !== null && !studio.busy", timeout=TIMEOUT_MS)
+    image_id = load_bank_image(page, "0016E5_08033")
     assert page.is_visible("#exclude-source-row") and page.is_checked("#exclude-source")
     assert "0016E5_08033" in page.inner_text("#exclude-source-row")
     page.fill("#k", "1")  # the best match of every region: its own photo's segment, when allowed
