@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from retrieval_service import admission
 from retrieval_service.types import (
     DEFAULT_CANDIDATES,
     MAX_K,
@@ -29,8 +30,8 @@ from retrieval_service.types import (
 
 #: Header of the admin key (``POST /admin/reload``).
 API_KEY_HEADER = "X-API-Key"
-#: Header of the seconds a caller of a synthesis worker waits (the worker stops its work by then).
-TIMEOUT_HEADER = "X-SIMS-Timeout"
+#: Header of a client's deadline in seconds (defined with the admission that reads it).
+TIMEOUT_HEADER = admission.TIMEOUT_HEADER
 
 # Fixed-length arrays are lists with a length, not tuples: OpenAPI 3.1 tools (and older
 # clients) handle `items` + `minItems`/`maxItems` better than JSON Schema's `prefixItems`.
@@ -126,6 +127,7 @@ class SynthesizeUpload(_Model):
     format: ReplyFormat | SkipJsonSchema[None] = OMITTED
     pins: str = Field("", description='JSON object of pins, e.g. `{"3": 1207}` (see the JSON form).')
     candidates: Annotated[int, Field(ge=0, le=MAX_K)] = 0
+    timeout_s: Annotated[float, Field(gt=0)] | SkipJsonSchema[None] = OMITTED
     layout_resize: bool = False
     layout_colors: bool = False
     dataset_ids: bool = False
