@@ -34,6 +34,8 @@ from memory_bank.errors import OptionError, UnavailableError
 
 #: Header in which a client sends its own deadline in seconds (capped by the server's limit).
 TIMEOUT_HEADER = "X-SIMS-Timeout"
+#: Request header with which the service says that its mirror of the worker admitted the request.
+ADMITTED_HEADER = "X-SIMS-Admitted"
 #: Response header in which a synthesis worker tells its slots and queue (``concurrency=2, queue=1``),
 #: so that the service's mirror of the worker admits what the worker would.
 SLOTS_HEADER = "X-SIMS-Slots"
@@ -239,11 +241,15 @@ class Admission:
         with self._lock:
             return self._predict(work)
 
-    def admit(self, timeout: float, work: float = 1.0) -> Ticket:
+    def admit(self, timeout: float, work: float = 1.0, *, upstream: bool = False) -> Ticket:
         """A ticket for a job of ``work`` units that must finish within ``timeout`` seconds, or the
-        503 (:class:`~memory_bank.errors.UnavailableError`, with ``retry_after``) if it would not."""
+        503 (:class:`~memory_bank.errors.UnavailableError`, with ``retry_after``) if it would not.
+
+        ``upstream``: a mirror of this admission upstream (the service's, of a worker) already judged
+        the deadline on its own measurements, hop included; only the slots and the queue are checked
+        again, so that the two never disagree about a deadline at the margin."""
         with self._lock:
-            ticket = self._decide(timeout, work)
+            ticket = self._decide(timeout, work, upstream=upstream)
             self._waiting.append(ticket)
             self._start_waiting()
             return ticket
@@ -265,7 +271,7 @@ class Admission:
 
     # Internals (called with the lock held)
 
-    def _decide(self, timeout: float, work: float) -> Ticket:
+    def _decide(self, timeout: float, work: float, *, upstream: bool = False) -> Ticket:
         if self.admitted >= self.limit:
             self.refused += 1
             running = f"{self.running} running" if self.concurrency else "no slot up"
@@ -284,7 +290,7 @@ class Admission:
             return Ticket(self, timeout, work, None)
         # With nothing admitted a job runs alone, the best case there is: it is admitted whatever the
         # estimate says, or an estimate once past the deadline (a slow spell) could never recover.
-        if prediction.finish > timeout and self.admitted:
+        if prediction.finish > timeout and self.admitted and not upstream:
             self.refused += 1
             raise self.refusal(
                 f"behind the {self.admitted} admitted it would finish in about {prediction.finish:.2f} s, past its "

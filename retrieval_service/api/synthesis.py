@@ -27,7 +27,9 @@ worker made: a PNG, JSON or multipart) or raises a :class:`~memory_bank.errors.S
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import itertools
 import logging
 import math
@@ -36,7 +38,14 @@ from importlib.metadata import entry_points
 import httpx
 
 from memory_bank.errors import TimedOutError, UnavailableError, UpstreamError
-from retrieval_service.admission import SLOTS_HEADER, TIMEOUT_HEADER, Admission, Ticket, parse_slots_header
+from retrieval_service.admission import (
+    ADMITTED_HEADER,
+    SLOTS_HEADER,
+    TIMEOUT_HEADER,
+    Admission,
+    Ticket,
+    parse_slots_header,
+)
 from retrieval_service.api.settings import Settings
 from retrieval_service.api.state import BankHolder
 from retrieval_service.client import retry_after_seconds
@@ -50,6 +59,9 @@ BACKEND_GROUP = "sims.synthesis_backends"
 RELAYED_HEADERS = ("x-sims-bank-version", "x-sims-seed", "server-timing")
 
 
+#: Seconds past a deadline to wait for a worker's answer (it answers a timed-out synthesis once it has
+#: stopped, at its next step), which frees the request's place in the worker's mirror.
+WORKER_STOP_GRACE = 10.0
 #: The 503s of a worker that cannot take a request (another may): busy, starting, or without networks.
 _WORKER_DOWN = frozenset({"synthesis_busy", "worker_not_ready", "synthesis_unavailable", "synthesis_error"})
 
@@ -230,38 +242,37 @@ class HttpSynthesisBackend:
         self, client: httpx.AsyncClient, url: str, body: str, ticket: Ticket
     ) -> SynthesisReply | tuple[str, int | None]:
         """The worker's reply, or why it could not take the request (and its Retry-After if busy);
-        raises what is the caller's to see. Finishes the ticket either way."""
+        raises what is the caller's to see.
+
+        The ticket is settled by the worker's answer, not by the caller's deadline: a worker answers
+        a timed-out synthesis only once it has stopped, so the mirror frees the slot when the worker
+        does, even though the caller got its 504 at the deadline.
+        """
         remaining = ticket.remaining()
         if remaining <= 0:
             ticket.release()
             raise TimedOutError(f"no synthesis worker answered within {ticket.timeout:g} s", kind="synthesis_timeout")
-        headers = {"content-type": "application/json", TIMEOUT_HEADER: f"{remaining:.3f}"}
-        wait = httpx.Timeout(remaining, connect=min(5.0, remaining))
+        headers = {"content-type": "application/json", TIMEOUT_HEADER: f"{remaining:.3f}", ADMITTED_HEADER: "1"}
+        wait = httpx.Timeout(remaining + WORKER_STOP_GRACE, connect=min(5.0, remaining))
+        task = asyncio.ensure_future(client.post(f"{url}/synthesize", content=body, headers=headers, timeout=wait))
+        task.add_done_callback(functools.partial(self._settle, url, ticket))
         try:
-            r = await client.post(f"{url}/synthesize", content=body, headers=headers, timeout=wait)
+            r = await asyncio.wait_for(asyncio.shield(task), remaining)
+        except TimeoutError:
+            raise TimedOutError(
+                f"the synthesis worker at {url} did not answer within {ticket.timeout:g} s", kind="synthesis_timeout"
+            ) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
-            ticket.release()
             return f"{url}: {type(e).__name__}", None
         except httpx.TimeoutException:
-            ticket.finish_partial()
             raise TimedOutError(
                 f"the synthesis worker at {url} did not answer within {ticket.timeout:g} s", kind="synthesis_timeout"
             ) from None
         except httpx.TransportError as e:
-            ticket.release()
             return f"{url}: {type(e).__name__}: {e}", None
-        except BaseException:  # e.g. the client went away: the worker stops by its deadline
-            ticket.release()
-            raise
-        self._learn(url, r)
         if r.is_success:
-            ticket.finish()
             headers = {k: v for k in RELAYED_HEADERS if (v := r.headers.get(k)) is not None}
             return SynthesisReply(r.content, r.headers.get("content-type", "application/octet-stream"), headers)
-        if r.status_code == 504:
-            ticket.finish_partial()
-        else:
-            ticket.release()
         if r.status_code == 503:
             kind = _kind(r)
             retry = max(1, math.ceil(retry_after_seconds(r) or 1))
@@ -271,6 +282,29 @@ class HttpSynthesisBackend:
         if r.status_code < 500 or r.status_code == 504:  # the caller's error, or a timeout: passed on
             raise UpstreamError(_message(r), kind=_kind(r), status=r.status_code)
         raise UpstreamError(f"the synthesis worker at {url} failed: {_message(r)}", kind="synthesis_failed")
+
+    def _settle(self, url: str, ticket: Ticket, task: asyncio.Future[httpx.Response]) -> None:
+        """Free a forwarded request's place in the worker's mirror once the worker has answered:
+        measured when it synthesized (a 504 as a lower bound), released otherwise."""
+        if task.cancelled():
+            ticket.release()
+            return
+        error = task.exception()
+        if error is not None:
+            connect = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+            if isinstance(error, httpx.TimeoutException) and not connect:
+                ticket.finish_partial()  # it ran past even the grace: slow work
+            else:
+                ticket.release()
+            return
+        r = task.result()
+        self._learn(url, r)
+        if r.is_success:
+            ticket.finish()
+        elif r.status_code == 504:
+            ticket.finish_partial()
+        else:
+            ticket.release()
 
     def _learn(self, url: str, r: httpx.Response) -> None:
         """Set a worker's mirror to the slots and queue it says it has."""

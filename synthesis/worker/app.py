@@ -40,7 +40,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memory_bank.errors import TimedOutError, UnavailableError, UpstreamError
 from memory_bank.png import LayoutSpec, png_from_base64
-from retrieval_service.admission import SLOTS_HEADER, TIMEOUT_HEADER, requested_timeout, slots_header
+from retrieval_service.admission import (
+    ADMITTED_HEADER,
+    SLOTS_HEADER,
+    TIMEOUT_HEADER,
+    requested_timeout,
+    slots_header,
+)
 from retrieval_service.client import RetrievalClient, ServiceError
 from retrieval_service.http_errors import install_error_handlers
 from retrieval_service.http_models import ErrorResponse, Liveness, Readiness, SynthesizeRequest
@@ -54,6 +60,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between attempts to reach the retrieval service at startup.
 RETRY_SECONDS = 1.0
+#: Seconds a 504 waits for its timed-out synthesis to stop (at its next pipeline step), so that the
+#: worker answers once the slot is free again and the service's mirror frees it at the same time.
+STOP_LINGER = 10.0
 
 _SYNTHESIS_ERRORS = {
     422: "A bad request body, layout or option, or a bad X-SIMS-Timeout.",
@@ -161,8 +170,10 @@ def create_worker_app(
             why = state.error or "the worker is still starting"
             raise UnavailableError(why, kind="worker_not_ready", retry_after=1)
         slots: SynthesisSlots = request.app.state.slots
-        # Admitted (or refused) before the body is read: the deadline is the header's.
-        ticket = slots.admit(requested_timeout(request.headers.get(TIMEOUT_HEADER), settings.timeout))
+        # Admitted (or refused) before the body is read: the deadline is the header's; a request the
+        # service's mirror of these slots admitted is checked against the slots and queue only.
+        timeout = requested_timeout(request.headers.get(TIMEOUT_HEADER), settings.timeout)
+        ticket = slots.admit(timeout, upstream=ADMITTED_HEADER in request.headers)
         try:
             try:
                 req = SynthesizeRequest.model_validate_json(await request.body())
@@ -174,7 +185,13 @@ def create_worker_app(
             png = png_from_base64(req.layout_png)
             instances = png_from_base64(req.instances_png, "instances_png") if req.instances_png else None
             reply = await slots.run(
-                partial(synthesize_reply, instances_png=instances), pipeline, png, options, spec, ticket=ticket
+                partial(synthesize_reply, instances_png=instances),
+                pipeline,
+                png,
+                options,
+                spec,
+                ticket=ticket,
+                linger=STOP_LINGER,
             )
         except ServiceError as e:
             # The retrieval service refused: its 4xx (and 503, 504) are passed on, its other failures are a 502.

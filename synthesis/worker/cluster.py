@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 KEEP_VERSIONS = 2
 #: Seconds to reach the scheduler before trying again.
 CONNECT_TIMEOUT = 5.0
+#: Seconds past its deadline a timed-out task may take to stop (at its next step) before its place is freed anyway.
+STOP_GRACE = 10.0
 #: Errors of a synthesis that are the caller's to see as they are; any other is a 502.
 RELAYED_ERRORS = (LayoutError, OptionError, TimedOutError, UnavailableError)
 
@@ -260,6 +262,7 @@ class DaskSynthesisBackend:
         self._warmed: set[tuple[str, str | None]] = set()  # (worker, version) warm tasks that finished
         self._ready: set[str] = set()  # synthesis workers that have finished a warm task
         self._warm_errors: dict[str, str] = {}  # why a worker's last warm task failed
+        self._lingering: set[asyncio.Future[None]] = set()  # timed-out tasks waited for in the background
 
     @property
     def limit(self) -> int:
@@ -322,8 +325,11 @@ class DaskSynthesisBackend:
         ticket.claim()
         try:
             return await self._run(layout_png, options, instances_png, ticket)
-        finally:
-            ticket.release()  # if nothing finished it (a failure that says nothing about the time)
+        except TimedOutError:
+            raise  # its ticket is settled when the task ends (see _run)
+        except BaseException:
+            ticket.release()  # a failure that says nothing about the time a synthesis takes
+            raise
 
     async def _run(
         self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None, ticket: Ticket
@@ -342,10 +348,16 @@ class DaskSynthesisBackend:
             resources={SYNTHESIS_RESOURCE: 1},
             pure=False,
         )
+        lingering = False
         try:
             reply: SynthesisReply = await asyncio.wait_for(future, remaining)
         except TimeoutError:
-            ticket.finish_partial()
+            # A task still queued is dropped at once; a running one stops at its next step, and its
+            # replica is free only then: the ticket is kept until the task ends.
+            lingering = True
+            task = asyncio.ensure_future(self._linger(future, ticket))
+            self._lingering.add(task)
+            task.add_done_callback(self._lingering.discard)
             raise TimedOutError(f"synthesis took longer than {ticket.timeout:g} s", kind="synthesis_timeout") from None
         except SynthesisStoppedError:  # it reached the worker past its deadline
             ticket.finish_partial()
@@ -376,10 +388,18 @@ class DaskSynthesisBackend:
                 f"the synthesis worker failed: {type(e).__name__}: {' '.join(str(e).split())}", kind="synthesis_failed"
             ) from None
         finally:
-            # Forget the task: one still queued is dropped; a running one stops at its next step.
-            future.release()
+            if not lingering:
+                future.release()  # forget the task (its result has left the cluster)
         ticket.finish()  # measured from its inferred start on a replica
         return reply
+
+    async def _linger(self, future: Any, ticket: Ticket) -> None:
+        """Wait (at most :data:`STOP_GRACE` s) for a timed-out task to end, then free its place."""
+        if future.status == "pending":
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(future, STOP_GRACE)  # a Dask future: waiting less does not cancel it
+        ticket.finish_partial()
+        future.release()
 
     # The cluster, watched in the background
 

@@ -168,9 +168,10 @@ class SynthesisSlots:
         """Seconds until a slot is likely free (1 to 60)."""
         return self.admission.retry_after()
 
-    def admit(self, timeout: float) -> Ticket:
-        """A place for a synthesis that must be done within ``timeout`` seconds, or the 503."""
-        return self.admission.admit(timeout)
+    def admit(self, timeout: float, *, upstream: bool = False) -> Ticket:
+        """A place for a synthesis that must be done within ``timeout`` seconds, or the 503
+        (``upstream``: the service's mirror of these slots judged the deadline already)."""
+        return self.admission.admit(timeout, upstream=upstream)
 
     def check_capacity(self, timeout: float = math.inf) -> None:
         """Raise the 503 ``synthesis_busy`` now if a synthesis due within ``timeout`` would be refused."""
@@ -182,9 +183,15 @@ class SynthesisSlots:
         *args: object,
         timeout: float | None = None,
         ticket: Ticket | None = None,
+        linger: float = 0.0,
     ) -> SynthesisReply:
         """``fn(*args, stop=deadline)`` on a synthesis thread, admitted by ``ticket`` (or admitted
-        now, due within ``timeout``); 503 when refused, 504 once the deadline passes."""
+        now, due within ``timeout``); 503 when refused, 504 once the deadline passes.
+
+        ``linger``: seconds the 504 may wait for a timed-out synthesis to stop (0: answer at once).
+        The HTTP worker waits, so that it answers only once its slot is free again: the service's
+        mirror of the slots then frees it at the same moment.
+        """
         if ticket is None:
             if timeout is None:
                 raise ValueError("run() needs a ticket or a timeout")
@@ -207,6 +214,8 @@ class SynthesisSlots:
             return await asyncio.wait_for(asyncio.wrap_future(job), remaining)
         except TimeoutError:
             deadline.cancel()
+            if linger > 0:
+                await asyncio.wait([asyncio.wrap_future(job)], timeout=linger)  # it stops at its next step
             raise TimedOutError(f"synthesis took longer than {ticket.timeout:g} s", kind="synthesis_timeout") from None
         except asyncio.CancelledError:  # the client went away
             deadline.cancel()
