@@ -51,9 +51,13 @@ class ServiceTime:
         prior: the estimate before anything was measured (None: unknown until the first sample).
         weight: the weight of a new sample in the mean (the deviation's is twice that, at most 1).
         spread: how many deviations :meth:`cautious` adds to the mean.
+        floor: the least deviation, as a share of the mean: steady work still jitters (the machine
+            is shared), and the work queued ahead jitters too.
     """
 
-    def __init__(self, prior: float | None = None, weight: float = 0.2, spread: float = 2.0) -> None:
+    def __init__(
+        self, prior: float | None = None, weight: float = 0.2, spread: float = 2.0, floor: float = 0.1
+    ) -> None:
         if prior is not None and prior <= 0:
             raise ValueError(f"prior must be > 0, got {prior}")
         if not 0 < weight <= 1:
@@ -62,6 +66,7 @@ class ServiceTime:
         self.deviation = 0.0 if prior is None else prior / 4
         self.weight = weight
         self.spread = spread
+        self.floor = floor
         self.samples = 0
 
     def observe(self, seconds: float, work: float = 1.0) -> None:
@@ -82,8 +87,11 @@ class ServiceTime:
         return None if self.mean is None else self.mean * work
 
     def cautious(self, work: float = 1.0) -> float | None:
-        """Seconds ``work`` units take, rarely more: the mean plus ``spread`` deviations."""
-        return None if self.mean is None else (self.mean + self.spread * self.deviation) * work
+        """Seconds ``work`` units take, rarely more: the mean plus ``spread`` deviations (at least
+        ``floor`` of the mean each)."""
+        if self.mean is None:
+            return None
+        return (self.mean + self.spread * max(self.deviation, self.floor * self.mean)) * work
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,7 @@ class Ticket:
         self.deadline = self.admitted_at + timeout
         self.predicted = predicted  # seconds from admission to the predicted finish (None: unknown)
         self.started: float | None = None
+        self.slot_was_free = admission.admitted < admission.concurrency  # (it is not counted yet)
         self.claimed = False
         self.done = False
 
@@ -194,6 +203,8 @@ class Admission:
         self.kind = kind
         self.what = what
         self.service = service or ServiceTime()
+        # Seconds from admission to start of a job that found a slot free (explicit starts only).
+        self.preparation = ServiceTime()
         self.infer_starts = infer_starts
         self.clock = clock
         self._lock = threading.Lock()
@@ -308,8 +319,11 @@ class Admission:
         if self.concurrency == 0:
             return Prediction(math.inf, math.inf)
         now = self.clock()
-        # When each running job ends (an overdue one: any moment now).
-        ends = sorted(max(0.0, t.started + mean * t.work - now) for t in self._running if t.started is not None)
+        # When each running job ends; an overdue one is given one deviation more (it is running late).
+        dev = self.service.deviation
+        ends = sorted(
+            max(dev * t.work, t.started + mean * t.work - now) for t in self._running if t.started is not None
+        )
         # More running than slots (the slots were cut): the first to end free no slot.
         ends = ends[max(0, len(ends) - self.concurrency) :]
         free = ends + [0.0] * (self.concurrency - len(ends))
@@ -317,7 +331,10 @@ class Admission:
         for t in self._waiting:
             heapq.heappush(free, heapq.heappop(free) + mean * t.work)
         start = heapq.heappop(free)
-        return Prediction(start, start + cautious)
+        # A job also needs its preparation (reading its upload, decoding it) before it can start:
+        # done while it waits for a slot, it delays one that finds a slot free.
+        prep = self.preparation.expected(1.0) or 0.0
+        return Prediction(start, max(start, prep) + cautious)
 
     def _retry_after(self, late_by: float | None) -> int:
         mean = self.service.expected(1.0)
@@ -342,6 +359,8 @@ class Admission:
         if ticket in self._waiting:
             self._waiting.remove(ticket)
         ticket.started = self.clock()
+        if ticket.slot_was_free and not self.infer_starts:
+            self.preparation.observe(ticket.started - ticket.admitted_at)
         self._running.append(ticket)
         self.peak_running = max(self.peak_running, len(self._running))
 
