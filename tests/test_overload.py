@@ -320,3 +320,13 @@ def test_the_service_forwards_only_what_a_worker_admits() -> None:
     assert out["200"] >= 3 and out["synthesis_busy"] > out["200"], out
     assert set(out) == {"200", "synthesis_busy"}, out  # no timeouts, nothing else
     assert seen[503] == 0 and seen[200] == out["200"], (seen, out)
+
+
+def test_the_specs_list_the_refusals(in_process: TestClient) -> None:
+    paths = in_process.get("/openapi.json").json()["paths"]
+    synthesize = paths["/synthesize"]["post"]["responses"]
+    assert {"408", "413", "429", "503", "504"} <= set(synthesize)
+    assert "deadline" in synthesize["503"]["description"]
+    worker = create_worker_app(WorkerSettings()).openapi()["paths"]["/synthesize"]["post"]["responses"]
+    assert {"422", "502", "503", "504"} <= set(worker)
+    assert "synthesis_busy" in worker["503"]["description"]
