@@ -17,8 +17,9 @@ forwards what the worker would refuse), the Dask backend (its replicas are the s
 starts (``infer_starts``): a waiting ticket starts when a slot frees, first come first served, and
 its service time is measured from that start to its answer.
 
-It imports nothing but the standard library and :mod:`memory_bank.errors`, so that the service
-and ``synthesis`` can both use it.
+It imports no engine and no web framework (the standard library, :mod:`memory_bank.errors` and the
+header names of :mod:`retrieval_service.http_models`), so that the service and ``synthesis`` can
+both use it.
 """
 
 from __future__ import annotations
@@ -31,14 +32,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from memory_bank.errors import OptionError, UnavailableError
+from retrieval_service.http_models import ADMITTED_HEADER, SLOTS_HEADER, TIMEOUT_HEADER
 
-#: Header in which a client sends its own deadline in seconds (capped by the server's limit).
-TIMEOUT_HEADER = "X-SIMS-Timeout"
-#: Request header with which the service says that its mirror of the worker admitted the request.
-ADMITTED_HEADER = "X-SIMS-Admitted"
-#: Response header in which a synthesis worker tells its slots and queue (``concurrency=2, queue=1``),
-#: so that the service's mirror of the worker admits what the worker would.
-SLOTS_HEADER = "X-SIMS-Slots"
+__all__ = [
+    "ADMITTED_HEADER",
+    "SLOTS_HEADER",
+    "TIMEOUT_HEADER",
+    "Admission",
+    "Prediction",
+    "ServiceTime",
+    "Ticket",
+    "parse_slots_header",
+    "requested_timeout",
+    "slots_header",
+]
+
 #: Bounds of ``Retry-After`` (seconds).
 RETRY_AFTER_RANGE = (1, 60)
 

@@ -12,7 +12,6 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from retrieval_service import admission
 from retrieval_service.types import (
     DEFAULT_CANDIDATES,
     MAX_K,
@@ -30,8 +29,14 @@ from retrieval_service.types import (
 
 #: Header of the admin key (``POST /admin/reload``).
 API_KEY_HEADER = "X-API-Key"
-#: Header of a client's deadline in seconds (defined with the admission that reads it).
-TIMEOUT_HEADER = admission.TIMEOUT_HEADER
+#: Header of a client's deadline in seconds, capped by the server's limit (and the time left that the
+#: service gives a worker: the worker stops its work by then).
+TIMEOUT_HEADER = "X-SIMS-Timeout"
+#: Request header with which the service says that its mirror of the worker admitted the request.
+ADMITTED_HEADER = "X-SIMS-Admitted"
+#: Response header in which a synthesis worker tells its slots and queue (``concurrency=2, queue=1``),
+#: so that the service's mirror of the worker admits what the worker would.
+SLOTS_HEADER = "X-SIMS-Slots"
 
 # Fixed-length arrays are lists with a length, not tuples: OpenAPI 3.1 tools (and older
 # clients) handle `items` + `minItems`/`maxItems` better than JSON Schema's `prefixItems`.

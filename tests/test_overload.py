@@ -260,13 +260,13 @@ class SleepySynthesis:
 def test_under_a_flood_with_a_short_timeout_admitted_requests_finish(
     val_bank_path: Path, tiny_weights: Path, png: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A synthesis takes 1 s and the deadline is 1.75 s: two may run side by side, but one that waits
+    # A synthesis takes 1.6 s and the deadline is 2.8 s: two may run side by side, but one that waits
     # for a slot would finish late. With a queue bound alone (deadline-blind) the waiting one times out.
-    # (Seconds, not tenths: this process's own flooding clients make a sleep wake up late.)
-    fake = SleepySynthesis(steps=4, step=0.25)
+    # (Seconds, not tenths: this process's own flooding clients, and a busy machine, wake sleeps late.)
+    fake = SleepySynthesis(steps=4, step=0.4)
     monkeypatch.setattr(backend_module, "synthesize_reply", fake)
-    with service(val_bank_path, tiny_weights, monkeypatch, synthesis_timeout=1.75) as c:
-        statuses = check_flood(flood(lambda: post(c, png), clients=8, seconds=5.0))
+    with service(val_bank_path, tiny_weights, monkeypatch, synthesis_timeout=2.8) as c:
+        statuses = check_flood(flood(lambda: post(c, png), clients=8, seconds=6.0))
         assert statuses[503] > statuses[200]  # it was a flood
         assert fake.peak <= 2
         wait_until(lambda: admission_of(c).admitted == 0, timeout=5)

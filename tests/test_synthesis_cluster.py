@@ -316,19 +316,19 @@ def test_under_a_flood_admitted_syntheses_finish(
 ) -> None:
     """Issue 29: the replicas are the slots of one deadline-aware admission; under a flood with a short
     timeout at least one request succeeds and none admitted times out."""
-    fake = SleepySynthesis(steps=4, step=0.25)  # 1 s; as in tests/test_overload.py
+    fake = SleepySynthesis(steps=4, step=0.4)  # 1.6 s; as in tests/test_overload.py
     settings = Settings(
         bank=val_bank_path,
         wait_for_bank=True,
         synthesis_cluster=cluster.scheduler_address,
         synthesis_weights=tiny_weights,
-        synthesis_timeout=1.75,
+        synthesis_timeout=2.8,
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runtime, "synthesize_reply", fake)
         client = next(serve := open_service(settings)())
         backend = backend_of(client)
-        statuses = check_flood(flood(lambda: post(client, png), clients=8, seconds=5.0))
+        statuses = check_flood(flood(lambda: post(client, png), clients=8, seconds=6.0))
         assert statuses[503] > statuses[200]
         assert fake.peak <= REPLICAS
         wait_until(lambda: backend.in_flight == 0 and scheduler_tasks(cluster) == 0, timeout=10)
