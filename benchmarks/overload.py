@@ -1,35 +1,43 @@
-"""Overload of the service (issue 15, items 1, 2, 5 and 6): does the work stay bounded?
+"""Overload of the service (issue 29): under a flood, admitted requests finish and rejected ones cost nothing.
 
-    .venv/bin/python benchmarks/overload.py                       # this tree
-    git archive HEAD~1 | tar -x -C /tmp/before && \\
-    .venv/bin/python benchmarks/overload.py --tree /tmp/before --label before
+    .venv/bin/python benchmarks/overload.py --bank .sims/banks/camvid-train     # the three deployments
+    .venv/bin/python benchmarks/overload.py --bank ... --deployments in_process --seconds 5   # one, shorter
 
-Starts ``sims serve --with-worker`` from ``--tree`` (default: this repository) as a subprocess on
-loopback, on ``--bank`` with the shipped synthesis network, two synthesis slots and one torch
-thread, and runs three scenarios, each bounded in requests and time:
+For each deployment of ``--deployments`` (default all three), started from ``--tree`` (default this
+repository) on loopback, on ``--bank`` with the shipped networks, two synthesis slots and one torch
+thread per synthesis, and ``--synthesis-timeout`` ``--timeout`` (1.5 s, the issue's):
 
-- ``lone``: ``--lone`` requests one after another (the reference latency);
-- ``burst`` (item 2): ``--burst`` requests at once, ``--rounds`` times a second apart (these two
-  under the default 60 s timeout);
-- ``sustained`` (item 1): ``--clients`` clients posting back to back for ``--seconds``, on a
-  server restarted with a ``--timeout`` shorter than a queued synthesis takes, and again
-  (``sustained_short``) with a ``--short-timeout`` shorter than one synthesis, so that every
-  admitted request times out mid-work and its synthesis must stop;
-- ``metric_labels`` (item 5): ``--made-up-methods`` requests with made-up HTTP methods, and the
-  size of ``/metrics`` before and after;
-- ``slow_connections`` (item 6): ``--slow`` connections that send half a request head and stall,
-  held for ``--hold`` seconds (longer than the service's 10 s head timeout): the server's open
-  file descriptors while they are held and at the end, and how ``/livez`` answers meanwhile.
+- ``in_process``: ``sims serve --with-worker``;
+- ``worker``: ``sims serve --synthesis-url`` and one ``sims worker`` (two slots);
+- ``dask``: ``sims cluster up --workers 0 --synthesis-workers 2`` and ``sims serve --synthesis-cluster``.
 
-Each reports the statuses (with ``Retry-After`` seen), the p50 of the admitted (200) requests, the
-server's idle (after one warm-up synthesis) and peak RSS (``/proc/PID/status``), the most server
-threads busy on the CPU at once (sampled from ``/proc/PID/task/*/stat`` every 0.1 s: an upper
-bound of the syntheses running, since the event loop and the layout decoding count too; and, since
-that is capped by the cores, the most threads that ran at all within one second; and the server's
-own ``sims_synthesis_peak_running`` where it has one), and how
-long the CPU stayed busy after the last reply. Writes ``benchmarks/results/overload.json`` (one
-entry per ``--label``, so a before and an after sit side by side) and prints a summary. Linux
-only (``/proc``). ``SIMS_WORKER_QUEUE`` and the other ``SIMS_*`` variables reach the server.
+it runs, each phase bounded in time:
+
+1. ``lone``: ``--lone`` requests one after another (the lone latency);
+2. ``one_client``: one client posting back to back for ``--one-client-seconds``: the one-client
+   throughput (200s per second) the flood's goodput is compared with, in the same run;
+3. ``burst``: ``--burst`` requests at once, ``--rounds`` times a second apart: the admitted p50
+   against the lone one (target: at most 2x);
+4. ``flood``: ``--clients`` client threads posting back to back for ``--seconds`` (the issue: 24
+   for 30 s), each sending its next request as soon as an answer came (``Retry-After`` ignored):
+   goodput (200s per second) and its share of the one-client throughput (target 70%), the
+   statuses, the admitted latency p50 and p99, the 504s per admitted request (target 1%), the CPU
+   per rejection (target 2 ms), and the RSS of the deployment's process tree: idle (warmed up, just
+   before the flood), peak (sampled every 0.1 s) and after ``--settle`` seconds (targets 1.3x and
+   1.1x idle). The CPU per rejection is the service's event-loop thread's CPU during the flood
+   divided by the refusals: an upper bound, since that thread also reads and answers the admitted
+   requests. With a separate worker, its own answers are counted from its access log: it should
+   refuse nothing, since the service forwards only what the worker would admit.
+
+On the first deployment it also runs the earlier hardening's service-level phases:
+``metric_labels`` (``--made-up-methods`` requests with made-up HTTP methods; the size of
+``/metrics`` before and after) and ``slow_connections`` (``--slow`` connections that send half a
+request head and stall for ``--hold`` seconds, longer than the 10 s head timeout: the open file
+descriptors while held and at the end, ``/livez`` meanwhile).
+
+Writes ``benchmarks/results/overload.json`` (one entry per ``--label``, each deployment under it)
+and prints a summary. Linux only (``/proc``). The load generator shares the machine: run it on an
+otherwise quiet one.
 """
 
 from __future__ import annotations
@@ -39,13 +47,14 @@ import asyncio
 import json
 import os
 import platform
-import statistics
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -62,84 +71,159 @@ from memory_bank.png import encode_layout_png
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "overload.json"
 TICK = os.sysconf("SC_CLK_TCK")
-#: Seconds between samples of the server's RSS and threads.
+PAGE = os.sysconf("SC_PAGE_SIZE")
+#: Seconds between samples of the process tree's RSS.
 SAMPLE = 0.1
+DEPLOYMENTS = ("in_process", "worker", "dask")
+#: What each target of the issue checks, on a flood's summary.
+TARGETS: dict[str, Callable[[dict], bool | None]] = {
+    "goodput_at_least_70pct_of_one_client": lambda f: f["goodput_ratio"] is not None and f["goodput_ratio"] >= 0.7,
+    "timeouts_at_most_1pct_of_admitted": lambda f: f["timeouts_per_admitted"] <= 0.01,
+    "cpu_per_rejection_at_most_2ms": lambda f: (
+        None if f["cpu_per_rejection_ms"] is None else f["cpu_per_rejection_ms"] <= 2.0
+    ),
+    "rss_peak_at_most_1_3x_idle": lambda f: f["rss_peak_ratio"] <= 1.3,
+    "rss_after_at_most_1_1x_idle": lambda f: f["rss_after_ratio"] <= 1.1,
+}
 
 
-class Server:
-    """``sims serve --with-worker`` from ``tree`` in a subprocess; stopped on exit."""
+# The deployment
 
-    def __init__(self, tree: Path, bank: Path, timeout: float, log: Path) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        env = {
+
+class Deployment:
+    """One deployment's processes (service last), started from ``tree``; stopped on exit."""
+
+    def __init__(self, kind: str, tree: Path, bank: Path, timeout: float, logs: Path) -> None:
+        self.kind, self.tree, self.logs = kind, tree, logs
+        self.env = {
             **os.environ,
             "PYTHONPATH": str(tree),
-            "SIMS_SYNTHESIS_TIMEOUT": str(timeout),
             "SIMS_WORKER_CONCURRENCY": "2",
             "SIMS_WORKER_THREADS": "1",
-            "SIMS_WORKER_WEIGHTS_DIR": str(REPO / "weights"),
+            "SIMS_WORKER_WEIGHTS_DIR": str(tree / "weights"),
             "SIMS_LOG_LEVEL": "warning",
         }
-        port = self.url.rsplit(":", 1)[1]
-        cmd = [sys.executable, "-m", "sims.cli", "serve", "--with-worker", "--bank", str(bank), "--port", port]
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.procs: list[subprocess.Popen] = []
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        serve = [*self._sims("serve"), "--bank", str(bank), "--port", str(port), "--synthesis-timeout", str(timeout)]
+        self.worker_log: Path | None = None
+        if kind == "in_process":
+            self._start("serve", [*serve, "--with-worker"])
+        elif kind == "worker":
+            worker_port = free_port()
+            self.worker_log = logs / "worker.log"
+            worker = [*self._sims("worker"), "--service", self.url, "--port", str(worker_port), "--log-level", "info"]
+            self._start("worker", worker)
+            self._start("serve", [*serve, "--synthesis-url", f"http://127.0.0.1:{worker_port}"])
+        elif kind == "dask":
+            self._start_cluster()
+            self._start("serve", [*serve, "--synthesis-cluster", self.scheduler])
+        else:
+            raise ValueError(f"unknown deployment {kind!r}")
 
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        wait_ready(self.url, [self.proc], timeout)
+    def _sims(self, command: str) -> list[str]:
+        return [sys.executable, "-m", "sims.cli", command]
+
+    def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(cmd, cwd=self.tree, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def _start_cluster(self) -> None:
+        cmd = [*self._sims("cluster"), "up", "--workers", "0", "--synthesis-workers", "2", "--port", "0"]
+        err = (self.logs / "cluster.log").open("wb")
+        proc = subprocess.Popen(cmd, cwd=self.tree, env=self.env, stdout=subprocess.PIPE, stderr=err, text=True)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if match := re.match(r"scheduler (tcp://\S+):", line):
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
+                self.scheduler = match[1]
+                return
+        raise RuntimeError(f"sims cluster up exited with {proc.wait()} (see {self.logs / 'cluster.log'})")
+
+    @property
+    def service(self) -> subprocess.Popen:
+        return self.procs[-1]
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        wait_ready(self.url, self.procs, timeout)
+
+    def pids(self) -> list[int]:
+        """Every process of the deployment: those started and all their descendants."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        out, todo = [], [p.pid for p in self.procs]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo += children.get(pid, [])
+        return out
+
+    def rss(self) -> int:
+        """Resident bytes of the whole process tree."""
+        total = 0
+        for pid in self.pids():
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+            except (OSError, IndexError):
+                continue
+        return total
+
+    def loop_ticks(self) -> int:
+        """CPU ticks of the service's event-loop thread (uvicorn runs it on the main thread)."""
+        pid = self.service.pid
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    def tree_ticks(self) -> int:
+        """CPU ticks of every process of the deployment (children that ended not included)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total
+
+    def worker_statuses(self) -> Counter[str]:
+        """The separate worker's answers to ``POST /synthesize`` so far, from its access log."""
+        if self.worker_log is None:
+            return Counter()
+        return Counter(re.findall(r'"POST /synthesize HTTP/1\.1" (\d+)', self.worker_log.read_text(errors="replace")))
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        for p in reversed(self.procs):
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
-class Sampler:
-    """Samples a process's RSS, busy threads and CPU every :data:`SAMPLE` seconds, in a thread."""
+class RssSampler:
+    """The process tree's RSS every :data:`SAMPLE` seconds, in a thread."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.samples: list[tuple[float, int, int, float]] = []  # (time, rss bytes, busy threads, cpu cores)
-        self.working: list[int] = []  # threads that used the CPU in the second before each sample
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def rss(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def _thread_ticks(self) -> dict[str, int]:
-        ticks = {}
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            try:
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            ticks[task.name] = int(fields[11]) + int(fields[12])  # utime + stime
-        return ticks
-
     def _run(self) -> None:
-        before, t0 = self._thread_ticks(), time.monotonic()
-        window = deque([before], maxlen=int(1 / SAMPLE))
         while not self._stop.wait(SAMPLE):
-            now, t = self._thread_ticks(), time.monotonic()
-            used = {k: v - before.get(k, 0) for k, v in now.items()}
-            interval = (t - t0) * TICK
-            busy = sum(1 for v in used.values() if v >= 0.5 * interval)
-            # Threads that ran at all in the last second: with more work than cores, each runs a little.
-            working = sum(1 for k, v in now.items() if v > window[0].get(k, 0))
-            self.samples.append((t, self.rss(), busy, sum(used.values()) / interval))
-            self.working.append(working)
-            window.append(now)
-            before, t0 = now, t
+            self.samples.append((time.monotonic(), self.deployment.rss()))
 
-    def __enter__(self) -> Sampler:
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -148,15 +232,166 @@ class Sampler:
         self._thread.join()
 
 
-async def post(http: httpx.AsyncClient, png: bytes) -> tuple[int, float, str | None, str]:
+# The load
+
+
+Reply = tuple[int, float, str]  # (status, seconds, error kind); status 0 = no answer
+
+
+def post(http: httpx.Client, png: bytes) -> Reply:
     start = time.perf_counter()
-    files = {"layout": ("layout.png", png, "image/png")}
     try:
-        r = await http.post("/synthesize", files=files, data={"seed": "0"})
+        r = http.post("/synthesize", files={"layout": ("layout.png", png, "image/png")}, data={"seed": "0"})
     except httpx.HTTPError as e:
-        return 0, time.perf_counter() - start, None, type(e).__name__
-    error = "" if r.is_success else str(r.json().get("error", ""))
-    return r.status_code, time.perf_counter() - start, r.headers.get("retry-after"), error
+        return 0, time.perf_counter() - start, type(e).__name__
+    error = ""
+    if not r.is_success:
+        try:
+            error = str(r.json().get("error", ""))
+        except ValueError:
+            error = "not_json"
+    return r.status_code, time.perf_counter() - start, error
+
+
+def clients(url: str, pngs: list[bytes], n: int, seconds: float) -> list[Reply]:
+    """``n`` client threads posting back to back for ``seconds``."""
+    end = time.monotonic() + seconds
+    out: list[Reply] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            j = i
+            while time.monotonic() < end:
+                reply = post(http, pngs[j % len(pngs)])
+                j += 1
+                with lock:
+                    out.append(reply)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def burst(url: str, pngs: list[bytes], n: int) -> list[Reply]:
+    """``n`` requests at once (one thread each)."""
+    out: list[Reply] = [(0, 0.0, "")] * n
+    go = threading.Barrier(n)
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            go.wait()
+            out[i] = post(http, pngs[i % len(pngs)])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(float(np.quantile(values, q)), 3)
+
+
+def statuses(replies: list[Reply]) -> dict[str, int]:
+    return dict(Counter(f"{s} {e}".strip() for s, _, e in replies).most_common())
+
+
+# Phases
+
+
+def lone(d: Deployment, pngs: list[bytes], n: int) -> dict:
+    with httpx.Client(base_url=d.url, timeout=60) as http:
+        replies = [post(http, pngs[i % len(pngs)]) for i in range(n)]
+    ok = [t for s, t, _ in replies if s == 200]
+    return {"requests": n, "statuses": statuses(replies), "p50_seconds": quantile(ok, 0.5)}
+
+
+def one_client(d: Deployment, pngs: list[bytes], seconds: float) -> dict:
+    start = time.perf_counter()
+    replies = clients(d.url, pngs, 1, seconds)
+    wall = time.perf_counter() - start
+    ok = [t for s, t, _ in replies if s == 200]
+    return {
+        "seconds": round(wall, 2),
+        "statuses": statuses(replies),
+        "throughput_per_second": round(len(ok) / wall, 3),
+        "p50_seconds": quantile(ok, 0.5),
+    }
+
+
+def bursts(d: Deployment, pngs: list[bytes], n: int, rounds: int, lone_p50: float | None) -> dict:
+    replies: list[Reply] = []
+    for i in range(rounds):
+        time.sleep(1.0 if i else 0.0)  # let the queue drain
+        replies += burst(d.url, pngs, n)
+    ok = [t for s, t, _ in replies if s == 200]
+    p50 = quantile(ok, 0.5)
+    ratio = round(p50 / lone_p50, 2) if p50 and lone_p50 else None
+    return {
+        "requests": len(replies),
+        "statuses": statuses(replies),
+        "p50_admitted_seconds": p50,
+        "p50_over_lone": ratio,
+        "p50_at_most_2x_lone": None if ratio is None else ratio <= 2.0,
+    }
+
+
+def flood(d: Deployment, pngs: list[bytes], n: int, seconds: float, settle: float, one_client_rate: float) -> dict:
+    time.sleep(settle)  # idle: warmed up, nothing running
+    idle = d.rss()
+    worker_before = d.worker_statuses()
+    ticks, tree, own = d.loop_ticks(), d.tree_ticks(), os.times()
+    with RssSampler(d) as sampler:
+        start = time.perf_counter()
+        replies = clients(d.url, pngs, n, seconds)
+        wall = time.perf_counter() - start
+        loop_cpu = (d.loop_ticks() - ticks) / TICK
+        tree_cpu = (d.tree_ticks() - tree) / TICK
+        mine = os.times()
+        end = time.monotonic()
+        time.sleep(settle)
+    after = d.rss()
+    peak = max([r for t, r in sampler.samples if t <= end] or [idle])
+    codes = Counter(s for s, _, _ in replies)
+    ok = [t for s, t, _ in replies if s == 200]
+    refused = sum(1 for s, _, e in replies if s == 503 and e.endswith("_busy"))
+    admitted = codes[200] + codes[504]  # answered after admission: done, or timed out
+    goodput = codes[200] / wall
+    out = {
+        "clients": n,
+        "seconds": round(wall, 2),
+        "requests": len(replies),
+        "statuses": statuses(replies),
+        "goodput_per_second": round(goodput, 3),
+        "one_client_per_second": round(one_client_rate, 3),
+        "goodput_ratio": round(goodput / one_client_rate, 3) if one_client_rate else None,
+        "p50_admitted_seconds": quantile(ok, 0.5),
+        "p99_admitted_seconds": quantile(ok, 0.99),
+        "timeouts_per_admitted": round(codes[504] / admitted, 4) if admitted else 0.0,
+        "refused": refused,
+        "service_loop_cpu_seconds": round(loop_cpu, 2),
+        # Where the CPU went: the deployment's processes (event loop included) and this load generator.
+        "deployment_cpu_seconds": round(tree_cpu, 2),
+        "load_generator_cpu_seconds": round(mine.user - own.user + mine.system - own.system, 2),
+        "cpu_per_rejection_ms": round(loop_cpu / refused * 1000, 3) if refused else None,
+        "rss_idle_mb": round(idle / 2**20, 1),
+        "rss_peak_mb": round(peak / 2**20, 1),
+        "rss_after_mb": round(after / 2**20, 1),
+        "rss_peak_ratio": round(peak / idle, 3),
+        "rss_after_ratio": round(after / idle, 3),
+    }
+    if d.worker_log is not None:
+        out["worker_statuses"] = dict(d.worker_statuses() - worker_before)
+    out["targets"] = {name: check(out) for name, check in TARGETS.items()}
+    return out
 
 
 async def metric_labels(url: str, n: int) -> dict:
@@ -167,11 +402,11 @@ async def metric_labels(url: str, n: int) -> dict:
 
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         before = measure((await http.get("/metrics")).text)
-        statuses: Counter[int] = Counter()
+        seen: Counter[int] = Counter()
         for i in range(n):
-            statuses[(await http.request(f"M{i:05d}", "/livez")).status_code] += 1
+            seen[(await http.request(f"M{i:05d}", "/livez")).status_code] += 1
         after = measure((await http.get("/metrics")).text)
-    return {"requests": n, "statuses": dict(statuses), "metrics_before": before, "metrics_after": after}
+    return {"requests": n, "statuses": dict(seen), "metrics_before": before, "metrics_after": after}
 
 
 def open_fds(pid: int) -> int:
@@ -220,123 +455,89 @@ async def slow_connections(url: str, pid: int, n: int, hold: float) -> dict:
     }
 
 
-async def scenario(url: str, pngs: list[bytes], *, burst: int = 1, clients: int = 0, seconds: float = 0.0) -> list:
-    """``burst`` requests at once, or ``clients`` back-to-back clients for ``seconds``."""
-    limits = httpx.Limits(max_connections=max(burst, clients) + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
-        if not clients:
-            return await asyncio.gather(*(post(http, pngs[i % len(pngs)]) for i in range(burst)))
-        end, out = time.monotonic() + seconds, []
-
-        async def client(i: int) -> None:
-            while time.monotonic() < end:
-                out.append(await post(http, pngs[i % len(pngs)]))
-
-        await asyncio.gather(*(client(i) for i in range(clients)))
-        return out
-
-
-def summarise(replies: list, sampler: Sampler, idle_rss: int, last_reply: float, wall: float) -> dict:
-    admitted = [t for status, t, _, _ in replies if status == 200]
-    after = [(t, cpu) for t, _, _, cpu in sampler.samples if t > last_reply]
-    busy_until = max((t for t, cpu in after if cpu > 0.2), default=last_reply)
-    return {
-        "requests": len(replies),
-        "wall_seconds": round(wall, 2),
-        "statuses": dict(Counter(f"{s} {e}".strip() for s, _, _, e in replies)),
-        "with_retry_after": sum(1 for s, _, ra, _ in replies if s in (429, 503) and ra is not None),
-        "p50_admitted_seconds": round(statistics.median(admitted), 3) if admitted else None,
-        "idle_rss_mb": round(idle_rss / 2**20, 1),
-        "peak_rss_mb": round(max((r for _, r, _, _ in sampler.samples), default=idle_rss) / 2**20, 1),
-        "max_busy_threads": max((b for _, _, b, _ in sampler.samples), default=0),
-        "max_threads_working_per_second": max(sampler.working, default=0),
-        "cpu_busy_after_last_reply_seconds": round(busy_until - last_reply, 2),
-    }
-
-
-def peak_running(url: str) -> int | None:
-    """The server's own count of the most syntheses run at once (``None`` from a server without it)."""
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("sims_synthesis_peak_running "):
-            return int(float(line.split()[1]))
-    return None
-
-
-def run(server: Server, pngs: list[bytes], name: str, settle: float, **load: float) -> dict:
-    sampler = Sampler(server.proc.pid)
-    idle = sampler.rss()
-    with sampler:
-        start = time.perf_counter()
-        if name == "lone":
-            replies = [asyncio.run(scenario(server.url, pngs))[0] for _ in range(int(load["lone"]))]
-        elif name == "burst":  # several rounds: one burst's p50 rests on two or three requests
-            replies = []
-            for i in range(int(load["rounds"])):
-                time.sleep(1.0 if i else 0.0)  # let the queue drain
-                replies += asyncio.run(scenario(server.url, pngs, burst=int(load["burst"])))
-        else:
-            replies = asyncio.run(scenario(server.url, pngs, **load))  # type: ignore[arg-type]
-        wall, last = time.perf_counter() - start, time.monotonic()
-        time.sleep(settle)  # watch the CPU after the last reply
-    out = summarise(replies, sampler, idle, last, wall)
-    out["peak_syntheses_running"] = peak_running(server.url)
-    print(f"{name:>9}: {json.dumps(out)}")
-    return out
+def run(kind: str, args: argparse.Namespace, pngs: list[bytes], logs: Path, service_phases: bool) -> dict:
+    d = Deployment(kind, args.tree.resolve(), args.bank.resolve(), args.timeout, logs)
+    result: dict = {"synthesis_timeout": args.timeout}
+    try:
+        d.wait_ready()
+        # Warm up every layout once (the first syntheses pay for lazy loading), once synthesis is up:
+        # a separate worker or Dask replicas may still be loading their networks.
+        deadline = time.monotonic() + 300
+        with httpx.Client(base_url=d.url, timeout=120) as http:
+            for png in pngs:
+                while (status := post(http, png)[0]) != 200 and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                if status != 200:
+                    raise RuntimeError(f"{kind}: no synthesis answered 200 within 300 s (logs in {logs})")
+        result["lone"] = lone(d, pngs, args.lone)
+        result["one_client"] = one_client(d, pngs, args.one_client_seconds)
+        result["burst"] = bursts(d, pngs, args.burst, args.rounds, result["lone"]["p50_seconds"])
+        rate = result["one_client"]["throughput_per_second"]
+        result["flood"] = flood(d, pngs, args.clients, args.seconds, args.settle, rate)
+        if service_phases:
+            result["metric_labels"] = asyncio.run(metric_labels(d.url, args.made_up_methods))
+            result["slow_connections"] = asyncio.run(slow_connections(d.url, d.service.pid, args.slow, args.hold))
+    finally:
+        d.stop()
+    for name, value in result.items():
+        print(f"{kind:>10} {name}: {json.dumps(value)}", flush=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tree", type=Path, default=REPO, help="Source tree of the server (default: this one).")
-    p.add_argument("--label", default="after", help="Name of this run in the results (e.g. before, after).")
-    p.add_argument("--bank", type=Path, default=REPO / ".sims/banks/camvid-val")
-    p.add_argument("--lone", type=int, default=5)
-    p.add_argument("--burst", type=int, default=50)
-    p.add_argument("--rounds", type=int, default=5, help="Bursts, a second apart.")
-    p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--tree", type=Path, default=REPO, help="Source tree of the deployment (default: this one).")
+    p.add_argument("--label", default="issue-29", help="Name of this run in the results.")
+    p.add_argument("--bank", type=Path, default=REPO / ".sims/banks/camvid-train")
+    p.add_argument("--deployments", default=",".join(DEPLOYMENTS), help="Comma-separated: in_process,worker,dask.")
     p.add_argument("--timeout", type=float, default=1.5, help="The service's synthesis timeout (seconds).")
-    p.add_argument("--short-timeout", type=float, default=0.1, help="The timeout of sustained_short (seconds).")
-    p.add_argument("--settle", type=float, default=4.0, help="Seconds to watch the CPU after each scenario.")
+    p.add_argument("--lone", type=int, default=5)
+    p.add_argument("--one-client-seconds", type=float, default=20.0)
+    p.add_argument("--burst", type=int, default=24)
+    p.add_argument("--rounds", type=int, default=5, help="Bursts, a second apart.")
+    p.add_argument("--clients", type=int, default=24)
+    p.add_argument("--seconds", type=float, default=30.0, help="Length of the flood.")
+    p.add_argument("--settle", type=float, default=5.0, help="Seconds of rest before and after the flood.")
     p.add_argument("--made-up-methods", type=int, default=3000)
     p.add_argument("--slow", type=int, default=1500, help="Slow connections.")
     p.add_argument("--hold", type=float, default=13.0, help="Seconds the slow connections are held.")
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--log", type=Path, help="Keep the server's log here (default: a temporary file).")
+    p.add_argument("--logs", type=Path, help="Keep the deployments' logs here (default: a temporary directory).")
     args = p.parse_args(argv)
+    kinds = [k.strip() for k in args.deployments.split(",") if k.strip()]
+    if unknown := set(kinds) - set(DEPLOYMENTS):
+        p.error(f"unknown deployments {sorted(unknown)}; choose from {', '.join(DEPLOYMENTS)}")
     bank = open_bank(args.bank)
-    pngs = [encode_layout_png(np.asarray(bank.labels[i])) for i in range(min(8, bank.labels.shape[0]))]
+    pngs = [encode_layout_png(np.asarray(bank.labels[i])) for i in range(min(8, bank.num_images))]
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
-        # Item 2 (and 5, 6) under the default 60 s timeout, then item 1 under the short ones.
-        runs = ((60.0, ("lone", "burst")), (args.timeout, ("sustained",)), (args.short_timeout, ("sustained_short",)))
-        for timeout, scenarios in runs:
-            log = args.log.with_suffix(f".{scenarios[-1]}.log") if args.log else Path(tmp) / "serve.log"
-            server = Server(args.tree.resolve(), args.bank.resolve(), timeout, log)
-            try:
-                server.wait_ready()
-                asyncio.run(scenario(server.url, pngs))  # warm up: idle RSS is after a first synthesis
-                for name in scenarios:
-                    load = {"lone": {"lone": args.lone}, "burst": {"burst": args.burst, "rounds": args.rounds}}.get(
-                        name, {"clients": args.clients, "seconds": args.seconds}
-                    )
-                    result[name] = {"synthesis_timeout": timeout, **run(server, pngs, name, args.settle, **load)}
-                if "burst" in scenarios:  # the other two load the same server
-                    result["metric_labels"] = asyncio.run(metric_labels(server.url, args.made_up_methods))
-                    print(f"metric_labels: {json.dumps(result['metric_labels'])}")
-                    slow = slow_connections(server.url, server.proc.pid, args.slow, args.hold)
-                    result["slow_connections"] = asyncio.run(slow)
-                    print(f"slow_connections: {json.dumps(result['slow_connections'])}")
-            finally:
-                server.stop()
+        for i, kind in enumerate(kinds):
+            logs = (args.logs or Path(tmp)) / kind
+            logs.mkdir(parents=True, exist_ok=True)
+            result[kind] = run(kind, args, pngs, logs, service_phases=i == 0)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results[args.label] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"},
         **result,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    for kind, r in result.items():
+        f = r["flood"]
+        print(
+            f"{kind}: goodput {f['goodput_per_second']}/s = {f['goodput_ratio']} of one client, "
+            f"p50/p99 {f['p50_admitted_seconds']}/{f['p99_admitted_seconds']} s, 504s/admitted "
+            f"{f['timeouts_per_admitted']}, {f['cpu_per_rejection_ms']} ms CPU per rejection, RSS "
+            f"{f['rss_idle_mb']}/{f['rss_peak_mb']}/{f['rss_after_mb']} MB; "
+            f"burst p50 {r['burst']['p50_over_lone']}x lone"
+        )
     print(f"wrote {args.out}")
     return 0
 

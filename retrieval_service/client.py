@@ -45,8 +45,9 @@ class SynthesisParameters(TypedDict, total=False):
 
     Those of :class:`~retrieval_service.types.SynthesizeOptions`, with its defaults where one is left out
     (``k`` 5, ``seed`` 0, ``mode`` fast, not ``coarse``; ``elision_band`` and ``elision_rate`` None, the
-    worker's default elision), ``timeout``, which overrides the client's for this request (synthesis
-    takes longer than retrieval), and ``instances``, the layout's instance map ((H, W) ids or PNG bytes).
+    worker's default elision; ``timeout_s`` the request's deadline on the server), ``timeout``, which
+    overrides the client's for this request (synthesis takes longer than retrieval), and ``instances``,
+    the layout's instance map ((H, W) ids or PNG bytes).
     """
 
     k: int
@@ -57,6 +58,7 @@ class SynthesisParameters(TypedDict, total=False):
     elision_rate: float | None
     pins: dict[str, int]
     candidates: int
+    timeout_s: float | None
     layout_resize: bool
     layout_colors: bool
     dataset_ids: bool
@@ -79,7 +81,8 @@ class RetrievalClient:
 
     Args:
         base_url: e.g. ``http://retrieval:8000``.
-        api_key: sent as ``X-API-Key`` (needed only for :meth:`reload`).
+        api_key: sent as ``X-API-Key`` with every request (needed by :meth:`reload`, and by the
+            route classes the service has keys for: ``synthesize``, ``full``, ``segments``).
         timeout: seconds per request.
         http: an ``httpx.Client`` to use instead of a new one (e.g. FastAPI's ``TestClient``);
             its base URL is then used and it is not closed by :meth:`close`.
@@ -188,6 +191,8 @@ class RetrievalClient:
             data["pins"] = json.dumps({str(c): int(s) for c, s in o.pins.items()})
         if o.candidates:
             data["candidates"] = str(o.candidates)
+        if o.timeout_s is not None:
+            data["timeout_s"] = repr(float(o.timeout_s))
         data |= {"extras": ",".join(extras), "format": reply_format}
         files = {"layout": ("layout.png", png, "image/png"), **_instances_file(instances)}
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
@@ -223,7 +228,7 @@ class RetrievalClient:
 
     def reload(self) -> ReloadResponse:
         """Ask the service to serve the bank's newest published version (needs the API key)."""
-        return self._parse(self._send("POST", "/admin/reload", headers=self._headers), ReloadResponse)
+        return self._parse(self._send("POST", "/admin/reload"), ReloadResponse)
 
     def live(self) -> bool:
         """True if the service answers ``/livez``."""
@@ -248,6 +253,8 @@ class RetrievalClient:
     # Helpers
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request, asked again after its ``Retry-After`` on 429 and 503 (at most ``retries`` times)."""
+        if self._headers:
+            kwargs["headers"] = {**self._headers, **kwargs.get("headers", {})}
         for _ in range(self.retries):
             r = self._http.request(method, url, **kwargs)
             wait = retry_after_seconds(r) if r.status_code in RETRY_STATUSES else None

@@ -29,8 +29,14 @@ from retrieval_service.types import (
 
 #: Header of the admin key (``POST /admin/reload``).
 API_KEY_HEADER = "X-API-Key"
-#: Header of the seconds a caller of a synthesis worker waits (the worker stops its work by then).
+#: Header of a client's deadline in seconds, capped by the server's limit (and the time left that the
+#: service gives a worker: the worker stops its work by then).
 TIMEOUT_HEADER = "X-SIMS-Timeout"
+#: Request header with which the service says that its mirror of the worker admitted the request.
+ADMITTED_HEADER = "X-SIMS-Admitted"
+#: Response header in which a synthesis worker tells its slots and queue (``concurrency=2, queue=1``),
+#: so that the service's mirror of the worker admits what the worker would.
+SLOTS_HEADER = "X-SIMS-Slots"
 
 # Fixed-length arrays are lists with a length, not tuples: OpenAPI 3.1 tools (and older
 # clients) handle `items` + `minItems`/`maxItems` better than JSON Schema's `prefixItems`.
@@ -127,6 +133,7 @@ class SynthesizeUpload(_Model):
     pins: str = Field("", description='JSON object of pins, e.g. `{"3": 1207}` (see the JSON form).')
     exclude_images: str = Field("", description="Comma-separated bank image ids whose segments must not be used.")
     candidates: Annotated[int, Field(ge=0, le=MAX_K)] = 0
+    timeout_s: Annotated[float, Field(gt=0)] | SkipJsonSchema[None] = OMITTED
     layout_resize: bool = False
     layout_colors: bool = False
     dataset_ids: bool = False

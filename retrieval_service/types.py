@@ -251,6 +251,14 @@ class SynthesizeOptions(LayoutFields):
         description="`png`: the image alone; `json`: base64 PNGs and metadata; `multipart`: multipart/mixed parts. "
         "Default: `png` without extras, `json` with.",
     )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="The client's deadline in seconds (like the `X-SIMS-Timeout` header; the shorter wins), capped "
+        "by the server's limit: a synthesis predicted to finish later is refused at once with 503 and "
+        "`Retry-After`, one that runs late is a 504.",
+    )
 
     @property
     def reply_format(self) -> ReplyFormat:
@@ -274,8 +282,11 @@ class SynthesisReply:
 class SynthesisBackend(Protocol):
     """What the retrieval service needs from synthesis.
 
-    A backend may also have ``check_capacity() -> None``, raising the 503 ``synthesis_busy`` when
-    it is full: ``/synthesize`` calls it before reading the upload, to shed load cheaply.
+    A backend may also have ``admit(timeout) -> Ticket`` (a
+    :class:`~retrieval_service.admission.Ticket`, or the 503 ``synthesis_busy`` for a synthesis that
+    would not finish within ``timeout`` seconds): ``/synthesize`` calls it before reading the upload,
+    to shed load cheaply, and then passes the ticket on as ``synthesize(..., ticket=ticket)``. An
+    older plugin may have ``check_capacity() -> None`` instead, raising the same 503.
     """
 
     name: str

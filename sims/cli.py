@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 # typer >= 0.20 vendors click and exports only some of its exception types: these two it does not.
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -107,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    """An exception's message on one line (OSErrors without one say their errno and file)."""
+    """An exception's message on one line (OSErrors without one say their errno and file; a settings
+    validation error names each bad setting and what it should be, without pydantic's links or the
+    value, which may be a key)."""
+    if isinstance(e, ValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in x['loc']) or 'value'}: {x['msg']}" for x in e.errors())
+        return _one_line_text(f"invalid {e.title}: {problems}")
     return _one_line_text(str(e) or type(e).__name__)
 
 

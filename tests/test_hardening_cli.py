@@ -67,6 +67,21 @@ def test_usage_errors_are_one_line(argv: list[str], says: str, capsys: pytest.Ca
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["serve", "--bank", "{bank}", "--synthesis-timeout", "-1"], "invalid Settings: synthesis_timeout: Input"),
+        (["worker", "--queue", "-1"], "invalid WorkerSettings: queue: Input should be greater than or equal to 0"),
+    ],
+)
+def test_bad_settings_are_one_line_without_links(
+    argv: list[str], says: str, val_bank_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([a.format(bank=val_bank_path) for a in argv]) == 2
+    line = one_error_line(capsys)
+    assert says in line and "errors.pydantic.dev" not in line and "input_value" not in line, line
+
+
 def test_help_still_prints_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["index", "--help"]) == 0
     assert "build" in capsys.readouterr().out

@@ -234,6 +234,51 @@ def test_storage_failing_mid_request_is_a_503_with_retry_after(
         assert client.get("/segments/1").status_code == 200  # the store is back: so is the service
 
 
+#: Every route that reads the bank's arrays while it answers (issue 29, item 5): (method, path, request options).
+READING_ROUTES = {
+    "segment batch": ("POST", "/segments/batch", {"json": {"ids": [2, 3, 70]}}),
+    "thumbnail": ("GET", "/segments/4/thumbnail", {}),
+    "photo": ("GET", "/images/5/photo", {}),
+    "image layout": ("GET", "/images/6/layout", {}),
+    "full retrieval": ("POST", "/retrieve", {"data": {"mode": "full"}}),
+    "synthesis": ("POST", "/synthesize", {}),
+}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("route", sorted(READING_ROUTES))
+def test_storage_failing_under_any_route_is_a_503_never_a_500(
+    remote_val: str, route: str, tiny_weights: Path, val_bank_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    for k in ("REFINE", "TRANSFORM", "ORDERING"):
+        monkeypatch.setenv(f"SIMS_WORKER_{k}_WEIGHTS", "none")
+    method, path, options = READING_ROUTES[route]
+    if method == "POST" and "json" not in options:  # a layout upload
+        png = encode_layout_png(np.asarray(open_bank(val_bank_path).labels[7]))
+        options = {**options, "files": {"layout": ("l.png", png, "image/png")}}
+    settings = Settings(
+        bank=remote_val, wait_for_bank=True, synthesis_backend="in_process", synthesis_weights=tiny_weights
+    )
+    with TestClient(create_app(settings)) as client:
+
+        async def outage(*args: object, **kwargs: object) -> bytes:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+        monkeypatch.setattr(zarr.storage.FsspecStore, "get", outage)
+        r = client.request(method, path, **options)
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["error"] == "storage_unavailable" and r.headers["retry-after"] == "5"
+        assert (
+            body["message"].startswith("reading the bank failed (EndpointConnectionError")
+            and "\n" not in body["message"]
+        )
+        monkeypatch.undo()
+        assert client.request(method, path, **options).status_code == 200  # the store is back
+
+
 def test_cli_on_a_url(remote_val: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["index", "verify", remote_val]) == 0
     assert "files match their checksums" in capsys.readouterr().out

@@ -26,8 +26,10 @@ from memory_bank.png import encode_layout_png
 from retrieval_service.api.app import create_app
 from retrieval_service.api.settings import Settings
 from retrieval_service.local_cluster import SYNTHESIS_RESOURCE
+from synthesis.worker import runtime
 from synthesis.worker.cluster import DaskSynthesisBackend, warm_task
 from tests.test_hardening_synthesis import OFF, SlowSynthesis, at_once, post, wait_until
+from tests.test_overload import SleepySynthesis, check_flood, flood
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPLICAS = 2
@@ -101,8 +103,6 @@ def in_process(val_bank_path: Path, tiny_weights: Path, networks_off: None) -> I
 
 @pytest.fixture
 def slow(monkeypatch: pytest.MonkeyPatch) -> SlowSynthesis:
-    from synthesis.worker import runtime
-
     fake = SlowSynthesis()
     monkeypatch.setattr(runtime, "synthesize", fake)
     return fake
@@ -309,3 +309,27 @@ def test_malloc_thresholds_are_restored_only_under_a_nanny(monkeypatch: pytest.M
     assert restore_malloc_thresholds() is False  # a plain process keeps glibc's dynamic thresholds
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # what the Dask nanny sets
     assert restore_malloc_thresholds() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_under_a_flood_admitted_syntheses_finish(
+    cluster: LocalCluster, val_bank_path: Path, tiny_weights: Path, networks_off: None, png: bytes
+) -> None:
+    """Issue 29: the replicas are the slots of one deadline-aware admission; under a flood with a short
+    timeout at least one request succeeds and none admitted times out."""
+    fake = SleepySynthesis(steps=4, step=0.4)  # 1.6 s; as in tests/test_overload.py
+    settings = Settings(
+        bank=val_bank_path,
+        wait_for_bank=True,
+        synthesis_cluster=cluster.scheduler_address,
+        synthesis_weights=tiny_weights,
+        synthesis_timeout=2.8,
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime, "synthesize_reply", fake)
+        client = next(serve := open_service(settings)())
+        backend = backend_of(client)
+        statuses = check_flood(flood(lambda: post(client, png), clients=8, seconds=6.0))
+        assert statuses[503] > statuses[200]
+        assert fake.peak <= REPLICAS
+        wait_until(lambda: backend.in_flight == 0 and scheduler_tasks(cluster) == 0, timeout=10)
+        serve.close()

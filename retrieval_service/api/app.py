@@ -19,8 +19,9 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from retrieval_service.admission import Admission
 from retrieval_service.api.engines import Engines
-from retrieval_service.api.limits import BodyLimitsMiddleware, RateLimitMiddleware, document_limits
+from retrieval_service.api.limits import AdmissionMiddleware, BodyLimitsMiddleware, RateLimitMiddleware, document_limits
 from retrieval_service.api.metrics import MetricsMiddleware, ServiceMetrics
 from retrieval_service.api.pages import install_offline_docs, install_studio
 from retrieval_service.api.routes import admin, bank, health, images, retrieve, segments, synthesize
@@ -101,8 +102,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.holder = holder
     install_error_handlers(app)
+    # Segment batches are admitted like syntheses: as many run as retrievals may, as many wait.
+    app.state.segment_admission = Admission(
+        settings.retrieve_concurrency, settings.retrieve_concurrency, kind="segments_busy", what="segment batch"
+    )
     # Added last = outermost: metrics also see the 413s and 429s the limits answer themselves.
     app.add_middleware(BodyLimitsMiddleware, max_bytes=settings.max_upload_bytes, chunk_timeout=settings.body_timeout)
+    # Outside the body limits: the queue state decides first, then Content-Length.
+    gates = {"/synthesize": synthesize.admit, "/segments/batch": segments.admit_batch}
+    app.add_middleware(AdmissionMiddleware, gates=gates)
     if settings.rate_limit:
         # Outside the body limits: a client over its rate is refused before any of its body is read.
         app.add_middleware(RateLimitMiddleware, rate=settings.rate_limit, storage_uri=settings.rate_limit_storage)

@@ -21,7 +21,7 @@ _api_key_header = APIKeyHeader(
     name=API_KEY_HEADER,
     auto_error=False,
     description="Key of a route class (SIMS_API_KEYS; admin also SIMS_API_KEY): needed by /admin/* and, when the "
-    "service configures keys for them, by /synthesize and mode=full retrieval.",
+    "service configures keys for them, by /synthesize, mode=full retrieval and POST /segments/batch.",
 )
 
 
@@ -93,3 +93,4 @@ LimiterDep = Annotated[CapacityLimiter | None, Depends(get_limiter)]
 StateDep = Annotated[BankState, Depends(current_state)]
 AdminDep = Annotated[None, Depends(route_key_dependency("admin"))]
 SynthesizeKeyDep = Annotated[None, Depends(route_key_dependency("synthesize"))]
+SegmentsKeyDep = Annotated[None, Depends(route_key_dependency("segments"))]

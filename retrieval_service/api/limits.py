@@ -1,8 +1,9 @@
-"""Admission limits of the service: request body size and read time, and a per-client rate limit.
+"""Admission limits of the service: expensive work, request body size and read time, and a per-client rate limit.
 
-The body limits hold while the body streams in (not after it is buffered); the rate limit answers
-before any of the request is read. Connection-level limits (concurrency, idle and header timeouts)
-belong to the HTTP server: see :mod:`retrieval_service.api.server`.
+The rate limit and the admission of expensive work (:class:`AdmissionMiddleware`) answer before
+any of the request is read, the body limits while the body streams in (not after it is
+buffered). Connection-level limits (concurrency, idle and header timeouts) belong to the HTTP
+server: see :mod:`retrieval_service.api.server`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -19,7 +21,9 @@ from limits.strategies import MovingWindowRateLimiter
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retrieval_service.http_errors import error_body
+from memory_bank.errors import SimsError
+from retrieval_service.admission import Ticket
+from retrieval_service.http_errors import ApiError, error_body, sims_error_headers, sims_error_status
 
 #: Paths the rate limit never counts: probes and scrapes must get through a busy service.
 RATE_LIMIT_EXEMPT = frozenset({"/livez", "/readyz", "/metrics"})
@@ -52,6 +56,58 @@ def document_limits(openapi: dict[str, Any], error_schema: dict[str, Any]) -> di
                     status, {"description": text, "content": {"application/json": {"schema": error_schema}}}
                 )
     return openapi
+
+
+#: Decides on a request from its head alone: a ticket (held until the request ends), None (let it
+#: through without one), or an :class:`ApiError` / :class:`~memory_bank.errors.SimsError` to answer.
+Gate = Callable[[Scope], Ticket | None]
+
+
+class AdmissionMiddleware:
+    """Admits or refuses the expensive ``POST`` routes from the request head, before any of the body
+    is read, parsed or decoded: the queue state first, and only then (inside, in
+    :class:`BodyLimitsMiddleware`) ``Content-Length``.
+
+    ``gates`` maps a path to its :data:`Gate`. A refusal is answered here, outside the router and the
+    dependencies, so it costs little CPU; an admitted request carries its ticket to the route as
+    ``request.state.admission``, and the ticket is dropped when the request ends (a job that
+    claimed it releases it when the job ends).
+    """
+
+    def __init__(self, app: ASGIApp, gates: Mapping[str, Gate]) -> None:
+        self.app = app
+        self.gates = dict(gates)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gate = self.gates.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if gate is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            ticket = gate(scope)
+        except ApiError as e:
+            await _reply(send, e.status, e.error, e.message, e.headers)
+            return
+        except SimsError as e:
+            status, kind = sims_error_status(e)
+            await _reply(send, status, kind, str(e), sims_error_headers(e))
+            return
+        if ticket is None:
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["admission"] = ticket
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            ticket.drop()
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The value of header ``name`` (lower case) in an ASGI scope, if sent."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
 
 
 class BodyTooLarge(HTTPException):
@@ -162,6 +218,6 @@ class RateLimitMiddleware:
 async def _reply(send: Send, status: int, error: str, message: str, extra: dict[str, str] | None = None) -> None:
     body = json.dumps(error_body(error, message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -19,8 +19,9 @@ from memory_bank.storage import is_url
 
 ENV_PREFIX = "SIMS_"
 
-#: The route classes a key can open: what costs seconds of CPU, and what changes the service.
-RouteClass = Literal["synthesize", "full", "admin"]
+#: The route classes a key can open: what costs seconds of CPU (``segments`` is ``POST /segments/batch``),
+#: and what changes the service.
+RouteClass = Literal["synthesize", "full", "segments", "admin"]
 ROUTE_CLASSES: tuple[RouteClass, ...] = get_args(RouteClass)
 
 
@@ -63,9 +64,9 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = Field(
         None,
         description="Keys per route class, comma-separated `class:key` entries; classes `synthesize` (/synthesize), "
-        "`full` (mode=full retrieval), `admin` (/admin/*) and `*` (all three), e.g. `synthesize:k1,full:k1,admin:k2`. "
-        "A class with a key needs one in X-API-Key; one without stays open (admin: disabled). Other retrieval is "
-        "always open.",
+        "`full` (mode=full retrieval), `segments` (POST /segments/batch), `admin` (/admin/*) and `*` (all four), "
+        "e.g. `synthesize:k1,full:k1,segments:k1,admin:k2`. A class with a key needs one in X-API-Key; one without "
+        "stays open (admin: disabled). Other retrieval and single-segment reads are always open.",
     )
     rate_limit: str | None = Field(
         None,
@@ -126,6 +127,18 @@ class Settings(BaseSettings):
     )
     synthesis_timeout: float = Field(
         60.0, gt=0.0, description="Seconds a synthesis may take before /synthesize answers 504."
+    )
+    max_batch_pixels: int = Field(
+        4 * 1024 * 1024,
+        ge=1,
+        description="Most crop pixels one POST /segments/batch returns (the sum of its segments' box areas, known "
+        "before any is read; 413 above). A layout's segments hold about 0.3 Mpx at 360x480.",
+    )
+    segments_timeout: float = Field(
+        10.0,
+        gt=0.0,
+        description="Seconds a POST /segments/batch may take: one predicted to take longer (behind the batches "
+        "running or queued, at the measured rate) is refused with 503 segments_busy and Retry-After.",
     )
     synthesis_max_in_flight: int = Field(
         0,

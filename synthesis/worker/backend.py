@@ -6,9 +6,11 @@
 :mod:`retrieval_service.types`). Retrieval goes straight to the service's engine and segments are
 read from its bank through a per-version :class:`~synthesis.canvas.segment_cache.CachedSegments`:
 no HTTP hop. Replies are made by the same :func:`~synthesis.worker.runtime.synthesize_reply` as the
-HTTP worker's, admitted by the same :class:`~synthesis.worker.runtime.SynthesisSlots` (503 with
-``Retry-After`` when full; a 504 after the service's ``synthesis_timeout``, the work stopping at
-the next pipeline step).
+HTTP worker's, admitted by the same :class:`~synthesis.worker.runtime.SynthesisSlots`: the route
+asks :meth:`InProcessBackend.admit` before it reads the upload, and a synthesis that would not
+finish within its deadline (the service's ``synthesis_timeout``, or the client's when shorter) is
+refused with 503 and ``Retry-After``; one that runs late is a 504, its work stopping at the next
+pipeline step.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from anyio import to_thread
 
 from memory_bank.errors import UnavailableError
 from memory_bank.png import LayoutSpec
+from retrieval_service.admission import Admission, Ticket
 from retrieval_service.types import BackendSettings, BankSource, ServedBank, SynthesisReply, SynthesizeOptions
 from synthesis.canvas.builder import CanvasBuilder
 from synthesis.pipeline import Networks, SynthesisPipeline
@@ -75,14 +78,31 @@ class InProcessBackend:
         self._pipeline = (served.version, pipeline)
         return pipeline
 
+    @property
+    def admission(self) -> Admission:
+        """The admission of this process's syntheses (the slots')."""
+        return self.slots.admission
+
+    def admit(self, timeout: float) -> Ticket:
+        """A place for a synthesis due within ``timeout`` seconds, or the 503 ``synthesis_busy``
+        (the route asks before it reads the upload)."""
+        return self.slots.admit(timeout)
+
     def check_capacity(self) -> None:
-        """503 ``synthesis_busy`` now when every slot and the queue are taken (the route sheds before reading)."""
-        self.slots.check_capacity()
+        """503 ``synthesis_busy`` now when a synthesis would be refused."""
+        self.slots.check_capacity(self.timeout)
 
     async def synthesize(
-        self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None = None
+        self,
+        layout_png: bytes,
+        options: SynthesizeOptions,
+        instances_png: bytes | None = None,
+        *,
+        ticket: Ticket | None = None,
     ) -> SynthesisReply:
         if self.bank is None:
+            if ticket is not None:
+                ticket.release()
             raise UnavailableError("no bank configured: pass --bank or set SIMS_BANK", kind="not_ready")
         served = self.bank.require()
         pipeline = self.pipeline_for(served)
@@ -92,8 +112,14 @@ class InProcessBackend:
             layout_png,
             options,
             LayoutSpec.from_manifest(served.bank.manifest),
-            timeout=self.timeout,
+            timeout=_timeout(options, self.timeout),
+            ticket=ticket,
         )
+
+
+def _timeout(options: SynthesizeOptions, limit: float) -> float:
+    """The deadline of a synthesis: the server's ``limit``, or the request's ``timeout_s`` when shorter."""
+    return limit if options.timeout_s is None else min(limit, options.timeout_s)
 
 
 def create_backend(settings: BackendSettings, bank: BankSource | None) -> InProcessBackend:

@@ -13,12 +13,14 @@ its nanny starts a new worker, which the plugin below sets up like the others.
    segment reads happen on the worker, on the version the service serves.
 2. :func:`synthesize_task` runs :func:`~synthesis.worker.runtime.synthesize_reply` there, so a
    request gives the same bytes as ``sims serve --with-worker`` on the same bank version.
-3. :class:`DaskSynthesisBackend` is the service's side. It admits at most one running and
-   ``queue`` (``SIMS_WORKER_QUEUE``) waiting syntheses per replica and refuses more with 503
-   ``synthesis_busy`` and ``Retry-After`` before the upload is read, so a burst holds no more
-   uploads or tasks than that; a synthesis past ``SIMS_SYNTHESIS_TIMEOUT`` is 504 and its task is
-   released (dropped if it has not started; the worker's :class:`~synthesis.pipeline.Deadline`
-   stops it at the next step otherwise).
+3. :class:`DaskSynthesisBackend` is the service's side. Its
+   :class:`~retrieval_service.admission.Admission` has the replicas as slots and ``queue``
+   (``SIMS_WORKER_QUEUE``) waiting syntheses per replica; it admits a synthesis only if it is
+   predicted to finish within its deadline and refuses the rest with 503 ``synthesis_busy`` and
+   ``Retry-After`` before the upload is read, so a burst holds no more uploads or tasks than
+   that; a synthesis past its deadline (``SIMS_SYNTHESIS_TIMEOUT``, or the client's) is 504 and
+   its task is released (dropped if it has not started; the worker's
+   :class:`~synthesis.pipeline.Deadline` stops it at the next step otherwise).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distributed import Client, KilledWorker, WorkerPlugin, get_worker
+from distributed.comm.core import CommClosedError
 
 from memory_bank.errors import (
     LayoutError,
@@ -50,8 +53,10 @@ from memory_bank.errors import (
     UpstreamError,
 )
 from memory_bank.png import LayoutSpec
-from memory_bank.storage import is_url
+from memory_bank.storage import is_url, storage_errors
+from retrieval_service.admission import Admission, Ticket
 from retrieval_service.api.state import load_state
+from retrieval_service.http_errors import STORAGE_RETRY_AFTER
 from retrieval_service.local_cluster import SYNTHESIS_RESOURCE
 from retrieval_service.types import BackendSettings, BankSource, SynthesisReply, SynthesizeOptions
 from synthesis.canvas.builder import CanvasBuilder
@@ -68,6 +73,8 @@ log = logging.getLogger(__name__)
 KEEP_VERSIONS = 2
 #: Seconds to reach the scheduler before trying again.
 CONNECT_TIMEOUT = 5.0
+#: Seconds past its deadline a timed-out task may take to stop (at its next step) before its place is freed anyway.
+STOP_GRACE = 10.0
 #: Errors of a synthesis that are the caller's to see as they are; any other is a 502.
 RELAYED_ERRORS = (LayoutError, OptionError, TimedOutError, UnavailableError)
 
@@ -245,7 +252,8 @@ class DaskSynthesisBackend:
         self.max_in_flight = max_in_flight
         self.poll = poll
         self.replicas = 0  # synthesis resource units on the cluster, at the last look
-        self.in_flight = 0  # one event loop: no lock needed
+        # The replicas are the slots; a task's start on a worker is not seen here, so it is inferred.
+        self.admission = Admission(0, 0, kind="synthesis_busy", what="synthesis on the Dask cluster", infer_starts=True)
         self.peak_in_flight = 0
         self.error: str | None = f"connecting to the Dask scheduler at {address}"
         self._client: Client | None = None
@@ -254,12 +262,22 @@ class DaskSynthesisBackend:
         self._warmed: set[tuple[str, str | None]] = set()  # (worker, version) warm tasks that finished
         self._ready: set[str] = set()  # synthesis workers that have finished a warm task
         self._warm_errors: dict[str, str] = {}  # why a worker's last warm task failed
-        self._seconds: float | None = None  # moving average of a synthesis's wall time
+        self._lingering: set[asyncio.Future[None]] = set()  # timed-out tasks waited for in the background
 
     @property
     def limit(self) -> int:
         """Syntheses admitted at once now: running plus waiting, over all replicas."""
         return self.max_in_flight or self.replicas * (1 + self.queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Syntheses admitted and not answered yet."""
+        return self.admission.admitted
+
+    def _set_replicas(self, replicas: int) -> None:
+        self.replicas = replicas
+        concurrency = min(replicas, self.limit)
+        self.admission.set_capacity(concurrency, max(0, self.limit - concurrency))
 
     async def start(self) -> None:
         """Connect in the background: the service starts even while the cluster is not up."""
@@ -276,33 +294,52 @@ class DaskSynthesisBackend:
             self._watcher = None
         await self._drop()
 
-    def check_capacity(self) -> None:
-        """503 now when no synthesis worker is up (``synthesis_unavailable``) or every replica is busy
-        beyond its queue (``synthesis_busy``); the route calls it before reading the upload."""
+    def admit(self, timeout: float) -> Ticket:
+        """A place for a synthesis due within ``timeout`` seconds: 503 now when no synthesis worker
+        is up (``synthesis_unavailable``), or when every replica is busy beyond its queue or the
+        synthesis would not finish in time (``synthesis_busy``); the route asks before reading the upload."""
         if self.plugin is None:
             raise UnavailableError(self.error or "no bank configured", kind="not_ready")
         if self._client is None or self.replicas == 0:
             raise UnavailableError(
                 f"no synthesis worker is up: {self.error}", kind="synthesis_unavailable", retry_after=1
             )
-        if self.in_flight >= self.limit:
-            raise UnavailableError(
-                f"all {self.replicas} synthesis workers of the cluster are busy and their queue is full "
-                f"({self.in_flight} syntheses admitted, at most {self.limit})",
-                kind="synthesis_busy",
-                retry_after=runtime.retry_after_estimate(self._seconds, self.in_flight, self.replicas),
-            )
+        ticket = self.admission.admit(timeout)
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        return ticket
+
+    def check_capacity(self) -> None:
+        """Raise the 503 :meth:`admit` would raise for a synthesis due within the timeout."""
+        self.admit(self.timeout).release()
 
     async def synthesize(
-        self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None = None
+        self,
+        layout_png: bytes,
+        options: SynthesizeOptions,
+        instances_png: bytes | None = None,
+        *,
+        ticket: Ticket | None = None,
     ) -> SynthesisReply:
-        self.check_capacity()
-        assert self.bank is not None and self.plugin is not None and self._client is not None
+        timeout = self.timeout if options.timeout_s is None else min(self.timeout, options.timeout_s)
+        ticket = ticket or self.admit(timeout)
+        ticket.claim()
+        try:
+            return await self._run(layout_png, options, instances_png, ticket)
+        except TimedOutError:
+            raise  # its ticket is settled when the task ends (see _run)
+        except BaseException:
+            ticket.release()  # a failure that says nothing about the time a synthesis takes
+            raise
+
+    async def _run(
+        self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None, ticket: Ticket
+    ) -> SynthesisReply:
+        assert self.bank is not None and self.plugin is not None
+        if self._client is None:
+            raise UnavailableError(f"no synthesis worker is up: {self.error}", kind="synthesis_unavailable")
         served = self.bank.require()
-        job = SynthesisJob(layout_png, options, instances_png, served.version, time.time() + self.timeout)
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        start = time.perf_counter()
+        remaining = ticket.remaining()
+        job = SynthesisJob(layout_png, options, instances_png, served.version, time.time() + remaining)
         future = self._client.submit(
             synthesize_task,
             self.plugin.name,
@@ -311,10 +348,20 @@ class DaskSynthesisBackend:
             resources={SYNTHESIS_RESOURCE: 1},
             pure=False,
         )
+        lingering = False
         try:
-            reply: SynthesisReply = await asyncio.wait_for(future, self.timeout)
+            reply: SynthesisReply = await asyncio.wait_for(future, remaining)
         except TimeoutError:
-            raise TimedOutError(f"synthesis took longer than {self.timeout:g} s", kind="synthesis_timeout") from None
+            # A task still queued is dropped at once; a running one stops at its next step, and its
+            # replica is free only then: the ticket is kept until the task ends.
+            lingering = True
+            task = asyncio.ensure_future(self._linger(future, ticket))
+            self._lingering.add(task)
+            task.add_done_callback(self._lingering.discard)
+            raise TimedOutError(f"synthesis took longer than {ticket.timeout:g} s", kind="synthesis_timeout") from None
+        except SynthesisStoppedError:  # it reached the worker past its deadline
+            ticket.finish_partial()
+            raise
         except RELAYED_ERRORS:
             raise
         except SimsError as e:  # e.g. the worker cannot open the bank: not the caller's doing
@@ -325,21 +372,34 @@ class DaskSynthesisBackend:
             raise UnavailableError(
                 "the Dask scheduler dropped the synthesis", kind="synthesis_unavailable", retry_after=1
             ) from None
-        except OSError as e:  # the scheduler is unreachable (CommClosedError is an OSError)
+        except CommClosedError as e:  # the scheduler is unreachable
             raise UnavailableError(
                 f"the Dask scheduler at {self.address} is unreachable: {e}", kind="synthesis_unavailable", retry_after=1
+            ) from None
+        except storage_errors() as e:  # the bank's store failed under the worker (raised by the task)
+            raise UnavailableError(
+                f"reading the bank failed on the synthesis worker ({type(e).__name__}: {' '.join(str(e).split())}); "
+                "retry later",
+                kind="storage_unavailable",
+                retry_after=STORAGE_RETRY_AFTER,
             ) from None
         except Exception as e:  # a bug on the worker: one line, never a 500
             raise UpstreamError(
                 f"the synthesis worker failed: {type(e).__name__}: {' '.join(str(e).split())}", kind="synthesis_failed"
             ) from None
         finally:
-            self.in_flight -= 1
-            # Forget the task: one still queued is dropped; a running one stops at its next step.
-            future.release()
-        took = time.perf_counter() - start
-        self._seconds = took if self._seconds is None else 0.8 * self._seconds + 0.2 * took
+            if not lingering:
+                future.release()  # forget the task (its result has left the cluster)
+        ticket.finish()  # measured from its inferred start on a replica
         return reply
+
+    async def _linger(self, future: Any, ticket: Ticket) -> None:
+        """Wait (at most :data:`STOP_GRACE` s) for a timed-out task to end, then free its place."""
+        if future.status == "pending":
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(future, STOP_GRACE)  # a Dask future: waiting less does not cancel it
+        ticket.finish_partial()
+        future.release()
 
     # The cluster, watched in the background
 
@@ -356,7 +416,8 @@ class DaskSynthesisBackend:
                 why = f"the Dask scheduler at {self.address} is unreachable: {reason}"
                 if why != self.error:
                     log.warning("%s", why)
-                self.error, self.replicas = why, 0
+                self.error = why
+                self._set_replicas(0)
                 await self._drop()
             await asyncio.sleep(self.poll)
 
@@ -410,7 +471,7 @@ class DaskSynthesisBackend:
                 self._warming[key] = self._warm(client, address, version)
             if address not in self._ready and address in self._warm_errors:
                 failures[address] = self._warm_errors[address]
-        self.replicas = int(sum(units[a] for a in self._ready))
+        self._set_replicas(int(sum(units[a] for a in self._ready)))
         if self.replicas:
             self.error = None
         elif failures:

@@ -7,8 +7,9 @@ with :meth:`~synthesis.pipeline.Networks.pipeline` and answer through :func:`syn
 so the same request gives the same bytes either way.
 
 Both also admit work through one :class:`SynthesisSlots`: at most ``concurrency`` syntheses run
-and at most ``queue`` wait; the rest are refused at once with 503 ``synthesis_busy`` and a
-``Retry-After``. A request past its deadline gets its 504 at once, and its synthesis stops at the
+and at most ``queue`` wait, and only those predicted to finish within their deadline are admitted
+(:mod:`retrieval_service.admission`); the rest are refused at once with 503 ``synthesis_busy`` and
+a ``Retry-After``. A request past its deadline gets its 504 at once, and its synthesis stops at the
 pipeline's next step (:class:`~synthesis.pipeline.Deadline`). Its slot is free again only then, so
 timed-out work never piles up behind the limit.
 """
@@ -18,19 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from memory_bank.errors import TimedOutError, UnavailableError
 from memory_bank.png import LayoutSpec, decode_layout
+from retrieval_service.admission import Admission, Ticket
 from retrieval_service.types import SynthesisReply, SynthesizeOptions
 from synthesis.canvas.elision import ElisionConfig
-from synthesis.pipeline import Deadline, Networks, SynthesisOutput, SynthesisPipeline
+from synthesis.pipeline import Deadline, Networks, SynthesisOutput, SynthesisPipeline, SynthesisStoppedError
 from synthesis.worker.reply import encode_reply
 from synthesis.worker.settings import WorkerSettings
 
@@ -123,96 +124,120 @@ def synthesize_reply(
     )
 
 
-def retry_after_estimate(seconds: float | None, admitted: int, concurrency: int) -> int:
-    """The ``Retry-After`` of a refused synthesis: seconds until one of ``concurrency`` slots is
-    likely free with ``admitted`` syntheses running or waiting, each taking about ``seconds``
-    (1 s when not known yet); 1 to 60."""
-    per = seconds or 1.0
-    return max(1, min(60, math.ceil(per * (admitted - concurrency + 1) / max(1, concurrency))))
-
-
 class SynthesisSlots:
-    """Admission control of syntheses: ``concurrency`` run at once on threads of their own, ``queue`` wait.
+    """Syntheses run on ``concurrency`` threads of their own, admitted by one deadline-aware
+    :class:`~retrieval_service.admission.Admission` (at most ``queue`` wait).
 
-    A request that finds every slot and the queue taken is refused with 503 ``synthesis_busy``
-    and a ``Retry-After`` estimated from recent synthesis times (a server-wide limit, not the
-    caller's fault: so 503, not 429). A synthesis counts against the limit until its thread
-    returns, including after its caller timed out: a timed-out request cancels its
-    :class:`~synthesis.pipeline.Deadline`, gets its 504 at once, and its work stops at the next
-    pipeline step.
+    A request is admitted (:meth:`admit`, before its body is read) only if, at the measured time
+    per synthesis and behind the syntheses running or waiting, it is predicted to finish within
+    its deadline; the rest are refused at once with 503 ``synthesis_busy`` and a ``Retry-After``
+    from the same prediction (a server-wide limit, not the caller's fault: so 503, not 429). A
+    synthesis counts against the limit until its thread returns, including after its caller timed
+    out: a timed-out request cancels its :class:`~synthesis.pipeline.Deadline`, gets its 504 at
+    once, and its work stops at the next pipeline step.
     """
 
     def __init__(self, concurrency: int, queue: int) -> None:
         if concurrency < 1 or queue < 0:
             raise ValueError(f"need concurrency >= 1 and queue >= 0, got {concurrency} and {queue}")
-        self.concurrency = concurrency
-        self.queue = queue
+        self.admission = Admission(concurrency, queue, kind="synthesis_busy", what="synthesis")
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="synthesis")
-        self._lock = threading.Lock()
-        self._admitted = 0  # waiting + running, including work whose caller has timed out
-        self.running = 0
-        self.peak_running = 0  # the most syntheses that ever ran at once (benchmarks, tests)
-        self._seconds: float | None = None  # moving average of a synthesis's wall time
+
+    @property
+    def concurrency(self) -> int:
+        return self.admission.concurrency
+
+    @property
+    def queue(self) -> int:
+        return self.admission.queue
 
     @property
     def admitted(self) -> int:
         """Syntheses waiting or running, including those whose caller timed out (still stopping)."""
-        return self._admitted
+        return self.admission.admitted
+
+    @property
+    def running(self) -> int:
+        return self.admission.running
+
+    @property
+    def peak_running(self) -> int:
+        """The most syntheses that ever ran at once (benchmarks, tests)."""
+        return self.admission.peak_running
 
     def retry_after(self) -> int:
-        """Seconds until a slot is likely free: the queue ahead, at the recent time per synthesis (1 to 60)."""
-        return retry_after_estimate(self._seconds, self._admitted, self.concurrency)
+        """Seconds until a slot is likely free (1 to 60)."""
+        return self.admission.retry_after()
 
-    def check_capacity(self) -> None:
-        """Raise the 503 ``synthesis_busy`` now if a request would be refused (to shed it before its body is read)."""
-        if self._admitted >= self.concurrency + self.queue:
-            raise UnavailableError(
-                f"all {self.concurrency} synthesis slots and the queue of {self.queue} are taken",
-                kind="synthesis_busy",
-                retry_after=self.retry_after(),
-            )
+    def admit(self, timeout: float, *, upstream: bool = False) -> Ticket:
+        """A place for a synthesis that must be done within ``timeout`` seconds, or the 503
+        (``upstream``: the service's mirror of these slots judged the deadline already)."""
+        return self.admission.admit(timeout, upstream=upstream)
 
-    async def run(self, fn: Callable[..., SynthesisReply], *args: object, timeout: float) -> SynthesisReply:
-        """``fn(*args, stop=deadline)`` on a synthesis thread; 503 when full, 504 after ``timeout`` seconds."""
-        with self._lock:
-            self.check_capacity()
-            self._admitted += 1
-        deadline = Deadline(timeout)
+    def check_capacity(self, timeout: float = math.inf) -> None:
+        """Raise the 503 ``synthesis_busy`` now if a synthesis due within ``timeout`` would be refused."""
+        self.admission.check(timeout)
+
+    async def run(
+        self,
+        fn: Callable[..., SynthesisReply],
+        *args: object,
+        timeout: float | None = None,
+        ticket: Ticket | None = None,
+        linger: float = 0.0,
+    ) -> SynthesisReply:
+        """``fn(*args, stop=deadline)`` on a synthesis thread, admitted by ``ticket`` (or admitted
+        now, due within ``timeout``); 503 when refused, 504 once the deadline passes.
+
+        ``linger``: seconds the 504 may wait for a timed-out synthesis to stop (0: answer at once).
+        The HTTP worker waits, so that it answers only once its slot is free again: the service's
+        mirror of the slots then frees it at the same moment.
+        """
+        if ticket is None:
+            if timeout is None:
+                raise ValueError("run() needs a ticket or a timeout")
+            ticket = self.admit(timeout)
+        ticket.claim()
+        remaining = ticket.remaining()
+        if remaining <= 0:  # e.g. its upload took all of its time
+            ticket.release()
+            raise TimedOutError(f"synthesis took longer than {ticket.timeout:g} s", kind="synthesis_timeout")
+        deadline = Deadline(remaining)
         try:
-            job = self._executor.submit(self._call, fn, args, deadline)
+            job = self._executor.submit(self._call, fn, args, deadline, ticket)
         except RuntimeError:  # shut down
-            self._release(None)
+            ticket.release()
             raise UnavailableError("synthesis is shutting down", kind="synthesis_unavailable", retry_after=1) from None
-        job.add_done_callback(self._release)
+        # A job cancelled before it started frees its place here (one that ran, in _call).
+        job.add_done_callback(lambda _: ticket.release())
         try:
             # No shield: cancelling the wait cancels a job that has not started yet.
-            return await asyncio.wait_for(asyncio.wrap_future(job), timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(job), remaining)
         except TimeoutError:
             deadline.cancel()
-            raise TimedOutError(f"synthesis took longer than {timeout:g} s", kind="synthesis_timeout") from None
+            if linger > 0:
+                await asyncio.wait([asyncio.wrap_future(job)], timeout=linger)  # it stops at its next step
+            raise TimedOutError(f"synthesis took longer than {ticket.timeout:g} s", kind="synthesis_timeout") from None
         except asyncio.CancelledError:  # the client went away
             deadline.cancel()
             raise
 
-    def _call(self, fn: Callable[..., SynthesisReply], args: tuple[object, ...], deadline: Deadline) -> SynthesisReply:
+    def _call(
+        self, fn: Callable[..., SynthesisReply], args: tuple[object, ...], deadline: Deadline, ticket: Ticket
+    ) -> SynthesisReply:
         deadline.check("decode")  # waited in the queue past its deadline: do nothing
-        with self._lock:
-            self.running += 1
-            self.peak_running = max(self.peak_running, self.running)
+        ticket.start()
         start = time.perf_counter()
         try:
             reply = fn(*args, stop=deadline)
-        finally:
-            with self._lock:
-                self.running -= 1
-        took = time.perf_counter() - start
-        self._seconds = took if self._seconds is None else 0.8 * self._seconds + 0.2 * took
+        except SynthesisStoppedError:
+            ticket.finish_partial(time.perf_counter() - start)
+            raise
+        except BaseException:
+            ticket.release()  # e.g. a bad layout: says nothing about the time a synthesis takes
+            raise
+        ticket.finish(time.perf_counter() - start)
         return reply
-
-    def _release(self, _: Future[SynthesisReply] | None) -> None:
-        """The slot of a job that is done (returned, raised or cancelled before it started)."""
-        with self._lock:
-            self._admitted -= 1
 
     def close(self) -> None:
         """Cancel the waiting jobs and stop the threads once the running ones return (does not wait)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from synthesis.canvas.elision import TEST_ELISION
@@ -35,6 +35,11 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     service_url: str = Field("http://127.0.0.1:8000", description="The retrieval service to retrieve from.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="X-API-Key sent to the retrieval service (env only): needed when the service has keys for "
+        "`segments` (the worker reads segments with POST /segments/batch), or for `full` and mode=full syntheses.",
+    )
     weights_dir: Path = Field(
         Path("weights"), description="Root of the network folders below (synthesis/, layout-refiner/, ...)."
     )
@@ -92,4 +97,10 @@ class WorkerSettings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``SIMS_WORKER_*`` environment variables (unset values are left out)."""
-        return {ENV_PREFIX + k.upper(): str(v) for k, v in self.model_dump().items() if v is not None}
+        env = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                env[ENV_PREFIX + name.upper()] = str(value)
+        return env
