@@ -46,6 +46,23 @@ def test_synthesis_over_http_imports_no_service_app_and_no_engine() -> None:
     assert [m for m in loaded if m.startswith(banned)] == []
 
 
+def synthesis_modules() -> list[str]:
+    """Every module of the ``synthesis`` package, by dotted name."""
+    root = REPO / "synthesis"
+    return sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__") for p in root.rglob("*.py")
+    )
+
+
+def test_no_synthesis_module_imports_the_service_api() -> None:
+    # Layers point one way: synthesis may use the engine, types and client, never the HTTP layer.
+    # (The Dask replicas load banks through retrieval_service.bank_state, below the API.)
+    modules = synthesis_modules()
+    assert "synthesis.worker.cluster" in modules
+    loaded = imported_after(*modules)
+    assert [m for m in loaded if m.startswith("retrieval_service.api")] == []
+
+
 def test_the_client_imports_no_web_framework_torch_or_engine() -> None:
     loaded = imported_after("retrieval_service.client")
     banned = ("retrieval_service.api", "retrieval_service.engine", "faiss", "torch", "fastapi", "starlette")

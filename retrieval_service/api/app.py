@@ -26,8 +26,9 @@ from retrieval_service.api.metrics import MetricsMiddleware, ServiceMetrics
 from retrieval_service.api.pages import install_offline_docs, install_studio
 from retrieval_service.api.routes import admin, bank, health, images, retrieve, segments, synthesize
 from retrieval_service.api.settings import Settings
-from retrieval_service.api.state import BankHolder, load_state
+from retrieval_service.api.state import BankHolder
 from retrieval_service.api.synthesis import load_backend
+from retrieval_service.bank_state import load_state
 from retrieval_service.http_errors import install_error_handlers
 from retrieval_service.http_models import API_KEY_HEADER
 

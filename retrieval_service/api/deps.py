@@ -13,7 +13,8 @@ from fastapi.security import APIKeyHeader
 from memory_bank.errors import UnavailableError
 from retrieval_service.api.metrics import ServiceMetrics
 from retrieval_service.api.settings import RouteClass, Settings
-from retrieval_service.api.state import BankHolder, BankState
+from retrieval_service.api.state import BankHolder
+from retrieval_service.bank_state import BankState
 from retrieval_service.http_errors import ApiError
 from retrieval_service.http_models import API_KEY_HEADER
 

@@ -16,37 +16,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 from anyio import to_thread
 
 from memory_bank import Bank, current_version, list_versions, open_bank
 from memory_bank.errors import UnavailableError
 from memory_bank.storage import locate
-from retrieval_service.engine import LayoutEngine, RetrievalEngine
+from retrieval_service.bank_state import BankState, load_state
 from retrieval_service.http_errors import ApiError
-from retrieval_service.types import RetrievalOptions
 
 log = logging.getLogger(__name__)
 
 #: Other versions kept open for segment fetches that name one (``?version=``).
 _OTHER_VERSIONS = 4
-
-
-@dataclass(frozen=True)
-class BankState:
-    """One loaded bank version and its engine."""
-
-    bank: Bank
-    engine: LayoutEngine
-    loaded_at: datetime
-    load_seconds: float
-
-    @property
-    def version(self) -> str:
-        return self.bank.version
 
 
 @dataclass(frozen=True)
@@ -57,24 +40,6 @@ class ReloadOutcome:
     previous_version: str | None
     version: str
     seconds: float
-
-
-def load_state(
-    root: Path | str, version: str | None = None, engines: Callable[[Bank], LayoutEngine] = RetrievalEngine.from_bank
-) -> BankState:
-    """Open a bank version, build its engine with ``engines`` (default: in this process) and warm it
-    (blocking; call from a worker thread)."""
-    start = time.perf_counter()
-    bank = open_bank(root, version)
-    engine = engines(bank)
-    engine.warm_up()  # every class's FAISS index, so no request pays for it (or races to build it)
-    bank.column("image_id")  # the segment-table columns are cached on first use
-    if bank.num_images:
-        # One real retrieval: first calls into torch and FAISS are much slower than the rest.
-        engine.retrieve(np.asarray(bank.labels[0]), RetrievalOptions(k=1, mode="fast"))
-    seconds = time.perf_counter() - start
-    log.info("loaded bank %s (%d segments) in %.2f s", bank.version, bank.num_segments, seconds)
-    return BankState(bank, engine, datetime.now(UTC), seconds)
 
 
 class BankHolder:

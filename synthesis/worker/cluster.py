@@ -55,7 +55,7 @@ from memory_bank.errors import (
 from memory_bank.png import LayoutSpec
 from memory_bank.storage import is_url, storage_errors
 from retrieval_service.admission import Admission, Ticket
-from retrieval_service.api.state import load_state
+from retrieval_service.bank_state import load_state
 from retrieval_service.http_errors import STORAGE_RETRY_AFTER
 from retrieval_service.local_cluster import SYNTHESIS_RESOURCE
 from retrieval_service.types import BackendSettings, BankSource, SynthesisReply, SynthesizeOptions

@@ -20,7 +20,7 @@ from retrieval_service.api.requests import (
     read_layout_request,
 )
 from retrieval_service.api.settings import Settings
-from retrieval_service.api.state import BankState
+from retrieval_service.bank_state import BankState
 from retrieval_service.http_models import (
     Candidate,
     Component,
