@@ -63,7 +63,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synthesize import free_port, wait_ready  # the sibling benchmark's server helpers
+from synthesize import free_port, stop_process, wait_ready  # the sibling benchmark's server helpers
 
 from memory_bank import open_bank
 from memory_bank.png import encode_layout_png
@@ -202,12 +202,7 @@ class Deployment:
 
     def stop(self) -> None:
         for p in reversed(self.procs):
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            stop_process(p)
 
 
 class RssSampler:
@@ -253,6 +248,15 @@ def post(http: httpx.Client, png: bytes) -> Reply:
     return r.status_code, time.perf_counter() - start, error
 
 
+def in_threads(n: int, target: Callable[[int], None]) -> None:
+    """Run ``target(0)`` .. ``target(n - 1)``, one thread each, and wait for them all."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def clients(url: str, pngs: list[bytes], n: int, seconds: float) -> list[Reply]:
     """``n`` client threads posting back to back for ``seconds``."""
     end = time.monotonic() + seconds
@@ -268,11 +272,7 @@ def clients(url: str, pngs: list[bytes], n: int, seconds: float) -> list[Reply]:
                 with lock:
                     out.append(reply)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(n, client)
     return out
 
 
@@ -286,11 +286,7 @@ def burst(url: str, pngs: list[bytes], n: int) -> list[Reply]:
             go.wait()
             out[i] = post(http, pngs[i % len(pngs)])
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(n, one)
     return out
 
 

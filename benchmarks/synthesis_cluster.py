@@ -41,7 +41,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overload import Sampler, scenario, summarise  # the sibling benchmark's load and sampling
-from synthesize import free_port, wait_ready
+from synthesize import free_port, stop_process, wait_ready
 
 from memory_bank import open_bank
 from memory_bank.png import encode_layout_png
@@ -87,15 +87,6 @@ def metric(url: str, name: str) -> float | None:
         if line.startswith(f"{name} "):
             return float(line.split()[1])
     return None
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def scheduler_tasks(address: str) -> int:
@@ -176,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                 result["scheduler_tasks_after"] = scheduler_tasks(address)
                 print(f"scheduler tasks after: {result['scheduler_tasks_after']}")
             finally:
-                stop(service)
+                stop_process(service)
         finally:
-            stop(cluster)
+            stop_process(cluster)
         # The reference: the same lone requests in one process.
         service, url = start_service(args.bank.resolve(), Path(tmp) / "with-worker.log", "--with-worker")
         try:
@@ -192,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(f" lone_with_worker: {json.dumps(result['lone_with_worker'])}")
         finally:
-            stop(service)
+            stop_process(service)
     out = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

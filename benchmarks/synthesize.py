@@ -92,6 +92,16 @@ def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 300.0) 
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Terminate ``proc`` and wait for it; kill it if it is still running after ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def start(deployment: str, bank: Path, weights: Path, env: dict[str, str]) -> tuple[str, list[subprocess.Popen]]:
     """Start the deployment; returns the service URL and the processes (worker, if any, first)."""
     sims = str(Path(sys.executable).with_name("sims"))

@@ -8,6 +8,8 @@
    Both are pydantic models: their fields, defaults and limits are the OpenAPI contract.
 4. The synthesis backend contract: how the retrieval service hands ``/synthesize`` to a
    backend (workers over HTTP, or the in-process pipeline) without importing ``synthesis``.
+5. What the service's and the worker's settings share: the synthesis deadline, thread counts
+   and :func:`settings_env`.
 
 This module imports no engine, FAISS, torch, numba or FastAPI, so an HTTP-only process (the
 client, the synthesis worker) can use it.
@@ -21,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 
 if TYPE_CHECKING:
     import numpy as np
@@ -364,3 +366,29 @@ class BackendSettings(Protocol):
 
 #: A plugin: ``factory(settings, bank)`` -> backend (``bank`` is the service's, None without one).
 BackendFactory = Callable[[BackendSettings, BankSource | None], SynthesisBackend]
+
+
+# 5. Settings shared by the service and the synthesis worker
+
+#: Seconds a synthesis may take by default: the service's ``SIMS_SYNTHESIS_TIMEOUT`` and a
+#: worker's ``SIMS_WORKER_TIMEOUT`` (504 after).
+DEFAULT_SYNTHESIS_TIMEOUT = 60.0
+#: A synthesis deadline in seconds.
+SynthesisTimeout = Annotated[float, Field(gt=0.0)]
+#: A thread count; 0 leaves it to what runs the threads (the CPU cores, torch's own default).
+ThreadCount = Annotated[int, Field(ge=0)]
+
+
+def settings_env(settings: BaseModel, prefix: str) -> dict[str, str]:
+    """``settings`` as ``<prefix><NAME>`` environment variables (unset values are left out), the
+    strings the settings read back: secrets in clear, booleans ``true``/``false``."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[prefix + name.upper()] = str(value)
+    return env

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memory_bank.storage import is_url
+from retrieval_service.types import DEFAULT_SYNTHESIS_TIMEOUT, SynthesisTimeout, ThreadCount, settings_env
 
 ENV_PREFIX = "SIMS_"
 
@@ -100,8 +101,8 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest layout (width x height) accepted (413 above), read from its header.",
     )
-    retrieve_threads: int = Field(
-        0, ge=0, description="Retrievals run at once in the thread pool (0 = number of CPU cores); others queue."
+    retrieve_threads: ThreadCount = Field(
+        0, description="Retrievals run at once in the thread pool (0 = number of CPU cores); others queue."
     )
     wait_for_bank: bool = Field(
         False, description="Load the bank before accepting connections instead of in the background."
@@ -125,8 +126,8 @@ class Settings(BaseSettings):
     synthesis_weights: Path | None = Field(
         None, description="Synthesis network directory for an in-process backend (default: its own, weights/synthesis)."
     )
-    synthesis_timeout: float = Field(
-        60.0, gt=0.0, description="Seconds a synthesis may take before /synthesize answers 504."
+    synthesis_timeout: SynthesisTimeout = Field(
+        DEFAULT_SYNTHESIS_TIMEOUT, description="Seconds a synthesis may take before /synthesize answers 504."
     )
     max_batch_pixels: int = Field(
         4 * 1024 * 1024,
@@ -139,6 +140,14 @@ class Settings(BaseSettings):
         gt=0.0,
         description="Seconds a POST /segments/batch may take: one predicted to take longer (behind the batches "
         "running or queued, at the measured rate) is refused with 503 segments_busy and Retry-After.",
+    )
+    refusal_hold: float = Field(
+        0.2,
+        ge=0.0,
+        le=5.0,
+        description="Seconds a refused /synthesize or /segments/batch (503 *_busy, decided at once from the "
+        "request head) waits before it is sent, holding no body and no CPU: clients that retry at once, ignoring "
+        "Retry-After, then cannot spin the service. 0 answers at once.",
     )
     synthesis_max_in_flight: int = Field(
         0,
@@ -228,13 +237,4 @@ class Settings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``SIMS_*`` environment variables (unset values are left out)."""
-        env = {}
-        for name, value in self.model_dump().items():
-            if value is None:
-                continue
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            elif isinstance(value, bool):
-                value = "true" if value else "false"
-            env[ENV_PREFIX + name.upper()] = str(value)
-        return env
+        return settings_env(self, ENV_PREFIX)

@@ -7,7 +7,11 @@ from typing import Annotated
 
 import typer
 
-from retrieval_service.types import MAX_K
+from retrieval_service.types import LAYOUT_FIELDS, MAX_K
+
+#: The flags that are :class:`~retrieval_service.types.SynthesizeOptions` fields of the same name,
+#: passed on as they are (the other flags say what to read and what to write).
+OPTION_FLAGS = ("k", "seed", "mode", "coarse", "elision_band", "elision_rate", *LAYOUT_FIELDS)
 
 app = typer.Typer(help="Synthesize photos from layout PNGs (against a service, or in-process on a bank).")
 
@@ -23,6 +27,7 @@ def _ints(text: str | None) -> list[int]:
 
 @app.callback(invoke_without_command=True)
 def synthesize(
+    ctx: typer.Context,
     layout: Annotated[
         list[Path], typer.Option("--layout", "-l", help="Layout PNG (class ids, 255 unlabelled); repeat for more.")
     ],
@@ -112,17 +117,7 @@ def synthesize(
         raise typer.BadParameter("give exactly one of --service URL and --bank BANK")
     if mode not in ("fast", "exact", "full"):
         raise typer.BadParameter(f"--mode must be fast, exact or full, not {mode!r}")
-    options = SynthesizeOptions(
-        k=k,
-        seed=seed,
-        mode=mode,  # type: ignore[arg-type]
-        coarse=coarse,
-        elision_band=elision_band,
-        elision_rate=elision_rate,
-        layout_resize=layout_resize,
-        layout_colors=layout_colors,
-        dataset_ids=dataset_ids,
-    )
+    options = SynthesizeOptions(**{name: ctx.params[name] for name in OPTION_FLAGS})
     with contextlib.ExitStack() as stack:
         synth: Synthesizer
         if service is not None:

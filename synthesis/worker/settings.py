@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retrieval_service.types import DEFAULT_SYNTHESIS_TIMEOUT, SynthesisTimeout, ThreadCount, settings_env
 from synthesis.canvas.elision import TEST_ELISION
 
 ENV_PREFIX = "SIMS_WORKER_"
@@ -66,12 +67,12 @@ class WorkerSettings(BaseSettings):
     queue: int = Field(
         1, ge=0, description="Syntheses that may wait for a slot; more are refused with 503 and Retry-After."
     )
-    timeout: float = Field(
-        60.0, gt=0, description="Seconds a synthesis may take (504 after; its work stops at the next step)."
+    timeout: SynthesisTimeout = Field(
+        DEFAULT_SYNTHESIS_TIMEOUT,
+        description="Seconds a synthesis may take (504 after; its work stops at the next step).",
     )
-    threads: int = Field(
+    threads: ThreadCount = Field(
         1,
-        ge=0,
         description="torch intra-op threads (0 = torch's default). One, like the retrieval engine: concurrent "
         "requests use the cores, and the same thread count as `sims serve --with-worker` gives bit-identical images "
         "(float sums depend on how the work is split).",
@@ -97,10 +98,4 @@ class WorkerSettings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``SIMS_WORKER_*`` environment variables (unset values are left out)."""
-        env = {}
-        for name, value in self.model_dump().items():
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            if value is not None:
-                env[ENV_PREFIX + name.upper()] = str(value)
-        return env
+        return settings_env(self, ENV_PREFIX)
