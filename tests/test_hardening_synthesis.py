@@ -40,18 +40,17 @@ OFF = {"SIMS_WORKER_REFINE_WEIGHTS": "none", "SIMS_WORKER_TRANSFORM_WEIGHTS": "n
 OFF |= {"SIMS_WORKER_ORDERING_WEIGHTS": "none"}
 
 
-class SlowSynthesis:
-    """``runtime.synthesize`` made of ``steps`` steps of ``step`` seconds, checking the deadline between them."""
+class Steps:
+    """A stand-in for slow work: ``steps`` sleeps of ``step`` seconds, checking the deadline between
+    them as the pipeline does, counting the calls running at once (and their peak)."""
 
-    def __init__(self, steps: int = 8, step: float = 0.1) -> None:
+    def __init__(self, steps: int, step: float) -> None:
         self.steps, self.step = steps, step
-        self.real = runtime.synthesize
         self.lock = threading.Lock()
         self.running = self.peak = 0
 
-    def __call__(
-        self, pipeline: Any, layout: np.ndarray, options: Any, stop: Deadline | None = None, *rest: Any
-    ) -> Any:
+    def run(self, stop: Deadline | None, then: Callable[[], Any]) -> Any:
+        """The steps, then ``then()``'s result."""
         with self.lock:
             self.running += 1
             self.peak = max(self.peak, self.running)
@@ -60,10 +59,23 @@ class SlowSynthesis:
                 if stop is not None:
                     stop.check("network")
                 time.sleep(self.step)
-            return self.real(pipeline, layout, options, stop, *rest)
+            return then()
         finally:
             with self.lock:
                 self.running -= 1
+
+
+class SlowSynthesis(Steps):
+    """``runtime.synthesize`` made of ``steps`` steps of ``step`` seconds, checking the deadline between them."""
+
+    def __init__(self, steps: int = 8, step: float = 0.1) -> None:
+        super().__init__(steps, step)
+        self.real = runtime.synthesize
+
+    def __call__(
+        self, pipeline: Any, layout: np.ndarray, options: Any, stop: Deadline | None = None, *rest: Any
+    ) -> Any:
+        return self.run(stop, lambda: self.real(pipeline, layout, options, stop, *rest))
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from synthesis.worker import backend as backend_module
 from synthesis.worker import runtime
 from synthesis.worker.app import create_worker_app
 from synthesis.worker.settings import WorkerSettings
-from tests.test_hardening_synthesis import OFF, SlowSynthesis, post, wait_until
+from tests.test_hardening_synthesis import OFF, SlowSynthesis, Steps, post, wait_until
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -232,29 +232,16 @@ def test_a_client_deadline_refuses_what_would_finish_too_late(
 # Floods: at least one request succeeds, no admitted request times out
 
 
-class SleepySynthesis:
+class SleepySynthesis(Steps):
     """``synthesize_reply`` as ``steps`` sleeps of ``step`` seconds, checking the deadline between them:
     a synthesis that takes time but little CPU, so the flood's own clients (threads of this
     process) do not slow it down."""
 
     def __init__(self, steps: int = 3, step: float = 0.1) -> None:
-        self.steps, self.step = steps, step
-        self.lock = threading.Lock()
-        self.running = self.peak = 0
+        super().__init__(steps, step)
 
     def __call__(self, *args: Any, stop: Deadline | None = None, **kwargs: Any) -> SynthesisReply:
-        with self.lock:
-            self.running += 1
-            self.peak = max(self.peak, self.running)
-        try:
-            for _ in range(self.steps):
-                if stop is not None:
-                    stop.check("network")
-                time.sleep(self.step)
-            return SynthesisReply(b"PNG", "image/png")
-        finally:
-            with self.lock:
-                self.running -= 1
+        return self.run(stop, lambda: SynthesisReply(b"PNG", "image/png"))
 
 
 def test_under_a_flood_with_a_short_timeout_admitted_requests_finish(
@@ -330,3 +317,26 @@ def test_the_specs_list_the_refusals(in_process: TestClient) -> None:
     worker = create_worker_app(WorkerSettings()).openapi()["paths"]["/synthesize"]["post"]["responses"]
     assert {"422", "502", "503", "504"} <= set(worker)
     assert "synthesis_busy" in worker["503"]["description"]
+
+
+@pytest.mark.parametrize("hold", [0.0, 0.3])
+def test_a_refusal_is_held_without_reading_its_body(
+    val_bank_path: Path, tiny_weights: Path, png: bytes, monkeypatch: pytest.MonkeyPatch, hold: float
+) -> None:
+    # A flood that retries at once is slowed by the hold; the hold reads nothing and decides nothing.
+    with service(val_bank_path, tiny_weights, monkeypatch, refusal_hold=hold) as c:
+        reads = Calls(synthesize_route.read_layout_request)
+        monkeypatch.setattr(synthesize_route, "read_layout_request", reads)
+        fill(admission_of(c))
+        start = time.perf_counter()
+        r = post(c, png)
+        took = time.perf_counter() - start
+        assert r.status_code == 503 and r.json()["error"] == "synthesis_busy", r.text
+        assert int(r.headers["retry-after"]) >= 1
+        assert took >= hold
+        assert reads.n == 0
+    # Other refusals are not held: a missing key is told at once.
+    with service(val_bank_path, tiny_weights, monkeypatch, refusal_hold=5.0, api_keys="synthesize:k1") as c:
+        start = time.perf_counter()
+        assert post(c, png).status_code == 401
+        assert time.perf_counter() - start < 2.0

@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitsMiddleware, max_bytes=settings.max_upload_bytes, chunk_timeout=settings.body_timeout)
     # Outside the body limits: the queue state decides first, then Content-Length.
     gates = {"/synthesize": synthesize.admit, "/segments/batch": segments.admit_batch}
-    app.add_middleware(AdmissionMiddleware, gates=gates)
+    app.add_middleware(AdmissionMiddleware, gates=gates, hold=settings.refusal_hold)
     if settings.rate_limit:
         # Outside the body limits: a client over its rate is refused before any of its body is read.
         app.add_middleware(RateLimitMiddleware, rate=settings.rate_limit, storage_uri=settings.rate_limit_storage)

@@ -8,6 +8,7 @@ server: see :mod:`retrieval_service.api.server`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -71,12 +72,14 @@ class AdmissionMiddleware:
     ``gates`` maps a path to its :data:`Gate`. A refusal is answered here, outside the router and the
     dependencies, so it costs little CPU; an admitted request carries its ticket to the route as
     ``request.state.admission``, and the ticket is dropped when the request ends (a job that
-    claimed it releases it when the job ends).
+    claimed it releases it when the job ends). A 503 refusal (busy) is held ``hold`` seconds
+    before it is sent, its body unread (``SIMS_REFUSAL_HOLD``).
     """
 
-    def __init__(self, app: ASGIApp, gates: Mapping[str, Gate]) -> None:
+    def __init__(self, app: ASGIApp, gates: Mapping[str, Gate], hold: float = 0.0) -> None:
         self.app = app
         self.gates = dict(gates)
+        self.hold = hold
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gate = self.gates.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -90,6 +93,10 @@ class AdmissionMiddleware:
             return
         except SimsError as e:
             status, kind = sims_error_status(e)
+            if status == 503 and self.hold > 0:
+                # Decided already, and waiting costs no CPU: a client that retries at once, without
+                # honouring Retry-After, cannot spin the event loop and starve the admitted work.
+                await asyncio.sleep(self.hold)
             await _reply(send, status, kind, str(e), sims_error_headers(e))
             return
         if ticket is None:

@@ -141,6 +141,14 @@ class Settings(BaseSettings):
         description="Seconds a POST /segments/batch may take: one predicted to take longer (behind the batches "
         "running or queued, at the measured rate) is refused with 503 segments_busy and Retry-After.",
     )
+    refusal_hold: float = Field(
+        0.2,
+        ge=0.0,
+        le=5.0,
+        description="Seconds a refused /synthesize or /segments/batch (503 *_busy, decided at once from the "
+        "request head) waits before it is sent, holding no body and no CPU: clients that retry at once, ignoring "
+        "Retry-After, then cannot spin the service. 0 answers at once.",
+    )
     synthesis_max_in_flight: int = Field(
         0,
         ge=0,
