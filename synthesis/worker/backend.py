@@ -22,7 +22,7 @@ from pathlib import Path
 from anyio import to_thread
 
 from memory_bank.errors import UnavailableError
-from memory_bank.png import LayoutSpec
+from memory_bank.png import DecodedLayout, LayoutSpec
 from retrieval_service.admission import Admission, Ticket
 from retrieval_service.types import BackendSettings, BankSource, ServedBank, SynthesisReply, SynthesizeOptions
 from synthesis.canvas.builder import CanvasBuilder
@@ -41,6 +41,8 @@ class InProcessBackend:
     """
 
     name = "in_process"
+    #: The route hands it the layout it decoded, which is then not decoded again.
+    takes_decoded = True
 
     def __init__(
         self,
@@ -99,19 +101,25 @@ class InProcessBackend:
         instances_png: bytes | None = None,
         *,
         ticket: Ticket | None = None,
+        decoded: tuple[LayoutSpec, DecodedLayout] | None = None,
     ) -> SynthesisReply:
+        """Synthesize on this process's slots. ``decoded``: the route's decoding of the PNG and the
+        spec it was read against; used when that is the spec of the version served now (a reload
+        in between decodes again)."""
         if self.bank is None:
             if ticket is not None:
                 ticket.release()
             raise UnavailableError("no bank configured: pass --bank or set SIMS_BANK", kind="not_ready")
         served = self.bank.require()
         pipeline = self.pipeline_for(served)
+        spec = LayoutSpec.from_manifest(served.bank.manifest)
+        layout = decoded[1] if decoded is not None and decoded[0] == spec else None
         return await self.slots.run(
-            partial(synthesize_reply, instances_png=instances_png),
+            partial(synthesize_reply, instances_png=instances_png, decoded=layout),
             pipeline,
             layout_png,
             options,
-            LayoutSpec.from_manifest(served.bank.manifest),
+            spec,
             timeout=_timeout(options, self.timeout),
             ticket=ticket,
         )

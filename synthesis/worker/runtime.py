@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from memory_bank.errors import TimedOutError, UnavailableError
-from memory_bank.png import LayoutSpec, decode_layout
+from memory_bank.png import DecodedLayout, LayoutSpec, decode_layout
 from retrieval_service.admission import Admission, Ticket
 from retrieval_service.types import SynthesisReply, SynthesizeOptions
 from synthesis.canvas.elision import ElisionConfig
@@ -102,6 +102,7 @@ def synthesize_reply(
     spec: LayoutSpec,
     stop: Deadline | None = None,
     instances_png: bytes | None = None,
+    decoded: DecodedLayout | None = None,
 ) -> SynthesisReply:
     """Decode a layout PNG, synthesize and encode the reply at the layout's size (blocking; run it in a worker thread).
 
@@ -109,10 +110,11 @@ def synthesize_reply(
     options read the layout against. Raises :class:`~memory_bank.errors.LayoutError` (422, 413
     when too large) for a layout that does not fit the bank, and
     :class:`~synthesis.pipeline.SynthesisStoppedError` (504) once ``stop`` says so. ``instances_png``
-    is the layout's instance map PNG, if any.
+    is the layout's instance map PNG, if any. ``decoded``: the same PNG already decoded against
+    ``spec`` by the caller (the service's route, in process), which is then not decoded again.
     """
     start = time.perf_counter()
-    layout = decode_layout(
+    layout = decoded or decode_layout(
         png, spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options(), instances=instances_png
     )
     decoded = time.perf_counter() - start

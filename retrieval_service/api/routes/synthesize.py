@@ -128,13 +128,16 @@ async def synthesize(request: Request, settings: SettingsDep, _: SynthesizeKeyDe
     if ticket is not None and options.timeout_s is not None:
         ticket.narrow(options.timeout_s)  # the body's deadline, when shorter than the header's
     spec = LayoutSpec.from_manifest(get_holder(request).require().bank.manifest)
-    await to_thread.run_sync(
+    decoded = await to_thread.run_sync(
         lambda: decode_layout(
             png, spec, max_pixels=settings.max_layout_pixels, options=options.layout_options(), instances=instances
         )
     )
-    # Only backends that take them are handed the instance map (a plugin may predate them) and the ticket.
+    # Only backends that take them are handed the instance map (a plugin may predate them), the
+    # ticket and the decoded layout (in process: so that it is decoded once).
     extra: dict[str, Any] = {} if ticket is None else {"ticket": ticket}
+    if getattr(backend, "takes_decoded", False):
+        extra["decoded"] = (spec, decoded)
     if instances:
         reply = await backend.synthesize(png, options, instances, **extra)
     else:

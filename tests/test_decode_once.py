@@ -1,0 +1,51 @@
+"""One ``POST /synthesize`` in process: the layout is decoded once and cut once (issue 30)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from memory_bank import Bank
+from memory_bank.png import encode_layout_png
+from retrieval_service import query as query_module
+from retrieval_service.api.routes import synthesize as synthesize_route
+from synthesis.worker import runtime
+from tests.test_overload import service
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class Calls:
+    """Counts the calls of a function it wraps."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn, self.n = fn, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.n += 1
+        return self.fn(*args, **kwargs)
+
+
+def test_an_in_process_synthesis_decodes_and_cuts_its_layout_once(
+    val_bank: Bank, val_bank_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    png = encode_layout_png(np.asarray(val_bank.labels[3]))
+    with service(val_bank_path, tiny_weights, monkeypatch) as c:
+        assert c.post("/synthesize", files={"layout": ("l.png", png, "image/png")}).status_code == 200  # warm
+        route, worker = Calls(synthesize_route.decode_layout), Calls(runtime.decode_layout)
+        cuts = Calls(query_module.extract_segments)
+        monkeypatch.setattr(synthesize_route, "decode_layout", route)
+        monkeypatch.setattr(runtime, "decode_layout", worker)
+        monkeypatch.setattr(query_module, "extract_segments", cuts)
+        r = c.post("/synthesize", files={"layout": ("l.png", png, "image/png")})
+        assert r.status_code == 200, r.text
+        assert (route.n, worker.n, cuts.n) == (1, 0, 1)
+        # A bad layout is still told by the route, before any synthesis slot is taken.
+        bad = encode_layout_png(np.full((4, 4), 3, np.uint8))
+        r = c.post("/synthesize", files={"layout": ("l.png", bad, "image/png")})
+        assert r.status_code == 422 and r.json()["error"] == "wrong_layout_size", r.text
+        assert worker.n == 0
