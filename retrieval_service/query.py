@@ -34,13 +34,18 @@ def prepare_query(
     config: SegmentConfig,
     resolution: tuple[int, int],
     instances: np.ndarray | None = None,
+    *,
+    checked: bool = False,
 ) -> Query:
     """Cut a query layout into components and code them exactly as the bank's were coded.
 
     ``instances`` (an (H, W) instance map, 0 = none) cuts thing classes per instance when the
     bank was built so (``config.instances``); otherwise it is ignored, as the bank's cut is.
+    ``checked``: the caller already passed ``label`` through
+    :func:`~memory_bank.segments.check_label_map` for this bank (so it is not checked again).
     """
-    label = check_label_map(label, num_classes, resolution)
+    if not checked:
+        label = check_label_map(label, num_classes, resolution)
     all_components = replace(config, min_area=1)
     segments = extract_segments(label, num_classes, all_components, instances)
     codes = encode_segments(label, segments, num_classes, all_components)

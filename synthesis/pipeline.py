@@ -279,6 +279,7 @@ class SynthesisPipeline:
         stop: Deadline | None = None,
         instances: np.ndarray | None = None,
         exclude_images: Sequence[int] = (),
+        checked: bool = False,
     ) -> SynthesisOutput:
         """Synthesize a photo for an (H, W) uint8 layout at the bank's resolution (255 = unlabelled).
 
@@ -291,13 +292,16 @@ class SynthesisPipeline:
         component kept in ``output.canvas.retrieval`` (see :class:`~synthesis.canvas.builder.CanvasBuilder`);
         ``exclude_images``: bank images none of whose segments may fill the canvas.
         The same layout, options, seed, pins and bank version give the same image. ``stop`` is
-        checked before each step (:class:`Deadline`).
+        checked before each step (:class:`Deadline`). ``checked``: the layout was already
+        validated for this bank (:func:`memory_bank.png.decode_layout` ends in that check), so
+        nothing on the way checks it again.
         """
         start = time.perf_counter()
         timings: dict[str, float] = {}
         check = stop.check if stop is not None else lambda step: None
-        # 1. Check the layout.
-        layout = self.builder.check_layout(layout)
+        # 1. Check the layout (once: nothing after this step checks it again).
+        if not checked:
+            layout = self.builder.check_layout(layout)
         # 2. Refine a coarse layout into a dense one.
         if coarse:
             check("refine")
@@ -311,7 +315,13 @@ class SynthesisPipeline:
         builder = self._builder(k, mode, elision)
         check("retrieve")
         canvas = builder(
-            layout, seed=seed, exclude_images=exclude_images, pins=pins, candidates=candidates, instances=instances
+            layout,
+            seed=seed,
+            exclude_images=exclude_images,
+            pins=pins,
+            candidates=candidates,
+            instances=instances,
+            checked=True,
         )
         timings["retrieve"] = canvas.timings["retrieve"]
         timings["canvas"] = canvas.timings["total"] - canvas.timings["retrieve"]

@@ -214,15 +214,18 @@ class CanvasBuilder:
         pins: Mapping[int, int] | None = None,
         listed: int = 0,
         instances: np.ndarray | None = None,
+        *,
+        checked: bool = False,
     ) -> tuple[Segments, RetrievalResult]:
         """The layout's components (as the engine cuts them) and the retrieval result (the retriever applies pins).
 
-        ``instances`` is the layout's instance map, if any (used when the bank cuts per instance)."""
+        ``instances`` is the layout's instance map, if any (used when the bank cuts per instance);
+        ``checked``: the layout already passed :meth:`check_layout`."""
         options = self.options.retrieval(seed, exclude_images, pins, listed)
         retrieve_query = getattr(self.retriever, "retrieve_query", None)
         if retrieve_query is not None:
             # In-process engine: cut and code the layout once and share the components.
-            query = prepare_query(layout, len(self.classes), self.config, self.resolution, instances)
+            query = prepare_query(layout, len(self.classes), self.config, self.resolution, instances, checked=checked)
             result = retrieve_query(query, options)
             segments = query.segments
         else:
@@ -248,6 +251,7 @@ class CanvasBuilder:
         pins: Mapping[int, int] | None = None,
         candidates: int = 0,
         instances: np.ndarray | None = None,
+        checked: bool = False,
     ) -> Canvas:
         """Build the canvas of an (H, W) label map at the bank's resolution (255 = unlabelled).
 
@@ -258,7 +262,8 @@ class CanvasBuilder:
         indices to the bank segments that must fill them (the rest follow the seed); ``candidates``
         keeps that many matches per component in ``Canvas.retrieval`` without changing the canvas.
         Components whose class the bank lacks, that are too small, or that get no match leave
-        missing pixels.
+        missing pixels. ``checked``: the layout already passed :meth:`check_layout` (the pipeline's
+        first step), so it is not checked again.
         """
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -270,10 +275,11 @@ class CanvasBuilder:
             timings[name] = now - t
             t = now
 
-        # 1. Check the layout.
-        layout = self.check_layout(layout)
+        # 1. Check the layout (once per synthesis: the pipeline's check, or this one).
+        if not checked:
+            layout = self.check_layout(layout)
         # 2. Components and retrieval (seeded pick among the top-k).
-        components, result = self.query(layout, seed, exclude_images, pins, candidates, instances)
+        components, result = self.query(layout, seed, exclude_images, pins, candidates, instances, checked=True)
         lap("retrieve")
         # 3. Read the chosen segments and place them in the frame.
         chosen: list[tuple[ComponentResult, int, int, float]] = []

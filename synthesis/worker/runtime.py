@@ -76,9 +76,11 @@ def synthesize(
     options: SynthesizeOptions,
     stop: Deadline | None = None,
     instances: np.ndarray | None = None,
+    checked: bool = False,
 ) -> SynthesisOutput:
     """Run the pipeline on an (H, W) uint8 layout (and its instance map) with a request's options
-    (the elision defaults to the pipeline's)."""
+    (the elision defaults to the pipeline's); ``checked``: the layout came from
+    :func:`~memory_bank.png.decode_layout`, which validated it."""
     elision = pipeline.builder.options.elision.with_overrides(options.elision_band, options.elision_rate)
     return pipeline(
         layout,
@@ -92,6 +94,7 @@ def synthesize(
         stop=stop,
         instances=instances,
         exclude_images=options.exclude_images,
+        checked=checked,
     )
 
 
@@ -118,7 +121,7 @@ def synthesize_reply(
         png, spec, max_pixels=MAX_LAYOUT_PIXELS, options=options.layout_options(), instances=instances_png
     )
     decoded = time.perf_counter() - start
-    output = synthesize(pipeline, layout.label, options, stop, layout.instances)
+    output = synthesize(pipeline, layout.label, options, stop, layout.instances, checked=True)
     if stop is not None:
         stop.check("encode")
     return encode_reply(
