@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Literal, Protocol, get_args, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 #: ``exact`` and ``fast`` score at the bank's grid, ``full`` on pixels at the working resolution.
 Mode = Literal["exact", "fast", "full"]
+#: The modes, in that order: what CLIs and checks list (a new mode is added to ``Mode`` only).
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 class Status(StrEnum):

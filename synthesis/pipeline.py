@@ -36,7 +36,7 @@ import torch
 
 from memory_bank import Bank, LayoutError
 from memory_bank.errors import TimedOutError
-from retrieval_service.types import Mode
+from retrieval_service.types import MODES, Mode
 from synthesis.canvas.builder import Canvas, CanvasBuilder, CanvasOptions, PlacedSegment
 from synthesis.canvas.elision import TEST_ELISION, ElisionConfig
 from synthesis.canvas.protocols import Aligner, Orderer
@@ -353,8 +353,8 @@ class SynthesisPipeline:
         )
         if key == (options.k, options.mode, options.elision):
             return self.builder
-        if key[0] < 1 or key[1] not in ("exact", "fast", "full"):
-            raise ValueError(f"k must be >= 1 and mode 'exact', 'fast' or 'full', got k={k}, mode={mode!r}")
+        if key[0] < 1 or key[1] not in MODES:
+            raise ValueError(f"k must be >= 1 and mode one of {', '.join(MODES)}, got k={k}, mode={mode!r}")
         got = self._builders.get(key)
         if got is None:
             got = self.builder.with_parts(options=replace(options, k=key[0], mode=key[1], elision=key[2]))

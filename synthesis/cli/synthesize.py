@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from retrieval_service.types import LAYOUT_FIELDS, MAX_K
+from retrieval_service.types import LAYOUT_FIELDS, MAX_K, MODES
 
 #: The flags that are :class:`~retrieval_service.types.SynthesizeOptions` fields of the same name,
 #: passed on as they are (the other flags say what to read and what to write).
@@ -115,8 +115,8 @@ def synthesize(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     if (service is None) == (bank is None):
         raise typer.BadParameter("give exactly one of --service URL and --bank BANK")
-    if mode not in ("fast", "exact", "full"):
-        raise typer.BadParameter(f"--mode must be fast, exact or full, not {mode!r}")
+    if mode not in MODES:
+        raise typer.BadParameter(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
     options = SynthesizeOptions(**{name: ctx.params[name] for name in OPTION_FLAGS})
     with contextlib.ExitStack() as stack:
         synth: Synthesizer
