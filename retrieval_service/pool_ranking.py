@@ -24,6 +24,7 @@ CPU uses it; on CUDA the torch path in the engine runs instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -35,6 +36,32 @@ _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
 _M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 _H01 = np.uint64(0x0101010101010101)
+
+
+class _Rows(NamedTuple):
+    """The shard's rows as the kernel reads them (one tuple, so every helper takes the same one)."""
+
+    mask: np.ndarray  # (n, words) uint64
+    summary: np.ndarray  # (n, SUMMARY_WIDTH) int32
+    columns: np.ndarray  # (SUMMARY_WIDTH, n) int16 or int32, the summary by column (for windows)
+    cells: np.ndarray  # boxed context cells, concatenated
+    offsets: np.ndarray  # (n + 1,) int64 start of each row's cells
+    blocks: np.ndarray  # (n, nb) uint8
+    seg_ids: np.ndarray  # (n,) int64
+    allowed: np.ndarray  # (n,) bool, or empty = every row (windows only)
+
+
+class _Query(NamedTuple):
+    """One query component as the kernel reads it, and its top-k so far (written in place)."""
+
+    mask: np.ndarray  # (words,) uint64
+    summary: np.ndarray  # (SUMMARY_WIDTH,) int32
+    context: np.ndarray  # (width,) uint8, absent cells NO_MATCH
+    blocks: np.ndarray  # (nb,) uint8
+    cols: np.ndarray  # its present context cells
+    gw: int  # grid width
+    top_pos: np.ndarray  # (k,) int64 shard rows, -1 = empty
+    top: np.ndarray  # (k, 3) float64: score, mask IoU, context IoU
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -92,28 +119,12 @@ def _context_inter(
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _consider(
-    r: int,
-    t: float,
-    filled: int,
-    k: int,
-    mask: np.ndarray,
-    summary: np.ndarray,
-    cells: np.ndarray,
-    offsets: np.ndarray,
-    blocks: np.ndarray,
-    seg_ids: np.ndarray,
-    q_mask: np.ndarray,
-    qs: np.ndarray,
-    q_context: np.ndarray,
-    q_blocks: np.ndarray,
-    cols: np.ndarray,
-    gw: int,
-    top_pos: np.ndarray,
-    top: np.ndarray,
-) -> tuple[float, int, int]:
+def _consider(r: int, t: float, filled: int, k: int, rows: _Rows, query: _Query) -> tuple[float, int, int]:
     """Score row ``r`` if its bounds reach ``t``, insert it into the top-k; returns (t, filled, scored)."""
-    s = summary[r]
+    mask, blocks, seg_ids = rows.mask, rows.blocks, rows.seg_ids
+    q_mask, qs, q_blocks = query.mask, query.summary, query.blocks
+    top_pos, top = query.top_pos, query.top
+    s = rows.summary[r]
     a, b = float(qs[0]), float(s[0])
     ca, cb = float(qs[1]), float(s[1])
     inter = 0
@@ -125,7 +136,8 @@ def _consider(
         cap += min(blocks[r, blk], q_blocks[blk])
     if miou + iou_scalar(float(min(cap, min(qs[1], s[1]))), ca, cb) < t:
         return t, filled, 0
-    ciou = iou_scalar(float(_context_inter(cells, offsets[r], s, q_context, qs, cols, gw)), ca, cb)
+    c_inter = _context_inter(rows.cells, rows.offsets[r], s, query.context, qs, query.cols, query.gw)
+    ciou = iou_scalar(float(c_inter), ca, cb)
     score = miou + ciou
     # Insert into the top-k, ordered by score descending then segment id ascending.
     slot = filled
@@ -178,22 +190,8 @@ def _window_chunk(
     k: int,
     window_pass: np.ndarray,
     in_pool: np.ndarray,
-    allowed: np.ndarray,
-    mask: np.ndarray,
-    summary: np.ndarray,
-    columns: np.ndarray,
-    cells: np.ndarray,
-    offsets: np.ndarray,
-    blocks: np.ndarray,
-    seg_ids: np.ndarray,
-    q_mask: np.ndarray,
-    qs: np.ndarray,
-    q_context: np.ndarray,
-    q_blocks: np.ndarray,
-    cols: np.ndarray,
-    gw: int,
-    top_pos: np.ndarray,
-    top: np.ndarray,
+    rows: _Rows,
+    query: _Query,
 ) -> tuple[float, int, int]:
     """Rows ``base..end`` of a window: bounds from the summary's columns (a loop the compiler
     vectorises), then the rows that reach ``t``. Returns (t, filled, scored).
@@ -202,6 +200,7 @@ def _window_chunk(
     (integers exact, no division: twice as fast) against ``t`` lowered by a relative 1e-9, far
     above the rounding of two products: it lets through every row the divided form would, and
     the rows it lets through are bounded again exactly by :func:`_consider`."""
+    columns, allowed, qs = rows.columns, rows.allowed, query.summary
     a, ca = qs[0], qs[1]
     low_t = t * (1.0 - 1e-9) if t > 0 else t
     for r in range(base, end):
@@ -220,10 +219,7 @@ def _window_chunk(
     for r in range(base, end):
         if not window_pass[r - base] or in_pool[r] or (check_allowed and not allowed[r]):
             continue
-        t, filled, n = _consider(
-            r, t, filled, k, mask, summary, cells, offsets, blocks, seg_ids,
-            q_mask, qs, q_context, q_blocks, cols, gw, top_pos, top,
-        )  # fmt: skip
+        t, filled, n = _consider(r, t, filled, k, rows, query)
         scored += n
     return t, filled, scored
 
@@ -254,6 +250,7 @@ def _rank(
     out_pos: np.ndarray,  # (q, k) int64, -1 = empty
     out: np.ndarray,  # (q, k, 3) float64: score, mask IoU, context IoU
 ) -> int:
+    rows = _Rows(mask, summary, columns, cells, offsets, blocks, seg_ids, allowed)
     scored = 0
     bound = np.empty(np.max(np.diff(starts)) if starts.size > 1 else 0)
     window_pass = np.empty(_WINDOW_CHUNK, np.bool_)
@@ -262,6 +259,7 @@ def _rank(
         pool = pools[starts[j] : starts[j + 1]]
         qs = q_summary[j]
         cols = q_cols[col_starts[j] : col_starts[j + 1]]
+        query = _Query(q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j], out[j])
         filled = 0
         t = -np.inf
         # (1) The pool: summary bounds in a tight loop first (the random reads overlap), then
@@ -271,10 +269,7 @@ def _rank(
         for i in range(pool.size):
             if bound[i] < t:
                 continue
-            t, filled, n = _consider(
-                pool[i], t, filled, k, mask, summary, cells, offsets, blocks, seg_ids,
-                q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j], out[j],
-            )  # fmt: skip
+            t, filled, n = _consider(pool[i], t, filled, k, rows, query)
             scored += n
         # (2) The window, skipping the pool's rows (already considered) and rows of excluded
         # images. Given windows are walked in row order. BitBound's window is walked outwards
@@ -285,10 +280,7 @@ def _rank(
         if not bitbound:
             for base in range(windows[j, 0], windows[j, 1], _WINDOW_CHUNK):
                 end = min(base + _WINDOW_CHUNK, windows[j, 1])
-                t, filled, n = _window_chunk(
-                    base, end, t, filled, k, window_pass, in_pool, allowed, mask, summary, columns, cells,
-                    offsets, blocks, seg_ids, q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j], out[j],
-                )  # fmt: skip
+                t, filled, n = _window_chunk(base, end, t, filled, k, window_pass, in_pool, rows, query)
                 scored += n
         else:
             lo, hi = 0, mask_pop.size
@@ -299,20 +291,12 @@ def _rank(
             while up < hi or down > lo:
                 if up < hi:
                     end = min(up + _WINDOW_CHUNK, hi)
-                    t, filled, n = _window_chunk(
-                        up, end, t, filled, k, window_pass, in_pool, allowed, mask, summary, columns, cells,
-                        offsets, blocks, seg_ids, q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j],
-                        out[j],
-                    )  # fmt: skip
+                    t, filled, n = _window_chunk(up, end, t, filled, k, window_pass, in_pool, rows, query)
                     scored += n
                     up = end
                 if down > lo:
                     base = max(down - _WINDOW_CHUNK, lo)
-                    t, filled, n = _window_chunk(
-                        base, down, t, filled, k, window_pass, in_pool, allowed, mask, summary, columns, cells,
-                        offsets, blocks, seg_ids, q_mask[j], qs, q_context[j], q_blocks[j], cols, gw, out_pos[j],
-                        out[j],
-                    )  # fmt: skip
+                    t, filled, n = _window_chunk(base, down, t, filled, k, window_pass, in_pool, rows, query)
                     scored += n
                     down = base
                 if filled == k:
