@@ -159,14 +159,7 @@ def decode_layout(
     if not options.resize:
         check_layout_size(size, spec.resolution, hint="pass layout_resize=true to resize it (nearest neighbour)")
     # 2. Pixels.
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
-                img.load()
-                raw = np.asarray(img.convert("RGBA")) if rendering else np.asarray(img)
-    except Exception as e:  # PIL raises many types for corrupt data (OSError, SyntaxError, zlib.error, ...)
-        raise LayoutError(f"the layout PNG could not be decoded: {e}", kind="invalid_png") from None
+    raw = _decode_pixels(data, "layout", rgba=rendering)
     if raw.shape[:2] != size:
         raise LayoutError(f"the layout PNG decoded to shape {raw.shape}, expected {size}", kind="invalid_png")
     label = _map_colors(raw, spec.classes) if rendering else (raw.astype(np.uint8) if raw.dtype == bool else raw)
@@ -201,27 +194,44 @@ def decode_instances(data: bytes, size: tuple[int, int]) -> np.ndarray:
             "send it at the layout's size",
             kind="wrong_instance_size",
         )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
-                img.load()
-                raw = np.asarray(img)
-    except Exception as e:  # PIL raises many types for corrupt data
-        raise LayoutError(f"the instance map PNG could not be decoded: {e}", kind="invalid_png") from None
+    raw = _decode_pixels(data, "instance map")
     if raw.shape != tuple(size):
         raise LayoutError(f"the instance map PNG decoded to shape {raw.shape}, expected {size}", kind="invalid_png")
     return check_instance_map(raw, size)
 
 
+def _decode_pixels(data: bytes, what: str, *, rgba: bool = False) -> np.ndarray:
+    """The pixels of a PNG whose header was checked, as PIL decodes them (converted to RGBA if
+    ``rgba``); a decompression bomb or corrupt data is a :class:`LayoutError` (``invalid_png``)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+                img.load()
+                return np.asarray(img.convert("RGBA")) if rgba else np.asarray(img)
+    except Exception as e:  # PIL raises many types for corrupt data (OSError, SyntaxError, zlib.error, ...)
+        raise LayoutError(f"the {what} PNG could not be decoded: {e}", kind="invalid_png") from None
+
+
+def _png_bytes(pixels: np.ndarray, **save: int) -> bytes:
+    """An array as PNG bytes, in the mode PIL infers from its dtype and shape (``save``: PIL's PNG options)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+def _grey16_png(values: np.ndarray, error: str) -> bytes:
+    """An (H, W) map of values in 0..65535 as a 16-bit greyscale PNG; else a ValueError, ``error``
+    formatted with the map's ``dtype`` and ``shape``."""
+    m = np.asarray(values)
+    if m.ndim != 2 or (m.size and (m.min() < 0 or m.max() > 65_535)):
+        raise ValueError(error.format(dtype=m.dtype, shape=m.shape))
+    return _png_bytes(m.astype(np.uint16))
+
+
 def encode_instances_png(instances: np.ndarray) -> bytes:
     """An (H, W) map of instance ids in 0..65535 as a 16-bit greyscale PNG (what the services take)."""
-    m = np.asarray(instances)
-    if m.ndim != 2 or (m.size and (m.min() < 0 or m.max() > 65_535)):
-        raise ValueError(f"an instance map to encode is (H, W) ids in 0..65535, got {m.dtype} {m.shape}")
-    buf = io.BytesIO()
-    Image.fromarray(m.astype(np.uint16)).save(buf, format="PNG")
-    return buf.getvalue()
+    return _grey16_png(instances, "an instance map to encode is (H, W) ids in 0..65535, got {dtype} {shape}")
 
 
 def decode_layout_png(
@@ -277,25 +287,18 @@ def encode_layout_png(label: np.ndarray) -> bytes:
     label = np.asarray(label)
     if label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError(f"a layout must be an (H, W) uint8 label map, got {label.dtype} {label.shape}")
-    buf = io.BytesIO()
-    Image.fromarray(label).save(buf, format="PNG")
-    return buf.getvalue()
+    return _png_bytes(label)
 
 
 def encode_rgb_png(rgb: np.ndarray, compress_level: int = 6) -> bytes:
     """An (H, W, 3) uint8 image as PNG bytes (zlib ``compress_level`` 0..9; 6 is PIL's default)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, np.uint8)).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+    return _png_bytes(np.ascontiguousarray(rgb, np.uint8), compress_level=compress_level)
 
 
 def encode_rgba_png(rgb: np.ndarray, alpha: np.ndarray) -> bytes:
     """An RGBA PNG from an (h, w, 3) uint8 image and an (h, w) bool or uint8 alpha."""
     a = alpha.astype(np.uint8) * 255 if alpha.dtype == bool else alpha.astype(np.uint8)
-    rgba = np.concatenate([rgb.astype(np.uint8), a[..., None]], axis=2)
-    buf = io.BytesIO()
-    Image.fromarray(rgba).save(buf, format="PNG")
-    return buf.getvalue()
+    return _png_bytes(np.concatenate([rgb.astype(np.uint8), a[..., None]], axis=2))
 
 
 def decode_rgba_png(data: bytes) -> np.ndarray:
@@ -310,10 +313,7 @@ def encode_provenance_png(provenance: np.ndarray) -> bytes:
     if p.ndim != 2 or (p.size and (p.min() < -1 or p.max() > MAX_PROVENANCE_ID)):
         raise ValueError(f"a provenance map is (H, W) ids in -1..{MAX_PROVENANCE_ID}, got {p.shape}")
     v = (p + 1).astype(np.uint32)
-    rgb = np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], axis=-1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
+    return _png_bytes(np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], axis=-1).astype(np.uint8))
 
 
 def decode_provenance_png(png: bytes) -> np.ndarray:
@@ -325,12 +325,7 @@ def decode_provenance_png(png: bytes) -> np.ndarray:
 
 def encode_components_png(component_map: np.ndarray) -> bytes:
     """An (H, W) map of component index + 1 (0 = none) as a 16-bit greyscale PNG."""
-    m = np.asarray(component_map)
-    if m.ndim != 2 or (m.size and (m.min() < 0 or m.max() > 65_535)):
-        raise ValueError(f"a component map is (H, W) values in 0..65535, got {m.shape}")
-    buf = io.BytesIO()
-    Image.fromarray(m.astype(np.uint16)).save(buf, format="PNG")
-    return buf.getvalue()
+    return _grey16_png(component_map, "a component map is (H, W) values in 0..65535, got {shape}")
 
 
 def decode_components_png(png: bytes) -> np.ndarray:
