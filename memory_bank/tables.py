@@ -4,38 +4,40 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SEGMENT_SCHEMA = pa.schema(
-    [
-        pa.field("segment_id", pa.int64(), nullable=False),
-        pa.field("image_id", pa.int32(), nullable=False),
-        pa.field("class_id", pa.int16(), nullable=False),
-        pa.field("local_index", pa.int32(), nullable=False),
-        pa.field("bbox", pa.list_(pa.int32(), 4), nullable=False),
-        pa.field("context_box", pa.list_(pa.int32(), 4), nullable=False),
-        pa.field("area", pa.int32(), nullable=False),
-        pa.field("centroid", pa.list_(pa.float32(), 2), nullable=False),
-        pa.field("mask_popcount", pa.int32(), nullable=False),
-        pa.field("context_popcount", pa.int32(), nullable=False),
-        pa.field("coarse_popcount", pa.int32(), nullable=False),
-        pa.field("source_file", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("instance_id", pa.int32(), nullable=False),
-    ]
+
+def _required(*columns: tuple[str, pa.DataType]) -> pa.Schema:
+    """A schema of the named columns in order, none nullable: the format has no missing values."""
+    return pa.schema([pa.field(name, dtype, nullable=False) for name, dtype in columns])
+
+
+SEGMENT_SCHEMA = _required(
+    ("segment_id", pa.int64()),
+    ("image_id", pa.int32()),
+    ("class_id", pa.int16()),
+    ("local_index", pa.int32()),
+    ("bbox", pa.list_(pa.int32(), 4)),
+    ("context_box", pa.list_(pa.int32(), 4)),
+    ("area", pa.int32()),
+    ("centroid", pa.list_(pa.float32(), 2)),
+    ("mask_popcount", pa.int32()),
+    ("context_popcount", pa.int32()),
+    ("coarse_popcount", pa.int32()),
+    ("source_file", pa.string()),
+    ("split", pa.string()),
+    ("instance_id", pa.int32()),
 )
 
-IMAGE_SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.int32(), nullable=False),
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("source_file", pa.string(), nullable=False),
-        pa.field("label_file", pa.string(), nullable=False),
-        pa.field("source_height", pa.int32(), nullable=False),
-        pa.field("source_width", pa.int32(), nullable=False),
-        pa.field("num_segments", pa.int32(), nullable=False),
-        pa.field("dropped_segments", pa.int32(), nullable=False),
-        pa.field("dropped_area", pa.int64(), nullable=False),
-    ]
+IMAGE_SCHEMA = _required(
+    ("image_id", pa.int32()),
+    ("dataset", pa.string()),
+    ("split", pa.string()),
+    ("source_file", pa.string()),
+    ("label_file", pa.string()),
+    ("source_height", pa.int32()),
+    ("source_width", pa.int32()),
+    ("num_segments", pa.int32()),
+    ("dropped_segments", pa.int32()),
+    ("dropped_area", pa.int64()),
 )
 
 SEGMENTS_FILE = "segments.parquet"
