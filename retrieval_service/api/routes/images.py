@@ -14,8 +14,7 @@ from memory_bank import Bank
 from memory_bank.images import resize_longest_side
 from memory_bank.png import encode_layout_png
 from retrieval_service.api.deps import StateDep
-from retrieval_service.api.routes import binary_response
-from retrieval_service.http_errors import ApiError
+from retrieval_service.api.routes import bank_response, check_bank_id, file_route
 from retrieval_service.http_models import ErrorResponse, ImageEntry, ImageList
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -36,12 +35,7 @@ def _names(bank: Bank) -> list[str]:
 
 
 def _check_id(bank: Bank, image_id: int) -> None:
-    if image_id >= bank.num_images:
-        raise ApiError(
-            404,
-            "image_not_found",
-            f"image {image_id} is not in bank version {bank.version} (ids 0..{bank.num_images - 1})",
-        )
+    check_bank_id("image", image_id, bank.num_images, bank.version)
 
 
 @router.get("", response_model=ImageList, responses=_ERRORS, summary="The bank's images, searched by file name")
@@ -60,13 +54,9 @@ async def list_images(
 
 @router.get(
     "/{image_id}/layout",
-    response_class=Response,
-    responses={
-        200: binary_response(
-            "image/png", "Single-channel PNG of the bank's class ids (255 = unlabelled), at the bank's resolution."
-        ),
-        **_ERRORS,
-    },
+    **file_route(
+        "image/png", "Single-channel PNG of the bank's class ids (255 = unlabelled), at the bank's resolution.", _ERRORS
+    ),
     summary="A bank image's label map",
 )
 async def image_layout(image_id: ImageId, state: StateDep) -> Response:
@@ -74,16 +64,12 @@ async def image_layout(image_id: ImageId, state: StateDep) -> Response:
     bank = state.bank
     _check_id(bank, image_id)
     png = await to_thread.run_sync(lambda: encode_layout_png(np.asarray(bank.labels[image_id])))
-    return Response(png, media_type="image/png", headers={"X-SIMS-Bank-Version": bank.version})
+    return bank_response(png, "image/png", bank.version)
 
 
 @router.get(
     "/{image_id}/photo",
-    response_class=Response,
-    responses={
-        200: binary_response("image/jpeg", "JPEG of the bank's photo, `size` pixels on its longest side."),
-        **_ERRORS,
-    },
+    **file_route("image/jpeg", "JPEG of the bank's photo, `size` pixels on its longest side.", _ERRORS),
     summary="A bank image's photo thumbnail",
 )
 async def image_photo(
@@ -102,4 +88,4 @@ async def image_photo(
         return buf.getvalue()
 
     jpeg = await to_thread.run_sync(thumbnail)
-    return Response(jpeg, media_type="image/jpeg", headers={"X-SIMS-Bank-Version": bank.version})
+    return bank_response(jpeg, "image/jpeg", bank.version)

@@ -21,7 +21,7 @@ from memory_bank.png import encode_rgba_png
 from retrieval_service.admission import TIMEOUT_HEADER, Admission, Ticket, requested_timeout
 from retrieval_service.api.deps import HolderDep, SegmentsKeyDep, SettingsDep, check_route_key
 from retrieval_service.api.limits import header
-from retrieval_service.api.routes import binary_response
+from retrieval_service.api.routes import BANK_VERSION_HEADER, bank_response, check_bank_id, file_route
 from retrieval_service.api.settings import Settings
 from retrieval_service.http_errors import ApiError
 from retrieval_service.http_models import (
@@ -59,12 +59,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _check_id(bank: Bank, segment_id: int) -> None:
-    if segment_id >= bank.num_segments:
-        raise ApiError(
-            404,
-            "segment_not_found",
-            f"segment {segment_id} is not in bank version {bank.version} (ids 0..{bank.num_segments - 1})",
-        )
+    check_bank_id("segment", segment_id, bank.num_segments, bank.version)
 
 
 def _crop_png(bank: Bank, segment_id: int) -> bytes:
@@ -288,9 +283,9 @@ async def segments_batch(
         raise
     if stream.count <= 1:
         ticket.finish()
-        return Response(first + b"]}", media_type="application/json", headers={"X-SIMS-Bank-Version": bank.version})
+        return bank_response(first + b"]}", "application/json", bank.version)
     return StreamingResponse(
-        stream.body(first), media_type="application/json", headers={"X-SIMS-Bank-Version": bank.version}
+        stream.body(first), media_type="application/json", headers={BANK_VERSION_HEADER: bank.version}
     )
 
 
@@ -303,11 +298,7 @@ async def segments_batch_other_methods() -> None:
 
 @router.get(
     "/{segment_id}/thumbnail",
-    response_class=Response,
-    responses={
-        200: binary_response("image/png", "RGBA PNG: the crop scaled to `size` on its longest side, alpha = mask."),
-        **_ERRORS,
-    },
+    **file_route("image/png", "RGBA PNG: the crop scaled to `size` on its longest side, alpha = mask.", _ERRORS),
     summary="A segment's thumbnail",
 )
 async def segment_thumbnail(
@@ -317,18 +308,14 @@ async def segment_thumbnail(
     bank = await to_thread.run_sync(holder.bank_for, version)
     _check_id(bank, segment_id)
     png = await to_thread.run_sync(_thumbnail_png, bank, segment_id, size)
-    return Response(png, media_type="image/png", headers={"X-SIMS-Bank-Version": bank.version})
+    return bank_response(png, "image/png", bank.version)
 
 
 @router.get(
     "/{segment_id}",
-    response_class=Response,
-    responses={
-        200: binary_response(
-            "image/png", "The segment's bounding-box crop as RGBA; alpha is 255 on the mask, 0 elsewhere."
-        ),
-        **_ERRORS,
-    },
+    **file_route(
+        "image/png", "The segment's bounding-box crop as RGBA; alpha is 255 on the mask, 0 elsewhere.", _ERRORS
+    ),
     summary="A segment's pixels",
 )
 async def segment_png(segment_id: SegmentIdPath, holder: HolderDep, version: VersionQuery = None) -> Response:
@@ -336,7 +323,7 @@ async def segment_png(segment_id: SegmentIdPath, holder: HolderDep, version: Ver
     bank = await to_thread.run_sync(holder.bank_for, version)
     _check_id(bank, segment_id)
     png = await to_thread.run_sync(_crop_png, bank, segment_id)
-    return Response(png, media_type="image/png", headers={"X-SIMS-Bank-Version": bank.version})
+    return bank_response(png, "image/png", bank.version)
 
 
 @router.get("/{segment_id}/meta", response_model=SegmentMeta, responses=_ERRORS, summary="A segment's metadata")
