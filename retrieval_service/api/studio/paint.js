@@ -125,17 +125,18 @@ export class LabelCanvas {
   }
 
   undo() {
-    if (!this.undoStack.length) return false;
-    this.redoStack.push(this.labels);
-    this.labels = this.undoStack.pop();
-    this.changed();
-    return true;
+    return this._travel(this.undoStack, this.redoStack);
   }
 
   redo() {
-    if (!this.redoStack.length) return false;
-    this.undoStack.push(this.labels);
-    this.labels = this.redoStack.pop();
+    return this._travel(this.redoStack, this.undoStack);
+  }
+
+  /** One step through history: the labels from the top of `from`, the current ones kept on `to`. */
+  _travel(from, to) {
+    if (!from.length) return false;
+    to.push(this.labels);
+    this.labels = from.pop();
     this.changed();
     return true;
   }
