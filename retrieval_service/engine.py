@@ -194,15 +194,21 @@ class LayoutEngine(ABC):
 
     # 1. Entry points
     def retrieve(
-        self, layout: np.ndarray, options: RetrievalOptions | None = None, instances: np.ndarray | None = None
+        self,
+        layout: np.ndarray,
+        options: RetrievalOptions | None = None,
+        instances: np.ndarray | None = None,
+        *,
+        checked: bool = False,
     ) -> RetrievalResult:
         """Top-k segments for every component of a label map at the bank's resolution.
 
         ``instances``, an instance map of the layout, cuts thing classes per instance on a bank
-        built with instances, and is ignored on one built without."""
+        built with instances, and is ignored on one built without. ``checked``: the layout was
+        already validated for this bank (e.g. by :func:`~memory_bank.png.decode_layout`)."""
         num_classes, config, resolution, _ = self.layout_frame()
         start = time.perf_counter()
-        query = prepare_query(layout, num_classes, config, resolution, instances)
+        query = prepare_query(layout, num_classes, config, resolution, instances, checked=checked)
         prepared = time.perf_counter() - start
         result = self.retrieve_query(query, options)
         result.timings["prepare"] = prepared

@@ -99,7 +99,7 @@ def _run(
             png, spec, max_pixels=settings.max_layout_pixels, options=layout, instances=instances
         )
         decoded = time.perf_counter() - start
-        result = state.engine.retrieve(decoded_layout.label, options, decoded_layout.instances)
+        result = state.engine.retrieve(decoded_layout.label, options, decoded_layout.instances, checked=True)
         result.timings["decode"] = decoded
         return result
 
