@@ -36,7 +36,7 @@ from memory_bank.classes import IGNORE
 from memory_bank.errors import LayoutError
 from memory_bank.segments import check_label_map
 from synthesis.model_directory import NetworkConfig, PretrainedNetwork
-from synthesis.networks.refinement import ConvBlock
+from synthesis.networks.refinement import ConvBlock, area_pyramid
 from synthesis.tensors import one_hot
 
 #: Default of :func:`refine_layout`'s ``keep_threshold``: a labelled coarse pixel keeps its label
@@ -145,9 +145,7 @@ class LayoutRefiner(PretrainedNetwork, config_class=LayoutRefinerConfig, kind="l
         if x.shape[-2] % cfg.factor or x.shape[-1] % cfg.factor:
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be divisible by {cfg.factor}")
         # 1. The input at every scale (finest first), by area averaging.
-        guides = [x]
-        for _ in range(1, cfg.scales):
-            guides.append(F.avg_pool2d(guides[-1], 2))
+        guides = area_pyramid(x, cfg.scales)
         # 2. Cascaded refinement, coarsest scale first.
         out: Tensor | None = None
         for s in reversed(range(cfg.scales)):

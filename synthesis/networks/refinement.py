@@ -106,6 +106,17 @@ class RefinementConfig(NetworkConfig):
         return self.num_classes + self.canvas_channels + 1
 
 
+def area_pyramid(x: Tensor, scales: int) -> list[Tensor]:
+    """``x`` at ``scales`` scales, finest first, each area-averaged to half the size of the one before.
+
+    The guides of a cascaded refinement network: every module sees the input at its own scale.
+    """
+    pyramid = [x]
+    for _ in range(1, scales):
+        pyramid.append(F.avg_pool2d(pyramid[-1], 2))
+    return pyramid
+
+
 class ConvBlock(nn.Sequential):
     """``n`` times conv3x3 -> layer norm -> leaky ReLU."""
 
@@ -216,9 +227,7 @@ class CascadedRefinementNetwork(PretrainedNetwork, config_class=RefinementConfig
         """The last decoder module's features (B, decoder_widths[0], H, W), which the output heads read."""
         x = self.prepare_input(layout, canvas, missing)
         # 1. Guides: the input resized to every scale by area averaging (finest first).
-        guides = [x]
-        for _ in range(1, self.config.scales):
-            guides.append(F.avg_pool2d(guides[-1], 2))
+        guides = area_pyramid(x, self.config.scales)
         # 2. Encoder: VGG-like modules with average pooling between scales.
         features = []
         h = x

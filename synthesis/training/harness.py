@@ -204,6 +204,34 @@ class Trainer:
         """Release what the trainer holds besides memory (e.g. a batch thread)."""
 
 
+class OptimizerTrainer(Trainer):
+    """A :class:`Trainer` whose resume state is its ``optimizer`` and, where it has them, its own torch
+    ``generator`` and numpy ``rng``: saved as ``optimizer``, ``generator`` and ``numpy_generator``.
+
+    Subclasses set ``optimizer`` (and ``generator`` / ``rng`` when they draw from their own generators)
+    and extend :meth:`state_dict` for anything else that resumes them.
+    """
+
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator | None = None
+    rng: np.random.Generator | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict()}
+        if self.generator is not None:
+            state["generator"] = self.generator.get_state()
+        if self.rng is not None:
+            state["numpy_generator"] = self.rng.bit_generator.state
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.generator is not None:
+            self.generator.set_state(state["generator"])
+        if self.rng is not None:
+            self.rng.bit_generator.state = state["numpy_generator"]
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a run did, whatever the network: :func:`run_training` fills the run's part, the trainer the rest.
@@ -352,6 +380,37 @@ def warmup_cosine_by_progress(peak: float, progress: float, warmup: float = 0.05
     if progress < warmup:
         return peak * (0.1 + 0.9 * progress / warmup)
     return peak * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
+
+
+class AdamWSettings(Protocol):
+    """A ``train`` section with AdamW's peak ``lr`` and ``weight_decay``."""
+
+    lr: float
+    weight_decay: float
+
+
+def adamw(model: nn.Module, settings: AdamWSettings) -> torch.optim.AdamW:
+    """The bank trainers' optimizer: AdamW over ``model``'s parameters at the settings' ``lr`` and ``weight_decay``."""
+    return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group (a schedule's value for this step)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float | None = None) -> float:
+    """Backpropagate ``loss`` into cleared gradients and take one ``optimizer`` step; returns the loss.
+
+    With ``max_grad_norm`` the gradients of the optimizer's parameters are first clipped to that total norm.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
+    optimizer.step()
+    return float(loss.detach())
 
 
 def seed_everything(seed: int) -> None:
@@ -582,7 +641,9 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 __all__ = [
+    "AdamWSettings",
     "BankTraining",
+    "OptimizerTrainer",
     "Progress",
     "RunConfig",
     "RunDirectoryError",
@@ -591,9 +652,12 @@ __all__ = [
     "ScheduledSettings",
     "TrainResult",
     "Trainer",
+    "adamw",
     "latest_checkpoint",
+    "optimizer_step",
     "run_training",
     "seed_everything",
+    "set_lr",
     "set_threads",
     "train_network",
 ]

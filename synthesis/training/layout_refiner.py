@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +44,14 @@ from synthesis.networks.layout_refiner import (
 from synthesis.tensors import label_tensor
 from synthesis.training.harness import (
     BankTraining,
+    OptimizerTrainer,
     Progress,
     Schedule,
     ScheduledSettings,
-    Trainer,
     TrainResult,
+    adamw,
+    optimizer_step,
+    set_lr,
     warmup_cosine,
 )
 
@@ -125,11 +128,7 @@ def refine_loss(model: LayoutRefiner, coarse: np.ndarray, fine: np.ndarray) -> t
 def train_step(model: LayoutRefiner, optimizer: torch.optim.Optimizer, coarse: np.ndarray, fine: np.ndarray) -> float:
     """One optimisation step on a batch of (coarse, fine) maps; returns the loss before the update."""
     model.train()
-    loss = refine_loss(model, coarse, fine)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
+    return optimizer_step(optimizer, refine_loss(model, coarse, fine))
 
 
 # ---------------------------------------------------------------- scores
@@ -191,7 +190,7 @@ def evaluate_layout_refiner(
 # ---------------------------------------------------------------- the run
 
 
-class LayoutRefinerTrainer(Trainer):
+class LayoutRefinerTrainer(OptimizerTrainer):
     """The refiner, its optimizer and the fine label maps; the next batch is coarsened while this one trains."""
 
     scores_file = "val_scores.json"
@@ -207,7 +206,7 @@ class LayoutRefinerTrainer(Trainer):
         self.config, self.data, self.val_bank = config, str(bank.path), val_bank
         self.model = LayoutRefiner.from_config(config.model)
         tc = config.train
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.optimizer = adamw(self.model, tc)
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._pending: tuple[int, Future[tuple[np.ndarray, np.ndarray]]] | None = None
         log.info(
@@ -228,8 +227,7 @@ class LayoutRefinerTrainer(Trainer):
         pending = self._pending[1] if self._pending and self._pending[0] == step else self._fetch(step)
         self._pending = (step + 1, self._fetch(step + 1)) if step + 1 < progress.steps else None
         coarse, fine = pending.result()
-        for group in self.optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, tc)
+        set_lr(self.optimizer, warmup_cosine(step, tc))
         return train_step(self.model, self.optimizer, coarse, fine)
 
     def schedule(self) -> Schedule:
@@ -264,12 +262,6 @@ class LayoutRefinerTrainer(Trainer):
         saved = read_metadata(checkpoint).get("train_config", {}).get("coarsen")
         if saved is not None and saved != self.config.coarsen.to_dict():
             raise ValueError(f"{checkpoint} was trained with another coarsening; use a new directory")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 #: ``train_layout_refiner(bank, out, config, *, val_bank=None, resume=False, progress=True,

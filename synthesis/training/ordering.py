@@ -41,11 +41,14 @@ from synthesis.networks.transform import window_boxes
 from synthesis.tensors import one_hot
 from synthesis.training.harness import (
     BankTraining,
+    OptimizerTrainer,
     Progress,
     RunSettings,
     Schedule,
-    Trainer,
     TrainResult,
+    adamw,
+    optimizer_step,
+    set_lr,
     warmup_cosine_by_progress,
 )
 
@@ -190,7 +193,7 @@ def accuracy(prob: np.ndarray, y: np.ndarray) -> float:
     return float(correct.mean()) if correct.size else float("nan")
 
 
-class OrderingTrainer(Trainer):
+class OrderingTrainer(OptimizerTrainer):
     """The pairwise network, its optimizer and the rule-labelled pairs of one bank (plus val pairs)."""
 
     scores_file = "train_summary.json"
@@ -213,7 +216,7 @@ class OrderingTrainer(Trainer):
         a, b = self.pairs.classes[:, 0].numpy(), self.pairs.classes[:, 1].numpy()
         self.prior = ClassPrior.fit(a, b, self.pairs.y.numpy(), len(self.names))
         self.model = OrderingNet.from_config(config)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(self.model, cfg)
         self.steps_per_epoch = -(-len(self.pairs) // cfg.batch_size)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.order: torch.Tensor | None = None  # this epoch's order of the pairs
@@ -228,20 +231,16 @@ class OrderingTrainer(Trainer):
         index = progress.step % self.steps_per_epoch
         if index == 0 or self.order is None:
             self.order = torch.randperm(len(self.pairs), generator=self.generator)
-        for group in self.optimizer.param_groups:
-            group["lr"] = warmup_cosine_by_progress(
-                self.cfg.lr, progress.fraction
-            )  # by steps or time, whichever is further
+        # Warm-up, then cosine decay over the run's progress (by steps or by time, whichever is further).
+        set_lr(self.optimizer, warmup_cosine_by_progress(self.cfg.lr, progress.fraction))
         self.model.train()
         idx = self.order[index * self.cfg.batch_size : (index + 1) * self.cfg.batch_size]
         inputs = self.pairs.inputs(idx, self.config.num_classes, self.config.input_size)
         if self.cfg.flip and torch.rand((), generator=self.generator) < 0.5:
             inputs = inputs.flipped()
-        loss = F.binary_cross_entropy_with_logits(self.model(*inputs.as_args()), self.pairs.y[idx])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.item()
+        return optimizer_step(
+            self.optimizer, F.binary_cross_entropy_with_logits(self.model(*inputs.as_args()), self.pairs.y[idx])
+        )
 
     def evaluate(self) -> dict[str, float]:
         head = _head(self.pairs, 4000)  # a cheap train-accuracy estimate
@@ -272,14 +271,13 @@ class OrderingTrainer(Trainer):
         return {PRIOR_NAME: self.prior.to_json(self.names)}
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+        state = super().state_dict()
         if self.order is not None:
             state["order"] = self.order
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        super().load_state_dict(state)
         self.order = state.get("order")
 
 

@@ -12,9 +12,7 @@ The run directory, checkpoints, resume and time limit are the harness's
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +27,14 @@ from synthesis.evaluation.metrics import SegmentationScores, confusion_matrix
 from synthesis.networks.segmenter import SegmentationNet, SegmenterConfig
 from synthesis.training.harness import (
     BankTraining,
+    OptimizerTrainer,
     Progress,
     Schedule,
     ScheduledSettings,
-    Trainer,
     TrainResult,
+    adamw,
+    optimizer_step,
+    set_lr,
     warmup_cosine,
 )
 
@@ -163,11 +164,7 @@ def train_step(
     x = model.preprocess(images)
     y = torch.as_tensor(labels).to(x.device).long()
     logits = model(x)
-    loss = F.cross_entropy(logits, y, weight=weights, ignore_index=IGNORE)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
+    return optimizer_step(optimizer, F.cross_entropy(logits, y, weight=weights, ignore_index=IGNORE))
 
 
 @torch.no_grad()
@@ -185,7 +182,7 @@ def evaluate(
     return SegmentationScores.from_confusion(conf)
 
 
-class SegmenterTrainer(Trainer):
+class SegmenterTrainer(OptimizerTrainer):
     """The U-Net, its optimizer and the augmented crops of a bank's photos; val scores on another bank's."""
 
     scores_file = "val_scores.json"
@@ -198,7 +195,7 @@ class SegmenterTrainer(Trainer):
         self.model = SegmentationNet(
             num_classes=len(class_names), widths=config.widths, resolution=config.resolution, class_names=class_names
         )
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = adamw(self.model, config)
         self.rng = np.random.default_rng(config.seed)
         frequencies = self.data.class_frequencies(len(class_names))
         self.class_weights = torch.from_numpy(class_weights(frequencies, config.class_balance))
@@ -215,8 +212,7 @@ class SegmenterTrainer(Trainer):
 
     def training_step(self, progress: Progress) -> float:
         c = self.config
-        for group in self.optimizer.param_groups:
-            group["lr"] = warmup_cosine(progress.step, c)
+        set_lr(self.optimizer, warmup_cosine(progress.step, c))
         images, labels = self.data.sample(self.rng, c.batch_size, c.resolution, c.max_zoom, c.jitter, c.low_res_prob)
         return train_step(self.model, self.optimizer, images, labels, self.class_weights)
 
@@ -235,13 +231,6 @@ class SegmenterTrainer(Trainer):
         lines.append(f"val mIoU {s.miou:.4f}, pixel accuracy {s.pixel_accuracy:.4f}")
         log.info("val mIoU %.4f, pixel accuracy %.4f", s.miou, s.pixel_accuracy)
         return result.summarised(s.to_dict(self.model.config.class_names), lines)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "numpy_generator": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["numpy_generator"]
 
 
 #: ``train_segmenter(bank, out, config, *, val_bank=None, resume=False, progress=True, time_limit_minutes=None)``:

@@ -39,7 +39,15 @@ from synthesis.networks.spade import SpadeConfig
 from synthesis.networks.vgg import VggIdentity, VggSpec, load_vgg
 from synthesis.tensors import image_array, one_hot
 from synthesis.training.data import DataConfig, build_dataset, check_sample, collate, empty_canvas
-from synthesis.training.harness import Progress, Schedule, ScheduledSettings, Trainer, TrainResult, train_network
+from synthesis.training.harness import (
+    Progress,
+    Schedule,
+    ScheduledSettings,
+    Trainer,
+    TrainResult,
+    optimizer_step,
+    train_network,
+)
 
 log = logging.getLogger(__name__)
 
@@ -341,12 +349,9 @@ class SynthesisTrainer(Trainer):
         if self._judged is None:
             raise RuntimeError("the discriminator steps after a generator step that judged crops")
         fake_in, real_in = self._judged
-        self.d_optimizer.zero_grad(set_to_none=True)
         loss = 0.5 * (lsgan_loss(discriminator(real_in), real=True) + lsgan_loss(discriminator(fake_in), real=False))
-        loss.backward()
-        self.d_optimizer.step()
         self._judged = None
-        return float(loss.item())
+        return optimizer_step(self.d_optimizer, loss)
 
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> float:
         """One Adam step on a CPU or device batch; returns the loss before the step."""

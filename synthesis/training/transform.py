@@ -11,9 +11,7 @@ perturbed frame is ever materialised.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,11 +32,14 @@ from synthesis.networks.transform import (
 )
 from synthesis.training.harness import (
     BankTraining,
+    OptimizerTrainer,
     Progress,
     Schedule,
     ScheduledSettings,
-    Trainer,
     TrainResult,
+    adamw,
+    optimizer_step,
+    set_lr,
     warmup_cosine_by_progress,
 )
 
@@ -291,7 +292,7 @@ class ValSet:
         }
 
 
-class TransformTrainer(Trainer):
+class TransformTrainer(OptimizerTrainer):
     """T, its optimizer and its data: perturbed segments of one bank, scored on fixed perturbed val examples."""
 
     scores_file = "train_summary.json"
@@ -305,24 +306,18 @@ class TransformTrainer(Trainer):
         val_store = FrameStore(val_bank, cfg.min_area, model_cfg.work_scale) if val_bank else self.store
         self.val = ValSet.build(val_store, model_cfg, cfg, cfg.seed + 1)
         self.model = TransformNet.from_config(model_cfg)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(self.model, cfg)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
 
     def training_step(self, progress: Progress) -> float:
         # Warm-up, then cosine decay over the run's progress (by steps or by time, whichever is further).
-        lr = warmup_cosine_by_progress(self.cfg.lr, progress.fraction)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, warmup_cosine_by_progress(self.cfg.lr, progress.fraction))
         self.model.train()
         ids = self.rng.choice(self.store.ids, size=self.cfg.batch_size)
         batch = make_batch(self.store, ids, self.model_cfg, self.cfg, self.generator)
-        loss, parts = batch_loss(self.model(*batch.inputs), batch, self.model_cfg, self.cfg)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        return parts["loss"]
+        loss, _ = batch_loss(self.model(*batch.inputs), batch, self.model_cfg, self.cfg)
+        return optimizer_step(self.optimizer, loss, max_grad_norm=1.0)
 
     def schedule(self) -> Schedule:
         return self.cfg.schedule()
@@ -338,18 +333,6 @@ class TransformTrainer(Trainer):
             f"{s['val_iou_perturbed']:.4f} -> {s['val_iou_t']:.4f} with T; run in {result.out_dir}"
         )
         return result.summarised(s, [line])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "numpy_generator": self.rng.bit_generator.state,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.rng.bit_generator.state = state["numpy_generator"]
 
 
 #: ``train_transform(bank, out, config, *, val_bank=None, resume=False, progress=True, time_limit_minutes=None)``:
