@@ -29,7 +29,7 @@ from torch import nn
 from memory_bank.errors import LayoutError
 from synthesis.model_directory import NetworkConfig, PretrainedNetwork, resolve
 from synthesis.networks.conv_block import conv_block
-from synthesis.networks.transform import avg_pool, sample_layout, window_boxes, window_theta
+from synthesis.networks.geometry import avg_pool, sample_layout, window_boxes, window_theta
 from synthesis.tensors import one_hot
 
 PRIOR_NAME = "class_prior.json"
