@@ -269,6 +269,10 @@ class SynthesizeOptions(LayoutFields):
         """The format to answer in."""
         return self.format or ("json" if self.extras else "png")
 
+    def deadline(self, limit: float) -> float:
+        """Seconds this synthesis may take: the server's ``limit``, or ``timeout_s`` when shorter."""
+        return limit if self.timeout_s is None else min(limit, self.timeout_s)
+
 
 # 4. The synthesis backend contract
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,20 +14,9 @@ from retrieval_service import query as query_module
 from retrieval_service.api.routes import synthesize as synthesize_route
 from synthesis.canvas import builder as builder_module
 from synthesis.worker import runtime
-from tests.test_overload import service
+from tests.test_overload import Calls, service
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class Calls:
-    """Counts the calls of a function it wraps."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn, self.n = fn, 0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.n += 1
-        return self.fn(*args, **kwargs)
 
 
 def test_an_in_process_synthesis_decodes_validates_and_cuts_its_layout_once(

@@ -120,14 +120,9 @@ class InProcessBackend:
             layout_png,
             options,
             spec,
-            timeout=_timeout(options, self.timeout),
+            timeout=options.deadline(self.timeout),
             ticket=ticket,
         )
-
-
-def _timeout(options: SynthesizeOptions, limit: float) -> float:
-    """The deadline of a synthesis: the server's ``limit``, or the request's ``timeout_s`` when shorter."""
-    return limit if options.timeout_s is None else min(limit, options.timeout_s)
 
 
 def create_backend(settings: BackendSettings, bank: BankSource | None) -> InProcessBackend:

@@ -320,7 +320,7 @@ class DaskSynthesisBackend:
         *,
         ticket: Ticket | None = None,
     ) -> SynthesisReply:
-        timeout = self.timeout if options.timeout_s is None else min(self.timeout, options.timeout_s)
+        timeout = options.deadline(self.timeout)
         ticket = ticket or self.admit(timeout)
         ticket.claim()
         try:
