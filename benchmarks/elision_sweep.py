@@ -29,7 +29,8 @@ import torch
 
 from memory_bank import open_bank
 from synthesis.canvas.elision import ElisionConfig
-from synthesis.evaluation import report as rep
+from synthesis.evaluation.image_sets import EvalItem, ImageSet, PastedImages, PipelineImages, items_from_bank
+from synthesis.evaluation.scoring import evaluate_image_sets
 from synthesis.networks.segmenter import SegmentationNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,27 +55,27 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     val, memory = open_bank(args.bank), open_bank(args.memory_bank)
-    items = rep.items_from_bank(val, args.limit)
+    items = items_from_bank(val, args.limit)
     segmenter = SegmentationNet.from_pretrained(args.segmenter)
     rows = []
     for band in [float(b) for b in args.bands.split(",") if b.strip()]:
         start = time.perf_counter()
         elision = ElisionConfig(band=band, white_fraction=args.rate)
-        sims = rep.PipelineImages("SIMS", args.weights, memory, elision=elision)
+        sims = PipelineImages("SIMS", args.weights, memory, elision=elision)
         sims.generator.seam_feather = args.seam_feather
         if args.feather is not None:
             sims.generator.feather_radius = args.feather
-        sets: list[rep.ImageSet] = [sims]
+        sets: list[ImageSet] = [sims]
         if args.base is not None:
-            base = rep.PipelineImages("base", args.base, memory, elision=elision)
-            sets += [base, rep.PastedImages("paste", sims, base)]
+            base = PipelineImages("base", args.base, memory, elision=elision)
+            sets += [base, PastedImages("paste", sims, base)]
         kept: list[float] = []
 
-        def count_kept(item: rep.EvalItem, outputs: dict, kept: list[float] = kept) -> None:
+        def count_kept(item: EvalItem, outputs: dict, kept: list[float] = kept) -> None:
             canvas = outputs["SIMS"].canvas
             kept.append(float((canvas.provenance >= 0).mean()))
 
-        report = rep.evaluate_image_sets(items, sets, segmenter, val.classes, progress=True, on_item=count_kept)
+        report = evaluate_image_sets(items, sets, segmenter, val.classes, progress=True, on_item=count_kept)
         row = {"band": band, "rate": args.rate, "kept_fraction": float(np.mean(kept)), "seconds": 0.0, "sets": {}}
         for r in report.results:
             row["sets"][r.name] = {

@@ -11,7 +11,7 @@ from PIL import Image
 from memory_bank import ClassTable
 from synthesis.canvas.builder import Canvas, PlacedSegment
 from synthesis.evaluation.gallery import GalleryWriter, thumbnail
-from synthesis.evaluation.report import EvalItem, SetOutput
+from synthesis.evaluation.image_sets import EvalItem, SetOutput
 
 
 def _classes() -> ClassTable:

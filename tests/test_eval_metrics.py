@@ -16,6 +16,15 @@ from PIL import Image
 
 from memory_bank import Bank, DatasetError, SimsError
 from sims.cli import main as sims_main
+from synthesis.evaluation.image_sets import (
+    FolderImages,
+    LayoutToImage,
+    PipelineImages,
+    SynthesizedImages,
+    items_from_bank,
+    open_image_set,
+    output_for,
+)
 from synthesis.evaluation.metrics import (
     SegmentationScores,
     confusion_matrix,
@@ -24,16 +33,7 @@ from synthesis.evaluation.metrics import (
     mean_iou,
     pixel_accuracy,
 )
-from synthesis.evaluation.report import (
-    FolderImages,
-    LayoutToImage,
-    PipelineImages,
-    SynthesizedImages,
-    evaluate_image_sets,
-    items_from_bank,
-    open_image_set,
-    output_for,
-)
+from synthesis.evaluation.scoring import evaluate_image_sets
 from synthesis.networks.segmenter import SegmentationNet
 
 labels = arrays(

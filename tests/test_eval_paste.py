@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from memory_bank import DatasetError
 from synthesis.canvas.builder import Canvas, PlacedSegment
-from synthesis.evaluation.report import (
+from synthesis.evaluation.image_sets import (
     EvalItem,
     PastedImages,
     SetOutput,

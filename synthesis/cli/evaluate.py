@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from memory_bank import Bank
-    from synthesis.evaluation.report import EvalItem, ImageSet
+    from synthesis.evaluation.image_sets import EvalItem, ImageSet
 
 app = typer.Typer(
     help="Evaluate synthesized images: segmentation consistency, L1, fine detail, power spectrum, KID; "
@@ -95,7 +95,15 @@ def evaluate(
     import torch
 
     from memory_bank import open_bank
-    from synthesis.evaluation import report as rep
+    from synthesis.evaluation.image_sets import (
+        canvas_set,
+        describe_bank,
+        items_from_bank,
+        items_from_samples,
+        open_image_set,
+    )
+    from synthesis.evaluation.report import write_report
+    from synthesis.evaluation.scoring import evaluate_image_sets
     from synthesis.networks.segmenter import SegmentationNet
 
     if (bank is None) == (root is None):
@@ -113,17 +121,17 @@ def evaluate(
     if paste is not None and paste not in (names := [name for name, _ in named]):
         # Before any checkpoint is loaded: a typo should not cost a network load.
         raise typer.BadParameter(f"--paste {paste}: no --set named {paste!r} (sets: {', '.join(names)})")
-    sets: list[ImageSet] = [rep.open_image_set(name, path, source, elision=elision) for name, path in named]
+    sets: list[ImageSet] = [open_image_set(name, path, source, elision=elision) for name, path in named]
     if paste is not None:
         sets.append(_paste_set(sets, paste))
     if bank is not None:
         val = open_bank(bank)
-        items, classes, title = rep.items_from_bank(val, limit, progress), val.classes, rep.describe_bank(val)
+        items, classes, title = items_from_bank(val, limit, progress), val.classes, describe_bank(val)
     else:
         from indexers.readers import create_reader
 
         reader = create_reader(dataset, root, [split])  # type: ignore[arg-type]
-        items, classes, title = rep.items_from_samples(reader, limit), reader.classes, f"{dataset} {split}"
+        items, classes, title = items_from_samples(reader, limit), reader.classes, f"{dataset} {split}"
     held_note = _check_held_out(held_out_sequences, bank, root, dataset, items, source)
     writer = None
     if gallery:
@@ -131,7 +139,7 @@ def evaluate(
 
         from synthesis.evaluation.gallery import GalleryWriter
 
-        canvases = rep.canvas_set(sets)
+        canvases = canvas_set(sets)
         shown = None
         if gallery_rows is not None and gallery_rows < len(items):
             shown = np.unique(np.linspace(0, len(items) - 1, gallery_rows).round().astype(int)).tolist()
@@ -144,7 +152,7 @@ def evaluate(
             title=f"Evaluation on {title}: gallery",
             items=shown,
         )
-    report = rep.evaluate_image_sets(
+    report = evaluate_image_sets(
         items,
         sets,
         SegmentationNet.from_pretrained(segmenter),
@@ -158,7 +166,7 @@ def evaluate(
     report.command = "sims " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if writer is not None:
         report.gallery = writer.write().relative_to(out).as_posix()
-    md = rep.write_report(report, out)
+    md = write_report(report, out)
     for r in report.results:
         kid = "-" if r.kid is None else f"{1e3 * r.kid:.2f}"
         typer.echo(
@@ -197,7 +205,7 @@ def _check_held_out(
 
 def _paste_set(sets: list[ImageSet], base: str) -> ImageSet:
     """The paste row over the set named ``base``, with the canvases of the first SIMS checkpoint set."""
-    from synthesis.evaluation.report import PastedImages, canvas_set, paste_name
+    from synthesis.evaluation.image_sets import PastedImages, canvas_set, paste_name
 
     canvases = canvas_set(sets)
     if canvases is None:

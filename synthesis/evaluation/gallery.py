@@ -1,7 +1,7 @@
 """An HTML gallery of ``sims eval``: one row per layout, to look at what the numbers measure.
 
 ``GalleryWriter(OUT / "gallery", classes)`` is an ``on_item`` callback of
-:func:`~synthesis.evaluation.report.evaluate_image_sets`: for each item it writes small
+:func:`~synthesis.evaluation.scoring.evaluate_image_sets`: for each item it writes small
 thumbnails (at most ``rows`` rows; JPEG for photographs, PNG for label maps) as they come, so no
 image set is held in memory; :meth:`GalleryWriter.write` then writes ``index.html``. Columns: the
 layout in the class palette, the canvas of the canvas-based set (SIMS), every set's output in the
@@ -27,7 +27,7 @@ from PIL import Image
 from memory_bank import ClassTable
 from memory_bank.images import resize_label, resize_photo
 from synthesis.canvas.grid import provenance_colors
-from synthesis.evaluation.report import EvalItem, SetOutput
+from synthesis.evaluation.image_sets import EvalItem, SetOutput
 
 if TYPE_CHECKING:
     from synthesis.canvas.builder import PlacedSegment
