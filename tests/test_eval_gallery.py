@@ -1,4 +1,4 @@
-"""The ``sims eval`` HTML gallery: self-contained, relative links to files that exist."""
+"""The ``sims eval`` HTML gallery: self-contained, relative links to files that exist, the style in one file."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from memory_bank import ClassTable
 from synthesis.canvas.builder import Canvas, PlacedSegment
-from synthesis.evaluation.gallery import GalleryWriter, thumbnail
+from synthesis.evaluation.gallery import STYLESHEET, GalleryWriter, stylesheet, thumbnail
 from synthesis.evaluation.image_sets import EvalItem, SetOutput
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE_STYLESHEET = REPO / "synthesis" / "evaluation" / STYLESHEET
 
 
 def _classes() -> ClassTable:
@@ -34,15 +38,19 @@ def links(page: str) -> list[str]:
 
 
 def check_page(index: Path) -> list[str]:
-    """Assert the page is self-contained; returns its links."""
+    """Assert the page is self-contained and styled by the package's stylesheet; returns its image links."""
     page = index.read_text()
     assert "http" not in page.lower() and "//" not in page.replace("<!DOCTYPE html>", "")
+    # The style is not repeated in the page: it links the stylesheet beside it.
+    assert "<style" not in page and page.count(f'<link rel="stylesheet" href="{STYLESHEET}">') == 1
+    assert (index.parent / STYLESHEET).read_text() == stylesheet() == PACKAGE_STYLESHEET.read_text()
     found = links(page)
-    assert found
     for link in found:
         assert not link.startswith("/") and ":" not in link and ".." not in link
         assert (index.parent / link).is_file(), link
-    return found
+    images = [link for link in found if link != STYLESHEET]
+    assert images
+    return images
 
 
 def test_gallery_writes_thumbnails_and_a_self_contained_page(tmp_path: Path) -> None:
@@ -105,3 +113,23 @@ def test_gallery_shows_only_the_chosen_items(tmp_path: Path) -> None:
     page = writer.write().read_text()
     assert "item0" in page and "item2" in page and "item1" not in page and "item3" not in page
     assert len(check_page(tmp_path / "index.html")) == 2 * 3
+
+
+@pytest.mark.parametrize("gallery", ["docs/eval/gallery", "docs/eval/val-leaky/gallery"])
+def test_committed_galleries_link_the_one_stylesheet(gallery: str) -> None:
+    """The galleries under docs/eval: every link resolves; their stylesheet is a link to the package's file."""
+    index = REPO / gallery / "index.html"
+    assert len(check_page(index)) > 0
+    css = index.parent / STYLESHEET
+    assert css.is_symlink() and css.resolve() == PACKAGE_STYLESHEET.resolve()
+
+
+def test_writing_again_leaves_a_linked_stylesheet_alone(tmp_path: Path) -> None:
+    shared = tmp_path / "shared.css"
+    shared.write_text(stylesheet())
+    (tmp_path / "gallery").mkdir()
+    (tmp_path / "gallery" / STYLESHEET).symlink_to("../shared.css")
+    writer = GalleryWriter(tmp_path / "gallery", _classes())
+    writer.add(EvalItem(0, "a", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)), {})
+    check_page(writer.write())
+    assert (tmp_path / "gallery" / STYLESHEET).is_symlink()

@@ -8,8 +8,11 @@ layout in the class palette, the canvas of the canvas-based set (SIMS), every se
 order given (SIMS, the parametric baseline, the paste row, ...), the canvas's provenance (a colour
 per bank segment id, black where none) with the list of segments used, and the real photo.
 
-The page is self-contained: relative links to files beside it, inline CSS, no scripts, fonts or
-anything else fetched from a network.
+The page is self-contained: relative links to files beside it (the thumbnails and
+``gallery.css``, a copy of the package's stylesheet ``synthesis/evaluation/gallery.css``), no
+scripts, fonts or anything else fetched from a network. The galleries committed under
+``docs/eval`` keep their ``gallery.css`` as a symbolic link to the package's file, so the page's
+style lives once in the repository; :meth:`GalleryWriter.write` leaves such a link alone.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import html
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,21 +39,8 @@ if TYPE_CHECKING:
 #: Thumbnail height in pixels.
 THUMBNAIL_ROWS = 180
 INDEX = "index.html"
-
-_CSS = """
-body { font-family: sans-serif; font-size: 13px; margin: 16px; color: #222; }
-table.gallery { border-collapse: collapse; }
-table.gallery th { position: sticky; top: 0; background: #fff; text-align: left; padding: 4px; }
-table.gallery td { vertical-align: top; padding: 4px; border-top: 1px solid #ddd; }
-table.gallery img { height: 180px; display: block; }
-img.labels { image-rendering: pixelated; }
-.name { font-family: monospace; writing-mode: vertical-rl; transform: rotate(180deg); }
-table.segments { font-size: 11px; border-collapse: collapse; margin-top: 4px; }
-table.segments td, table.segments th { padding: 0 4px; border: none; position: static; }
-.swatch { display: inline-block; width: 10px; height: 10px; border: 1px solid #888; }
-.none { color: #999; }
-summary { cursor: pointer; font-size: 11px; margin-top: 4px; }
-"""
+#: The page's stylesheet: a file of this package, copied beside each page.
+STYLESHEET = "gallery.css"
 
 
 @dataclass(frozen=True)
@@ -156,7 +147,7 @@ class GalleryWriter:
                 "<!DOCTYPE html>",
                 '<html lang="en"><head><meta charset="utf-8">',
                 f"<title>{html.escape(self.title)}</title>",
-                f"<style>{_CSS}</style>",
+                f'<link rel="stylesheet" href="{STYLESHEET}">',
                 "</head><body>",
                 f"<h1>{html.escape(self.title)}</h1>",
                 f"<p>{len(self._rows)} layouts. Every image is shown at {self.rows} rows; the metrics were computed "
@@ -172,6 +163,7 @@ class GalleryWriter:
                 "",
             ]
         )
+        _write_stylesheet(self.directory / STYLESHEET)
         path = self.directory / INDEX
         path.write_text(page, encoding="utf-8")
         return path
@@ -215,9 +207,22 @@ def thumbnail(image: np.ndarray, rows: int = THUMBNAIL_ROWS, *, nearest: bool = 
     return resize_label(a, (rows, cols)) if nearest else resize_photo(a, (rows, cols))
 
 
+def stylesheet() -> str:
+    """The gallery page's CSS, as the package holds it."""
+    return resources.files("synthesis.evaluation").joinpath(STYLESHEET).read_text(encoding="utf-8")
+
+
+def _write_stylesheet(path: Path) -> None:
+    css = stylesheet()
+    # Only when it differs: a committed gallery's copy is a link to the package's file, and
+    # writing would go through the link.
+    if not (path.is_file() and path.read_text(encoding="utf-8") == css):
+        path.write_text(css, encoding="utf-8")
+
+
 def _slug(name: str) -> str:
     # File names from item names: keep them portable and free of URL-special characters.
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "item"
 
 
-__all__ = ["THUMBNAIL_ROWS", "GalleryWriter", "thumbnail"]
+__all__ = ["STYLESHEET", "THUMBNAIL_ROWS", "GalleryWriter", "stylesheet", "thumbnail"]
