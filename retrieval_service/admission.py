@@ -195,6 +195,9 @@ class Admission:
             is admitted only if a slot is free).
         infer_starts: start waiting tickets by themselves as slots free (for mirrors of work run
             elsewhere, whose starts are not seen).
+        first_free: a waiting job takes the slot that frees first (threads of one pool, a worker's
+            queue). False where a job is bound to a slot when it is sent (a Dask scheduler assigns
+            a task to a replica at once): it is then predicted to wait for the slot that frees last.
         clock: seconds, monotonic (tests pass a fake one).
     """
 
@@ -207,6 +210,7 @@ class Admission:
         what: str = "synthesis",
         service: ServiceTime | None = None,
         infer_starts: bool = False,
+        first_free: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kind = kind
@@ -215,6 +219,7 @@ class Admission:
         # Seconds from admission to start of a job that found a slot free (explicit starts only).
         self.preparation = ServiceTime()
         self.infer_starts = infer_starts
+        self.first_free = first_free
         self.clock = clock
         self._lock = threading.Lock()
         self._running: list[Ticket] = []
@@ -340,6 +345,9 @@ class Admission:
         for t in self._waiting:
             heapq.heappush(free, heapq.heappop(free) + mean * t.work)
         start = heapq.heappop(free)
+        if not self.first_free and start > 0:
+            # Bound to a slot when sent: a job that must wait may wait for the slot that frees last.
+            start = max([start, *free])
         # A job also needs its preparation (reading its upload, decoding it) before it can start:
         # done while it waits for a slot, it delays one that finds a slot free.
         prep = self.preparation.expected(1.0) or 0.0

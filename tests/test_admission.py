@@ -231,3 +231,22 @@ def test_the_slots_header_round_trips(concurrency: int, queue: int) -> None:
 @pytest.mark.parametrize("text", [None, "", "concurrency=2", "concurrency=x, queue=1", "concurrency=-1, queue=0"])
 def test_a_bad_slots_header_is_ignored(text: str | None) -> None:
     assert parse_slots_header(text) is None
+
+
+def test_a_job_bound_to_a_slot_when_sent_waits_for_the_last_to_free() -> None:
+    # Two slots ending in 1 s and 3 s: taking the first free, a waiting job would start in 1 s;
+    # bound at submission (Dask), it may have to wait for the one ending in 3 s.
+    clock = Clock()
+    for first_free, start in ((True, 1.0), (False, 3.0)):
+        admission = Admission(2, 1, service=fixed(4.0), clock=clock, first_free=first_free)
+        a, b = admission.admit(1e9), admission.admit(1e9)
+        a.start()
+        b.start()
+        a.started, b.started = clock.now - 3.0, clock.now - 1.0  # they end in 1 s and in 3 s
+        prediction = admission.predict()
+        assert prediction is not None and prediction.start == pytest.approx(start)
+    # A free slot is taken at once either way.
+    admission = Admission(2, 1, service=fixed(4.0), clock=clock, first_free=False)
+    admission.admit(1e9).start()
+    prediction = admission.predict()
+    assert prediction is not None and prediction.start == 0.0

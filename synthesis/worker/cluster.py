@@ -253,7 +253,10 @@ class DaskSynthesisBackend:
         self.poll = poll
         self.replicas = 0  # synthesis resource units on the cluster, at the last look
         # The replicas are the slots; a task's start on a worker is not seen here, so it is inferred.
-        self.admission = Admission(0, 0, kind="synthesis_busy", what="synthesis on the Dask cluster", infer_starts=True)
+        # The scheduler binds a task to a replica when it is submitted, not when a replica frees.
+        self.admission = Admission(
+            0, 0, kind="synthesis_busy", what="synthesis on the Dask cluster", infer_starts=True, first_free=False
+        )
         self.peak_in_flight = 0
         self.error: str | None = f"connecting to the Dask scheduler at {address}"
         self._client: Client | None = None
