@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,17 @@ def val_bank_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def val_bank(val_bank_path: Path) -> Bank:
     return open_bank(val_bank_path)
+
+
+@pytest.fixture(scope="module")
+def extra_data(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two CamVid train pairs to append as a new version."""
+    dst = tmp_path_factory.mktemp("extra")
+    for sub in ("train", "trainannot"):
+        (dst / sub).mkdir()
+        for p in sorted((sample_root / sub).glob("*.png"))[:2]:
+            shutil.copy2(p, dst / sub / p.name)
+    return dst
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,18 @@ def free_port() -> int:
 
 
 @contextmanager
+def _serving(server: Any, filesystem: Any) -> Iterator[None]:
+    """The block on a fresh instance cache of ``filesystem``, then ``server`` stopped: fsspec caches
+    filesystem instances, so none made for another server is used in the block or kept after it."""
+    filesystem.clear_instance_cache()
+    try:
+        yield
+    finally:
+        filesystem.clear_instance_cache()
+        server.stop()
+
+
+@contextmanager
 def moto_s3(mp: pytest.MonkeyPatch) -> Iterator[str]:
     """A moto S3 server on a free loopback port, the AWS variables pointing at it; yields its URL."""
     moto_server = pytest.importorskip("moto.server")
@@ -33,12 +45,8 @@ def moto_s3(mp: pytest.MonkeyPatch) -> Iterator[str]:
     mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     mp.setenv("AWS_ENDPOINT_URL", endpoint)
     mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    s3fs.S3FileSystem.clear_instance_cache()
-    try:
+    with _serving(server, s3fs.S3FileSystem):
         yield endpoint
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
 
 
 @contextmanager
@@ -60,12 +68,8 @@ def gcs_emulator(mp: pytest.MonkeyPatch) -> Iterator[str]:
     mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
     mp.setenv("FSSPEC_GS_TOKEN", "anon")  # subprocesses: fsspec reads FSSPEC_* when imported
     mp.setitem(fsspec.config.conf, "gs", {"token": "anon"})
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    try:
+    with _serving(server, gcsfs.GCSFileSystem):
         yield endpoint
-    finally:
-        gcsfs.GCSFileSystem.clear_instance_cache()
-        server.stop()
 
 
 def _read_data_keeping_bytes(emulator: Any) -> Any:

@@ -35,18 +35,7 @@ def bank_copy(val_bank_path: Path, tmp_path: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
-def extra_data(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two CamVid train pairs to append as a new version."""
-    dst = tmp_path_factory.mktemp("extra")
-    for sub in ("train", "trainannot"):
-        (dst / sub).mkdir()
-        for p in sorted((sample_root / sub).glob("*.png"))[:2]:
-            shutil.copy2(p, dst / sub / p.name)
-    return dst
-
-
-def publish(bank: Path, data: Path) -> str:
+def publish(bank: str | Path, data: Path) -> str:
     """Append ``data`` to ``bank`` as a new published version; returns its id."""
     add_to_bank(create_reader("camvid", data, ["train"]), bank, workers=1, progress=False)
     return current_version(bank)

@@ -7,7 +7,6 @@ so the writer lock's exclusion is tested on fsspec's memory filesystem, which ha
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ import pytest
 import zarr
 from fastapi.testclient import TestClient
 
-from indexers.build import add_to_bank, build_bank
+from indexers.build import build_bank
 from indexers.readers import create_reader
 from memory_bank import Bank, BankBusyError, BankNotFoundError, current_version, list_versions, open_bank
 from memory_bank.png import encode_layout_png
@@ -34,6 +33,7 @@ from retrieval_service.api.app import create_app
 from retrieval_service.api.settings import Settings
 from sims.cli import main
 from tests.object_stores import gcs_emulator, moto_s3
+from tests.test_api_reload import publish
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "storage-key"
@@ -85,22 +85,6 @@ def remote_val(store: str, sample_root: Path) -> str:
     url = f"{new_bucket(store)}/banks/val"
     build_val(url, sample_root)
     return url
-
-
-@pytest.fixture(scope="module")
-def extra_data(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two CamVid train pairs to append as a new version."""
-    dst = tmp_path_factory.mktemp("extra")
-    for sub in ("train", "trainannot"):
-        (dst / sub).mkdir()
-        for p in sorted((sample_root / sub).glob("*.png"))[:2]:
-            shutil.copy2(p, dst / sub / p.name)
-    return dst
-
-
-def add(bank: str, data: Path) -> str:
-    add_to_bank(create_reader("camvid", data, ["train"]), bank, workers=1, progress=False)
-    return current_version(bank)
 
 
 def retrieve(client: TestClient, layout: np.ndarray) -> dict:
@@ -299,7 +283,7 @@ def test_add_publishes_a_new_version_on_a_store(bucket: str, sample_root: Path, 
     url = f"{bucket}/bank"
     build_val(url, sample_root)
     v1 = current_version(url)
-    v2 = add(url, extra_data)
+    v2 = publish(url, extra_data)
     new, old = open_bank(url), open_bank(url, v1)
     assert v2 != v1 and new.manifest.parent_version == v1 and list_versions(url) == [v1, v2]
     assert new.num_images == old.num_images + 2 and new.verify() == []
@@ -322,11 +306,11 @@ def test_a_failed_upload_leaves_the_previous_version(
 
     monkeypatch.setattr(RemoteStaging, "_upload_manifest", fail)
     with pytest.raises(OSError, match="connection reset"):
-        add(url, extra_data)
+        publish(url, extra_data)
     assert current_version(url) == v1 and open_bank(url).verify() == []
     assert locate(url).listdir(VERSIONS_DIR) == [v1]  # the caught failure removed its partial upload
     monkeypatch.undo()
-    assert add(url, extra_data) != v1  # and released the lock
+    assert publish(url, extra_data) != v1  # and released the lock
 
 
 def test_a_build_killed_mid_upload_leaves_the_previous_version(
@@ -377,7 +361,7 @@ def test_reload_picks_up_a_version_published_to_a_store(bucket: str, sample_root
     v1 = current_version(url)
     with TestClient(create_app(Settings(bank=url, api_key=KEY, wait_for_bank=True))) as client:
         assert client.post("/admin/reload", headers=ADMIN).json()["reloaded"] is False
-        v2 = add(url, extra_data)
+        v2 = publish(url, extra_data)
         body = client.post("/admin/reload", headers=ADMIN).json()
         assert (body["reloaded"], body["previous_version"], body["version"]) == (True, v1, v2)
         assert client.get("/bank").json()["version"] == v2
@@ -390,7 +374,7 @@ def test_gc_on_a_store_keeps_the_newest_and_the_served(
     url = f"{bucket}/bank"
     build_val(url, sample_root)
     v1 = current_version(url)
-    v2 = add(url, extra_data)
+    v2 = publish(url, extra_data)
     root = locate(url)
     root.write_bytes(f"{VERSIONS_DIR}/v20000101T000000Z-dead00/segments.parquet", b"partial")  # a crashed upload
     root.write_bytes(CURRENT_FILE, f"{v1}\n".encode())  # roll back: v1 is served, v2 the newest

@@ -59,16 +59,23 @@ def _random_net(config: OrderingConfig, seed: int = 0) -> OrderingNet:
     return net.eval()
 
 
+def _random_pairs(b: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """``b`` random inputs of the ``TINY`` net: masks a and b, layout, coords, classes a and b."""
+    h, w = TINY.input_size
+    gen = torch.Generator().manual_seed(seed)
+    ma, mb = torch.rand(b, 1, h, w, generator=gen), torch.rand(b, 1, h, w, generator=gen)
+    layout, coords = torch.rand(b, 11, h, w, generator=gen), torch.rand(b, 2, h, w, generator=gen)
+    ca, cb = torch.randint(0, 11, (b,), generator=gen), torch.randint(0, 11, (b,), generator=gen)
+    return ma, mb, layout, coords, ca, cb
+
+
 # ---------------------------------------------------------------- network
 
 
 def test_net_shapes_and_antisymmetry() -> None:
     net = _random_net(TINY)
-    b, (h, w) = 5, TINY.input_size
-    gen = torch.Generator().manual_seed(1)
-    ma, mb = torch.rand(b, 1, h, w, generator=gen), torch.rand(b, 1, h, w, generator=gen)
-    layout, coords = torch.rand(b, 11, h, w, generator=gen), torch.rand(b, 2, h, w, generator=gen)
-    ca, cb = torch.randint(0, 11, (b,), generator=gen), torch.randint(0, 11, (b,), generator=gen)
+    b = 5
+    ma, mb, layout, coords, ca, cb = _random_pairs(b, seed=1)
     ab = net(ma, mb, layout, coords, ca, cb)
     ba = net(mb, ma, layout, coords, cb, ca)
     assert ab.shape == (b,) and ab.dtype == torch.float32
@@ -186,11 +193,7 @@ def test_sample_pairs_equals_sampling_each_pair_from_its_masks() -> None:
 
 def test_forward_is_the_difference_of_the_two_one_sided_scores() -> None:
     net = _random_net(TINY)
-    b, (h, w) = 4, TINY.input_size
-    gen = torch.Generator().manual_seed(2)
-    ma, mb = torch.rand(b, 1, h, w, generator=gen), torch.rand(b, 1, h, w, generator=gen)
-    layout, coords = torch.rand(b, 11, h, w, generator=gen), torch.rand(b, 2, h, w, generator=gen)
-    ca, cb = torch.randint(0, 11, (b,), generator=gen), torch.randint(0, 11, (b,), generator=gen)
+    ma, mb, layout, coords, ca, cb = _random_pairs(4, seed=2)
     with torch.no_grad():
         want = net.score(ma, mb, layout, coords, ca, cb) - net.score(mb, ma, layout, coords, cb, ca)
         assert torch.allclose(net(ma, mb, layout, coords, ca, cb), want, atol=1e-5)

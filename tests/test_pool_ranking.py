@@ -49,53 +49,15 @@ def _pack(bits: np.ndarray) -> np.ndarray:
     return out.view(np.int64)
 
 
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), q=st.integers(1, 6), k=st.integers(1, 8))
-def test_rank_pools_matches_numpy(seed: int, n: int, q: int, k: int) -> None:
-    rng = np.random.default_rng(seed)
-    classes = int(rng.integers(1, 4))  # few classes: many exact score ties
-    bits, ctx = _codes(rng, n, classes)
-    qbits, qctx = _codes(rng, q, classes)
-    seg_ids = rng.permutation(n * 3)[:n].astype(np.int64)
-    pools = [rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False).astype(np.int64) for _ in range(q)]
-    qctx_nm = np.where(qctx == 255, NO_MATCH, qctx).astype(np.uint8)
-    ranked = rank_pools(
-        mask=_pack(bits),
-        summary=_summary(bits, ctx),
-        contexts=BoxedContexts.from_rows(ctx, GRID),
-        blocks=block_counts(ctx != 255, GRID, BLOCKS),
-        segment_ids=seg_ids,
-        pools=pools,
-        query_mask=_pack(qbits),
-        query_summary=_summary(qbits, qctx),
-        query_context=qctx_nm,
-        query_blocks=block_counts(qctx != 255, GRID, BLOCKS),
-        query_cols=[np.flatnonzero(r != 255) for r in qctx],
-        k=k,
-    )
-    for j, pool in enumerate(pools):
-        # The reference: score the whole pool, sort by score then segment id.
-        miou = iou64((bits[pool] & qbits[j]).sum(1), qbits[j].sum(), bits[pool].sum(1))
-        inter = ((ctx[pool] == qctx[j]) & (qctx[j] != 255)).sum(1)
-        ciou = iou64(inter, (qctx[j] != 255).sum(), (ctx[pool] != 255).sum(1))
-        score = miou + ciou
-        order = np.lexsort((seg_ids[pool], -score))[:k]
-        got = ranked.positions[j][ranked.positions[j] >= 0]
-        assert got.tolist() == pool[order].tolist()
-        np.testing.assert_array_equal(ranked.scores[j, : got.size, 0], score[order])
-        np.testing.assert_array_equal(ranked.scores[j, : got.size, 1], miou[order])
-        np.testing.assert_array_equal(ranked.scores[j, : got.size, 2], ciou[order])
-        assert ranked.scored <= sum(p.size for p in pools)
-
-
 def _reference(bits, ctx, qbits, qctx, seg_ids, j: int, rows: np.ndarray, k: int):
-    """Score every row of ``rows`` for query ``j``; the top-k by score, then segment id."""
+    """Score every row of ``rows`` for query ``j``; the top-k by score, then segment id, with their
+    (score, mask IoU, context IoU) in the columns of the kernel's ``scores``."""
     miou = iou64((bits[rows] & qbits[j]).sum(1), qbits[j].sum(), bits[rows].sum(1))
     inter = ((ctx[rows] == qctx[j]) & (qctx[j] != 255)).sum(1)
     ciou = iou64(inter, (qctx[j] != 255).sum(), (ctx[rows] != 255).sum(1))
     score = miou + ciou
     order = np.lexsort((seg_ids[rows], -score))[:k]
-    return rows[order], score[order]
+    return rows[order], np.stack([score, miou, ciou], axis=1)[order]
 
 
 def _rank(
@@ -127,6 +89,27 @@ def _rank(
 
 
 @settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), q=st.integers(1, 6), k=st.integers(1, 8))
+def test_rank_pools_matches_numpy(seed: int, n: int, q: int, k: int) -> None:
+    rng = np.random.default_rng(seed)
+    classes = int(rng.integers(1, 4))  # few classes: many exact score ties
+    bits, ctx = _codes(rng, n, classes)
+    qbits, qctx = _codes(rng, q, classes)
+    seg_ids = rng.permutation(n * 3)[:n].astype(np.int64)
+    pools = [rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False).astype(np.int64) for _ in range(q)]
+    ranked = _rank(bits, ctx, qbits, qctx, seg_ids, pools, k)
+    for j, pool in enumerate(pools):
+        # The reference: score the whole pool, sort by score then segment id.
+        want_rows, want_scores = _reference(bits, ctx, qbits, qctx, seg_ids, j, pool, k)
+        got = ranked.positions[j][ranked.positions[j] >= 0]
+        assert got.tolist() == want_rows.tolist()
+        np.testing.assert_array_equal(ranked.scores[j, : got.size, 0], want_scores[:, 0])
+        np.testing.assert_array_equal(ranked.scores[j, : got.size, 1], want_scores[:, 1])
+        np.testing.assert_array_equal(ranked.scores[j, : got.size, 2], want_scores[:, 2])
+        assert ranked.scored <= sum(p.size for p in pools)
+
+
+@settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), q=st.integers(1, 5), k=st.integers(1, 6))
 def test_windows_after_seeds_match_a_full_scan(seed: int, n: int, q: int, k: int) -> None:
     """Exact mode's use: a few seeds, then a window of rows (skipping the seeds and excluded rows)."""
@@ -145,7 +128,7 @@ def test_windows_after_seeds_match_a_full_scan(seed: int, n: int, q: int, k: int
         want_rows, want_scores = _reference(bits, ctx, qbits, qctx, seg_ids, j, rows, k)
         got = ranked.positions[j][ranked.positions[j] >= 0]
         assert got.tolist() == want_rows.tolist()
-        np.testing.assert_array_equal(ranked.scores[j, : got.size, 0], want_scores)
+        np.testing.assert_array_equal(ranked.scores[j, : got.size, 0], want_scores[:, 0])
 
 
 @settings(max_examples=40, deadline=None)
@@ -167,7 +150,7 @@ def test_bitbound_windows_cover_the_whole_class(seed: int, n: int, q: int, k: in
         rows = np.union1d(seeds[j], np.flatnonzero(allowed))
         want_rows, want_scores = _reference(bits, ctx, qbits, qctx, seg_ids, j, rows, k)
         got = ranked.positions[j][ranked.positions[j] >= 0]
-        np.testing.assert_array_equal(ranked.scores[j, : got.size, 0], want_scores)
+        np.testing.assert_array_equal(ranked.scores[j, : got.size, 0], want_scores[:, 0])
         assert got.tolist() == want_rows.tolist()
 
 

@@ -174,13 +174,6 @@ def test_ade20k_flat_layout(tmp_path: Path) -> None:
         ADE20KReader(tmp_path, splits=["validation"])
 
 
-def test_ade20k_label_outside_table_is_an_error(ade: Path) -> None:
-    label(ade / "annotations/validation/ADE_val_00000001.png", stripes(150, 151))
-    reader = ADE20KReader(ade, splits=["validation"])
-    with pytest.raises(DatasetError, match=r"ADE_val_00000001\.png.*\[151\]"):
-        reader.load(reader.refs[0])
-
-
 def test_ade20k_errors(ade: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     with pytest.raises(DatasetError, match="does not exist"):
         ADE20KReader(ade / "missing")
@@ -236,13 +229,6 @@ def test_cocostuff_reads_pairs(cocostuff: Path) -> None:
     assert len(set(names)) == 182
 
 
-def test_cocostuff_label_outside_table_is_an_error(cocostuff: Path) -> None:
-    label(cocostuff / "val_label/000000000139.png", stripes(181, 182))
-    reader = CocoStuffReader(cocostuff, splits=["val"])
-    with pytest.raises(DatasetError, match=r"000000000139\.png.*\[182\]"):
-        reader.load(reader.refs[0])
-
-
 def test_cocostuff_errors(cocostuff: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     with pytest.raises(DatasetError, match="does not exist"):
         CocoStuffReader(cocostuff / "missing")
@@ -259,6 +245,41 @@ def test_cocostuff_errors(cocostuff: Path, tmp_path_factory: pytest.TempPathFact
     (cocostuff / "val_label").rmdir()
     with pytest.raises(DatasetError, match="missing label directory .*val_label"):
         CocoStuffReader(cocostuff, splits=["train", "val"])
+
+
+# --- Labels outside the class table ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dataset", "reader_class", "split", "label_file", "values", "message"),
+    [
+        (
+            "ade",
+            ADE20KReader,
+            "validation",
+            "annotations/validation/ADE_val_00000001.png",
+            (150, 151),
+            r"ADE_val_00000001\.png.*\[151\]",
+        ),
+        ("cocostuff", CocoStuffReader, "val", "val_label/000000000139.png", (181, 182), r"000000000139\.png.*\[182\]"),
+    ],
+    ids=["ade20k", "cocostuff"],
+)
+def test_label_outside_table_is_an_error(
+    request: pytest.FixtureRequest,
+    dataset: str,
+    reader_class: type[ADE20KReader | CocoStuffReader],
+    split: str,
+    label_file: str,
+    values: tuple[int, ...],
+    message: str,
+) -> None:
+    """A raw id past the class table fails naming the file and the id."""
+    root = request.getfixturevalue(dataset)  # the dataset's fixture layout, above
+    label(root / label_file, stripes(*values))
+    reader = reader_class(root, splits=[split])
+    with pytest.raises(DatasetError, match=message):
+        reader.load(reader.refs[0])
 
 
 # --- Generic folder --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_api_reload import ADMIN, KEY, extra_data, publish  # noqa: F401 (a fixture)
+from test_api_reload import ADMIN, KEY, publish
 
 from memory_bank import Bank, open_bank
 from memory_bank.errors import UnavailableError
@@ -130,7 +130,7 @@ def hammer(client: TestClient, layouts: list[np.ndarray], stop: threading.Event,
 
 def test_reload_during_requests_switches_every_shard_together(
     served: tuple[TestClient, Path],
-    extra_data: Path,  # noqa: F811
+    extra_data: Path,
 ) -> None:
     client, bank_path = served
     bank = open_bank(bank_path)

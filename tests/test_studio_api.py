@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 import test_synthesize_api
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_synthesize_api import WORKER_ENV, assert_error, png_array
+from test_synthesize_api import assert_error, png_array
 from typer.testing import CliRunner
 
 from memory_bank import IGNORE, Bank
@@ -29,10 +28,8 @@ from retrieval_service.api.settings import Settings
 from retrieval_service.client import RetrievalClient
 from sims.cli import build_app
 from synthesis.remote import remote_builder
-from synthesis.worker.app import create_worker_app
 from synthesis.worker.runtime import load_networks
-from synthesis.worker.settings import WorkerSettings
-from tests.servers import serving
+from tests.workers import http_worker, worker_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 #: The service with the in-process backend (what `sims serve --with-worker` runs), as in test_synthesize_api.
@@ -42,20 +39,11 @@ service = test_synthesize_api.service
 @pytest.fixture(scope="module")
 def separate(val_bank_path: Path, tiny_weights: Path) -> Iterator[TestClient]:
     """A service whose /synthesize goes to a separate worker over HTTP (the worker retrieves from a service)."""
-    env = {k.removeprefix("SIMS_WORKER_").lower(): v for k, v in WORKER_ENV.items()}
-    settings = WorkerSettings(weights=tiny_weights, **env)
-    networks = load_networks(settings)
-    with serving(create_app(Settings(bank=val_bank_path, wait_for_bank=True))) as retrieval_url:
-        worker = create_worker_app(settings.model_copy(update={"service_url": retrieval_url}), networks=networks)
-        with serving(worker) as worker_url:
-            probe = RetrievalClient(worker_url)
-            deadline = time.monotonic() + 30
-            while not probe.ready().ready:
-                assert time.monotonic() < deadline, probe.ready().message
-                time.sleep(0.05)
-            front = create_app(Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=worker_url))
-            with TestClient(front) as c:
-                yield c
+    settings = worker_settings(tiny_weights)
+    with http_worker(val_bank_path, settings, load_networks(settings)) as worker_url:
+        front = create_app(Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=worker_url))
+        with TestClient(front) as c:
+            yield c
 
 
 @pytest.fixture(params=["in_process", "separate_worker"])

@@ -30,16 +30,12 @@ from scipy import ndimage
 from retrieval_service.api.app import create_app
 from retrieval_service.api.pages import STUDIO_DIR
 from retrieval_service.api.settings import Settings
+from synthesis.worker.runtime import load_networks
 from tests.servers import serving
+from tests.workers import http_worker, worker_env, worker_settings
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-#: The worker's other networks: the shipped refiner, no T and the layout rule (fast).
-WORKER_ENV = {
-    "SIMS_WORKER_REFINE_WEIGHTS": str(REPO / "weights/layout-refiner"),
-    "SIMS_WORKER_TRANSFORM_WEIGHTS": "none",
-    "SIMS_WORKER_ORDERING_WEIGHTS": "none",
-}
 #: Flags for Chromium as root on a machine without a display or an outside network.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -93,32 +89,19 @@ def studio_url(val_bank_path: Path) -> Iterator[str]:
     settings = Settings(
         bank=val_bank_path, wait_for_bank=True, synthesis_backend="in_process", synthesis_weights=SHIPPED_SYNTHESIS
     )
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in WORKER_ENV.items():
-            mp.setenv(k, v)
-        with serving(create_app(settings)) as url:
-            yield url + "/"
+    # The worker's other networks: those of tests/workers.py (the shipped refiner, no T, the layout rule).
+    with worker_env(), serving(create_app(settings)) as url:
+        yield url + "/"
 
 
 @pytest.fixture(scope="module")
 def worker_studio_url(val_bank_path: Path) -> Iterator[str]:
     """`sims serve --synthesis-url` on the same bank, with a separate `sims worker` (retrieving from the service)."""
-    from synthesis.worker.app import create_worker_app
-    from synthesis.worker.runtime import load_networks
-    from synthesis.worker.settings import WorkerSettings
-
-    worker_settings = WorkerSettings(
-        weights=SHIPPED_SYNTHESIS, **{k.removeprefix("SIMS_WORKER_").lower(): v for k, v in WORKER_ENV.items()}
-    )
-    with serving(create_app(Settings(bank=val_bank_path, wait_for_bank=True))) as retrieval_url:
-        worker = create_worker_app(
-            worker_settings.model_copy(update={"service_url": retrieval_url.rstrip("/")}),
-            networks=load_networks(worker_settings),
-        )
-        with serving(worker) as worker_url:
-            front = Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=worker_url)
-            with serving(create_app(front)) as url:
-                yield url + "/"
+    settings = worker_settings(SHIPPED_SYNTHESIS)
+    with http_worker(val_bank_path, settings, load_networks(settings)) as worker_url:
+        front = Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=worker_url)
+        with serving(create_app(front)) as url:
+            yield url + "/"
 
 
 def open_page(browser: Any, url: str) -> Iterator[Any]:

@@ -14,7 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
@@ -72,6 +74,17 @@ def backend_of(client: TestClient) -> DaskSynthesisBackend:
     return backend
 
 
+def on_cluster(bank: Path, address: str, weights: Path, **more: Any) -> Settings:
+    """The service's settings with /synthesize on the Dask cluster at ``address``."""
+    return Settings(bank=bank, wait_for_bank=True, synthesis_cluster=address, synthesis_weights=weights, **more)
+
+
+def unavailable(r: httpx.Response) -> str:
+    """The message of a 503 synthesis_unavailable (any other answer fails)."""
+    assert r.status_code == 503 and r.json()["error"] == "synthesis_unavailable", r.text
+    return r.json()["message"]
+
+
 def open_service(settings: Settings, replicas: int = REPLICAS) -> Callable[[], Iterator[TestClient]]:
     def serve() -> Iterator[TestClient]:
         with TestClient(create_app(settings)) as client:
@@ -83,12 +96,7 @@ def open_service(settings: Settings, replicas: int = REPLICAS) -> Callable[[], I
 
 @pytest.fixture(scope="module")
 def service(cluster: LocalCluster, val_bank_path: Path, tiny_weights: Path, networks_off: None) -> Iterator[TestClient]:
-    settings = Settings(
-        bank=val_bank_path,
-        wait_for_bank=True,
-        synthesis_cluster=cluster.scheduler_address,
-        synthesis_weights=tiny_weights,
-    )
+    settings = on_cluster(val_bank_path, cluster.scheduler_address, tiny_weights)
     yield from open_service(settings)()
 
 
@@ -167,13 +175,7 @@ def test_back_pressure(service: TestClient, cluster: LocalCluster, slow: SlowSyn
 def test_timeout_is_504_and_the_work_stops(
     cluster: LocalCluster, val_bank_path: Path, tiny_weights: Path, networks_off: None, slow: SlowSynthesis, png: bytes
 ) -> None:
-    settings = Settings(
-        bank=val_bank_path,
-        wait_for_bank=True,
-        synthesis_cluster=cluster.scheduler_address,
-        synthesis_weights=tiny_weights,
-        synthesis_timeout=0.3,
-    )
+    settings = on_cluster(val_bank_path, cluster.scheduler_address, tiny_weights, synthesis_timeout=0.3)
     for client in open_service(settings)():
         start = time.monotonic()
         r = post(client, png)
@@ -184,17 +186,12 @@ def test_timeout_is_504_and_the_work_stops(
 
 
 def test_no_cluster_is_503(val_bank_path: Path, tiny_weights: Path, networks_off: None, png: bytes) -> None:
-    settings = Settings(
-        bank=val_bank_path,
-        wait_for_bank=True,
-        synthesis_cluster="tcp://127.0.0.1:9",  # nothing listens there
-        synthesis_weights=tiny_weights,
-    )
+    settings = on_cluster(val_bank_path, "tcp://127.0.0.1:9", tiny_weights)  # nothing listens there
     with TestClient(create_app(settings)) as client:
         r = post(client, png)
-        assert r.status_code == 503 and r.json()["error"] == "synthesis_unavailable", r.text
+        message = unavailable(r)
         assert r.headers["retry-after"] == "1"
-        assert "tcp://127.0.0.1:9" in r.json()["message"] and "\n" not in r.json()["message"]
+        assert "tcp://127.0.0.1:9" in message and "\n" not in message
         assert client.get("/readyz").status_code == 200  # retrieval is not held up by synthesis
 
 
@@ -202,36 +199,22 @@ def test_cluster_without_synthesis_workers_is_503(
     val_bank_path: Path, tiny_weights: Path, networks_off: None, png: bytes
 ) -> None:
     with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=":0") as plain:
-        settings = Settings(
-            bank=val_bank_path,
-            wait_for_bank=True,
-            synthesis_cluster=plain.scheduler_address,
-            synthesis_weights=tiny_weights,
-        )
+        settings = on_cluster(val_bank_path, plain.scheduler_address, tiny_weights)
         with TestClient(create_app(settings)) as client:
             backend = backend_of(client)
             wait_until(lambda: backend.error is not None and "no synthesis workers" in backend.error, timeout=30)
-            r = post(client, png)
-            assert r.status_code == 503 and r.json()["error"] == "synthesis_unavailable", r.text
-            assert "--synthesis-workers" in r.json()["message"]
+            assert "--synthesis-workers" in unavailable(post(client, png))
 
 
 def test_networks_that_do_not_load_are_503_naming_the_worker(
     cluster: LocalCluster, val_bank_path: Path, tmp_path: Path, networks_off: None, png: bytes
 ) -> None:
-    settings = Settings(
-        bank=val_bank_path,
-        wait_for_bank=True,
-        synthesis_cluster=cluster.scheduler_address,
-        synthesis_weights=tmp_path / "no-network",
-    )
+    settings = on_cluster(val_bank_path, cluster.scheduler_address, tmp_path / "no-network")
     with TestClient(create_app(settings)) as client:
         backend = backend_of(client)
         wait_until(lambda: "no-network" in (backend.error or ""), timeout=30)
         assert backend.replicas == 0  # a worker whose warm-up fails is never admitted work
-        r = post(client, png)
-        assert r.status_code == 503 and r.json()["error"] == "synthesis_unavailable", r.text
-        message = r.json()["message"]
+        message = unavailable(post(client, png))
         assert "synthesis worker" in message and "no-network" in message and "\n" not in message
 
 
@@ -257,19 +240,12 @@ def test_workers_count_as_replicas_only_once_warm(
 
     WARM_GATE.clear()
     monkeypatch.setattr(module, "warm_task", held_warm)
-    settings = Settings(
-        bank=val_bank_path,
-        wait_for_bank=True,
-        synthesis_cluster=cluster.scheduler_address,
-        synthesis_weights=tiny_weights,
-    )
+    settings = on_cluster(val_bank_path, cluster.scheduler_address, tiny_weights)
     with TestClient(create_app(settings)) as client:
         backend = backend_of(client)
         wait_until(lambda: "still loading" in (backend.error or ""), timeout=30)
         assert backend.replicas == 0
-        r = post(client, png)
-        assert r.status_code == 503 and r.json()["error"] == "synthesis_unavailable", r.text
-        assert "2 synthesis workers are still loading" in r.json()["message"]
+        assert "2 synthesis workers are still loading" in unavailable(post(client, png))
         WARM_GATE.set()
         wait_until(lambda: backend.replicas == REPLICAS, timeout=30)
         assert post(client, png).status_code == 200
@@ -317,13 +293,7 @@ def test_under_a_flood_admitted_syntheses_finish(
     """Issue 29: the replicas are the slots of one deadline-aware admission; under a flood with a short
     timeout at least one request succeeds and none admitted times out."""
     fake = SleepySynthesis(steps=4, step=0.4)  # 1.6 s; as in tests/test_overload.py
-    settings = Settings(
-        bank=val_bank_path,
-        wait_for_bank=True,
-        synthesis_cluster=cluster.scheduler_address,
-        synthesis_weights=tiny_weights,
-        synthesis_timeout=2.8,
-    )
+    settings = on_cluster(val_bank_path, cluster.scheduler_address, tiny_weights, synthesis_timeout=2.8)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runtime, "synthesize_reply", fake)
         client = next(serve := open_service(settings)())

@@ -27,22 +27,14 @@ from memory_bank.images import read_label
 from memory_bank.png import decode_provenance_png, encode_layout_png, encode_provenance_png
 from retrieval_service.api.app import create_app
 from retrieval_service.api.settings import Settings
-from retrieval_service.client import RetrievalClient
 from synthesis.pipeline import SynthesisPipeline
-from synthesis.worker.app import create_worker_app
 from synthesis.worker.reply import parse_multipart
 from synthesis.worker.runtime import load_networks
-from synthesis.worker.settings import WorkerSettings
 from tests.servers import serving
+from tests.workers import http_worker, worker_env, worker_settings
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-#: The worker's networks in these tests: the tiny one, the shipped refiner, no T and the layout rule (fast).
-WORKER_ENV = {
-    "SIMS_WORKER_REFINE_WEIGHTS": str(REPO / "weights/layout-refiner"),
-    "SIMS_WORKER_TRANSFORM_WEIGHTS": "none",
-    "SIMS_WORKER_ORDERING_WEIGHTS": "none",
-}
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +43,9 @@ def service(val_bank_path: Path, tiny_weights: Path) -> Iterator[TestClient]:
     settings = Settings(
         bank=val_bank_path, wait_for_bank=True, synthesis_backend="in_process", synthesis_weights=tiny_weights
     )
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in WORKER_ENV.items():
-            mp.setenv(k, v)
-        with TestClient(create_app(settings)) as c:
-            yield c
+    # The worker's networks besides the tiny one: those of tests/workers.py.
+    with worker_env(), TestClient(create_app(settings)) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -242,30 +232,20 @@ def test_worker_failures_are_relayed(val_bank_path: Path, layout: np.ndarray) ->
 def test_http_worker_and_in_process_give_identical_images(
     val_bank_path: Path, val_bank: Bank, tiny_weights: Path, service: TestClient, layout: np.ndarray
 ) -> None:
-    settings = WorkerSettings(
-        weights=tiny_weights, **{k.removeprefix("SIMS_WORKER_").lower(): v for k, v in WORKER_ENV.items()}
-    )
+    settings = worker_settings(tiny_weights)
     networks = load_networks(settings)
-    retrieval = create_app(Settings(bank=val_bank_path, wait_for_bank=True))
-    with serving(retrieval) as retrieval_url:
-        worker = create_worker_app(settings.model_copy(update={"service_url": retrieval_url}), networks=networks)
-        with serving(worker) as worker_url:
-            client = RetrievalClient(worker_url)
-            deadline = time.monotonic() + 30
-            while not client.ready().ready:
-                assert time.monotonic() < deadline, client.ready().message
-                time.sleep(0.05)
-            front = create_app(Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=worker_url))
-            with TestClient(front) as c:
-                for seed in ("0", "3"):
-                    over_http = post(c, encode_layout_png(layout), seed=seed, extras="provenance")
-                    in_process = post(service, encode_layout_png(layout), seed=seed, extras="provenance")
-                    assert over_http.status_code == in_process.status_code == 200, over_http.text
-                    a, b = over_http.json(), in_process.json()
-                    assert a["image_png"] == b["image_png"] and a["provenance_png"] == b["provenance_png"]
-            # The pipeline called directly (what `sims synthesize --bank` runs) agrees.
-            direct = networks.pipeline(SynthesisPipeline.from_bank(val_bank, tiny_weights).builder)(layout, seed=3)
-            np.testing.assert_array_equal(direct.image, png_array(base64.b64decode(a["image_png"])))
+    with http_worker(val_bank_path, settings, networks) as worker_url:
+        front = create_app(Settings(bank=val_bank_path, wait_for_bank=True, synthesis_url=worker_url))
+        with TestClient(front) as c:
+            for seed in ("0", "3"):
+                over_http = post(c, encode_layout_png(layout), seed=seed, extras="provenance")
+                in_process = post(service, encode_layout_png(layout), seed=seed, extras="provenance")
+                assert over_http.status_code == in_process.status_code == 200, over_http.text
+                a, b = over_http.json(), in_process.json()
+                assert a["image_png"] == b["image_png"] and a["provenance_png"] == b["provenance_png"]
+        # The pipeline called directly (what `sims synthesize --bank` runs) agrees.
+        direct = networks.pipeline(SynthesisPipeline.from_bank(val_bank, tiny_weights).builder)(layout, seed=3)
+        np.testing.assert_array_equal(direct.image, png_array(base64.b64decode(a["image_png"])))
 
 
 def test_provenance_codec_round_trips() -> None:
