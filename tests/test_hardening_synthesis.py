@@ -73,9 +73,10 @@ class SlowSynthesis(Steps):
         self.real = runtime.synthesize
 
     def __call__(
-        self, pipeline: Any, layout: np.ndarray, options: Any, stop: Deadline | None = None, *rest: Any
+        self, pipeline: Any, layout: np.ndarray, options: Any, stop: Deadline | None = None, *rest: Any, **more: Any
     ) -> Any:
-        return self.run(stop, lambda: self.real(pipeline, layout, options, stop, *rest))
+        # ``more``: what the real one takes by keyword (``checked``), passed on as given.
+        return self.run(stop, lambda: self.real(pipeline, layout, options, stop, *rest, **more))
 
 
 @pytest.fixture
