@@ -39,7 +39,7 @@ def worker(
     host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default 8001).")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Syntheses at once (default 2).")] = None,
-    queue: Annotated[int | None, typer.Option(help="Syntheses that may wait; more get 503 (default 1).")] = None,
+    queue: Annotated[int | None, typer.Option(help="Syntheses that may wait; more get 503 (default 0).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds a synthesis may take (default 60).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default 1; 0 = torch's).")] = None,
     log_level: Annotated[str | None, typer.Option(help="Log level (default info).")] = None,

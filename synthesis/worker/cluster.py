@@ -238,7 +238,7 @@ class DaskSynthesisBackend:
         plugin: SynthesisWorkerPlugin | None,
         *,
         timeout: float = 60.0,
-        queue: int = 1,
+        queue: int = 0,
         max_in_flight: int = 0,
         poll: float = 1.0,
     ) -> None:

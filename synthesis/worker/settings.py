@@ -64,8 +64,10 @@ class WorkerSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8001, ge=0, le=65535, description="TCP port.")
     concurrency: int = Field(2, ge=1, description="Syntheses run at once; others queue.")
+    # 0 by measurement (docs/service.md#overload): a waiting synthesis only doubles its latency and
+    # risks its deadline; refused at once, its client retries when Retry-After says a slot frees.
     queue: int = Field(
-        1, ge=0, description="Syntheses that may wait for a slot; more are refused with 503 and Retry-After."
+        0, ge=0, description="Syntheses that may wait for a slot; more are refused with 503 and Retry-After."
     )
     timeout: SynthesisTimeout = Field(
         DEFAULT_SYNTHESIS_TIMEOUT,
