@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from memory_bank.errors import OptionError, UnavailableError
 from retrieval_service.http_models import ADMITTED_HEADER, SLOTS_HEADER, TIMEOUT_HEADER
@@ -39,6 +40,7 @@ __all__ = [
     "SLOTS_HEADER",
     "TIMEOUT_HEADER",
     "Admission",
+    "AdmittingBackend",
     "Prediction",
     "ServiceTime",
     "Ticket",
@@ -401,6 +403,31 @@ class Admission:
             else:
                 self._waiting.remove(ticket)
             self._start_waiting()
+
+
+class AdmittingBackend:
+    """What a synthesis backend that admits through its own :meth:`admit` shares (the service's
+    HTTP-worker and Dask backends): the capacity check and a request's ticket."""
+
+    timeout: float  # the server's limit on a synthesis (seconds)
+
+    def admit(self, timeout: float) -> Ticket:  # pragma: no cover - each backend has its own
+        raise NotImplementedError
+
+    def check_capacity(self) -> None:
+        """Raise the 503 :meth:`admit` would raise for a synthesis due within the timeout."""
+        self.admit(self.timeout).release()
+
+    def claim_ticket(self, options: _HasDeadline, ticket: Ticket | None) -> Ticket:
+        """The request's ticket (the route's, or admitted now within ``options``' deadline), claimed
+        by the job: from now on only the job's end releases it."""
+        ticket = ticket or self.admit(options.deadline(self.timeout))
+        ticket.claim()
+        return ticket
+
+
+class _HasDeadline(Protocol):
+    def deadline(self, limit: float) -> float: ...
 
 
 def requested_timeout(header: str | bytes | None, limit: float) -> float:

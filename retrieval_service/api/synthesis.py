@@ -43,6 +43,7 @@ from retrieval_service.admission import (
     SLOTS_HEADER,
     TIMEOUT_HEADER,
     Admission,
+    AdmittingBackend,
     Ticket,
     parse_slots_header,
 )
@@ -90,7 +91,7 @@ def load_backend(settings: Settings, holder: BankHolder | None) -> SynthesisBack
     return None
 
 
-class HttpSynthesisBackend:
+class HttpSynthesisBackend(AdmittingBackend):
     """Forwards to synthesis workers over HTTP (``POST {url}/synthesize``, JSON).
 
     Each worker has a mirror: an :class:`~retrieval_service.admission.Admission` with the worker's
@@ -187,10 +188,6 @@ class HttpSynthesisBackend:
             retry_after=min(e.retry_after or 1 for e in refusals),
         )
 
-    def check_capacity(self) -> None:
-        """Raise the 503 ``synthesis_busy`` now if a synthesis due within the timeout would be refused."""
-        self.admit(self.timeout).release()
-
     async def synthesize(
         self,
         layout_png: bytes,
@@ -199,9 +196,7 @@ class HttpSynthesisBackend:
         *,
         ticket: Ticket | None = None,
     ) -> SynthesisReply:
-        timeout = options.deadline(self.timeout)
-        ticket = ticket or self.admit(timeout)
-        ticket.claim()
+        ticket = self.claim_ticket(options, ticket)
         client = await self._ensure_client()
         instances = None if instances_png is None else base64.b64encode(instances_png).decode("ascii")
         body = SynthesizeRequest(

@@ -54,7 +54,7 @@ from memory_bank.errors import (
 )
 from memory_bank.png import LayoutSpec
 from memory_bank.storage import is_url, storage_errors
-from retrieval_service.admission import Admission, Ticket
+from retrieval_service.admission import Admission, AdmittingBackend, Ticket
 from retrieval_service.bank_state import load_state
 from retrieval_service.http_errors import STORAGE_RETRY_AFTER
 from retrieval_service.local_cluster import SYNTHESIS_RESOURCE
@@ -216,7 +216,7 @@ def warm_task(plugin: str, version: str) -> str:
     return version
 
 
-class DaskSynthesisBackend:
+class DaskSynthesisBackend(AdmittingBackend):
     """:class:`~retrieval_service.types.SynthesisBackend` sending each synthesis to a Dask cluster.
 
     Args:
@@ -311,10 +311,6 @@ class DaskSynthesisBackend:
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         return ticket
 
-    def check_capacity(self) -> None:
-        """Raise the 503 :meth:`admit` would raise for a synthesis due within the timeout."""
-        self.admit(self.timeout).release()
-
     async def synthesize(
         self,
         layout_png: bytes,
@@ -323,9 +319,7 @@ class DaskSynthesisBackend:
         *,
         ticket: Ticket | None = None,
     ) -> SynthesisReply:
-        timeout = options.deadline(self.timeout)
-        ticket = ticket or self.admit(timeout)
-        ticket.claim()
+        ticket = self.claim_ticket(options, ticket)
         try:
             return await self._run(layout_png, options, instances_png, ticket)
         except TimedOutError:
