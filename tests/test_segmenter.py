@@ -12,7 +12,8 @@ import torch
 from memory_bank import Bank
 from synthesis.model_directory import export_float16, from_pretrained
 from synthesis.networks.segmenter import SegmentationNet, SegmenterConfig
-from synthesis.training.harness import latest_checkpoint, warmup_cosine
+from synthesis.training.harness import latest_checkpoint
+from synthesis.training.optim import warmup_cosine
 from synthesis.training.segmenter import (
     SegmenterRunConfig,
     SegmenterTrainConfig,

@@ -36,7 +36,7 @@ from synthesis.networks.transform import (
     window_theta,
     window_to_frame,
 )
-from synthesis.training.harness import warmup_cosine_by_progress
+from synthesis.training.optim import warmup_cosine_by_progress
 from synthesis.training.transform import (
     PerturbConfig,
     TransformRunConfig,

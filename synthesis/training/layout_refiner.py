@@ -42,18 +42,8 @@ from synthesis.networks.layout_refiner import (
     refine_layout,
 )
 from synthesis.tensors import label_tensor
-from synthesis.training.harness import (
-    BankTraining,
-    OptimizerTrainer,
-    Progress,
-    Schedule,
-    ScheduledSettings,
-    TrainResult,
-    adamw,
-    optimizer_step,
-    set_lr,
-    warmup_cosine,
-)
+from synthesis.training.harness import BankTraining, OptimizerTrainer, Progress, ScheduledSettings, TrainResult
+from synthesis.training.optim import adamw, optimizer_step, set_lr, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +219,6 @@ class LayoutRefinerTrainer(OptimizerTrainer):
         coarse, fine = pending.result()
         set_lr(self.optimizer, warmup_cosine(step, tc))
         return train_step(self.model, self.optimizer, coarse, fine)
-
-    def schedule(self) -> Schedule:
-        return self.config.train.schedule()
 
     def finish(self, result: TrainResult, progress: bool) -> TrainResult:
         """The last 50 steps' loss; with a val bank, coarse and refined val layouts scored (``val_scores.json``)."""

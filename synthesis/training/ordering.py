@@ -39,18 +39,8 @@ from synthesis.networks.ordering import (
 )
 from synthesis.networks.transform import window_boxes
 from synthesis.tensors import one_hot
-from synthesis.training.harness import (
-    BankTraining,
-    OptimizerTrainer,
-    Progress,
-    RunSettings,
-    Schedule,
-    TrainResult,
-    adamw,
-    optimizer_step,
-    set_lr,
-    warmup_cosine_by_progress,
-)
+from synthesis.training.harness import BankTraining, OptimizerTrainer, Progress, RunSettings, Schedule, TrainResult
+from synthesis.training.optim import adamw, optimizer_step, set_lr, warmup_cosine_by_progress
 
 log = logging.getLogger(__name__)
 

@@ -25,18 +25,8 @@ from memory_bank.images import resize_label, resize_photo
 from synthesis.configs import JsonConfig
 from synthesis.evaluation.metrics import SegmentationScores, confusion_matrix
 from synthesis.networks.segmenter import SegmentationNet, SegmenterConfig
-from synthesis.training.harness import (
-    BankTraining,
-    OptimizerTrainer,
-    Progress,
-    Schedule,
-    ScheduledSettings,
-    TrainResult,
-    adamw,
-    optimizer_step,
-    set_lr,
-    warmup_cosine,
-)
+from synthesis.training.harness import BankTraining, OptimizerTrainer, Progress, ScheduledSettings, TrainResult
+from synthesis.training.optim import adamw, optimizer_step, set_lr, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +196,6 @@ class SegmenterTrainer(OptimizerTrainer):
             config.resolution,
             [round(float(w), 2) for w in self.class_weights],
         )
-
-    def schedule(self) -> Schedule:
-        return self.config.schedule()
 
     def training_step(self, progress: Progress) -> float:
         c = self.config

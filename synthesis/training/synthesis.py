@@ -39,15 +39,8 @@ from synthesis.networks.spade import SpadeConfig
 from synthesis.networks.vgg import VggIdentity, VggSpec, load_vgg
 from synthesis.tensors import image_array, one_hot
 from synthesis.training.data import DataConfig, build_dataset, check_sample, collate, empty_canvas
-from synthesis.training.harness import (
-    Progress,
-    Schedule,
-    ScheduledSettings,
-    Trainer,
-    TrainResult,
-    optimizer_step,
-    train_network,
-)
+from synthesis.training.harness import Progress, ScheduledSettings, Trainer, TrainResult, train_network
+from synthesis.training.optim import optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -393,9 +386,6 @@ class SynthesisTrainer(Trainer):
         return sample_grid(full, image, palette)
 
     # The harness's hooks (synthesis.training.harness)
-    def schedule(self) -> Schedule:
-        return self.config.train.schedule()
-
     def finish(self, result: TrainResult, progress: bool) -> SynthesisTrainResult:
         """The result with the loss's VGG and one summary line: mode, steps, speed, last loss, checkpoint."""
         r = SynthesisTrainResult(**{f.name: getattr(result, f.name) for f in fields(result)}, vgg=self.vgg_identity)

@@ -11,7 +11,7 @@ perturbed frame is ever materialised.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,18 +30,8 @@ from synthesis.networks.transform import (
     window_inputs,
     window_theta,
 )
-from synthesis.training.harness import (
-    BankTraining,
-    OptimizerTrainer,
-    Progress,
-    Schedule,
-    ScheduledSettings,
-    TrainResult,
-    adamw,
-    optimizer_step,
-    set_lr,
-    warmup_cosine_by_progress,
-)
+from synthesis.training.harness import BankTraining, OptimizerTrainer, Progress, ScheduledSettings, TrainResult
+from synthesis.training.optim import adamw, optimizer_step, set_lr, warmup_cosine_by_progress
 
 
 @dataclass(frozen=True)
@@ -81,9 +71,10 @@ class TransformTrainConfig(ScheduledSettings):
     log_every: int = 50
     checkpoint_every: int = 250
 
-    def schedule(self) -> Schedule:
+    @property
+    def eval_every(self) -> int:
         """The harness's cadence: the fixed val examples are scored at every checkpoint."""
-        return replace(super().schedule(), eval_every=self.checkpoint_every)
+        return self.checkpoint_every
 
 
 @dataclass(frozen=True)
@@ -318,9 +309,6 @@ class TransformTrainer(OptimizerTrainer):
         batch = make_batch(self.store, ids, self.model_cfg, self.cfg, self.generator)
         loss, _ = batch_loss(self.model(*batch.inputs), batch, self.model_cfg, self.cfg)
         return optimizer_step(self.optimizer, loss, max_grad_norm=1.0)
-
-    def schedule(self) -> Schedule:
-        return self.cfg.schedule()
 
     def evaluate(self) -> dict[str, float]:
         return self.val.evaluate(self.model, self.model_cfg, self.cfg)
