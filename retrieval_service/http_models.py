@@ -58,6 +58,17 @@ _INSTANCES_HELP = (
     "size, one object id per pixel, 0 = none. On a bank built with instances (`GET /bank` `instances`), each "
     "(thing class, instance id) is one component, all its pixels; on a bank built without, it is ignored."
 )
+#: The layout of a JSON request (``POST /retrieve``, ``POST /synthesize``): a base64 PNG label map.
+LayoutPng = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="Base64 (standard alphabet) of a single-channel PNG of class ids (255 = unlabelled) at the "
+        "bank's resolution (see `layout_resize`, `layout_colors`, `dataset_ids` for other layouts).",
+    ),
+]
+#: The instance map of a JSON request's layout, when it has one.
+InstancesPng = Annotated[str | None, Field(min_length=1, description=_INSTANCES_HELP)]
 
 
 class _Model(BaseModel):
@@ -81,13 +92,8 @@ class RetrieveRequest(RetrievalOptions, LayoutFields):
 
     #: Not a field: the service always retrieves with the default.
     candidates: ClassVar[int] = DEFAULT_CANDIDATES  # type: ignore[misc]
-    layout_png: str = Field(
-        ...,
-        min_length=1,
-        description="Base64 (standard alphabet) of a single-channel PNG whose pixel values are class ids; "
-        "255 = unlabelled. Same size as the bank's working resolution (unless `layout_resize`).",
-    )
-    instances_png: str | None = Field(None, min_length=1, description=_INSTANCES_HELP)
+    layout_png: LayoutPng
+    instances_png: InstancesPng = None
 
 
 class RetrieveUpload(_Model):
@@ -110,13 +116,8 @@ class RetrieveUpload(_Model):
 class SynthesizeRequest(SynthesizeOptions):
     """JSON form of ``POST /synthesize``: the layout as a base64-encoded PNG label map."""
 
-    layout_png: str = Field(
-        ...,
-        min_length=1,
-        description="Base64 of a single-channel PNG of class ids (255 = unlabelled) at the bank's resolution "
-        "(see `layout_resize`, `layout_colors`, `dataset_ids` for other layouts).",
-    )
-    instances_png: str | None = Field(None, min_length=1, description=_INSTANCES_HELP)
+    layout_png: LayoutPng
+    instances_png: InstancesPng = None
 
 
 class SynthesizeUpload(_Model):
