@@ -13,6 +13,7 @@ import torch
 from indexers.build import build_bank
 from indexers.readers import create_reader
 from memory_bank import Bank, open_bank
+from synthesis.canvas.builder import CanvasBuilder
 from synthesis.model_directory import save_pretrained
 from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig
 from synthesis.networks.vgg import conv_feature_indices
@@ -39,6 +40,12 @@ def val_bank_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def val_bank(val_bank_path: Path) -> Bank:
     return open_bank(val_bank_path)
+
+
+@pytest.fixture(scope="module")
+def builder(val_bank: Bank) -> CanvasBuilder:
+    """The canvas builder of the val bank (one per test module: its segment cache is the module's)."""
+    return CanvasBuilder.from_bank(val_bank)
 
 
 @pytest.fixture(scope="module")

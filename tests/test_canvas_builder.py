@@ -24,11 +24,6 @@ from synthesis.networks.transform import TransformAligner, TransformConfig, Tran
 
 
 @pytest.fixture(scope="module")
-def builder(val_bank: Bank) -> CanvasBuilder:
-    return CanvasBuilder.from_bank(val_bank)
-
-
-@pytest.fixture(scope="module")
 def layout(val_bank: Bank) -> np.ndarray:
     return np.asarray(val_bank.labels[0])
 

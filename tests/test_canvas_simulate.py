@@ -28,11 +28,6 @@ from synthesis.cli.canvas import app
 
 
 @pytest.fixture(scope="module")
-def builder(val_bank: Bank) -> CanvasBuilder:
-    return CanvasBuilder.from_bank(val_bank)
-
-
-@pytest.fixture(scope="module")
 def donors(builder: CanvasBuilder) -> ColorDonors:
     return ColorDonors.from_bank(builder.segments)  # type: ignore[arg-type]
 
