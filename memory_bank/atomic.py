@@ -1,7 +1,9 @@
 """Files that appear whole or not at all: written beside their place, then renamed over it.
 
 One writer for the bank's ``CURRENT`` and manifest, the canvas cache, model directories and training
-runs, so that a process killed mid-write never leaves a half-written file under the real name.
+runs, so that a process killed mid-write never leaves a half-written file under the real name;
+and :func:`read_json`, which reads such a JSON file back and names a missing or malformed one in a
+:class:`~memory_bank.errors.SimsError` of the caller's kind.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+from memory_bank.errors import SimsError
 
 
 @contextlib.contextmanager
@@ -45,4 +49,19 @@ def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
         f.write("\n")
 
 
-__all__ = ["atomic_file", "write_json_atomic"]
+def read_json(path: str | Path, error: type[SimsError], missing: str = "{path} is missing") -> Any:
+    """The JSON document in ``path``.
+
+    A missing file raises ``error(missing.format(path=path))``, a file that is not JSON ``error("<path> is
+    not valid JSON: <why>")``.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(missing.format(path=path)) from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path} is not valid JSON: {e}") from e
+
+
+__all__ = ["atomic_file", "read_json", "write_json_atomic"]

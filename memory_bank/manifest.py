@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memory_bank.atomic import write_json_atomic
+from memory_bank.atomic import read_json, write_json_atomic
 from memory_bank.classes import IGNORE, ClassTable
 from memory_bank.config import Grid, SegmentConfig
 from memory_bank.errors import BankFormatError
@@ -165,11 +164,4 @@ class Manifest:
 
     @classmethod
     def load(cls, directory: Path) -> Manifest:
-        path = Path(directory) / MANIFEST_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise BankFormatError(f"{path} is missing") from None
-        except json.JSONDecodeError as e:
-            raise BankFormatError(f"{path} is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(Path(directory) / MANIFEST_FILE, BankFormatError))

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
+from memory_bank.atomic import read_json
 from memory_bank.errors import SimsError
 
 C = TypeVar("C")
@@ -74,13 +74,7 @@ def parse_config(cls: type[C], data: Mapping[str, Any], *, source: str | None = 
 
 def load_config_file(cls: type[C], path: str | Path) -> C:
     """Read and validate a JSON config file (see :func:`parse_config`)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    data = read_json(path, ConfigError, missing="config file not found: {path}")
     return parse_config(cls, data, source=str(path))
 
 
