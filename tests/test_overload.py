@@ -190,7 +190,7 @@ def test_the_separate_worker_refuses_before_reading_its_body(
         app = create_worker_app(settings, client=RetrievalClient(http=svc), networks=networks)
         with TestClient(app) as worker:
             wait_until(lambda: worker.get("/readyz").status_code == 200, timeout=20)
-            fill(worker.app.state.slots.admission)  # type: ignore[attr-defined]
+            fill(worker.app.state.slots)  # type: ignore[attr-defined]
             r = worker.post("/synthesize", json=body)
             assert r.status_code == 503 and r.json()["error"] == "synthesis_busy"
             assert r.headers["x-sims-slots"] == slots_header(1, 0)

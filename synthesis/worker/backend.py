@@ -83,7 +83,7 @@ class InProcessBackend:
     @property
     def admission(self) -> Admission:
         """The admission of this process's syntheses (the slots')."""
-        return self.slots.admission
+        return self.slots
 
     def admit(self, timeout: float) -> Ticket:
         """A place for a synthesis due within ``timeout`` seconds, or the 503 ``synthesis_busy``

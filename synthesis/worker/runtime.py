@@ -129,9 +129,9 @@ def synthesize_reply(
     )
 
 
-class SynthesisSlots:
-    """Syntheses run on ``concurrency`` threads of their own, admitted by one deadline-aware
-    :class:`~retrieval_service.admission.Admission` (at most ``queue`` wait).
+class SynthesisSlots(Admission):
+    """The deadline-aware :class:`~retrieval_service.admission.Admission` of syntheses (at most
+    ``queue`` wait), which runs what it admits on ``concurrency`` threads of its own (:meth:`run`).
 
     A request is admitted (:meth:`admit`, before its body is read) only if, at the measured time
     per synthesis and behind the syntheses running or waiting, it is predicted to finish within
@@ -145,43 +145,12 @@ class SynthesisSlots:
     def __init__(self, concurrency: int, queue: int) -> None:
         if concurrency < 1 or queue < 0:
             raise ValueError(f"need concurrency >= 1 and queue >= 0, got {concurrency} and {queue}")
-        self.admission = Admission(concurrency, queue, kind="synthesis_busy", what="synthesis")
+        super().__init__(concurrency, queue, kind="synthesis_busy", what="synthesis")
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="synthesis")
-
-    @property
-    def concurrency(self) -> int:
-        return self.admission.concurrency
-
-    @property
-    def queue(self) -> int:
-        return self.admission.queue
-
-    @property
-    def admitted(self) -> int:
-        """Syntheses waiting or running, including those whose caller timed out (still stopping)."""
-        return self.admission.admitted
-
-    @property
-    def running(self) -> int:
-        return self.admission.running
-
-    @property
-    def peak_running(self) -> int:
-        """The most syntheses that ever ran at once (benchmarks, tests)."""
-        return self.admission.peak_running
-
-    def retry_after(self) -> int:
-        """Seconds until a slot is likely free (1 to 60)."""
-        return self.admission.retry_after()
-
-    def admit(self, timeout: float, *, upstream: bool = False) -> Ticket:
-        """A place for a synthesis that must be done within ``timeout`` seconds, or the 503
-        (``upstream``: the service's mirror of these slots judged the deadline already)."""
-        return self.admission.admit(timeout, upstream=upstream)
 
     def check_capacity(self, timeout: float = math.inf) -> None:
         """Raise the 503 ``synthesis_busy`` now if a synthesis due within ``timeout`` would be refused."""
-        self.admission.check(timeout)
+        self.check(timeout)
 
     async def run(
         self,
