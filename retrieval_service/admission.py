@@ -30,10 +30,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from memory_bank.errors import OptionError, UnavailableError
 from retrieval_service.http_models import ADMITTED_HEADER, SLOTS_HEADER, TIMEOUT_HEADER
+
+if TYPE_CHECKING:
+    from retrieval_service.types import SynthesisReply, SynthesizeOptions
 
 __all__ = [
     "ADMITTED_HEADER",
@@ -407,7 +410,8 @@ class Admission:
 
 class AdmittingBackend:
     """What a synthesis backend that admits through its own :meth:`admit` shares (the service's
-    HTTP-worker and Dask backends): the capacity check and a request's ticket."""
+    HTTP-worker and Dask backends): the capacity check, and :meth:`synthesize`, which claims the
+    request's ticket and hands it to the backend's :meth:`run_claimed`."""
 
     timeout: float  # the server's limit on a synthesis (seconds)
 
@@ -424,6 +428,23 @@ class AdmittingBackend:
         ticket = ticket or self.admit(options.deadline(self.timeout))
         ticket.claim()
         return ticket
+
+    async def synthesize(
+        self,
+        layout_png: bytes,
+        options: SynthesizeOptions,
+        instances_png: bytes | None = None,
+        *,
+        ticket: Ticket | None = None,
+    ) -> SynthesisReply:
+        """Synthesize under the request's ticket (the route's, or admitted now), claimed first."""
+        return await self.run_claimed(layout_png, options, instances_png, self.claim_ticket(options, ticket))
+
+    async def run_claimed(  # pragma: no cover - each backend has its own
+        self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None, ticket: Ticket
+    ) -> SynthesisReply:
+        """The backend's synthesis under ``ticket``, already claimed: its end (or the backend) releases it."""
+        raise NotImplementedError
 
 
 class _HasDeadline(Protocol):

@@ -188,15 +188,10 @@ class HttpSynthesisBackend(AdmittingBackend):
             retry_after=min(e.retry_after or 1 for e in refusals),
         )
 
-    async def synthesize(
-        self,
-        layout_png: bytes,
-        options: SynthesizeOptions,
-        instances_png: bytes | None = None,
-        *,
-        ticket: Ticket | None = None,
+    async def run_claimed(
+        self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None, ticket: Ticket
     ) -> SynthesisReply:
-        ticket = self.claim_ticket(options, ticket)
+        """Forward to a worker that admits it, the next one when that one cannot take it."""
         client = await self._ensure_client()
         instances = None if instances_png is None else base64.b64encode(instances_png).decode("ascii")
         body = SynthesizeRequest(

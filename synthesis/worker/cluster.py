@@ -311,15 +311,10 @@ class DaskSynthesisBackend(AdmittingBackend):
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         return ticket
 
-    async def synthesize(
-        self,
-        layout_png: bytes,
-        options: SynthesizeOptions,
-        instances_png: bytes | None = None,
-        *,
-        ticket: Ticket | None = None,
+    async def run_claimed(
+        self, layout_png: bytes, options: SynthesizeOptions, instances_png: bytes | None, ticket: Ticket
     ) -> SynthesisReply:
-        ticket = self.claim_ticket(options, ticket)
+        """Run it as a task on a replica (:meth:`_run`)."""
         try:
             return await self._run(layout_png, options, instances_png, ticket)
         except TimedOutError:
