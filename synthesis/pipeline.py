@@ -40,6 +40,7 @@ from retrieval_service.types import MODES, Mode
 from synthesis.canvas.builder import Canvas, CanvasBuilder, CanvasOptions, PlacedSegment
 from synthesis.canvas.elision import TEST_ELISION, ElisionConfig
 from synthesis.canvas.protocols import Aligner, Orderer
+from synthesis.canvas.seams import SeamBlend, blend_seams
 from synthesis.canvas.simulate import resize_inputs
 from synthesis.model_directory import ModelNotFoundError, from_pretrained, read_metadata
 from synthesis.networks.blend import FEATHER, feather_radius_for, render_full_resolution
@@ -47,6 +48,8 @@ from synthesis.tensors import image_array, image_tensor, input_tensors, mask_ten
 
 #: Whether the blend also feathers seams between pasted segments (chosen by measurement, docs/synthesis.md).
 SEAM_FEATHER = False
+#: The gradient-domain blend across seams after the network (chosen by measurement, docs/synthesis.md).
+SEAM_BLEND = SeamBlend()
 #: Where ``sims worker`` and ``sims synthesize`` look for the synthesis network by default.
 DEFAULT_WEIGHTS = Path("weights/synthesis")
 
@@ -90,10 +93,13 @@ class GeneratedImage:
         image: (H, W, 3) uint8 photograph.
         canvas_weight: (H, W) float32 in [0, 1], the canvas's share of every output pixel (all
             zeros for a network without the blend head, and for the parametric baseline).
+        before_seam_blend: the image before :func:`~synthesis.canvas.seams.blend_seams`, or None
+            where no seam blend ran.
     """
 
     image: np.ndarray
     canvas_weight: np.ndarray
+    before_seam_blend: np.ndarray | None = None
 
 
 class SynthesisNetwork(Protocol):
@@ -119,10 +125,19 @@ class ImageGenerator:
     model (``sims.json`` says ``parametric``) is fed an empty canvas, as in training.
     """
 
-    def __init__(self, model: SynthesisNetwork, *, parametric: bool = False, seam_feather: bool = SEAM_FEATHER) -> None:
+    def __init__(
+        self,
+        model: SynthesisNetwork,
+        *,
+        parametric: bool = False,
+        seam_feather: bool = SEAM_FEATHER,
+        seam_blend: SeamBlend | None = SEAM_BLEND,
+    ) -> None:
         self.model = model.eval()
         self.parametric = parametric
         self.seam_feather = seam_feather
+        #: None: no seam blend after the network.
+        self.seam_blend = seam_blend
         #: None: :func:`~synthesis.networks.blend.feather_radius_for` the canvas's elision.
         self.feather_radius: int | None = None
 
@@ -156,12 +171,15 @@ class ImageGenerator:
         kept: np.ndarray | None = None,
         pieces: np.ndarray | None = None,
         elision: ElisionConfig | None = None,
+        sources: np.ndarray | None = None,
     ) -> GeneratedImage:
         """The photograph at the layout's resolution.
 
         ``kept`` (default: not ``missing``) marks real canvas pixels; ``pieces`` (the canvas's
         provenance map) lets the blend feather seams between segments when ``seam_feather`` is on;
-        ``elision`` (the canvas's) sets the feather radius unless ``feather_radius`` is set.
+        ``elision`` (the canvas's) sets the feather radius unless ``feather_radius`` is set;
+        ``sources`` (the canvas's :attr:`~synthesis.canvas.builder.Canvas.sources`) lets
+        :func:`~synthesis.canvas.seams.blend_seams` run with ``seam_blend``.
         """
         if self.parametric:
             canvas, missing = np.zeros_like(canvas), np.ones_like(missing)
@@ -182,7 +200,10 @@ class ImageGenerator:
             layout_hot = one_hot(torch.from_numpy(np.asarray(layout, np.int64))[None], self.num_classes).to(device)
         blended = render_full_resolution(self.model, rgb, raw, full_canvas, full_kept, layout_hot, full_pieces, radius)
         image = image_array(blended.image[0])
-        return GeneratedImage(image, blended.weight[0, 0].cpu().numpy())
+        weight = blended.weight[0, 0].cpu().numpy()
+        if self.seam_blend is None or sources is None or self.parametric:
+            return GeneratedImage(image, weight)
+        return GeneratedImage(blend_seams(image, layout, sources, self.seam_blend), weight, before_seam_blend=image)
 
     def __call__(
         self, layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray, kept: np.ndarray | None = None
@@ -206,6 +227,7 @@ class SynthesisOutput:
         canvas_weight: (H, W) float32, the canvas's share of every output pixel (see
             :class:`GeneratedImage`), or None.
         elision: the boundary elision the canvas was made with.
+        before_seam_blend: the image before the seam blend (:class:`GeneratedImage`), or None.
     """
 
     image: np.ndarray
@@ -215,6 +237,7 @@ class SynthesisOutput:
     timings: dict[str, float] = field(default_factory=dict)
     canvas_weight: np.ndarray | None = None
     elision: ElisionConfig | None = None
+    before_seam_blend: np.ndarray | None = None
 
     @property
     def provenance(self) -> np.ndarray:
@@ -329,7 +352,13 @@ class SynthesisPipeline:
         check("network")
         t = time.perf_counter()
         generated = self.generator.generate(
-            layout, canvas.canvas, canvas.missing, canvas.kept, canvas.provenance, builder.options.elision
+            layout,
+            canvas.canvas,
+            canvas.missing,
+            canvas.kept,
+            canvas.provenance,
+            builder.options.elision,
+            canvas.sources,
         )
         timings["network"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
@@ -341,6 +370,7 @@ class SynthesisPipeline:
             timings,
             canvas_weight=generated.canvas_weight,
             elision=builder.options.elision,
+            before_seam_blend=generated.before_seam_blend,
         )
 
     def _builder(self, k: int | None, mode: Mode | None, elision: ElisionConfig | None = None) -> CanvasBuilder:

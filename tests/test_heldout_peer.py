@@ -17,8 +17,9 @@ from memory_bank import Bank, DatasetError, open_bank
 from memory_bank.sequences import SequenceFilter, sequence_of
 from synthesis.canvas.builder import CanvasBuilder
 from synthesis.canvas.seam_jitter import SeamJitter
+from synthesis.canvas.seams import DRAWN, seam_pairs
 from synthesis.canvas.simulate import SimulatedCanvasDataset, simulate_canvas, write_canvas_cache
-from synthesis.evaluation.seams import DRAWN, CanvasRegions, SeamTally, seam_pairs
+from synthesis.evaluation.seams import CanvasRegions, SeamTally
 from synthesis.model_directory import from_pretrained, save_pretrained
 from synthesis.networks.blend import HoleRefiner, render_full_resolution
 from synthesis.networks.refinement import CascadedRefinementNetwork, RefinementConfig

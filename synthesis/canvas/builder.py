@@ -30,6 +30,7 @@ from synthesis.canvas.compose import NO_SEGMENT, composite
 from synthesis.canvas.elision import ElisionConfig, elide, kept_pixels
 from synthesis.canvas.order_rule import DepthTiers, LayoutOrderer, Tier
 from synthesis.canvas.protocols import Aligner, IdentityAligner, Orderer, SegmentSource
+from synthesis.canvas.seams import source_map
 from synthesis.canvas.segment_cache import CachedSegments
 
 #: Stream of the seed's random generator used for elision (retrieval uses the seed itself).
@@ -88,6 +89,11 @@ class Canvas:
     def kept(self) -> np.ndarray:
         """(H, W) bool: real canvas pixels, neither missing nor elided."""
         return kept_pixels(self.missing, self.elision)
+
+    @property
+    def sources(self) -> np.ndarray:
+        """(H, W) int64: the bank photo behind each kept pixel, -1 where the network draws (``seams.source_map``)."""
+        return source_map(self.provenance, {p.segment_id: p.image_id for p in self.segments})
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,15 @@ def evaluate(
             "SIMS checkpoint set) pasted over the outputs of the set named BASE, with no learning.",
         ),
     ] = None,
+    without_seam_blend: Annotated[
+        str | None,
+        typer.Option(
+            "--without-seam-blend",
+            metavar="BASE",
+            help="Add the row 'BASE without seam blend': the SIMS checkpoint set BASE's images before the "
+            "pipeline's seam blend, on the same canvases (an ablation; no extra synthesis).",
+        ),
+    ] = None,
     elision_band: Annotated[
         float | None,
         typer.Option(
@@ -118,10 +127,19 @@ def evaluate(
         raise typer.BadParameter(str(e)) from None
     source = open_bank(memory_bank) if memory_bank is not None else None
     named = [_parse_set(text) for text in image_sets]
-    if paste is not None and paste not in (names := [name for name, _ in named]):
-        # Before any checkpoint is loaded: a typo should not cost a network load.
-        raise typer.BadParameter(f"--paste {paste}: no --set named {paste!r} (sets: {', '.join(names)})")
+    names = [name for name, _ in named]
+    for flag, base in (("--paste", paste), ("--without-seam-blend", without_seam_blend)):
+        if base is not None and base not in names:
+            # Before any checkpoint is loaded: a typo should not cost a network load.
+            raise typer.BadParameter(f"{flag} {base}: no --set named {base!r} (sets: {', '.join(names)})")
     sets: list[ImageSet] = [open_image_set(name, path, source, elision=elision) for name, path in named]
+    if without_seam_blend is not None:
+        from synthesis.evaluation.image_sets import UnblendedImages, unblended_name
+
+        base_set = next(s for s in sets if s.name == without_seam_blend)
+        if not getattr(base_set, "builds_canvases", False):
+            raise typer.BadParameter(f"--without-seam-blend {without_seam_blend}: not a SIMS checkpoint set")
+        sets.append(UnblendedImages(unblended_name(without_seam_blend), base_set))
     if paste is not None:
         sets.append(_paste_set(sets, paste))
     if bank is not None:

@@ -55,10 +55,13 @@ class SetOutput:
     ``canvas`` is a :class:`~synthesis.canvas.builder.Canvas` (pixels, missing mask, provenance
     map of bank segment ids with -1 where none, elision codes, the placed segments) at the
     layout's resolution; None for sets without one (folders, parametric models).
+    ``before_seam_blend`` is the image before the pipeline's seam blend
+    (:func:`~synthesis.canvas.seams.blend_seams`), None where none ran.
     """
 
     image: np.ndarray
     canvas: Canvas | None = None
+    before_seam_blend: np.ndarray | None = None
 
     @property
     def provenance(self) -> np.ndarray | None:
@@ -213,7 +216,7 @@ class PipelineImages:
             image = self.generator(layout, np.zeros((h, w, 3), np.uint8), np.ones((h, w), bool))
             return SetOutput(_check_image(image, f"{self.name}: image"))
         got = self.pipeline(layout, k=1, seed=self.seed)
-        return SetOutput(_check_image(np.asarray(got.image), f"{self.name}: image"), got.canvas)
+        return SetOutput(_check_image(np.asarray(got.image), f"{self.name}: image"), got.canvas, got.before_seam_blend)
 
 
 def paste_canvas(canvas: np.ndarray, provenance: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -252,6 +255,30 @@ class PastedImages:
     def image_for(self, item: EvalItem) -> np.ndarray:
         """The image of :meth:`output_for`."""
         return self.output_for(item).image
+
+
+@dataclass(frozen=True)
+class UnblendedImages:
+    """Ablation row: a SIMS set's images as they were before the seam blend, on the same canvases."""
+
+    name: str
+    base: ImageSet
+
+    def output_for(self, item: EvalItem) -> SetOutput:
+        """``base``'s image before its seam blend for ``item``, with ``base``'s canvas."""
+        got = output_for(self.base, item)
+        if got.before_seam_blend is None:
+            raise DatasetError(f"{self.name}: {self.base.name} ran no seam blend for {item.name}")
+        return SetOutput(got.before_seam_blend, got.canvas)
+
+    def image_for(self, item: EvalItem) -> np.ndarray:
+        """The image of :meth:`output_for`."""
+        return self.output_for(item).image
+
+
+def unblended_name(base: str) -> str:
+    """The name of the no-seam-blend row of set ``base``."""
+    return f"{base} without seam blend"
 
 
 def paste_name(base: str) -> str:

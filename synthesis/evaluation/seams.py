@@ -4,9 +4,9 @@ Two measures, each taken on the pixels a canvas singles out and relative to the 
 the same pixels (1.0 = as the real photo):
 
 - **seam score**: the squared step between neighbouring pixels (4-neighbours) across a
-  *provenance boundary inside one layout class*: both pixels have the same class, and they come
-  from different sources. A source is the bank photo a kept canvas pixel was retrieved from, or
-  "drawn by the network" (-1) for a pixel the canvas lacks, so a real sky segment meeting drawn
+  *seam* (:func:`synthesis.canvas.seams.seam_pairs`): both pixels have the same class, and
+  they come from different sources, the bank photo a kept canvas pixel was retrieved from or
+  "drawn by the network" (-1) for a pixel the canvas lacks. So a real sky segment meeting drawn
   sky counts, and two segments of one photo do not. Summed over a set, over the real photos'
   sum at the same pairs. A brightness step at a seam scores above 1.
 - **hole detail**: the high-pass energy (the luminance minus its 2x area-downsampled and
@@ -27,11 +27,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from memory_bank.classes import IGNORE
+from synthesis.canvas.seams import seam_pairs, source_map
 from synthesis.evaluation.spectrum import to_gray
-
-#: Source of a pixel the canvas lacks (drawn by the network).
-DRAWN = -1
 
 
 @dataclass(frozen=True)
@@ -55,27 +52,7 @@ class CanvasRegions:
         provenance = np.asarray(provenance, np.int64)
         if layout.shape != provenance.shape:
             raise ValueError(f"layout {layout.shape} and provenance {provenance.shape} differ in size")
-        source = np.full(provenance.shape, DRAWN, np.int64)
-        kept = provenance >= 0
-        if kept.any():
-            ids = np.unique(provenance[kept])
-            lookup = np.array([image_of_segment.get(int(i), -2) for i in ids], np.int64)
-            if (lookup == -2).any():
-                raise ValueError(f"provenance names segments the canvas did not place: {ids[lookup == -2][:5]}")
-            source[kept] = lookup[np.searchsorted(ids, provenance[kept])]
-        return cls(seam_pairs(layout, source), ~kept)
-
-
-def seam_pairs(layout: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """(N, 4) 4-neighbour pairs ``(y0, x0, y1, x1)`` of one labelled class and two different sources."""
-    rows = []
-    for dy, dx in ((0, 1), (1, 0)):
-        a_lab, b_lab = layout[: layout.shape[0] - dy, : layout.shape[1] - dx], layout[dy:, dx:]
-        a_src, b_src = source[: source.shape[0] - dy, : source.shape[1] - dx], source[dy:, dx:]
-        hit = (a_lab == b_lab) & (a_lab != IGNORE) & (a_src != b_src)
-        y, x = np.nonzero(hit)
-        rows.append(np.stack([y, x, y + dy, x + dx], axis=1))
-    return np.concatenate(rows).astype(np.int64)
+        return cls(seam_pairs(layout, source_map(provenance, image_of_segment)), provenance < 0)
 
 
 def step_energy(image: np.ndarray, pairs: np.ndarray) -> float:
