@@ -45,14 +45,19 @@ def test_two_photos_with_a_brightness_step_meet_without_one() -> None:
     assert np.std(np.diff(far, axis=1)) == pytest.approx(np.std(np.diff(photo[:, :20].astype(float), axis=1)), rel=0.05)
 
 
-def test_the_drawing_moves_to_the_photo_and_the_photo_stays() -> None:
-    rng = np.random.default_rng(1)
-    photo = textured(rng, (40, 80), 100)
+def photo_beside_a_drawing(seed: int, drawn_level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(photo, image, layout, source): one class; the image's right part is a flat drawing at ``drawn_level``."""
+    photo = textured(np.random.default_rng(seed), (40, 80), 100)
     layout = np.zeros((40, 80), np.uint8)
     source = np.full((40, 80), 5, np.int64)
     source[:, 50:] = DRAWN
     image = photo.copy()
-    image[:, 50:] = 160  # a flat, too-bright drawing beside the real pixels
+    image[:, 50:] = drawn_level
+    return photo, image, layout, source
+
+
+def test_the_drawing_moves_to_the_photo_and_the_photo_stays() -> None:
+    photo, image, layout, source = photo_beside_a_drawing(1, 160)  # a flat, too-bright drawing
     out = blend_seams(image, layout, source)
     kept = source != DRAWN
     np.testing.assert_array_equal(out[kept], image[kept])  # only photo-photo seams move real pixels
@@ -63,13 +68,7 @@ def test_the_drawing_moves_to_the_photo_and_the_photo_stays() -> None:
 
 
 def test_a_smooth_drawing_gains_the_grain_of_the_photo_beside_it() -> None:
-    rng = np.random.default_rng(3)
-    photo = textured(rng, (40, 80), 100)
-    layout = np.zeros((40, 80), np.uint8)
-    source = np.full((40, 80), 5, np.int64)
-    source[:, 50:] = DRAWN
-    image = photo.copy()
-    image[:, 50:] = 100  # the right colour, but flat
+    photo, image, layout, source = photo_beside_a_drawing(3, 100)  # the right colour, but flat
     colour_only = blend_seams(image, layout, source, SeamBlend(texture=False))
     grained = blend_seams(image, layout, source)
 
@@ -145,3 +144,13 @@ def test_the_pipeline_blends_after_the_network_and_keeps_the_image_before(val_ba
     sources = on.canvas.sources
     np.testing.assert_array_equal(on.image, blend_seams(off.image, layout, sources))
     assert len(seam_pairs(layout, sources)) > 0 and not np.array_equal(on.image, off.image)
+
+
+def test_the_worker_setting_turns_the_blend_off(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthesis.worker.runtime import load_networks
+    from synthesis.worker.settings import WorkerSettings
+
+    off = {"refine_weights": "off", "transform_weights": "off", "ordering_weights": "off"}
+    assert load_networks(WorkerSettings(weights=tiny_weights, **off)).generator.seam_blend == SeamBlend()
+    monkeypatch.setenv("SIMS_WORKER_SEAM_BLEND", "false")
+    assert load_networks(WorkerSettings(weights=tiny_weights, **off)).generator.seam_blend is None

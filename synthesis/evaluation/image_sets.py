@@ -93,6 +93,17 @@ class RichImageSet(ImageSet, Protocol):
     def output_for(self, item: EvalItem) -> SetOutput: ...
 
 
+class OutputImages:
+    """Base of the sets that make a whole :class:`SetOutput` per item; the image is its ``image``."""
+
+    def output_for(self, item: EvalItem) -> SetOutput:
+        raise NotImplementedError
+
+    def image_for(self, item: EvalItem) -> np.ndarray:
+        """The image of :meth:`output_for`."""
+        return self.output_for(item).image
+
+
 def output_for(image_set: ImageSet, item: EvalItem) -> SetOutput:
     """``image_set``'s :class:`SetOutput` for ``item``: its own ``output_for`` if it has one, else the image alone."""
     rich = getattr(image_set, "output_for", None)
@@ -139,7 +150,7 @@ class RealPhotos:
         return item.photo if self.size is None else resize_photo(item.photo, self.size)
 
 
-class PipelineImages:
+class PipelineImages(OutputImages):
     """A synthesis checkpoint run in-process through the product's :class:`~synthesis.pipeline.SynthesisPipeline`.
 
     SIMS models: ``pipeline(layout, k=1, seed=0)``, canvases built from ``memory_bank`` with T
@@ -206,10 +217,6 @@ class PipelineImages:
         self._last = (key, out)
         return out
 
-    def image_for(self, item: EvalItem) -> np.ndarray:
-        """The image of :meth:`output_for`."""
-        return self.output_for(item).image
-
     def _synthesize(self, layout: np.ndarray) -> SetOutput:
         if self.pipeline is None:
             h, w = layout.shape
@@ -233,7 +240,7 @@ def paste_canvas(canvas: np.ndarray, provenance: np.ndarray, base: np.ndarray) -
 
 
 @dataclass(frozen=True)
-class PastedImages:
+class PastedImages(OutputImages):
     """Reference row: the canvases' kept pixels pasted over another set's output, with no learning.
 
     ``canvases`` is the set whose outputs carry canvases (the SIMS checkpoint set); ``base`` any
@@ -252,13 +259,9 @@ class PastedImages:
         base = output_for(self.base, item).image
         return SetOutput(paste_canvas(source.canvas.canvas, source.canvas.provenance, base))
 
-    def image_for(self, item: EvalItem) -> np.ndarray:
-        """The image of :meth:`output_for`."""
-        return self.output_for(item).image
-
 
 @dataclass(frozen=True)
-class UnblendedImages:
+class UnblendedImages(OutputImages):
     """Ablation row: a SIMS set's images as they were before the seam blend, on the same canvases."""
 
     name: str
@@ -270,10 +273,6 @@ class UnblendedImages:
         if got.before_seam_blend is None:
             raise DatasetError(f"{self.name}: {self.base.name} ran no seam blend for {item.name}")
         return SetOutput(got.before_seam_blend, got.canvas)
-
-    def image_for(self, item: EvalItem) -> np.ndarray:
-        """The image of :meth:`output_for`."""
-        return self.output_for(item).image
 
 
 def unblended_name(base: str) -> str:

@@ -57,6 +57,8 @@ def load_networks(settings: WorkerSettings, weights: Path | None = None) -> Netw
         device=settings.device,
         elision=ElisionConfig(band=settings.elision_band, white_fraction=settings.elision_rate),
     )
+    if not settings.seam_blend:
+        networks.generator.seam_blend = None
     log.info(
         "loaded synthesis network %s (%dx%d%s), refiner %s, aligner %s, orderer %s in %.2f s",
         weights,

@@ -61,6 +61,10 @@ class WorkerSettings(BaseSettings):
     elision_rate: float = Field(
         TEST_ELISION.white_fraction, ge=0.0, le=1.0, description="Default share of the inside band elided."
     )
+    seam_blend: bool = Field(
+        True,
+        description="Blend the seams after the network (synthesis/canvas/seams.py); false: the network's own output.",
+    )
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8001, ge=0, le=65535, description="TCP port.")
     concurrency: int = Field(2, ge=1, description="Syntheses run at once; others queue.")
