@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import write_json  # benchmarks/common.py
 from synthesize import free_port, wait_ready  # the sibling benchmark's server helpers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_tracebacks": server_log.count("Traceback"),
         "failed_checks": failures,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "failed_checks"}, indent=2))
     for f in failures:
         print(f"FAILED {f['check']} on {f['operation']} ({f['count']}x): {f['title']}")

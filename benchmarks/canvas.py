@@ -18,7 +18,6 @@ and the cache hit rate. Writes benchmarks/results/canvas.json and prints a table
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
+from common import write_json  # benchmarks/common.py
 from tqdm import tqdm
 
 from indexers.readers import create_reader
@@ -192,8 +192,7 @@ def main() -> None:
         },
         "target": {"total_p50_ms": 300, "met": ms["total"]["p50"] <= 300},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print("| step | p50 ms | p95 ms |\n|---|---:|---:|")
     for s in STEPS:
         print(f"| {s} | {ms[s]['p50']:.1f} | {ms[s]['p95']:.1f} |")

@@ -17,7 +17,6 @@ Writes benchmarks/results/coarse_codes.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import write_json  # benchmarks/common.py
 from jitter import jittered_bank
 from retrieval import train_bank
 
@@ -134,8 +134,7 @@ def main() -> None:
         "bits": bits,
         "bank_coding_seconds": coding_seconds,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out, out)
     print("| code | bits | " + " | ".join(f"P={p}" for p in POOLS) + " |")
     print("|---|---:|" + "---:|" * len(POOLS))
     for name, s in share.items():

@@ -18,7 +18,6 @@ the frame whose canvas pixels are kept is recorded per band. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_json  # benchmarks/common.py
 
 from memory_bank import open_bank
 from synthesis.canvas.elision import ElisionConfig
@@ -109,9 +109,7 @@ def main() -> None:
         "layouts": len(items),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result, announce=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -36,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from common import write_json  # benchmarks/common.py
 
 from indexers.build import build_bank
 from indexers.readers import create_reader
@@ -475,8 +475,7 @@ def main() -> None:
         "grids": results,
         "full_mode": {"bank_grid": grid_label(grids[0]), **full_mode},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
 
     print()
     print(

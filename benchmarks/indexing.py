@@ -8,7 +8,6 @@ Writes benchmarks/results/indexing.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -16,6 +15,8 @@ import statistics
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+
+from common import write_json  # benchmarks/common.py
 
 from indexers.build import build_bank
 from indexers.readers import create_reader
@@ -85,8 +86,7 @@ def main() -> None:
         "bytes_by_part": parts,
         "target_images_per_second": 50,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print()
     print("| images | wall time (median) | images/s | segments kept | dropped (< min area) | per image | per segment |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

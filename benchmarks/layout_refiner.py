@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from common import write_json  # benchmarks/common.py
 from PIL import Image
 
 from memory_bank import ClassTable, open_bank
@@ -125,7 +126,7 @@ def main() -> None:
         if args.out.is_file():
             data = json.loads(args.out.read_text())
             data["keep_threshold_tuning"] = result
-            args.out.write_text(json.dumps(data, indent=2) + "\n")
+            write_json(args.out, data)
         return
 
     val = open_bank(args.val_bank)
@@ -173,8 +174,7 @@ def main() -> None:
         old = json.loads(args.out.read_text())
         if "keep_threshold_tuning" in old:
             result["keep_threshold_tuning"] = old["keep_threshold_tuning"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     c, r = result["coarse"], result["refined"]["default"]
     log.info("coarse : pixel accuracy %.4f, mIoU %.4f", c["pixel_accuracy"], c["miou"])
     for key, v in result["refined"].items():

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import write_json  # benchmarks/common.py
 
 from indexers.readers import create_reader
 from memory_bank import current_version, open_bank
@@ -352,9 +353,7 @@ def main() -> None:
             result["runs"][run] = fn(args, layouts, Path(tmp))
             print(json.dumps(result["runs"][run], indent=2), flush=True)
     result["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result, announce=True)
 
 
 if __name__ == "__main__":

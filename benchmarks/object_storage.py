@@ -17,7 +17,6 @@ machine, so the S3 times measure the protocol's round trips, not a real network.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -31,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import write_json  # benchmarks/common.py
 
 from indexers.build import build_bank
 from indexers.readers import create_reader
@@ -146,9 +147,7 @@ def main() -> None:
             }
     finally:
         server.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result, announce=True)
 
 
 if __name__ == "__main__":

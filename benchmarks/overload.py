@@ -63,6 +63,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import write_json  # benchmarks/common.py
 from synthesize import free_port, stop_process, wait_ready  # the sibling benchmark's server helpers
 
 from memory_bank import open_bank
@@ -523,8 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"},
         **result,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
     for kind, r in result.items():
         f = r["flood"]
         print(

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import write_json  # benchmarks/common.py
 from jitter import CACHE_DIR, CodeBank, code_bank_from_bank, jittered_bank
 
 from indexers.build import build_bank
@@ -323,8 +324,7 @@ def main() -> None:
                 "every_size": {"fast_recall_at_1": 0.99},
             },
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.out, out)
 
     for size in args.sizes.split(","):
         codes = code_bank_from_bank(bank) if size == "train" else jittered_bank(bank_path, int(float(size)))

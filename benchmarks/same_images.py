@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from common import write_json  # benchmarks/common.py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "identical": len(same) == len(layouts),
         "identical_count": len(same),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"{len(same)} of {len(layouts)} images bit-identical; wrote {args.out}")
     return 0 if result["identical"] else 1
 

@@ -12,7 +12,6 @@ resolutions). Writes benchmarks/results/segmenter.json and prints a markdown tab
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_json  # benchmarks/common.py
 
 from memory_bank import open_bank
 from memory_bank.config import parse_size
@@ -69,8 +69,7 @@ def main() -> None:
         "scored_at": "logits resized (bilinear) to the label resolution; 255 ignored; mIoU over classes present",
         "photo_sizes": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
 
     print("| photos at | mIoU | pixel acc. | " + " | ".join(names) + " |")
     print("|---|---:|---:|" + "---:|" * len(names))

@@ -16,7 +16,6 @@ benchmarks/results/sharded.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import write_json  # benchmarks/common.py
 from jitter import CACHE_DIR, CodeBank, jittered_bank
 
 from indexers.readers import create_reader
@@ -237,9 +237,7 @@ def main() -> None:
         "clients": args.clients,
         **report,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, out, announce=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import write_json  # benchmarks/common.py
 from fastapi.testclient import TestClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "layout refiner, T, ordering). The machine may be shared with other jobs (see load_average_1m).",
         **results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.out, report, indent=1)
     print(json.dumps(report, indent=1))
     return 0
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import platform
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import write_json  # benchmarks/common.py
 
 from synthesis.networks.refinement import CascadedRefinementNetwork
 from synthesis.training.synthesis import SynthesisTrainer, TrainSynthesisConfig
@@ -177,8 +177,7 @@ def train_bench(
 
 def save(path: Path, results: dict[str, Any]) -> None:
     """Write the results so far (a long run on a busy machine keeps what it measured)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(path, results)
 
 
 def main() -> None:

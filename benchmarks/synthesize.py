@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from common import write_json  # benchmarks/common.py
 
 from memory_bank import open_bank
 from memory_bank.png import encode_layout_png
@@ -271,9 +272,7 @@ def main() -> None:
         "other jobs (see load_average_1m).",
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result, announce=True)
 
 
 if __name__ == "__main__":
