@@ -20,6 +20,7 @@ from synthesis.networks.ordering import (
     LearnedOrderer,
     OrderingConfig,
     OrderingNet,
+    PairInputs,
     boxes_of,
     neighbour_pairs,
     order_from_pairs,
@@ -195,7 +196,8 @@ def test_forward_is_the_difference_of_the_two_one_sided_scores() -> None:
     net = _random_net(TINY)
     ma, mb, layout, coords, ca, cb = _random_pairs(4, seed=2)
     with torch.no_grad():
-        want = net.score(ma, mb, layout, coords, ca, cb) - net.score(mb, ma, layout, coords, cb, ca)
+        ab, ba = PairInputs(ma, mb, layout, coords, ca, cb), PairInputs(mb, ma, layout, coords, cb, ca)
+        want = net.score(ab) - net.score(ba)
         assert torch.allclose(net(ma, mb, layout, coords, ca, cb), want, atol=1e-5)
 
 

@@ -110,17 +110,10 @@ class OrderingNet(PretrainedNetwork, config_class=OrderingConfig, kind="ordering
             nn.Linear(flat + 2 * num_classes, hidden), nn.LeakyReLU(0.2, inplace=True), nn.Linear(hidden, 1)
         )
 
-    def score(
-        self,
-        mask_a: torch.Tensor,
-        mask_b: torch.Tensor,
-        layout: torch.Tensor,
-        coords: torch.Tensor,
-        class_a: torch.Tensor,
-        class_b: torch.Tensor,
-    ) -> torch.Tensor:
-        """The one-sided trunk ``g(a, b)``: (B,)."""
-        return self._trunk(torch.cat([mask_a, mask_b, layout, coords], dim=1), class_a, class_b)
+    def score(self, inputs: PairInputs) -> torch.Tensor:
+        """The one-sided trunk ``g(a, b)`` of a batch of pairs: (B,). ``forward`` is ``g(a, b) - g(b, a)``."""
+        x = torch.cat([inputs.mask_a, inputs.mask_b, inputs.layout, inputs.coords], dim=1)
+        return self._trunk(x, inputs.class_a, inputs.class_b)
 
     def _trunk(self, x: torch.Tensor, class_a: torch.Tensor, class_b: torch.Tensor) -> torch.Tensor:
         x = self.features(x).flatten(1)
