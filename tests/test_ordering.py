@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from memory_bank import Bank
 from synthesis.canvas.protocols import Orderer
 from synthesis.model_directory import from_pretrained, save_pretrained
+from synthesis.networks.geometry import sample, window_boxes, window_theta
 from synthesis.networks.ordering import (
     ClassPrior,
     LearnedOrderer,
@@ -30,7 +31,6 @@ from synthesis.networks.ordering import (
     sample_pairs,
     window_coords,
 )
-from synthesis.networks.transform import sample, window_boxes, window_theta
 from synthesis.training.ordering import (
     OrderingRunConfig,
     OrderingTrainConfig,

@@ -17,10 +17,7 @@ from memory_bank import Bank
 from memory_bank.errors import LayoutError
 from synthesis.canvas.protocols import Aligner, BatchAligner
 from synthesis.model_directory import from_pretrained, save_pretrained
-from synthesis.networks.transform import (
-    TransformAligner,
-    TransformConfig,
-    TransformNet,
+from synthesis.networks.geometry import (
     apply_affine,
     avg_pool,
     box_iou,
@@ -36,6 +33,7 @@ from synthesis.networks.transform import (
     window_theta,
     window_to_frame,
 )
+from synthesis.networks.transform import TransformAligner, TransformConfig, TransformNet
 from synthesis.training.optim import warmup_cosine_by_progress
 from synthesis.training.transform import (
     PerturbConfig,

@@ -7,8 +7,9 @@ transformer does: its last layer starts at zero with an identity bias, so an unt
 T's parts, one module each: the geometry of windows, sampling and warps, with its conventions for
 ``theta`` (:mod:`synthesis.networks.geometry`, shared with the ordering network); the network and its
 inputs (this module); the aligner that runs it in the canvas builder
-(:mod:`synthesis.networks.transform_aligner`). This module also offers the names of the other two, so
-``from synthesis.networks.transform import TransformAligner, compose, ...`` keeps working.
+(:mod:`synthesis.networks.transform_aligner`). This module also offers the aligner's names, so
+``from synthesis.networks.transform import TransformAligner`` keeps working; geometry's names are
+imported from :mod:`synthesis.networks.geometry`, where they are defined.
 """
 
 from __future__ import annotations
@@ -22,25 +23,7 @@ from torch import nn
 
 from synthesis.model_directory import NetworkConfig, PretrainedNetwork
 from synthesis.networks.conv_block import conv_block
-from synthesis.networks.geometry import (
-    WindowShape,
-    apply_affine,
-    avg_pool,
-    box_iou,
-    compose,
-    identity_theta,
-    invert,
-    mask_box,
-    mask_iou,
-    sample,
-    sample_layout,
-    to_3x3,
-    warp_box,
-    warp_segment,
-    window_boxes,
-    window_theta,
-    window_to_frame,
-)
+from synthesis.networks.geometry import sample, sample_layout
 
 
 @dataclass(frozen=True)
@@ -182,22 +165,5 @@ __all__ = [
     "TransformAligner",  # noqa: F822 (served by __getattr__)
     "TransformConfig",
     "TransformNet",
-    "WindowShape",
-    "apply_affine",
-    "avg_pool",
-    "box_iou",
-    "compose",
-    "identity_theta",
-    "invert",
-    "mask_box",
-    "mask_iou",
-    "sample",
-    "sample_layout",
-    "to_3x3",
-    "warp_box",
-    "warp_segment",
-    "window_boxes",
     "window_inputs",
-    "window_theta",
-    "window_to_frame",
 ]

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from memory_bank import IGNORE, Bank
 from synthesis.canvas.order_rule import DepthTiers, paint_order, pair_order
 from synthesis.configs import JsonConfig
+from synthesis.networks.geometry import window_boxes
 from synthesis.networks.ordering import (
     PRIOR_NAME,
     ClassPrior,
@@ -37,7 +38,6 @@ from synthesis.networks.ordering import (
     sample_pairs,
     window_coords,
 )
-from synthesis.networks.transform import window_boxes
 from synthesis.tensors import one_hot
 from synthesis.training.harness import BankTraining, OptimizerTrainer, Progress, RunSettings, Schedule, TrainResult
 from synthesis.training.optim import adamw, optimizer_step, set_lr, warmup_cosine_by_progress

@@ -20,16 +20,8 @@ import torch.nn.functional as F  # noqa: N812  (torch convention)
 from memory_bank import Bank
 from memory_bank.images import resize_photo
 from synthesis.configs import JsonConfig
-from synthesis.networks.transform import (
-    TransformConfig,
-    TransformNet,
-    compose,
-    identity_theta,
-    sample,
-    window_boxes,
-    window_inputs,
-    window_theta,
-)
+from synthesis.networks.geometry import compose, identity_theta, sample, window_boxes, window_theta
+from synthesis.networks.transform import TransformConfig, TransformNet, window_inputs
 from synthesis.training.harness import BankTraining, OptimizerTrainer, Progress, ScheduledSettings, TrainResult
 from synthesis.training.optim import adamw, optimizer_step, set_lr, warmup_cosine_by_progress
 
