@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memory_bank.errors import SimsError
 from retrieval_service.admission import Ticket
+from retrieval_service.asgi import HttpMiddleware
 from retrieval_service.http_errors import ApiError, error_body, sims_error_headers, sims_error_status
 
 #: Paths the rate limit never counts: probes and scrapes must get through a busy service.
@@ -64,7 +65,7 @@ def document_limits(openapi: dict[str, Any], error_schema: dict[str, Any]) -> di
 Gate = Callable[[Scope], Ticket | None]
 
 
-class AdmissionMiddleware:
+class AdmissionMiddleware(HttpMiddleware):
     """Admits or refuses the expensive ``POST`` routes from the request head, before any of the body
     is read, parsed or decoded: the queue state first, and only then (inside, in
     :class:`BodyLimitsMiddleware`) ``Content-Length``.
@@ -77,17 +78,16 @@ class AdmissionMiddleware:
     """
 
     def __init__(self, app: ASGIApp, gates: Mapping[str, Gate], hold: float = 0.0) -> None:
-        self.app = app
+        super().__init__(app)
         self.gates = dict(gates)
         self.hold = hold
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gate = self.gates.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if gate is None:
-            await self.app(scope, receive, send)
-            return
+    def applies(self, scope: Scope) -> bool:
+        return scope["method"] == "POST" and scope["path"] in self.gates
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            ticket = gate(scope)
+            ticket = self.gates[scope["path"]](scope)
         except ApiError as e:
             await _reply(send, e.status, e.error, e.message, e.headers)
             return
@@ -131,21 +131,18 @@ class BodyTimedOut(HTTPException):
         super().__init__(408, f"the request body did not arrive: nothing received for {seconds:g} s")
 
 
-class BodyLimitsMiddleware:
+class BodyLimitsMiddleware(HttpMiddleware):
     """Refuses bodies over ``max_bytes`` with 413: at once from ``Content-Length`` when the
     client sends one, otherwise as soon as the streamed body passes the limit. A body whose next
     chunk takes more than ``chunk_timeout`` seconds is answered 408 (a slow client holds no slot
     for ever)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, chunk_timeout: float = 30.0) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
         self.chunk_timeout = chunk_timeout
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             try:
@@ -193,7 +190,7 @@ class BodyLimitsMiddleware:
             await _reply(send, e.status_code, kind, e.detail)
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(HttpMiddleware):
     """A per-client rate limit (client = the peer address, as uvicorn's proxy headers set it):
     above any of ``rate``'s limits a request is answered 429 with ``Retry-After``.
 
@@ -203,14 +200,14 @@ class RateLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, rate: str, storage_uri: str = "memory://") -> None:
-        self.app = app
+        super().__init__(app)
         self.items: list[RateLimitItem] = parse_many(rate)
         self.limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in RATE_LIMIT_EXEMPT:
-            await self.app(scope, receive, send)
-            return
+    def applies(self, scope: Scope) -> bool:
+        return scope["path"] not in RATE_LIMIT_EXEMPT
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = (scope.get("client") or ("unknown", 0))[0]
         for item in self.items:
             if not self.limiter.hit(item, "sims", client):

@@ -47,6 +47,7 @@ from retrieval_service.admission import (
     requested_timeout,
     slots_header,
 )
+from retrieval_service.asgi import HttpMiddleware
 from retrieval_service.client import RetrievalClient, ServiceError
 from retrieval_service.http_errors import install_error_handlers
 from retrieval_service.http_models import ErrorResponse, Liveness, Readiness, SynthesizeRequest
@@ -76,18 +77,17 @@ _SYNTHESIZE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class SlotsHeaderMiddleware:
+class SlotsHeaderMiddleware(HttpMiddleware):
     """Adds :data:`~retrieval_service.admission.SLOTS_HEADER` to every answer of ``/synthesize``."""
 
     def __init__(self, app: ASGIApp, value: str) -> None:
-        self.app = app
+        super().__init__(app)
         self.header = (SLOTS_HEADER.lower().encode(), value.encode())
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/synthesize":
-            await self.app(scope, receive, send)
-            return
+    def applies(self, scope: Scope) -> bool:
+        return scope["path"] == "/synthesize"
 
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_slots(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), self.header]}
