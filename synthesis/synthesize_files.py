@@ -48,6 +48,19 @@ ALL_EXTRAS = ("canvas", "provenance", "segments", "layout")
 
 
 @dataclass(frozen=True)
+class GridFigure:
+    """The grid PNG of every row written (layout | canvas | output | provenance).
+
+    ``scale`` sizes its tiles (1.0: the layout's resolution); ``colors`` quantises it to that many
+    colours (smaller files, e.g. for docs).
+    """
+
+    path: str | Path
+    scale: float = 0.5
+    colors: int | None = None
+
+
+@dataclass(frozen=True)
 class Synthesized:
     """One synthesized image and what it was made from (arrays at the layout's size)."""
 
@@ -214,17 +227,14 @@ def synthesize_files(
     n: int = 1,
     unlabelled: Sequence[int] = (),
     extras: bool = False,
-    grid: str | Path | None = None,
-    grid_colors: int | None = None,
-    grid_scale: float = 0.5,
+    grid: GridFigure | None = None,
     progress: bool = True,
     instances: str | Path | None = None,
 ) -> list[Path]:
     """Synthesize every layout file with seeds ``options.seed .. options.seed + n - 1``; returns the images written.
 
-    ``grid_colors`` quantises the grid PNG to that many colours (smaller files, e.g. for docs);
-    ``grid_scale`` sizes its tiles (1.0: the layout's resolution). ``instances`` is the instance
-    map PNG of a single layout, or a directory holding one per layout under the layout's file name.
+    ``grid``: also write that grid figure. ``instances`` is the instance map PNG of a single layout,
+    or a directory holding one per layout under the layout's file name.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -251,7 +261,7 @@ def synthesize_files(
     if grid is not None and rows:
         first = ["coarse layout", "refined layout"] if options.coarse else ["layout"]
         columns = [*first, "canvas", "output", "provenance"]
-        save_image(grid, render_table(rows, columns, scale=grid_scale), colors=grid_colors)
+        save_image(grid.path, render_table(rows, columns, scale=grid.scale), colors=grid.colors)
     return written
 
 

@@ -109,7 +109,13 @@ def synthesize(
     from memory_bank.errors import SimsError
     from retrieval_service.client import RetrievalClient, ServiceError
     from retrieval_service.types import SynthesizeOptions
-    from synthesis.synthesize_files import LocalSynthesizer, RemoteSynthesizer, Synthesizer, synthesize_files
+    from synthesis.synthesize_files import (
+        GridFigure,
+        LocalSynthesizer,
+        RemoteSynthesizer,
+        Synthesizer,
+        synthesize_files,
+    )
     from synthesis.worker.settings import WorkerSettings
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -118,6 +124,7 @@ def synthesize(
     if mode not in MODES:
         raise typer.BadParameter(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
     options = SynthesizeOptions(**{name: ctx.params[name] for name in OPTION_FLAGS})
+    figure = GridFigure(grid, grid_scale, grid_colors) if grid is not None else None
     with contextlib.ExitStack() as stack:
         synth: Synthesizer
         if service is not None:
@@ -138,9 +145,7 @@ def synthesize(
                 n=n,
                 unlabelled=_ints(unlabelled),
                 extras=extras,
-                grid=grid,
-                grid_colors=grid_colors,
-                grid_scale=grid_scale,
+                grid=figure,
                 progress=progress,
                 instances=instances,
             )
