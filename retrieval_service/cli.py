@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from retrieval_service.local_cluster import ClusterSpec
+
 app = typer.Typer(help="Run the retrieval service (HTTP API) on a bank.")
 cluster_app = typer.Typer(help="A Dask cluster on this machine: a scheduler and workers (docs/scaling.md).")
 
@@ -129,39 +131,35 @@ def serve(
 
 @cluster_app.command("up")
 def cluster_up(
-    workers: Annotated[int, typer.Option(help="General workers (index builds, retrieval shards).")] = 2,
+    ctx: typer.Context,
+    workers: Annotated[
+        int, typer.Option(help="General workers (index builds, retrieval shards).")
+    ] = ClusterSpec.workers,
     synthesis_workers: Annotated[
         int, typer.Option(help="Synthesis workers: replicas for `sims serve --synthesis-cluster`, one synthesis each.")
-    ] = 0,
-    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 to take workers or clients from elsewhere.")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(help="Scheduler port (0 = a free one).")] = 8786,
-    threads: Annotated[int, typer.Option(help="Threads per general worker.")] = 1,
-    memory_limit: Annotated[str, typer.Option(help="Memory per worker, e.g. 4GiB (`auto`: a share of the RAM).")] = (
-        "auto"
-    ),
+    ] = ClusterSpec.synthesis_workers,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; 0.0.0.0 to take workers or clients from elsewhere.")
+    ] = ClusterSpec.host,
+    port: Annotated[int, typer.Option(help="Scheduler port (0 = a free one).")] = ClusterSpec.port,
+    threads: Annotated[int, typer.Option(help="Threads per general worker.")] = ClusterSpec.threads,
+    memory_limit: Annotated[
+        str, typer.Option(help="Memory per worker, e.g. 4GiB (`auto`: a share of the RAM).")
+    ] = ClusterSpec.memory_limit,
     dashboard_address: Annotated[
         str | None, typer.Option(help="Scheduler dashboard, e.g. :8787 (needs bokeh; default off).")
-    ] = None,
+    ] = ClusterSpec.dashboard_address,
 ) -> None:
     """Start a Dask scheduler and workers here, print the scheduler address, and keep them up until
     Ctrl-C or SIGTERM, which stops the workers and the scheduler cleanly."""
-    from retrieval_service.local_cluster import ClusterSpec, run_cluster
+    from retrieval_service.local_cluster import run_cluster
 
-    spec = ClusterSpec(
-        workers=workers,
-        synthesis_workers=synthesis_workers,
-        host=host,
-        port=port,
-        threads=threads,
-        memory_limit=memory_limit,
-        dashboard_address=dashboard_address,
-    )
+    # The flags are the spec's fields, by name, with its defaults.
+    spec = ClusterSpec(**ctx.params)
 
     def announce(address: str) -> None:
         typer.echo(
-            f"scheduler {address}: {workers} general and {synthesis_workers} synthesis workers; "
+            f"scheduler {address}: {spec.workers} general and {spec.synthesis_workers} synthesis workers; "
             f"stop with Ctrl-C or SIGTERM",
         )
         typer.echo(f"  sims serve --bank BANK --synthesis-cluster {address}")
