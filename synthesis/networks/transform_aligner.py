@@ -44,6 +44,18 @@ class Alignment:
         return self.iou_identity if self.fell_back else self.iou_transformed
 
 
+@dataclass(frozen=True)
+class BoxedSegment:
+    """One segment to place and its target, with both masks' boxes: what :meth:`TransformAligner.predict_thetas`
+    and the warp after it work on (both masks non-empty)."""
+
+    target: np.ndarray  # (H, W) bool, the layout component to fill
+    pixels: np.ndarray  # (H, W, 3) uint8, zero outside ``mask``
+    mask: np.ndarray  # (H, W) bool, where the segment lay in its source photo
+    target_box: tuple[int, int, int, int]  # mask_box(target)
+    box: tuple[int, int, int, int]  # mask_box(mask)
+
+
 class TransformAligner:
     """Aligner (``synthesis.canvas.protocols.Aligner``) that runs T, falling back to the identity when T hurts.
 
@@ -120,16 +132,8 @@ class TransformAligner:
         return window_to_frame(theta_w, g)[0].numpy()
 
     @torch.no_grad()
-    def predict_thetas(
-        self,
-        layout: np.ndarray,
-        targets: Sequence[np.ndarray],
-        pixels: Sequence[np.ndarray],
-        masks: Sequence[np.ndarray],
-        target_boxes: Sequence[tuple[int, int, int, int]],
-        boxes: Sequence[tuple[int, int, int, int]],
-    ) -> np.ndarray:
-        """(B, 2, 3) frame-coordinate transforms for segments with non-empty masks and their boxes.
+    def predict_thetas(self, layout: np.ndarray, segments: Sequence[BoxedSegment]) -> np.ndarray:
+        """(B, 2, 3) frame-coordinate transforms of the B ``segments`` on ``layout``.
 
         The inputs :meth:`predict_theta` samples from full reduced frames, sampled from frames that hold only
         the box of each mask (all else is zero there anyway), pooled from box crops aligned to ``work_scale``:
@@ -140,8 +144,8 @@ class TransformAligner:
         k = cfg.work_scale
         g = window_theta(
             window_boxes(
-                torch.tensor(np.asarray(target_boxes, np.float32).reshape(-1, 4)),
-                torch.tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+                torch.tensor(np.asarray([s.target_box for s in segments], np.float32).reshape(-1, 4)),
+                torch.tensor(np.asarray([s.box for s in segments], np.float32).reshape(-1, 4)),
                 cfg,
             ),
             frame,
@@ -152,16 +156,16 @@ class TransformAligner:
         reduced = torch.zeros(1, 5, -(-frame[0] // k), -(-frame[1] // k))
         # sample() per segment, with the grids made in one call and the supersampling pooled in one call.
         (h, w), ss = cfg.input_size, cfg.supersample
-        grids = F.affine_grid(g, [len(boxes), 5, h * ss, w * ss], align_corners=False)
-        windows = torch.empty(len(boxes), 5, h * ss, w * ss)
-        for i in range(len(boxes)):
-            tbox, (ty0, tx0, ty1, tx1) = _work_box(target_boxes[i], frame, k)
-            sbox, (sy0, sx0, sy1, sx1) = _work_box(boxes[i], frame, k)
-            reduced[0, :1, ty0:ty1, tx0:tx1] = avg_pool(tensor_view(targets[i][tbox])[None].float(), k)
+        grids = F.affine_grid(g, [len(segments), 5, h * ss, w * ss], align_corners=False)
+        windows = torch.empty(len(segments), 5, h * ss, w * ss)
+        for i, segment in enumerate(segments):
+            tbox, (ty0, tx0, ty1, tx1) = _work_box(segment.target_box, frame, k)
+            sbox, (sy0, sx0, sy1, sx1) = _work_box(segment.box, frame, k)
+            reduced[0, :1, ty0:ty1, tx0:tx1] = avg_pool(tensor_view(segment.target[tbox])[None].float(), k)
             # predict_theta's pixels / 255 * mask: with a 0/1 mask, (pixels * mask) / 255 is the same number.
-            seg = torch.empty(4, *masks[i][sbox].shape)
-            seg[:3].copy_(tensor_view(pixels[i][sbox]).permute(2, 0, 1))
-            seg[3].copy_(tensor_view(masks[i][sbox]))
+            seg = torch.empty(4, *segment.mask[sbox].shape)
+            seg[:3].copy_(tensor_view(segment.pixels[sbox]).permute(2, 0, 1))
+            seg[3].copy_(tensor_view(segment.mask[sbox]))
             seg[:3].mul_(seg[3]).div_(255.0)
             reduced[0, 1:, sy0:sy1, sx0:sx1] = avg_pool(seg, k)
             windows[i : i + 1] = F.grid_sample(
@@ -171,7 +175,7 @@ class TransformAligner:
             reduced[0, 1:, sy0:sy1, sx0:sx1] = 0.0
         windows = avg_pool(windows, ss)
         thetas = []
-        for s in range(0, len(boxes), self.batch_size):
+        for s in range(0, len(segments), self.batch_size):
             part = slice(s, s + self.batch_size)
             x = windows[part]
             thetas.append(self.model(layout_onehot[part], x[:, :1], x[:, 1:4], x[:, 4:]))
@@ -200,25 +204,19 @@ class TransformAligner:
         active = [i for i in range(len(masks)) if masks[i].any() and targets[i].any()]
         if not active:
             return out
-        target_boxes = [mask_box(targets[i]) for i in active]
-        boxes = [mask_box(masks[i]) for i in active]
-        thetas = self.predict_thetas(
-            layout,
-            [targets[i] for i in active],
-            [pixels[i] for i in active],
-            [masks[i] for i in active],
-            target_boxes,
-            boxes,
-        )
+        segments = [
+            BoxedSegment(targets[i], pixels[i], masks[i], mask_box(targets[i]), mask_box(masks[i])) for i in active
+        ]
+        thetas = self.predict_thetas(layout, segments)
         scratch = torch.zeros(1, 4, *layout.shape)
-        for j, i in enumerate(active):
+        for i, s, theta in zip(active, segments, thetas, strict=True):
             self.calls += 1
-            new_pixels, new_mask, new_box = warp_in_box(pixels[i], masks[i], thetas[j], boxes[j], scratch)
-            before = box_iou(masks[i], boxes[j], targets[i], target_boxes[j])
-            after = box_iou(new_mask, new_box, targets[i], target_boxes[j])
+            new_pixels, new_mask, new_box = warp_in_box(s.pixels, s.mask, theta, s.box, scratch)
+            before = box_iou(s.mask, s.box, s.target, s.target_box)
+            after = box_iou(new_mask, new_box, s.target, s.target_box)
             fell_back = self.fallback and after < before
             self.fallbacks += int(fell_back)
-            self.last = batch[i] = Alignment(before, after, fell_back, tuple(float(v) for v in thetas[j].ravel()))
+            self.last = batch[i] = Alignment(before, after, fell_back, tuple(float(v) for v in theta.ravel()))
             if not fell_back:
                 out[i] = (new_pixels, new_mask)
         return out
