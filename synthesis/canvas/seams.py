@@ -26,14 +26,14 @@ texture of the photos beside it, in three stages:
    pixels of that class by a normalised pyramid (push-pull), and fade as ``exp(-distance /
    reach)``.
 3. **Texture for the drawing.** The network draws at its own, lower resolution, so its drawing
-   is smooth beside real pixels. Each drawn pixel takes the fine detail (colour minus its
-   Gaussian blur of ``texture_sigma`` pixels, taken over the kept pixels only) of the kept
-   pixel of its class found by mirroring it across the nearest kept pixel of that class, and
-   only where that mirror image is itself a kept pixel of the class and the class has a seam
-   between drawing and photo; it fades as ``exp(-distance / texture_reach)``. Per class, the
-   detail is scaled so that the drawing's detail energy rises at most to the kept pixels' (a
-   drawing as detailed as the photos gets none). The drawing keeps its colour and gains the
-   photos' grain.
+   is smooth beside real pixels. In each class where a drawing meets a photo, every drawn pixel
+   takes the fine detail (colour minus its Gaussian blur of ``texture_sigma`` pixels, taken over
+   the kept pixels only) of a kept pixel of its class: its mirror image across the nearest kept
+   pixel, folded back and forth so that it lies at most ``texture_fold`` pixels behind that
+   pixel, or the kept pixel nearest to the mirror image where that is none. The detail fades as
+   ``exp(-distance / texture_reach)`` and is scaled, per class, so that the drawing's detail
+   energy rises at most to the kept pixels' (a drawing as detailed as the photos gets none). The
+   drawing keeps its colour and gains the photos' grain.
 
 A pair's jump is weighted by how many pixels its sides' means had (``min(n_p, n_q) / side``),
 so the isolated pixels that elision keeps barely move anything. Classes never mix: no pair of
@@ -63,7 +63,8 @@ class SeamBlend:
     colour is taken over; ``stiffness``: the pull of stage 1 (fade length about
     ``stiffness ** -0.5``); ``iterations``: conjugate-gradient steps of stage 1; ``reach``: fade
     length of stage 2 and ``texture_reach`` of stage 3, in pixels; ``texture_sigma``: the blur
-    that stage 3's detail is taken above.
+    that stage 3's detail is taken above; ``texture_fold``: how deep behind a photo's edge it is
+    taken from.
     """
 
     photos: bool = True
@@ -74,11 +75,12 @@ class SeamBlend:
     iterations: int = 10
     reach: float = 40.0
     texture_sigma: float = 1.0
-    texture_reach: float = 24.0
+    texture_reach: float = 64.0
+    texture_fold: float = 12.0
 
     def __post_init__(self) -> None:
         lengths = (self.stiffness, self.reach, self.texture_sigma, self.texture_reach)
-        if self.side < 1 or self.iterations < 0 or min(lengths) <= 0:
+        if self.side < 1 or self.iterations < 0 or min(*lengths, self.texture_fold) <= 0:
             raise ValueError(f"bad seam blend settings: {self}")
 
     @property
@@ -322,10 +324,16 @@ def _texture_drawn(f: np.ndarray, layout: np.ndarray, source: np.ndarray, settin
         real = cls[box] & kept[box]
         distance, (near_y, near_x) = ndimage.distance_transform_edt(~real, return_indices=True)
         ys, xs = np.nonzero(cls[box] & ~kept[box])
-        my, mx = 2 * near_y[ys, xs] - ys, 2 * near_x[ys, xs] - xs  # the mirror image across the nearest kept pixel
-        inside = (my >= 0) & (my < real.shape[0]) & (mx >= 0) & (mx < real.shape[1])
+        qy, qx = near_y[ys, xs], near_x[ys, xs]
+        d = distance[ys, xs]
+        fold = settings.texture_fold
+        depth = fold - np.abs(np.mod(d, 2 * fold) - fold)  # d up to fold, then back and forth in [0, fold]
+        scale = depth / np.maximum(d, 1e-6)
+        my = np.rint(qy - (ys - qy) * scale).astype(np.int64)  # the mirror image across the nearest kept pixel
+        mx = np.rint(qx - (xs - qx) * scale).astype(np.int64)
         my, mx = np.clip(my, 0, real.shape[0] - 1), np.clip(mx, 0, real.shape[1] - 1)
-        fade = np.exp(-distance[ys, xs] / settings.texture_reach) * (inside & real[my, mx])
+        my, mx = near_y[my, mx], near_x[my, mx]  # where the mirror image is no kept pixel: the nearest one
+        fade = np.exp(-d / settings.texture_reach)
         ys, xs, my, mx = ys + y0, xs + x0, my + y0, mx + x0
         grain = detail[my, mx] * fade[:, None]
         # Top the drawing's own detail up to the photos' level, never past it: energies add.
