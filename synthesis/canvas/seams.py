@@ -79,8 +79,8 @@ class SeamBlend:
     texture_fold: float = 12.0
 
     def __post_init__(self) -> None:
-        lengths = (self.stiffness, self.reach, self.texture_sigma, self.texture_reach)
-        if self.side < 1 or self.iterations < 0 or min(*lengths, self.texture_fold) <= 0:
+        lengths = (self.stiffness, self.reach, self.texture_sigma, self.texture_reach, self.texture_fold)
+        if self.side < 1 or self.iterations < 0 or min(lengths) <= 0:
             raise ValueError(f"bad seam blend settings: {self}")
 
     @property
@@ -121,15 +121,16 @@ def blend_seams(
     layout, source = np.asarray(layout), np.asarray(source, np.int64)
     if image.shape[:2] != layout.shape or source.shape != layout.shape:
         raise ValueError(f"image {image.shape[:2]}, layout {layout.shape} and sources {source.shape} differ in size")
-    if not settings.enabled or not len(seam_pairs(layout, source)):
+    pairs = seam_pairs(layout, source)
+    if not settings.enabled or not len(pairs):
         return image
     f = np.asarray(image, np.float32) / 255.0
     if settings.photos:
-        f = _blend_photos(f, layout, source, settings)
+        f = _blend_photos(f, layout, source, pairs, settings)
     if settings.drawn:
-        f = _blend_drawn(f, layout, source, settings)
+        f = _blend_drawn(f, layout, source, pairs, settings)
     if settings.texture:
-        f = _texture_drawn(f, layout, source, settings)
+        f = _texture_drawn(f, layout, source, pairs, settings)
     return (np.clip(f, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -171,9 +172,10 @@ def _side_mean(
     return total / count[:, None], count
 
 
-def _jumps(f: np.ndarray, layout: np.ndarray, source: np.ndarray, side: int, drawn_pairs: bool) -> _Jumps:
-    """The seams of one stage (``drawn_pairs``: drawn against photo; else photo against photo) and their jumps."""
-    pairs = seam_pairs(layout, source)
+def _jumps(
+    f: np.ndarray, layout: np.ndarray, source: np.ndarray, pairs: np.ndarray, side: int, drawn_pairs: bool
+) -> _Jumps:
+    """The seams of one stage among ``pairs`` (``drawn_pairs``: drawn against photo; else photo against photo)."""
     first, second = pairs[:, :2], pairs[:, 2:]
     drawn_a, drawn_b = source[first[:, 0], first[:, 1]] == DRAWN, source[second[:, 0], second[:, 1]] == DRAWN
     chosen = (drawn_a != drawn_b) if drawn_pairs else (~drawn_a & ~drawn_b)
@@ -185,9 +187,11 @@ def _jumps(f: np.ndarray, layout: np.ndarray, source: np.ndarray, side: int, dra
     return _Jumps(first, second, mean_b - mean_a, np.minimum(n_a, n_b) / side)
 
 
-def _blend_photos(f: np.ndarray, layout: np.ndarray, source: np.ndarray, settings: SeamBlend) -> np.ndarray:
+def _blend_photos(
+    f: np.ndarray, layout: np.ndarray, source: np.ndarray, pairs: np.ndarray, settings: SeamBlend
+) -> np.ndarray:
     """Stage 1: the least-squares correction of the kept pixels (module doc)."""
-    jumps = _jumps(f, layout, source, settings.side, drawn_pairs=False)
+    jumps = _jumps(f, layout, source, pairs, settings.side, drawn_pairs=False)
     if not len(jumps.first):
         return f
     kept = source != DRAWN
@@ -260,9 +264,11 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a.ravel(), b.ravel()))
 
 
-def _blend_drawn(f: np.ndarray, layout: np.ndarray, source: np.ndarray, settings: SeamBlend) -> np.ndarray:
+def _blend_drawn(
+    f: np.ndarray, layout: np.ndarray, source: np.ndarray, pairs: np.ndarray, settings: SeamBlend
+) -> np.ndarray:
     """Stage 2: the drawn pixels take the jump to the real pixels beside them, filled and faded (module doc)."""
-    jumps = _jumps(f, layout, source, settings.side, drawn_pairs=True)
+    jumps = _jumps(f, layout, source, pairs, settings.side, drawn_pairs=True)
     if not len(jumps.first):
         return f
     # The drawn end of each pair moves by the jump toward the real end: +jump if it is the first.
@@ -308,13 +314,14 @@ def _push_pull(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return v / np.maximum(w, 1e-6)[..., None]
 
 
-def _texture_drawn(f: np.ndarray, layout: np.ndarray, source: np.ndarray, settings: SeamBlend) -> np.ndarray:
+def _texture_drawn(
+    f: np.ndarray, layout: np.ndarray, source: np.ndarray, pairs: np.ndarray, settings: SeamBlend
+) -> np.ndarray:
     """Stage 3: drawn pixels take the fine detail of their mirror images in the kept pixels of their class."""
     kept = source != DRAWN
     detail = _fine_detail(f, kept, settings.texture_sigma)
     drawn_detail = _fine_detail(f, ~kept, settings.texture_sigma)
     out = f.copy()
-    pairs = seam_pairs(layout, source)
     meets = (source[pairs[:, 0], pairs[:, 1]] == DRAWN) != (source[pairs[:, 2], pairs[:, 3]] == DRAWN)
     for c in np.unique(layout[pairs[meets, 0], pairs[meets, 1]]):  # the classes where a drawing meets a photo
         cls = layout == c
