@@ -38,6 +38,8 @@ from synthesis.worker.settings import WorkerSettings
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OFF = {"SIMS_WORKER_REFINE_WEIGHTS": "none", "SIMS_WORKER_TRANSFORM_WEIGHTS": "none"}
 OFF |= {"SIMS_WORKER_ORDERING_WEIGHTS": "none"}
+# And the seam blend: the follow-up syntheses here must fit the 0.3 s timeout on a loaded machine.
+OFF |= {"SIMS_WORKER_SEAM_BLEND": "false"}
 
 
 class Steps:
