@@ -7,7 +7,8 @@ CamVid val layouts (PNG label maps at 360x480; one seed per layout) and reads th
 
 - ``sequential``: one client, ``--layouts`` requests: p50/p95 of the client's wall time, split by
   the reply's ``Server-Timing`` into retrieval, canvas (read + align + order + paste + elide) and
-  network (the synthesis network at its resolution, and the upsampling to 360x480); the rest
+  network (the synthesis network at its resolution, and the upsampling to 360x480), seam_blend
+  (synthesis/canvas/seams.py); the rest
   (``other``) is layout decoding, PNG encoding and the HTTP hops.
 - ``concurrent``: ``--clients`` clients (4) share the same layouts: throughput in images/s.
 
@@ -53,7 +54,7 @@ PIPELINES = {
     "full": {"SIMS_WORKER_TRANSFORM_WEIGHTS": "weights/transform", "SIMS_WORKER_ORDERING_WEIGHTS": "weights/ordering"},
     "fast": {"SIMS_WORKER_TRANSFORM_WEIGHTS": "none", "SIMS_WORKER_ORDERING_WEIGHTS": "none"},
 }
-STEPS = ("retrieve", "canvas", "network")
+STEPS = ("retrieve", "canvas", "network", "seam_blend")
 
 
 def free_port() -> int:
@@ -254,7 +255,8 @@ def main() -> None:
             print(
                 f"{pipeline:>4} {deployment:>11}: p50 {w['p50']:.0f} ms, p95 {w['p95']:.0f} ms "
                 f"(retrieve {seq['retrieve_ms']['p50']:.0f}, canvas {seq['canvas_ms']['p50']:.0f}, "
-                f"network {seq['network_ms']['p50']:.0f}, other {seq['other_ms']['p50']:.0f}); "
+                f"network {seq['network_ms']['p50']:.0f}, seam blend {seq['seam_blend_ms']['p50']:.0f}, "
+                f"other {seq['other_ms']['p50']:.0f}); "
                 f"{args.clients} clients: {conc['images_per_s']:.2f} images/s",
                 flush=True,
             )

@@ -4,7 +4,8 @@
 
 1. check the layout; 2. refine it if it is coarse; 3. build the canvas (retrieve, align, order,
 paste, elide: :class:`~synthesis.canvas.builder.CanvasBuilder`); 4. synthesize the photo at the
-layout's resolution.
+layout's resolution; 5. blend its seams (:func:`~synthesis.canvas.seams.blend_seams`, with the
+generator's ``seam_blend``; skipped for parametric models and when it is None).
 
 A :class:`Deadline` passed as ``stop`` is checked between these steps (a cooperative cancel):
 once it is past or cancelled, the pipeline raises :class:`SynthesisStoppedError` before the next step
@@ -93,13 +94,10 @@ class GeneratedImage:
         image: (H, W, 3) uint8 photograph.
         canvas_weight: (H, W) float32 in [0, 1], the canvas's share of every output pixel (all
             zeros for a network without the blend head, and for the parametric baseline).
-        before_seam_blend: the image before :func:`~synthesis.canvas.seams.blend_seams`, or None
-            where no seam blend ran.
     """
 
     image: np.ndarray
     canvas_weight: np.ndarray
-    before_seam_blend: np.ndarray | None = None
 
 
 class SynthesisNetwork(Protocol):
@@ -136,7 +134,7 @@ class ImageGenerator:
         self.model = model.eval()
         self.parametric = parametric
         self.seam_feather = seam_feather
-        #: None: no seam blend after the network.
+        #: The seam blend the pipeline runs on this generator's output (None: none).
         self.seam_blend = seam_blend
         #: None: :func:`~synthesis.networks.blend.feather_radius_for` the canvas's elision.
         self.feather_radius: int | None = None
@@ -171,15 +169,12 @@ class ImageGenerator:
         kept: np.ndarray | None = None,
         pieces: np.ndarray | None = None,
         elision: ElisionConfig | None = None,
-        sources: np.ndarray | None = None,
     ) -> GeneratedImage:
         """The photograph at the layout's resolution.
 
         ``kept`` (default: not ``missing``) marks real canvas pixels; ``pieces`` (the canvas's
         provenance map) lets the blend feather seams between segments when ``seam_feather`` is on;
-        ``elision`` (the canvas's) sets the feather radius unless ``feather_radius`` is set;
-        ``sources`` (the canvas's :attr:`~synthesis.canvas.builder.Canvas.sources`) lets
-        :func:`~synthesis.canvas.seams.blend_seams` run with ``seam_blend``.
+        ``elision`` (the canvas's) sets the feather radius unless ``feather_radius`` is set.
         """
         if self.parametric:
             canvas, missing = np.zeros_like(canvas), np.ones_like(missing)
@@ -199,11 +194,7 @@ class ImageGenerator:
         if getattr(self.model, "hole_refiner", None) is not None:
             layout_hot = one_hot(torch.from_numpy(np.asarray(layout, np.int64))[None], self.num_classes).to(device)
         blended = render_full_resolution(self.model, rgb, raw, full_canvas, full_kept, layout_hot, full_pieces, radius)
-        image = image_array(blended.image[0])
-        weight = blended.weight[0, 0].cpu().numpy()
-        if self.seam_blend is None or sources is None or self.parametric:
-            return GeneratedImage(image, weight)
-        return GeneratedImage(blend_seams(image, layout, sources, self.seam_blend), weight, before_seam_blend=image)
+        return GeneratedImage(image_array(blended.image[0]), blended.weight[0, 0].cpu().numpy())
 
     def __call__(
         self, layout: np.ndarray, canvas: np.ndarray, missing: np.ndarray, kept: np.ndarray | None = None
@@ -223,11 +214,11 @@ class SynthesisOutput:
         layout: the (H, W) uint8 layout synthesized from (the refined one when ``coarse``).
         segments: the painted bank segments, back to front.
         bank_version: the bank version the segments come from.
-        timings: seconds per step: ``refine``, ``retrieve``, ``canvas``, ``network``, ``total``.
+        timings: seconds per step: ``refine``, ``retrieve``, ``canvas``, ``network``, ``seam_blend``, ``total``.
         canvas_weight: (H, W) float32, the canvas's share of every output pixel (see
             :class:`GeneratedImage`), or None.
         elision: the boundary elision the canvas was made with.
-        before_seam_blend: the image before the seam blend (:class:`GeneratedImage`), or None.
+        before_seam_blend: the network's image before the seam blend, or None where none ran.
     """
 
     image: np.ndarray
@@ -358,19 +349,25 @@ class SynthesisPipeline:
             canvas.kept,
             canvas.provenance,
             builder.options.elision,
-            canvas.sources,
         )
         timings["network"] = time.perf_counter() - t
+        # 5. The seam blend, at the layout's resolution.
+        image, before = generated.image, None
+        if self.generator.seam_blend is not None and not self.generator.parametric:
+            check("seam_blend")
+            t = time.perf_counter()
+            image, before = blend_seams(image, layout, canvas.sources, self.generator.seam_blend), image
+            timings["seam_blend"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         return SynthesisOutput(
-            generated.image,
+            image,
             canvas,
             layout,
             canvas.bank_version,
             timings,
             canvas_weight=generated.canvas_weight,
             elision=builder.options.elision,
-            before_seam_blend=generated.before_seam_blend,
+            before_seam_blend=before,
         )
 
     def _builder(self, k: int | None, mode: Mode | None, elision: ElisionConfig | None = None) -> CanvasBuilder:

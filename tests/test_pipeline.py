@@ -86,7 +86,7 @@ def test_pipeline_output_is_consistent(pipeline: SynthesisPipeline, val_bank: Ba
     out = pipeline(layout, seed=0)
     assert out.image.shape == (360, 480, 3) and out.image.dtype == np.uint8
     assert out.bank_version == val_bank.version and out.layout.shape == layout.shape
-    assert set(out.timings) == {"retrieve", "canvas", "network", "total"}
+    assert set(out.timings) == {"retrieve", "canvas", "network", "seam_blend", "total"}
     prov = out.provenance
     used = set(np.unique(prov[prov >= 0]).tolist())
     assert used and used <= {s.segment_id for s in out.segments}

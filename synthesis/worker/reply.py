@@ -1,7 +1,7 @@
 """A synthesis as an HTTP response: the PNG alone, JSON with base64 PNGs, or multipart/mixed.
 
 Headers on every format: ``X-SIMS-Bank-Version`` (segment ids refer to it), ``X-SIMS-Seed`` and
-``Server-Timing`` (``decode``, ``refine``, ``retrieve``, ``canvas``, ``network``, ``encode`` and
+``Server-Timing`` (``decode``, ``refine``, ``retrieve``, ``canvas``, ``network``, ``seam_blend``, ``encode`` and
 ``worker``, the sum, in ms).
 
 A layout sent at another size than the bank's (``layout_resize``) is answered at its own size:
