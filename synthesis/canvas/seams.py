@@ -124,7 +124,7 @@ def blend_seams(
     pairs = seam_pairs(layout, source)
     if not settings.enabled or not len(pairs):
         return image
-    f = np.asarray(image, np.float32) / 255.0
+    f = np.ascontiguousarray(image, np.float32) / 255.0  # the network hands over a channel-first view
     if settings.photos:
         f = _blend_photos(f, layout, source, pairs, settings)
     if settings.drawn:
