@@ -94,7 +94,7 @@ def measure_candidates(client: TestClient, pngs: list[str], k: int) -> dict[str,
 
 
 def measure_pinned(client: TestClient, pngs: list[str], k: int) -> dict[str, Any]:
-    first_ms, pinned_ms, steps = [], [], {"retrieve": [], "canvas": [], "network": []}
+    first_ms, pinned_ms, steps = [], [], {"retrieve": [], "canvas": [], "network": [], "seam_blend": []}
     for i, png in enumerate(pngs):
         body = {"layout_png": png, "seed": i, "candidates": k, "format": "json", "extras": ["provenance", "components"]}
         r, ms = timed(lambda body=body: check(client.post("/synthesize", json=body)))
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.chdir(REPO)  # the worker's default weights are relative to the repository
     sys.path.insert(0, str(REPO / "tests"))
-    from test_synthesize_api import running  # uvicorn in a thread on a free loopback port
+    from servers import serving as running  # uvicorn in a thread on a free loopback port
 
     val = open_bank(args.layouts_bank)
     layouts = [np.asarray(val.labels[i]) for i in range(min(args.layouts, val.num_images))]
