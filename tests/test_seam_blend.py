@@ -154,3 +154,28 @@ def test_the_worker_setting_turns_the_blend_off(tiny_weights: Path, monkeypatch:
     assert load_networks(WorkerSettings(weights=tiny_weights, **off)).generator.seam_blend == SeamBlend()
     monkeypatch.setenv("SIMS_WORKER_SEAM_BLEND", "false")
     assert load_networks(WorkerSettings(weights=tiny_weights, **off)).generator.seam_blend is None
+
+
+def test_the_ablation_row_gives_the_image_before_the_blend() -> None:
+    from memory_bank import DatasetError
+    from synthesis.evaluation.image_sets import EvalItem, SetOutput, UnblendedImages, unblended_name
+
+    class Base:
+        name = "SIMS"
+
+        def __init__(self, before: np.ndarray | None) -> None:
+            self.before = before
+
+        def image_for(self, item: EvalItem) -> np.ndarray:
+            return np.zeros((4, 6, 3), np.uint8)
+
+        def output_for(self, item: EvalItem) -> SetOutput:
+            return SetOutput(self.image_for(item), None, self.before)
+
+    item = EvalItem(0, "x", np.zeros((4, 6, 3), np.uint8), np.zeros((4, 6), np.uint8))
+    before = np.full((4, 6, 3), 7, np.uint8)
+    row = UnblendedImages(unblended_name("SIMS"), Base(before))
+    assert row.name == "SIMS without seam blend"
+    np.testing.assert_array_equal(row.image_for(item), before)
+    with pytest.raises(DatasetError, match="SIMS gave no before seam blend for x"):
+        UnblendedImages("u", Base(None)).image_for(item)

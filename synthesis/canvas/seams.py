@@ -125,12 +125,11 @@ def blend_seams(
     if not settings.enabled or not len(pairs):
         return image
     f = np.ascontiguousarray(image, np.float32) / 255.0  # the network hands over a channel-first view
-    if settings.photos:
-        f = _blend_photos(f, layout, source, pairs, settings)
-    if settings.drawn:
-        f = _blend_drawn(f, layout, source, pairs, settings)
-    if settings.texture:
-        f = _texture_drawn(f, layout, source, pairs, settings)
+    seams = _Seams(layout, source, pairs)
+    stages = ((settings.photos, _blend_photos), (settings.drawn, _blend_drawn), (settings.texture, _texture_drawn))
+    for on, stage in stages:
+        if on:
+            f = stage(f, seams, settings)
     return (np.clip(f, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -140,6 +139,24 @@ def _pair_slices() -> tuple[tuple[tuple[slice, slice], tuple[slice, slice]], ...
         ((slice(None), slice(0, -1)), (slice(None), slice(1, None))),
         ((slice(0, -1), slice(None)), (slice(1, None), slice(None))),
     )
+
+
+@dataclass(frozen=True)
+class _Seams:
+    """One image's seams as the stages read them: the layout, the sources, the seam pairs, the kept
+    pixels and a key naming each pixel's (class, source)."""
+
+    layout: np.ndarray
+    source: np.ndarray
+    pairs: np.ndarray
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.source != DRAWN
+
+    @property
+    def key(self) -> np.ndarray:
+        return self.layout.astype(np.int64) * (int(self.source.max()) + 2) + self.source + 1
 
 
 @dataclass(frozen=True)
@@ -172,29 +189,26 @@ def _side_mean(
     return total / count[:, None], count
 
 
-def _jumps(
-    f: np.ndarray, layout: np.ndarray, source: np.ndarray, pairs: np.ndarray, side: int, drawn_pairs: bool
-) -> _Jumps:
-    """The seams of one stage among ``pairs`` (``drawn_pairs``: drawn against photo; else photo against photo)."""
-    first, second = pairs[:, :2], pairs[:, 2:]
-    drawn_a, drawn_b = source[first[:, 0], first[:, 1]] == DRAWN, source[second[:, 0], second[:, 1]] == DRAWN
-    chosen = (drawn_a != drawn_b) if drawn_pairs else (~drawn_a & ~drawn_b)
+def _jumps(f: np.ndarray, seams: _Seams, side: int, drawn_pairs: bool) -> _Jumps:
+    """The seams of one stage (``drawn_pairs``: drawn against photo; else photo against photo) and their jumps."""
+    first, second = seams.pairs[:, :2], seams.pairs[:, 2:]
+    kept = seams.kept
+    kept_a, kept_b = kept[first[:, 0], first[:, 1]], kept[second[:, 0], second[:, 1]]
+    chosen = (kept_a != kept_b) if drawn_pairs else (kept_a & kept_b)
     first, second = first[chosen], second[chosen]
-    key = layout.astype(np.int64) * (int(source.max()) + 2) + source + 1
+    key = seams.key
     step = second - first
     mean_a, n_a = _side_mean(f, key, first, -step, side)
     mean_b, n_b = _side_mean(f, key, second, step, side)
     return _Jumps(first, second, mean_b - mean_a, np.minimum(n_a, n_b) / side)
 
 
-def _blend_photos(
-    f: np.ndarray, layout: np.ndarray, source: np.ndarray, pairs: np.ndarray, settings: SeamBlend
-) -> np.ndarray:
+def _blend_photos(f: np.ndarray, seams: _Seams, settings: SeamBlend) -> np.ndarray:
     """Stage 1: the least-squares correction of the kept pixels (module doc)."""
-    jumps = _jumps(f, layout, source, pairs, settings.side, drawn_pairs=False)
+    jumps = _jumps(f, seams, settings.side, drawn_pairs=False)
     if not len(jumps.first):
         return f
-    kept = source != DRAWN
+    layout, kept = seams.layout, seams.kept
     (ha, hb), (va, vb) = _pair_slices()
     # Pairs that take part: one class, both kept. Drawn pixels have none and are held at zero.
     on_h = ((layout[ha] == layout[hb]) & kept[ha] & kept[hb]).astype(np.float32)[..., None]
@@ -264,15 +278,14 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a.ravel(), b.ravel()))
 
 
-def _blend_drawn(
-    f: np.ndarray, layout: np.ndarray, source: np.ndarray, pairs: np.ndarray, settings: SeamBlend
-) -> np.ndarray:
+def _blend_drawn(f: np.ndarray, seams: _Seams, settings: SeamBlend) -> np.ndarray:
     """Stage 2: the drawn pixels take the jump to the real pixels beside them, filled and faded (module doc)."""
-    jumps = _jumps(f, layout, source, pairs, settings.side, drawn_pairs=True)
+    jumps = _jumps(f, seams, settings.side, drawn_pairs=True)
     if not len(jumps.first):
         return f
+    layout, kept = seams.layout, seams.kept
     # The drawn end of each pair moves by the jump toward the real end: +jump if it is the first.
-    first_drawn = source[jumps.first[:, 0], jumps.first[:, 1]] == DRAWN
+    first_drawn = ~kept[jumps.first[:, 0], jumps.first[:, 1]]
     at = np.where(first_drawn[:, None], jumps.first, jumps.second)
     move = np.where(first_drawn[:, None], jumps.jump, -jumps.jump) * jumps.weight[:, None]
     shift = np.zeros(f.shape, np.float32)
@@ -280,9 +293,8 @@ def _blend_drawn(
     np.add.at(shift, (at[:, 0], at[:, 1]), move)
     np.add.at(weight, (at[:, 0], at[:, 1]), jumps.weight)
     out = f.copy()
-    drawn = source == DRAWN
     for c in np.unique(layout[at[:, 0], at[:, 1]]):
-        region = drawn & (layout == c)
+        region = ~kept & (layout == c)
         ys, xs = np.nonzero(region)
         box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         samples = region[box] & (weight[box] > 0)
@@ -314,15 +326,13 @@ def _push_pull(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return v / np.maximum(w, 1e-6)[..., None]
 
 
-def _texture_drawn(
-    f: np.ndarray, layout: np.ndarray, source: np.ndarray, pairs: np.ndarray, settings: SeamBlend
-) -> np.ndarray:
+def _texture_drawn(f: np.ndarray, seams: _Seams, settings: SeamBlend) -> np.ndarray:
     """Stage 3: drawn pixels take the fine detail of their mirror images in the kept pixels of their class."""
-    kept = source != DRAWN
+    layout, kept, pairs = seams.layout, seams.kept, seams.pairs
     detail = _fine_detail(f, kept, settings.texture_sigma)
     drawn_detail = _fine_detail(f, ~kept, settings.texture_sigma)
     out = f.copy()
-    meets = (source[pairs[:, 0], pairs[:, 1]] == DRAWN) != (source[pairs[:, 2], pairs[:, 3]] == DRAWN)
+    meets = kept[pairs[:, 0], pairs[:, 1]] != kept[pairs[:, 2], pairs[:, 3]]
     for c in np.unique(layout[pairs[meets, 0], pairs[meets, 1]]):  # the classes where a drawing meets a photo
         cls = layout == c
         rows, cols = np.nonzero(cls.any(axis=1))[0], np.nonzero(cls.any(axis=0))[0]

@@ -253,11 +253,9 @@ class PastedImages(OutputImages):
 
     def output_for(self, item: EvalItem) -> SetOutput:
         """The canvas of ``canvases`` for ``item`` pasted over ``base``'s image (no canvas of its own)."""
-        source = output_for(self.canvases, item)
-        if source.canvas is None:
-            raise DatasetError(f"{self.name}: {self.canvases.name} gave no canvas for {item.name}")
+        canvas = _output_with(self.canvases, item, "canvas", self.name).canvas
         base = output_for(self.base, item).image
-        return SetOutput(paste_canvas(source.canvas.canvas, source.canvas.provenance, base))
+        return SetOutput(paste_canvas(canvas.canvas, canvas.provenance, base))  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -269,10 +267,16 @@ class UnblendedImages(OutputImages):
 
     def output_for(self, item: EvalItem) -> SetOutput:
         """``base``'s image before its seam blend for ``item``, with ``base``'s canvas."""
-        got = output_for(self.base, item)
-        if got.before_seam_blend is None:
-            raise DatasetError(f"{self.name}: {self.base.name} ran no seam blend for {item.name}")
-        return SetOutput(got.before_seam_blend, got.canvas)
+        got = _output_with(self.base, item, "before_seam_blend", self.name)
+        return SetOutput(got.before_seam_blend, got.canvas)  # type: ignore[arg-type]
+
+
+def _output_with(image_set: ImageSet, item: EvalItem, part: str, row: str) -> SetOutput:
+    """``image_set``'s output for ``item``, which the derived ``row`` needs to have ``part`` (a field)."""
+    got = output_for(image_set, item)
+    if getattr(got, part) is None:
+        raise DatasetError(f"{row}: {image_set.name} gave no {part.replace('_', ' ')} for {item.name}")
+    return got
 
 
 def unblended_name(base: str) -> str:
