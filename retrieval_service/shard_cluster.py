@@ -29,7 +29,7 @@ import pickle
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from distributed import Client, Future, LocalCluster
@@ -71,35 +71,29 @@ def shard_workers(client: Client) -> list[str]:
     return general or list(workers)
 
 
+@dataclass(eq=False, repr=False)  # a live set of actors: identity equality, the object repr
 class DaskShards:
-    """The shards of one bank version as Dask actors (see the module docstring)."""
+    """The shards of one bank version as Dask actors (see the module docstring).
 
-    def __init__(
-        self,
-        client: Client,
-        source: ShardSource,
-        plan: ShardPlan,
-        candidate_config: CandidateConfig | None = None,
-        exact_below: int = EXACT_BELOW,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        replace_wait: float = REPLACE_WAIT,
-        load_timeout: float = LOAD_TIMEOUT,
-    ) -> None:
-        """Place and load every shard (blocking until all have loaded, or raising)."""
-        self.client = client
-        self.source = source
-        self.plan = plan
-        self.candidate_config = candidate_config
-        self.exact_below = exact_below
-        self.timeout = timeout
-        self.replace_wait = replace_wait
-        self.load_timeout = load_timeout
-        self.version = source.frame().version
+    Making one places and loads every shard (blocking until all have loaded, or raising).
+    """
+
+    client: Client
+    source: ShardSource
+    plan: ShardPlan
+    candidate_config: CandidateConfig | None = None
+    exact_below: int = EXACT_BELOW
+    _: KW_ONLY
+    timeout: float = DEFAULT_TIMEOUT
+    replace_wait: float = REPLACE_WAIT
+    load_timeout: float = LOAD_TIMEOUT
+
+    def __post_init__(self) -> None:
+        self.version = self.source.frame().version
         self._lock = threading.Lock()
         self._local = threading.local()
         self._closed = False
-        self.handles = {s.shard_id: _Handle(s) for s in plan.shards if s.parts}
+        self.handles = {s.shard_id: _Handle(s) for s in self.plan.shards if s.parts}
         workers = sorted(self._workers())
         if not workers:
             raise UnavailableError("the Dask cluster has no workers", kind="shard_unavailable")
