@@ -16,6 +16,7 @@ pipeline step.
 from __future__ import annotations
 
 import logging
+from dataclasses import KW_ONLY, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -33,33 +34,29 @@ from synthesis.worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False, repr=False)  # a live service object: identity equality, the object repr
 class InProcessBackend:
     """:class:`~retrieval_service.types.SynthesisBackend` running the pipeline in this process.
 
-    The networks load in :meth:`start` (before the service accepts requests). One pipeline per
-    bank version is kept, so a reload of the bank is picked up by the next request.
+    The networks load in :meth:`start` (before the service accepts requests), unless ``networks``
+    are given. One pipeline per bank version is kept, so a reload of the bank is picked up by the
+    next request.
     """
 
     name = "in_process"
     #: The route hands it the layout it decoded, which is then not decoded again.
     takes_decoded = True
 
-    def __init__(
-        self,
-        bank: BankSource | None,
-        worker: WorkerSettings,
-        *,
-        weights: Path | None = None,
-        timeout: float = 60.0,
-        networks: Networks | None = None,
-    ) -> None:
-        self.bank = bank
-        self.worker = worker
-        self.weights = weights
-        self.timeout = timeout
-        self.networks = networks
+    bank: BankSource | None
+    worker: WorkerSettings
+    _: KW_ONLY
+    weights: Path | None = None
+    timeout: float = 60.0
+    networks: Networks | None = None
+
+    def __post_init__(self) -> None:
         self._pipeline: tuple[str, SynthesisPipeline] | None = None
-        self.slots = SynthesisSlots(worker.concurrency, worker.queue)
+        self.slots = SynthesisSlots(self.worker.concurrency, self.worker.queue)
 
     async def start(self) -> None:
         if self.networks is None:
