@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -65,19 +66,20 @@ class ShardCalls(Protocol):
         ...
 
 
+@dataclass(eq=False, repr=False)  # a live set of shard servers: identity equality, the object repr
 class LocalShards:
-    """Every shard of a plan in this process."""
+    """Every shard of a plan in this process (what :class:`~retrieval_service.shard_cluster.DaskShards` is on Dask)."""
 
-    def __init__(
-        self,
-        source: ShardSource,
-        plan: ShardPlan,
-        candidate_config: CandidateConfig | None = None,
-        exact_below: int = EXACT_BELOW,
-    ) -> None:
-        self.plan = plan
+    source: ShardSource
+    plan: ShardPlan
+    candidate_config: CandidateConfig | None = None
+    exact_below: int = EXACT_BELOW
+
+    def __post_init__(self) -> None:
         self.servers = {
-            s.shard_id: ShardServer(source, s, candidate_config, exact_below) for s in plan.shards if s.parts
+            s.shard_id: ShardServer(self.source, s, self.candidate_config, self.exact_below)
+            for s in self.plan.shards
+            if s.parts
         }
 
     def call(self, method: str, args: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
