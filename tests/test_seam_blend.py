@@ -70,18 +70,36 @@ def test_the_drawing_moves_to_the_photo_and_the_photo_stays() -> None:
 def test_a_smooth_drawing_gains_the_grain_of_the_photo_beside_it() -> None:
     photo, image, layout, source = photo_beside_a_drawing(3, 100)  # the right colour, but flat
     colour_only = blend_seams(image, layout, source, SeamBlend(texture=False))
-    grained = blend_seams(image, layout, source)
+    grained = blend_seams(image, layout, source, SeamBlend(texture_gain=1.0))
 
     def grain(a: np.ndarray) -> float:  # spatial spread per channel
         return float(a.astype(float).std(axis=(0, 1)).mean())
 
     near = (slice(None), slice(51, 60))
     assert grain(grained[near]) > 5.0 > 2 * grain(colour_only[near])  # detail from the photo's mirror image ...
-    assert grain(grained[near]) <= grain(photo[:, 40:50]) * 1.1  # ... never past the photo's
+    assert grain(grained[near]) <= grain(photo[:, 40:50]) * 1.1  # ... at gain 1 never past the photo's
     np.testing.assert_array_equal(grained[source != DRAWN], image[source != DRAWN])
-    # A drawing already as detailed as the photo gets none.
+    # The default gain (4 in energy) stops at twice the photo's spread.
+    assert grain(blend_seams(image, layout, source)[near]) <= 2 * grain(photo[:, 40:50]) * 1.1
+    # At gain 1 a drawing already as detailed as the photo gets none.
     detailed = photo.copy()
-    np.testing.assert_array_equal(blend_seams(detailed, layout, source, SeamBlend(photos=False, drawn=False)), detailed)
+    texture_only = SeamBlend(photos=False, drawn=False, texture_gain=1.0)
+    np.testing.assert_array_equal(blend_seams(detailed, layout, source, texture_only), detailed)
+
+
+def test_a_texture_gain_paints_more_grain_and_leaves_the_photo() -> None:
+    photo, image, layout, source = photo_beside_a_drawing(3, 100)
+    near = (slice(None), slice(51, 60))
+
+    def energy(gain: float) -> float:
+        out = blend_seams(image, layout, source, SeamBlend(photos=False, drawn=False, texture_gain=gain))
+        np.testing.assert_array_equal(out[source != DRAWN], image[source != DRAWN])
+        return float(out[near].astype(float).var(axis=(0, 1)).mean())
+
+    photo_energy = float(photo[:, 40:50].astype(float).var(axis=(0, 1)).mean())
+    assert energy(1.0) <= 1.2 * photo_energy < energy(4.0)  # the default stops at the photo's grain
+    with pytest.raises(ValueError, match="bad seam blend"):
+        SeamBlend(texture_gain=0.0)
 
 
 def test_classes_never_mix_and_no_seam_means_no_change() -> None:

@@ -32,8 +32,9 @@ texture of the photos beside it, in three stages:
    pixel, folded back and forth so that it lies at most ``texture_fold`` pixels behind that
    pixel, or the kept pixel nearest to the mirror image where that is none. The detail fades as
    ``exp(-distance / texture_reach)`` and is scaled, per class, so that the drawing's detail
-   energy rises at most to the kept pixels' (a drawing as detailed as the photos gets none). The
-   drawing keeps its colour and gains the photos' grain.
+   energy rises at most to ``texture_gain`` times the kept pixels' (4 by default, chosen on CamVid
+   val: the real photos hold more detail where a canvas has holes, at the edges of objects, than
+   the kept pixels do on average). The drawing keeps its colour and gains the photos' grain.
 
 A pair's jump is weighted by how many pixels its sides' means had (``min(n_p, n_q) / side``),
 so the isolated pixels that elision keeps barely move anything. Classes never mix: no pair of
@@ -64,7 +65,8 @@ class SeamBlend:
     ``stiffness ** -0.5``); ``iterations``: conjugate-gradient steps of stage 1; ``reach``: fade
     length of stage 2 and ``texture_reach`` of stage 3, in pixels; ``texture_sigma``: the blur
     that stage 3's detail is taken above; ``texture_fold``: how deep behind a photo's edge it is
-    taken from.
+    taken from; ``texture_gain``: the drawing's detail energy over the kept pixels' that stage 3
+    tops up to (``benchmarks/detail_budget.py`` measures the choice).
     """
 
     photos: bool = True
@@ -77,9 +79,11 @@ class SeamBlend:
     texture_sigma: float = 1.0
     texture_reach: float = 64.0
     texture_fold: float = 12.0
+    texture_gain: float = 4.0
 
     def __post_init__(self) -> None:
         lengths = (self.stiffness, self.reach, self.texture_sigma, self.texture_reach, self.texture_fold)
+        lengths += (self.texture_gain,)
         if self.side < 1 or self.iterations < 0 or min(lengths) <= 0:
             raise ValueError(f"bad seam blend settings: {self}")
 
@@ -353,11 +357,12 @@ def _texture_drawn(f: np.ndarray, seams: _Seams, settings: SeamBlend) -> np.ndar
         fade = np.exp(-d / settings.texture_reach)
         ys, xs, my, mx = ys + y0, xs + x0, my + y0, mx + x0
         grain = detail[my, mx] * fade[:, None]
-        # Top the drawing's own detail up to the photos' level, never past it: energies add.
-        wanted = float((detail[box][real] ** 2).mean()) - float((drawn_detail[ys, xs] ** 2).mean())
+        # Top the drawing's own detail up to the photos' level (times the gain), never past it: energies add.
+        gain = settings.texture_gain
+        wanted = gain * float((detail[box][real] ** 2).mean()) - float((drawn_detail[ys, xs] ** 2).mean())
         given = float((grain**2).mean())
         if wanted > 0 and given > 0:
-            out[ys, xs] += grain * min(1.0, (wanted / given) ** 0.5)
+            out[ys, xs] += grain * min(gain**0.5, (wanted / given) ** 0.5)
     return out
 
 
