@@ -52,7 +52,7 @@ STAGES = {
     "stage 1 only (photo against photo)": SeamBlend(drawn=False, texture=False),
     "stage 2 only (drawn against photo)": SeamBlend(photos=False, texture=False),
     "stage 3 only (texture)": SeamBlend(photos=False, drawn=False),
-    "seam blend (product)": SEAM_BLEND,
+    f"seam blend, texture gain {SEAM_BLEND.texture_gain:g} (product)": SEAM_BLEND,
 }
 
 
