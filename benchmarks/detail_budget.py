@@ -36,6 +36,7 @@ from common import write_json  # benchmarks/common.py
 from tqdm import tqdm
 
 from memory_bank.reader import open_bank
+from memory_bank.sequences import bank_sequences
 from synthesis.canvas.seams import DRAWN, SeamBlend, blend_seams, seam_pairs
 from synthesis.evaluation.image_sets import PipelineImages, items_from_bank
 from synthesis.evaluation.kid import kid_with_error, segmenter_features, stack_features
@@ -56,21 +57,16 @@ STAGES = {
 }
 
 
-def drive_of(source_file: str) -> str:
-    """CamVid's drive (sequence) name: the file stem before its first underscore."""
-    return Path(source_file).stem.split("_")[0]
-
-
 def bank_sharpness(path: str) -> dict[str, dict[str, float]]:
     """Per drive of a bank: photos, mean top-octave energy per pixel (x 1e4) and mean fine-detail fraction."""
     bank = open_bank(path)
-    files = bank.images.column("source_file").to_pylist()
+    drives = bank_sequences(bank.images.column("dataset").to_pylist(), bank.images.column("source_file").to_pylist())
     energy: dict[str, list[float]] = defaultdict(list)
     fraction: dict[str, list[float]] = defaultdict(list)
     for i in tqdm(range(bank.num_images), desc=f"sharpness {Path(path).name}", unit="img", leave=False):
         photo = np.asarray(bank.photos[i])
-        energy[drive_of(files[i])].append(float((high_pass(photo) ** 2).mean()))
-        fraction[drive_of(files[i])].append(high_frequency_fraction(photo))
+        energy[drives[i]].append(float((high_pass(photo) ** 2).mean()))
+        fraction[drives[i]].append(high_frequency_fraction(photo))
     return {
         d: {"photos": len(energy[d]), "top_octave_energy_e4": 1e4 * float(np.mean(energy[d])),
             "fine_detail_fraction": float(np.nanmean(fraction[d]))}

@@ -82,9 +82,10 @@ class SeamBlend:
     texture_gain: float = 4.0
 
     def __post_init__(self) -> None:
-        lengths = (self.stiffness, self.reach, self.texture_sigma, self.texture_reach, self.texture_fold)
-        lengths += (self.texture_gain,)
-        if self.side < 1 or self.iterations < 0 or min(lengths) <= 0:
+        positive = (
+            self.stiffness, self.reach, self.texture_sigma, self.texture_reach, self.texture_fold, self.texture_gain
+        )  # fmt: skip
+        if self.side < 1 or self.iterations < 0 or min(positive) <= 0:
             raise ValueError(f"bad seam blend settings: {self}")
 
     @property
