@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--weights", default="weights/synthesis-heldout")
     ap.add_argument("--segmenter", default="weights/segmenter", help="the evaluation segmenter (KID features)")
     ap.add_argument("--limit", type=int, default=None, help="first N layouts (default all)")
-    ap.add_argument("--gains", default="2,4", help="texture gains to try beyond the product's 1")
+    ap.add_argument("--gains", default="2,4", help="texture gains to try beside the product's")
     ap.add_argument("--edge", type=int, default=3, help="pixels from a class boundary that count as an edge")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/detail_budget.json")
     args = ap.parse_args()

@@ -358,7 +358,7 @@ def _texture_drawn(f: np.ndarray, seams: _Seams, settings: SeamBlend) -> np.ndar
         fade = np.exp(-d / settings.texture_reach)
         ys, xs, my, mx = ys + y0, xs + x0, my + y0, mx + x0
         grain = detail[my, mx] * fade[:, None]
-        # Top the drawing's own detail up to the photos' level (times the gain), never past it: energies add.
+        # Top the drawing's own detail up to gain x the photos' level, never past it: energies add.
         gain = settings.texture_gain
         wanted = gain * float((detail[box][real] ** 2).mean()) - float((drawn_detail[ys, xs] ** 2).mean())
         given = float((grain**2).mean())
