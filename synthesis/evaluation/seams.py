@@ -22,7 +22,7 @@ the pixels of the evaluation's SIMS canvas for the same layout, so every row is 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -80,40 +80,50 @@ def hole_energy(image: np.ndarray, holes: np.ndarray) -> float:
 
 
 @dataclass
+class RunningRatio:
+    """A running sum over a running sum; its :attr:`value` is NaN while the denominator is 0."""
+
+    numerator: float = 0.0
+    denominator: float = 0.0
+
+    def add(self, numerator: float, denominator: float) -> None:
+        """Add one term to each sum."""
+        self.numerator += numerator
+        self.denominator += denominator
+
+    @property
+    def value(self) -> float:
+        """The ratio of the sums."""
+        return self.numerator / self.denominator if self.denominator > 0 else float("nan")
+
+
+@dataclass
 class SeamTally:
     """Running sums of one image set against the real photos, at the regions of each layout's canvas."""
 
-    seam: float = 0.0
-    seam_real: float = 0.0
-    hole: float = 0.0
-    hole_real: float = 0.0
-    pairs: int = 0
-    hole_pixels: int = 0
-    total_pixels: int = 0
+    seam: RunningRatio = field(default_factory=RunningRatio)
+    hole: RunningRatio = field(default_factory=RunningRatio)
+    hole_area: RunningRatio = field(default_factory=RunningRatio)
 
     def add(self, image: np.ndarray, photo: np.ndarray, regions: CanvasRegions) -> None:
         """Add one image and its real photo (same size as the canvas)."""
         if image.shape[:2] != regions.holes.shape or photo.shape[:2] != regions.holes.shape:
             raise ValueError(f"image {image.shape[:2]} and photo {photo.shape[:2]} must be {regions.holes.shape}")
-        self.seam += step_energy(image, regions.pairs)
-        self.seam_real += step_energy(photo, regions.pairs)
-        self.hole += hole_energy(image, regions.holes)
-        self.hole_real += hole_energy(photo, regions.holes)
-        self.pairs += len(regions.pairs)
-        self.hole_pixels += int(regions.holes.sum())
-        self.total_pixels += regions.holes.size
+        self.seam.add(step_energy(image, regions.pairs), step_energy(photo, regions.pairs))
+        self.hole.add(hole_energy(image, regions.holes), hole_energy(photo, regions.holes))
+        self.hole_area.add(int(regions.holes.sum()), regions.holes.size)
 
     @property
     def seam_score(self) -> float:
         """Seam step energy over the real photos' (NaN without seams)."""
-        return self.seam / self.seam_real if self.seam_real > 0 else float("nan")
+        return self.seam.value
 
     @property
     def hole_detail(self) -> float:
         """High-pass energy in the holes over the real photos' (NaN without holes)."""
-        return self.hole / self.hole_real if self.hole_real > 0 else float("nan")
+        return self.hole.value
 
     @property
     def hole_share(self) -> float:
         """Share of pixels the canvases lack."""
-        return self.hole_pixels / self.total_pixels if self.total_pixels else float("nan")
+        return self.hole_area.value
